@@ -1,0 +1,160 @@
+"""Command line: python -m benchmark {list, run, perf}."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from benchmark.registry import METHODS, PROFILES, STUDENTS, TASKS, TEACHERS, UsageError, load_plugins
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise UsageError(f"--set expects key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def select_methods(spec: str) -> list[str]:
+    if spec == "all":
+        return METHODS.names()
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise UsageError(f"--methods is empty; use 'all' or a comma list of: {', '.join(METHODS.names())}")
+    for n in names:
+        METHODS.get(n)
+    return names
+
+
+def split_sets(sets: dict[str, str], methods: list[str]) -> tuple[dict[str, str], dict[str, object]]:
+    """--set keys go to the run config or to the hyperparameters of the selected methods."""
+    from benchmark.config import config_fields, convert
+    from methods._base import hparam_fields
+    cfg_types = config_fields()
+    cfg_sets, hp = {}, {}
+    for k, raw in sets.items():
+        if k in cfg_types:
+            cfg_sets[k] = raw
+            continue
+        owners = [hparam_fields(METHODS.get(m))[k] for m in methods if k in hparam_fields(METHODS.get(m))]
+        if not owners:
+            hp_keys = sorted({f for m in methods for f in hparam_fields(METHODS.get(m))})
+            raise UsageError(f"unknown --set key '{k}'; run config keys: {', '.join(cfg_types)}; "
+                             f"hyperparameters of the selected methods: {', '.join(hp_keys)}")
+        hp[k] = convert(k, raw, owners[0].type)
+    return cfg_sets, hp
+
+
+def prepare(args):
+    """Validate everything and load the data before anything is written."""
+    from benchmark.config import build_config
+    task = TASKS.get(args.task)()
+    methods = select_methods(args.methods)
+    cfg_sets, hp = split_sets(parse_sets(args.set), methods)
+    flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
+    cfg = build_config(task, args.profile, flags, cfg_sets)
+    STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)
+    from benchmark.trainer import resolve_device, resolve_hparams
+    from methods._base import validate_hparams
+    resolve_device(cfg.device)
+    for m in methods:  # instantiate hyperparameters now so a bad choice fails before any run starts
+        validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
+    if args.seeds < 1:
+        raise UsageError("--seeds must be >= 1")
+    data = task.load(cfg)
+    return task, methods, hp, cfg, data
+
+
+def cmd_run(args) -> int:
+    from dataclasses import replace
+
+    from benchmark.results import write_table
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.tracking import Tracker, resolve_uri
+    from benchmark.trainer import run_one
+    task, methods, hp, cfg, data = prepare(args)
+    out = Path(args.out or f"runs/{cfg.task}-{cfg.profile}")
+    tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
+    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
+    print(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
+          f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
+          flush=True)
+    results, t0 = [], time.time()
+    for seed in range(cfg.seed, cfg.seed + args.seeds):
+        for m in methods:
+            r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
+            if "interrupted_at_epoch" in r:
+                print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
+                continue
+            results.append(r)
+            print(f"{m:22s} seed {seed}: test top-1 {r['test_top1']:.2f} (best-val ep {r['best_val_epoch']}: "
+                  f"{r['test_top1_at_best_val']:.2f}) match {r.get('match_acc', float('nan')):.2f} "
+                  f"[{r['wall_s']:.0f}s]", flush=True)
+    if results:
+        table = write_table(results, out)
+        print(table.to_markdown(index=False))
+        print(f"total wall time {time.time() - t0:.0f}s; tables in {out}/results.md and results.csv")
+    return 0
+
+
+def cmd_list(args) -> int:
+    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("students", STUDENTS), ("teachers", TEACHERS),
+                       ("profiles", PROFILES)):
+        print(f"{title}:")
+        for e in reg.entries():
+            print(f"  {e.name:22s} {e.description}")
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from benchmark.perf import perf
+    task, methods, hp, cfg, data = prepare(args)
+    perf(task, methods, hp, cfg, data, args)
+    return 0
+
+
+def common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="cifar100")
+    p.add_argument("--methods", default="all", help="'all' or a comma list")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds, from the config seed (default 0) up")
+    p.add_argument("--student"), p.add_argument("--teacher")
+    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config field or a method hyperparameter (repeatable)")
+    p.add_argument("--cache-dir", dest="cache_dir", help="teacher-embedding cache (default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description="Cross-modal distillation benchmark")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="methods, tasks, students, teachers and profiles").set_defaults(fn=cmd_list)
+    run = sub.add_parser("run", help="train and evaluate methods on a task")
+    common_run_args(run)
+    run.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    run.add_argument("--experiment", help="MLflow experiment name (default xkd-<task>)")
+    run.add_argument("--out", help="output folder for tables and checkpoints (default runs/<task>-<profile>)")
+    run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    run.set_defaults(fn=cmd_run)
+    perf = sub.add_parser("perf", help="training images/s: bare PyTorch loop vs harness baseline vs each method")
+    common_run_args(perf)
+    perf.add_argument("--steps", type=int, default=30)
+    perf.add_argument("--batch-size", dest="perf_batch", type=int)
+    perf.set_defaults(fn=cmd_perf, methods="all", profile="quick")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        load_plugins()
+        return args.fn(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

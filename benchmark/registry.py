@@ -1,0 +1,69 @@
+"""One registry for every pluggable kind: methods, tasks, students, teachers, profiles."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+class UsageError(ValueError):
+    """Bad user input: the CLI prints the message and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    obj: Any
+    description: str
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, description: str) -> Callable[[Any], Any]:
+        def deco(obj: Any) -> Any:
+            self.add(name, obj, description)
+            return obj
+        return deco
+
+    def add(self, name: str, obj: Any, description: str) -> None:
+        if name in self._entries:
+            raise KeyError(f"{self.kind} '{name}' registered twice")
+        self._entries[name] = Entry(name, obj, description)
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise UsageError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+        return self._entries[name].obj
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+
+METHODS = Registry("method")
+TASKS = Registry("task")
+STUDENTS = Registry("student")
+TEACHERS = Registry("teacher")
+PROFILES = Registry("profile")
+
+
+def load_plugins() -> None:
+    """Import the modules that register entries (each registers itself once on import)."""
+    import importlib
+    import pkgutil
+
+    import methods
+    import tasks
+    from benchmark import config, nets, teachers  # noqa: F401
+
+    for pkg in (methods, tasks):
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{pkg.__name__}.{info.name}")

@@ -1,0 +1,31 @@
+"""The results table: method -> mean +- std over seeds, printed and written as CSV and Markdown."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = [("test_top1", "test top-1 (last epoch)"), ("test_top1_at_best_val", "test top-1 (best-val epoch)"),
+           ("match_acc", "matching acc"), ("wall_s", "wall time (s)")]
+
+
+def summarise(results: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(results)
+    cols = [c for c, _ in COLUMNS if c in df.columns]
+    order = list(dict.fromkeys(df["method"]))
+    g = df.groupby("method", sort=False)[cols]
+    out = pd.DataFrame({"method": order, "seeds": g.size().reindex(order).values})
+    mean, std = g.mean().reindex(order), g.std(ddof=1).reindex(order).fillna(0.0)
+    for c, label in COLUMNS:
+        if c in cols:
+            out[label] = [f"{m:.2f} ± {s:.2f}" if pd.notna(m) else "n/a" for m, s in zip(mean[c], std[c])]
+    return out
+
+
+def write_table(results: list[dict], out_dir: Path) -> pd.DataFrame:
+    table = summarise(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(results).to_csv(out_dir / "runs.csv", index=False)
+    table.to_csv(out_dir / "results.csv", index=False)
+    (out_dir / "results.md").write_text(table.to_markdown(index=False) + "\n")
+    return table

@@ -1,0 +1,61 @@
+"""Tables the training loop gathers from: cached teacher embeddings and the teacher logits for KD."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TeacherTables:
+    """embedding[key, variant] is E_T for a sample with that teacher key and a drawn variant (template)."""
+    teacher_id: str
+    cache_key: str
+    embedding: torch.Tensor                 # [N_keys, V, d_T], raw
+    logits: torch.Tensor | None = None      # [N_keys, V, K]
+    params: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.embedding.shape[-1]
+
+    def to(self, device) -> "TeacherTables":
+        self.embedding = self.embedding.to(device)
+        self.logits = None if self.logits is None else self.logits.to(device)
+        return self
+
+
+def class_prototypes(emb: torch.Tensor) -> torch.Tensor:
+    """[K, V, d] -> [K, d]: normalise each variant, average, renormalise (the 80-template prototype)."""
+    return F.normalize(F.normalize(emb.float(), dim=-1).mean(1), dim=-1)
+
+
+def zeroshot_logits(emb: torch.Tensor, scale: float) -> torch.Tensor:
+    """z[c, t, k] = s * cos(E[c, t], prototype_k) (METHODS_SPEC 3.1 B)."""
+    return scale * F.normalize(emb.float(), dim=-1) @ class_prototypes(emb).t()
+
+
+def linear_probe_logits(emb: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300,
+                        seed: int = 0) -> tuple[torch.Tensor, float]:
+    """Train a linear classifier on frozen teacher embeddings (METHODS_SPEC 3.1 A); return its logits and accuracy.
+
+    emb: [N, V, d]; labels: [N] (the class of each key). The probe is trained on all variants.
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = emb.float().reshape(-1, emb.shape[-1])
+    y = labels.repeat_interleave(emb.shape[1])
+    probe = torch.nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        probe.weight.normal_(0, 0.01, generator=g)
+        probe.bias.zero_()
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = probe(x)
+        acc = (logits.argmax(1) == y).float().mean().item()
+    return logits.reshape(*emb.shape[:2], num_classes), acc

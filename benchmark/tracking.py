@@ -1,0 +1,66 @@
+"""MLflow tracking: one MLflow run per (task, method, seed, config); params, per-epoch metrics, artifacts."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def resolve_uri(cli_uri: str | None) -> str:
+    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        import logging
+
+        import mlflow
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        self.uri = uri
+        exp = mlflow.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(experiment)
+        self.client = mlflow.MlflowClient(uri)
+
+    def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> str:
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        if parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and not math.isnan(float(v))]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def log_dict(self, run_id: str, obj: Any, name: str) -> None:
+        self.client.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+
+    def log_arrays(self, run_id: str, arrays: dict[str, np.ndarray], name: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / name
+            np.savez_compressed(path, **arrays)
+            self.client.log_artifact(run_id, str(path))
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)

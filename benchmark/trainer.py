@@ -1,0 +1,244 @@
+"""The one training loop: every method on every task, seeded, checkpointed each epoch, tracked in MLflow."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.config import RunConfig
+from benchmark.registry import METHODS, STUDENTS, UsageError
+from benchmark.types import Dims, TeacherOut, Term
+from methods._base import hparam_fields
+
+# Fields that do not change what a run computes (excluded from the checkpoint key).
+OPERATIONAL = ("stop_after_epochs", "num_threads", "device")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str, Any]):
+    """Method defaults <- task defaults (by field name) <- user overrides; returns the Hparams instance."""
+    cls = METHODS.get(method_name)
+    known = hparam_fields(cls)
+    values = {k: v for k, v in task.hparam_defaults(cfg).items() if k in known}
+    values.update({k: v for k, v in overrides.items() if k in known})
+    return cls, cls.Hparams(**values)
+
+
+def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                   cycle_momentum=cfg.optimizer == "sgd")
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return cfg.lr_gamma ** ((step // steps_per_epoch) // cfg.lr_step_epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def build_optimizer(params, cfg: RunConfig):
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov)
+
+
+class Context:
+    """Everything one run needs: config, task data, teacher tables, student, method, optimiser."""
+
+    def __init__(self, cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any]):
+        self.cfg, self.task, self.data, self.method_name = cfg, task, data, method_name
+        self.device = resolve_device(cfg.device)
+        self.tables = tables.to(self.device)
+        torch.manual_seed(cfg.seed)
+        self.student = STUDENTS.get(cfg.student)(data.num_classes).to(self.device, memory_format=torch.channels_last)
+        dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels))
+        cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
+        self.method = cls(dims, self.hparams).to(self.device)
+        # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
+        self.opt = build_optimizer(list(self.student.parameters()) + list(self.method.parameters()), cfg)
+        self.steps_per_epoch = len(data.train.y) // cfg.batch_size  # drop_last: equal-size batches
+        if self.steps_per_epoch < 1:
+            raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
+        self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.train_y = data.train.y.to(self.device)
+        self.train_key = data.train.key.to(self.device)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """One optimiser step on the samples idx; returns loss, term means and #correct (all detached)."""
+        cfg, tables = self.cfg, self.tables
+        x = self.task.augment(self.data.train.x[idx].to(self.device, non_blocking=True), self.gen, True, cfg)
+        idx_d = idx.to(self.device)
+        y, key = self.train_y[idx_d], self.train_key[idx_d]
+        variant = torch.randint(0, tables.embedding.shape[1], (len(idx),), generator=self.gen).to(self.device)
+        teacher = TeacherOut(tables.embedding[key, variant],
+                             None if tables.logits is None else tables.logits[key, variant])
+        with self.autocast():
+            s = self.student(x)
+            terms: dict[str, Term] = self.task.loss_terms(s, y)
+            if "ce" in terms:
+                terms["ce"].weight = self.method.ce_weight
+            terms.update(self.method.terms(s, teacher, y))
+            loss = sum(t.weighted_mean() for t in terms.values())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.method.post_step()
+        correct = (s.logits.detach().argmax(1) == y).sum()
+        return loss.detach(), {k: t.value.detach().float().mean() for k, t in terms.items()}, correct
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and embeddings of a whole split, in eval mode (batch statistics frozen)."""
+        self.student.eval(), self.method.eval()
+        logits, emb = [], []
+        with torch.no_grad(), self.autocast():
+            for i in range(0, len(x), self.cfg.eval_batch_size):
+                xb = self.task.augment(x[i:i + self.cfg.eval_batch_size].to(self.device), None, False, self.cfg)
+                out = self.student(xb)
+                logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
+        self.student.train(), self.method.train()
+        return torch.cat(logits), torch.cat(emb)
+
+    def state(self) -> dict[str, Any]:
+        return {"student": self.student.state_dict(), "method": self.method.state_dict(),
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.student.load_state_dict(st["student"]), self.method.load_state_dict(st["method"])
+        self.opt.load_state_dict(st["opt"]), self.sched.load_state_dict(st["sched"])
+        self.gen.set_state(st["gen"])
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        n = len(self.data.train.y)
+        order = torch.randperm(n, generator=self.gen)
+        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+        term_sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(self.steps_per_epoch), desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
+                   leave=False, mininterval=2.0, disable=None)
+        t0 = time.perf_counter()
+        for i in bar:
+            loss, terms, c = self.train_step(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+            loss_sum, correct, seen = loss_sum + loss.cpu(), correct + c.cpu(), seen + self.cfg.batch_size
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0) + v.cpu()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+        dt = time.perf_counter() - t0
+        if not math.isfinite(loss_sum.item()):
+            raise FloatingPointError(f"{self.method_name}: training loss is not finite at epoch {epoch + 1}")
+        out = {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_top1": 100 * correct.item() / seen,
+               "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
+        out.update({f"term_{k}": v.item() / self.steps_per_epoch for k, v in term_sums.items()})
+        return out
+
+
+def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
+    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {"method": method_name, "hp": asdict(hparams)}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def better(a: float, b: float | None, mode: str) -> bool:
+    return b is None or (a > b if mode == "max" else a < b)
+
+
+def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any], tracker,
+            out_dir: Path, resume: bool = False, parent_run_id: str | None = None, on_epoch=None) -> dict[str, Any]:
+    """Train and evaluate one (method, seed); returns the final metrics (and the MLflow run id)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    ctx = Context(cfg, task, data, tables, method_name, overrides)
+    key = run_key(cfg, method_name, ctx.hparams)
+    ckpt_path = out_dir / "checkpoints" / f"{method_name}-seed{cfg.seed}-{key}.pt"
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    ck = torch.load(ckpt_path, map_location=ctx.device, weights_only=False) if resume and ckpt_path.exists() else None
+    if ck is not None and ck.get("done"):
+        return ck["final"]
+    sel = task.selection_metric
+    params = {**cfg.as_params(), **data.info, **tables.params, "method": method_name, "run_key": key,
+              **{f"hp.{k}": v for k, v in asdict(ctx.hparams).items()},
+              "ce_weight_effective": ctx.method.ce_weight, "match_space": ctx.method.match_space,
+              "selection_rule": f"best epoch = {sel} ({task.selection_mode}); test reported at the last epoch "
+                                f"(primary) and at the best-validation epoch",
+              "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
+              "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
+              "device_resolved": str(ctx.device), "torch_version": torch.__version__}
+    if ck is not None:
+        ctx.load_state(ck["state"])
+        run_id, start, history, best, wall = ck["run_id"], ck["epoch"], ck["history"], ck["best"], ck["wall_s"]
+        tracker.start("", {}, run_id=run_id)
+    else:
+        run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {"task": cfg.task, "method": method_name,
+                               "profile": cfg.profile, "seed": str(cfg.seed), "student": cfg.student,
+                               "teacher": tables.teacher_id}, parent_run_id=parent_run_id)
+        tracker.log_params(run_id, params)
+        tracker.log_dict(run_id, params, "config.json")
+        start, history, best, wall = 0, [], None, 0.0
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            m = ctx.train_epoch(epoch)
+            m.update(task.evaluate(ctx, "val")[0])
+            wall += time.perf_counter() - t0
+            history.append(m)
+            tracker.log_metrics(run_id, m, step=epoch + 1)
+            if best is None or better(m[sel], best["value"], task.selection_mode):
+                best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
+                        "method": copy.deepcopy(ctx.method.state_dict())}
+            _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
+                          "run_id": run_id, "wall_s": wall, "done": False}, ckpt_path)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, m)
+            if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
+                tracker.end(run_id, status="KILLED")
+                return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
+        t0 = time.perf_counter()
+        final, arrays = task.evaluate(ctx, "test")
+        ctx.student.load_state_dict(best["student"]), ctx.method.load_state_dict(best["method"])
+        at_best, _ = task.evaluate(ctx, "test")
+        wall += time.perf_counter() - t0
+    except BaseException:
+        tracker.end(run_id, status="FAILED")
+        raise
+    final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
+             "best_val_epoch": best["epoch"], f"best_{sel}": best["value"], "wall_s": wall,
+             "train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
+    tracker.log_metrics(run_id, final, step=cfg.epochs)
+    tracker.log_dict(run_id, history, "history.json")
+    if arrays:
+        tracker.log_arrays(run_id, arrays, "features.npz")
+    tracker.end(run_id)
+    final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
+    _save_atomic({"done": True, "final": final}, ckpt_path)  # weights dropped: the run is complete
+    return final

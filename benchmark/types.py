@@ -1,0 +1,40 @@
+"""The data contracts between task, student, teacher cache, method and trainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StudentOut:
+    maps: list[torch.Tensor]          # stage outputs, [B, C_l, H_l, W_l]
+    embedding: torch.Tensor           # F_S, [B, d_S]
+    logits: torch.Tensor              # z_S = W F_S + c, [B, K]
+    classifier: nn.Module             # the student's linear classifier W (shared classifier reuses it)
+
+
+@dataclass
+class TeacherOut:
+    embedding: torch.Tensor                   # E_T, raw frozen teacher embedding, [B, d_T]
+    logits: torch.Tensor | None = None        # teacher logits over the K classes (KD), [B, K]
+
+
+@dataclass
+class Dims:
+    """What a method needs to size its trainable extras."""
+    student: int          # d_S
+    teacher: int          # d_T
+    num_classes: int      # K
+    map_channels: list[int] = field(default_factory=list)  # C_l of each stage map
+
+
+@dataclass
+class Term:
+    """One named loss term: a per-sample vector [B] or a batch scalar, and its weight."""
+    value: torch.Tensor
+    weight: float = 1.0
+
+    def weighted_mean(self) -> torch.Tensor:
+        return self.weight * self.value.mean()

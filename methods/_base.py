@@ -1,0 +1,86 @@
+"""The method contract: an nn.Module owning only its trainable extras, returning named loss terms."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.registry import METHODS, UsageError
+from benchmark.types import Dims, StudentOut, TeacherOut, Term
+
+
+def choice(default: str, *options: str, help: str = "") -> Any:
+    return field(default=default, metadata={"choices": (default, *options), "help": help})
+
+
+@dataclass
+class Hparams:
+    ce_weight: float = 1.0  # weight of the task's cross-entropy term (gamma)
+
+
+def validate_hparams(hp: Hparams) -> Hparams:
+    for f in fields(hp):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(hp, f.name) not in allowed:
+            raise UsageError(f"{f.name}={getattr(hp, f.name)!r} is not valid; choose one of {', '.join(map(str, allowed))}")
+    return hp
+
+
+def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise L2 normalisation x / max(||x||, eps)."""
+    return nn.functional.normalize(x, dim=1, eps=eps)
+
+
+class Method(nn.Module):
+    """Subclasses set `Hparams` (a dataclass of typed hyperparameters) and implement terms()."""
+    Hparams = Hparams
+    provenance = ""
+
+    def __init__(self, dims: Dims, hp: Hparams):
+        super().__init__()
+        self.dims, self.hp = dims, validate_hparams(hp)
+
+    @property
+    def ce_weight(self) -> float:
+        return self.hp.ce_weight
+
+    def terms(self, s: StudentOut, t: TeacherOut, y: torch.Tensor) -> dict[str, Term]:
+        raise NotImplementedError
+
+    def post_step(self) -> None:
+        """Called after each optimiser step (e.g. to clamp a learnable scale)."""
+
+    # Cross-modal matching and t-SNE: which spaces the student and teacher features live in.
+    def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
+        """The teacher-side feature this method aligns to (F_T for ours, raw E_T otherwise)."""
+        return e_t
+
+    def student_match_features(self, f_s: torch.Tensor) -> torch.Tensor | None:
+        """Raw F_S when it has the teacher-side dimension, else the method's connector, else None."""
+        d_t = self.teacher_features(torch.zeros(1, self.dims.teacher, device=f_s.device)).shape[1]
+        if f_s.shape[1] == d_t:
+            return f_s
+        conn = getattr(self, "match_connector", None)
+        return conn(f_s) if conn is not None else None
+
+    @property
+    def match_space(self) -> str:
+        d_t = self.teacher_features(torch.zeros(1, self.dims.teacher)).shape[1]
+        if d_t == self.dims.student:
+            return "raw_student"
+        return "connector" if getattr(self, "match_connector", None) is not None else "undefined(d_S!=d_T, no connector)"
+
+
+def register(name: str, description: str):
+    """Class decorator: registers a Method subclass once, under its name."""
+    def deco(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        METHODS.add(name, cls, description)
+        return cls
+    return deco
+
+
+def hparam_fields(cls: type[Method]) -> dict[str, Any]:
+    return {f.name: f for f in fields(cls.Hparams)}

@@ -1,0 +1,73 @@
+"""Pieces of the proposed method (Zhao et al. 2025, Sec. 3.2-3.3): projection head and margin distance."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods._base import Hparams, Method, choice, l2n
+
+
+class ProjectionHead(nn.Module):
+    """F_T = alpha * skip(E_T) + (1 - alpha) * MLP(E_T); skip is identity when d_out == d_T (AMBIG-1)."""
+
+    def __init__(self, d_t: int, d_out: int, alpha: float, hidden: int = 0, layers: int = 2):
+        super().__init__()
+        self.alpha = alpha
+        hidden = hidden or d_t
+        self.mlp = (nn.Sequential(nn.Linear(d_t, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_out))
+                    if layers == 2 else nn.Linear(d_t, d_out))
+        self.skip = nn.Identity() if d_out == d_t else nn.Linear(d_t, d_out)
+
+    def forward(self, e_t: torch.Tensor) -> torch.Tensor:
+        e_t = e_t.float()
+        return self.alpha * self.skip(e_t) + (1 - self.alpha) * self.mlp(e_t)
+
+
+def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
+                    margin_deg: float, margin_mode: str) -> torch.Tensor:
+    """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), see METHODS_SPEC AMBIG-2/3."""
+    f_s, f_t = f_s.float(), f_t.float()
+    if feat_dist == "cos":
+        d = 1 - F.cosine_similarity(f_s, f_t, dim=1, eps=1e-8)
+        theta = math.radians(margin_deg)
+        m = 0.0 if margin_deg == 0 else ((1 - math.cos(theta)) if margin_mode == "angle" else math.cos(theta))
+    elif feat_dist == "l2sq_norm_sum":
+        d, m = ((l2n(f_s) - l2n(f_t)) ** 2).sum(1), margin
+    elif feat_dist == "l2sq_raw_mean":
+        d, m = ((f_s - f_t) ** 2).mean(1), margin
+    else:  # l2sq_raw_sum
+        d, m = ((f_s - f_t) ** 2).sum(1), margin
+    return torch.clamp(d - m, min=0.0)
+
+
+@dataclass
+class OursHparams(Hparams):
+    alpha: float = 0.6                 # weight of the frozen embedding in F_T (Tables 5, 10)
+    head_hidden: int = 0               # 0: hidden size = d_T (AMBIG-1)
+    head_layers: int = 2               # 2-layer MLP (recommended) or 1 linear layer
+    feat_dist: str = choice("l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum", "cos",
+                            help="distance D of the feature-level loss (AMBIG-3; cos for speakers)")
+    margin: float = 0.09               # m for the l2 distances: a squared radius r^2 (Table 12)
+    margin_deg: float = 30.0           # angle for feat_dist=cos (Table 6)
+    margin_mode: str = choice("angle", "distance", help="cos margin: R2 zero when theta<=deg, or R1 literal m=cos(deg)")
+    feature_weight: float = 1.0        # lambda_f (Eq. 1 has none: 1)
+
+
+class OursBase(Method):
+    """Shared by the three variants: a trainable projection head on the frozen teacher embedding."""
+    Hparams = OursHparams
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        self.head = ProjectionHead(dims.teacher, dims.student, hp.alpha, hp.head_hidden, hp.head_layers)
+
+    def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
+        return self.head(e_t)
+
+    def feature_loss(self, s, f_t) -> torch.Tensor:
+        hp = self.hp
+        return margin_distance(s.embedding, f_t, hp.feat_dist, hp.margin, hp.margin_deg, hp.margin_mode)

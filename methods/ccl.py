@@ -1,0 +1,60 @@
+"""CCL (Chen et al. 2021): composition module, supervised multi-positive NCE, symmetric KL (yanbeic/CCL)."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.types import Term
+from methods._base import Hparams, Method, l2n, register
+
+
+def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """Multi-positive NCE: positives are same-label columns (incl. j=i), negatives the rest."""
+    q = F.softmax(l2n(a.float()) @ l2n(b.float()).t() / tau, dim=1)
+    pos = (y[:, None] == y[None, :]).float()
+    neg = 1.0 - pos
+    l_pos = -(torch.log(q + 1e-10) * pos).sum(1) / pos.sum(1)
+    l_neg = -(torch.log(1 - q + 1e-10) * neg).sum(1) / neg.sum(1).clamp(min=1.0)  # single-class batch guard
+    return (l_pos + l_neg).mean()
+
+
+def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
+    """The reference's 'JSD': KL(p||q) + KL(q||p) per sample, times w. Returns [B]."""
+    p, q = F.softmax(z1.float(), dim=1), F.softmax(z2.float(), dim=1)
+    return w * (p * torch.log(p / q + 1e-10) + q * torch.log(q / p + 1e-10)).sum(1)
+
+
+@dataclass
+class CCLHparams(Hparams):
+    ccl_tau: float = 0.1        # 0.1 for a strongly correlated teacher (text->image), 0.5 for face->speech
+    ccl_jsd_weight: float = 0.5
+
+
+@register("ccl", "compositional contrastive learning: composition module + NCE + symmetric KL, tau 0.1 (text)")
+class CCL(Method):
+    Hparams = CCLHparams
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        d_t = dims.teacher
+        self.v_proj = nn.Linear(dims.student, d_t) if dims.student != d_t else nn.Identity()
+        if dims.student != d_t:
+            self.match_connector = self.v_proj
+        self.compose = nn.Linear(2 * d_t, d_t)
+        self.fc_u = nn.Linear(d_t, dims.num_classes)
+
+    def terms(self, s, t, y):
+        tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
+        v, e = self.v_proj(s.embedding), t.embedding.float()
+        u = e + self.compose(torch.cat([l2n(e), l2n(v)], dim=1))
+        z_u = self.fc_u(u)
+        v_d, z_s_d = v.detach(), s.logits.detach()
+        # L_v trains the student (and the module); L_u' trains only the module (student inputs detached).
+        return {
+            "nce_student": Term(sup_nce(v, u, y, tau) + sup_nce(u, v, y, tau) + sup_nce(v, e, y, tau) + sup_nce(e, v, y, tau)),
+            "symkl_student": Term(sym_kl(s.logits, z_u, w)),
+            "ce_composed": Term(F.cross_entropy(z_u, y, reduction="none")),
+            "nce_composed": Term(sup_nce(v_d, u, y, tau) + sup_nce(u, v_d, y, tau) + sup_nce(u, e, y, tau) + sup_nce(e, u, y, tau)),
+            "symkl_composed": Term(sym_kl(z_s_d, z_u, w)),
+        }

@@ -1,0 +1,44 @@
+"""ICKD-C (Liu et al. 2021), vector-teacher adaptation (METHODS_SPEC 3.6): channel correlation over the batch."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.types import Term
+from methods._base import Hparams, Method, choice, register
+
+
+def ickd_batch_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """(I2) G = X^T X over the batch (d x d), rows L2-normalised, ||G_S - G_T||_F^2 / d."""
+    g_s = F.normalize(x_s.float().t() @ x_s.float(), dim=1)
+    g_t = F.normalize(x_t.float().t() @ x_t.float(), dim=1)
+    return ((g_s - g_t) ** 2).sum() / x_s.shape[1]
+
+
+def ickd_degenerate_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """(I1) per-sample G = v v^T (H=W=1), rows normalised; per-sample ||.||_F^2 / d -> [B]."""
+    g_s = F.normalize(x_s.float().unsqueeze(2) * x_s.float().unsqueeze(1), dim=2)
+    g_t = F.normalize(x_t.float().unsqueeze(2) * x_t.float().unsqueeze(1), dim=2)
+    return ((g_s - g_t) ** 2).sum(dim=(1, 2)) / x_s.shape[1]
+
+
+@dataclass
+class ICKDHparams(Hparams):
+    ickd_weight: float = 2.5
+    ickd_mode: str = choice("batch", "degenerate", help="I2 batch-as-spatial (recommended) or I1 H=W=1")
+
+
+@register("ickd", "ICKD inter-channel correlation (batch-as-spatial), Linear+BN connector, lambda=2.5")
+class ICKD(Method):
+    Hparams = ICKDHparams
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        self.connector = nn.Sequential(nn.Linear(dims.student, dims.teacher, bias=False), nn.BatchNorm1d(dims.teacher))
+        self.match_connector = self.connector
+
+    def terms(self, s, t, y):
+        x_s = self.connector(s.embedding)
+        fn = ickd_batch_loss if self.hp.ickd_mode == "batch" else ickd_degenerate_loss
+        return {"ickd": Term(fn(x_s, t.embedding), self.hp.ickd_weight)}

@@ -1,0 +1,29 @@
+"""KD (Hinton et al. 2015): tau^2 * KL(p_T^tau || p_S^tau), batch mean. Defaults: RepDistiller/mdistiller CIFAR."""
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from benchmark.registry import UsageError
+from benchmark.types import Term
+from methods._base import Hparams, Method, register
+
+
+@dataclass
+class KDHparams(Hparams):
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    temperature: float = 4.0
+
+
+@register("kd", "Hinton KD on teacher logits (zero-shot or linear-probe teacher logits, see the task), T=4, 0.1/0.9")
+class KD(Method):
+    Hparams = KDHparams
+
+    def terms(self, s, t, y):
+        if t.logits is None:
+            raise UsageError("method 'kd' needs teacher logits; this task/teacher provides none")
+        tau = self.hp.temperature
+        log_ps = F.log_softmax(s.logits.float() / tau, dim=1)
+        p_t = F.softmax(t.logits.float() / tau, dim=1)
+        kl = F.kl_div(log_ps, p_t, reduction="none").sum(1) * tau * tau
+        return {"kd": Term(kl, self.hp.kd_weight)}

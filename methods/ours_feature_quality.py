@@ -1,0 +1,30 @@
+from dataclasses import dataclass
+
+from benchmark.types import Term
+from methods._base import choice, register
+from methods._projection import OursBase, OursHparams
+from methods._quality import QualityWeights
+
+
+@dataclass
+class QualityHparams(OursHparams):
+    w_base: float = 1.0
+    quality_h: float = 1 / 3
+    quality_source: str = choice("both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (AMBIG-7)")
+    quality_sigma: str = choice("std", "variance", help="sigma_q (AMBIG-8)")
+    quality_momentum: float = 0.01
+    quality_clip: bool = True
+
+
+@register("ours_feature_quality", "proposed: margin feature loss weighted per sample by feature-norm quality")
+class OursFeatureQuality(OursBase):
+    Hparams = QualityHparams
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        self.quality = QualityWeights(hp.quality_source, hp.w_base, hp.quality_h, hp.quality_momentum,
+                                      hp.quality_sigma, hp.quality_clip)
+
+    def terms(self, s, t, y):
+        w = self.quality(t.embedding, s.embedding)
+        return {"feature": Term(w * self.feature_loss(s, self.head(t.embedding)), self.hp.feature_weight)}

@@ -1,0 +1,188 @@
+"""CIFAR-100 with a frozen text teacher (CLIP prompt templates x class names), as in the paper's Sec. 4.2."""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from benchmark.registry import TASKS, UsageError
+from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_probe_logits, zeroshot_logits
+from tasks._base import Split, Task, TaskData
+
+MEAN = torch.tensor([0.5071, 0.4865, 0.4409]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2673, 0.2564, 0.2762]).view(1, 3, 1, 1)
+
+
+def prompt_templates() -> list:
+    """CLIP's 80 ImageNet prompt templates, as shipped by open_clip."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    return list(OPENAI_IMAGENET_TEMPLATES)
+
+
+def _read_npz(d: Path):
+    z = np.load(d / "cifar100_uint8.npz")
+    meta = json.loads((d / "meta.json").read_text())
+    return (z["x_train"], z["y_train"], z["x_test"], z["y_test"], meta["fine_label_names"],
+            np.asarray(meta["fine_to_coarse"]), meta["coarse_label_names"], "npz")
+
+
+def _read_torchvision(d: Path):
+    from torchvision.datasets import CIFAR100
+    tr, te = CIFAR100(str(d), train=True, download=False), CIFAR100(str(d), train=False, download=False)
+    with open(d / "cifar-100-python" / "train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    with open(d / "cifar-100-python" / "meta", "rb") as f:
+        coarse_names = pickle.load(f, encoding="latin1")["coarse_label_names"]
+    f2c = np.zeros(100, dtype=np.int64)
+    f2c[np.asarray(raw["fine_labels"])] = np.asarray(raw["coarse_labels"])
+    return (tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets), tr.classes, f2c, coarse_names,
+            "torchvision cifar-100-python")
+
+
+def read_cifar100(data_dir: str):
+    d = Path(data_dir).expanduser()
+    if (d / "cifar100_uint8.npz").exists():
+        return _read_npz(d)
+    if (d / "cifar-100-python").exists():
+        return _read_torchvision(d)
+    # Neither layout: download with torchvision into a temporary folder, moved in only when complete.
+    try:
+        from torchvision.datasets import CIFAR100
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=d) as tmp:
+            CIFAR100(tmp, train=True, download=True)
+            shutil.move(str(Path(tmp) / "cifar-100-python"), str(d / "cifar-100-python"))
+    except Exception as e:
+        raise UsageError(f"CIFAR-100 not found in '{d}' (expected cifar100_uint8.npz + meta.json, or "
+                         f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}") from None
+    return _read_torchvision(d)
+
+
+def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Independent random crop per image with batched indexing (no per-image loop)."""
+    b, _, h, w = x.shape
+    oy = torch.randint(0, h - size + 1, (b,), generator=gen).to(x.device)
+    ox = torch.randint(0, w - size + 1, (b,), generator=gen).to(x.device)
+    ar = torch.arange(size, device=x.device)
+    rows, cols = (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]
+    return x.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+def _stratified_head(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
+    per = max(1, n // num_classes)
+    return np.sort(np.concatenate([np.flatnonzero(y == c)[:per] for c in range(num_classes)]))
+
+
+@TASKS.register("cifar100", "CIFAR-100 image classification, text teacher (prompts x class names); top-1 and matching")
+class Cifar100(Task):
+    name = "cifar100"
+    profiles = {
+        "smoke": dict(student="resnet8_w16", epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
+                      val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
+        "quick": dict(student="resnet8_w16", epochs=5, batch_size=128, lr=0.1, schedule="onecycle",
+                      weight_decay=5e-4, nesterov=True),
+        "paper": dict(student="resnet18", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
+                      weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
+    }
+    margins = {"resnet34": 0.04, "cifar_resnet34": 0.04}  # r^2: 0.2^2 for R34, 0.3^2 otherwise (Sec 4.2.1)
+
+    def hparam_defaults(self, cfg):
+        return {"feat_dist": "l2sq_norm_sum", "margin": self.margins.get(cfg.student, 0.09), "beta": 1.0, "ccl_tau": 0.1}
+
+    def load(self, cfg) -> TaskData:
+        if not cfg.data_dir:
+            raise UsageError("cifar100 needs --data-dir DIR (cifar100_uint8.npz + meta.json, or torchvision's cifar-100-python/)")
+        xtr, ytr, xte, yte, names, f2c, coarse_names, layout = read_cifar100(cfg.data_dir)
+        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
+        k = len(names)
+        idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr,
+                                           random_state=cfg.split_seed)
+        if cfg.data_fraction < 1:
+            idx_tr, _ = train_test_split(idx_tr, train_size=cfg.data_fraction, stratify=ytr[idx_tr],
+                                         random_state=cfg.split_seed)
+        idx_tr, idx_val = np.sort(idx_tr), np.sort(idx_val)
+        idx_te = _stratified_head(yte, cfg.test_limit, k) if cfg.test_limit else np.arange(len(yte))
+
+        def split(x, y, idx):
+            yy = torch.from_numpy(y[idx])
+            return Split(torch.from_numpy(np.ascontiguousarray(x[idx])).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
+
+        info = {"data_layout": layout, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
+                "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})"}
+        return TaskData(split(xtr, ytr, idx_tr), split(xtr, ytr, idx_val), split(xte, yte, idx_te),
+                        [n.replace("_", " ") for n in names], k, info,
+                        {"fine_to_coarse": torch.from_numpy(np.asarray(f2c)), "coarse_names": coarse_names})
+
+    def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
+        from benchmark.registry import TEACHERS
+        teacher = TEACHERS.get(cfg.teacher)
+        templates = prompt_templates()
+        prompts = [t(c) for c in data.class_names for t in templates]
+        emb, key = cache.embeddings(teacher, prompts)
+        emb = emb.reshape(data.num_classes, len(templates), -1)
+        params = {"teacher_id": teacher.id, "teacher_cache_key": key, "n_templates": len(templates),
+                  "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)}
+        if cfg.teacher_logits == "zeroshot":
+            logits = zeroshot_logits(emb, cfg.zeroshot_scale)
+        else:
+            logits, acc = linear_probe_logits(emb, torch.arange(data.num_classes), data.num_classes)
+            params["teacher_probe_train_acc"] = acc
+        single = [t("{}") for t in templates].index("a photo of a {}.")
+        return TeacherTables(teacher.id, key, emb, logits, params | {"single_template_index": single})
+
+    def augment(self, x, gen, train, cfg):
+        x = x.float().div_(255.0)
+        size = cfg.image_size
+        if size != x.shape[-1]:  # the paper's Resize(256) -> (Random|Center)Crop(224) for 32x32 sources
+            x = F.interpolate(x, size=round(size * 256 / 224), mode="bilinear", align_corners=False)
+        if train:
+            if size == x.shape[-1]:
+                x = F.pad(x, (4, 4, 4, 4))
+            x = random_crop(x, size, gen)
+            flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        elif size != x.shape[-1]:
+            o = (x.shape[-1] - size) // 2
+            x = x[..., o:o + size, o:o + size]
+        x = (x - MEAN.to(x.device)) / STD.to(x.device)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def evaluate(self, ctx, split):
+        data, method = ctx.data, ctx.method
+        sp = getattr(data, split)
+        logits, emb = ctx.forward_all(sp.x)
+        metrics = {f"{split}_top1": (logits.argmax(1) == sp.y).float().mean().item() * 100}
+        if split != "test":
+            return metrics, {}
+        tables = ctx.tables
+        with torch.no_grad():
+            e = tables.embedding.float()
+            k, v, d = e.shape
+            if ctx.cfg.match_proto == "head_then_mean":
+                proto = class_prototypes(method.teacher_features(e.reshape(k * v, d)).reshape(k, v, -1))
+            else:
+                proto = F.normalize(method.teacher_features(e.mean(1)), dim=-1)
+            single = F.normalize(method.teacher_features(e[:, tables.params["single_template_index"]]), dim=-1)
+            f_s = method.student_match_features(emb.to(ctx.device))
+            if f_s is None:
+                metrics["match_acc"] = metrics["match_acc_single"] = float("nan")
+            else:
+                f_s = F.normalize(f_s.float(), dim=-1)
+                metrics["match_acc"] = ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
+                metrics["match_acc_single"] = ((f_s @ single.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
+            # features of a fixed random subset for the t-SNE figure (Fig. 8 analogue)
+            g = torch.Generator().manual_seed(0)
+            pick = torch.randperm(len(sp.y), generator=g)[: ctx.cfg.tsne_samples]
+            tmpl = torch.randint(0, v, (len(pick),), generator=g)
+            e_t = e[sp.key[pick].to(e.device), tmpl.to(e.device)]
+            arrays = {"teacher_embedding": e_t.cpu().numpy(), "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
+                      "student_embedding": emb[pick].float().cpu().numpy(), "label": sp.y[pick].numpy(),
+                      "group": data.extra["fine_to_coarse"][sp.y[pick]].numpy()}
+        return metrics, arrays
