@@ -84,3 +84,8 @@ def register(name: str, description: str):
 
 def hparam_fields(cls: type[Method]) -> dict[str, Any]:
     return {f.name: f for f in fields(cls.Hparams)}
+
+
+def fp(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bfloat16 (autocast) to float32 for loss arithmetic; float32/float64 pass through."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods._base import Hparams, Method, choice, l2n
+from methods._base import Hparams, Method, choice, fp, l2n
 
 
 class ProjectionHead(nn.Module):
@@ -23,14 +23,14 @@ class ProjectionHead(nn.Module):
         self.skip = nn.Identity() if d_out == d_t else nn.Linear(d_t, d_out)
 
     def forward(self, e_t: torch.Tensor) -> torch.Tensor:
-        e_t = e_t.float()
+        e_t = fp(e_t)
         return self.alpha * self.skip(e_t) + (1 - self.alpha) * self.mlp(e_t)
 
 
 def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
                     margin_deg: float, margin_mode: str) -> torch.Tensor:
     """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), see METHODS_SPEC AMBIG-2/3."""
-    f_s, f_t = f_s.float(), f_t.float()
+    f_s, f_t = fp(f_s), fp(f_t)
     if feat_dist == "cos":
         d = 1 - F.cosine_similarity(f_s, f_t, dim=1, eps=1e-8)
         theta = math.radians(margin_deg)

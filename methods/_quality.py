@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from methods._base import fp
+
 
 class QualityWeights(nn.Module):
     """w_i = w_base + clip(h (Q_i - mu) / (sigma + 1e-3), -1, 1) with EMA mu/sigma of feature norms."""
@@ -32,8 +34,8 @@ class QualityWeights(nn.Module):
         return z.clamp(-1, 1) if self.clip else z
 
     def forward(self, e_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
-        q_t = e_t.detach().float().norm(dim=1).clamp(0.001, 100)
-        q_s = f_s.detach().float().norm(dim=1).clamp(0.001, 100)
+        q_t = fp(e_t.detach()).norm(dim=1).clamp(0.001, 100)
+        q_s = fp(f_s.detach()).norm(dim=1).clamp(0.001, 100)
         z_t, z_s = self._z(q_t, "t"), self._z(q_s, "s")
         if self.training:
             self.initialised.fill_(True)

@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
-from methods._base import Hparams, Method, l2n, register
+from methods._base import Hparams, Method, fp, l2n, register
 
 
 def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """Multi-positive NCE: positives are same-label columns (incl. j=i), negatives the rest."""
-    q = F.softmax(l2n(a.float()) @ l2n(b.float()).t() / tau, dim=1)
-    pos = (y[:, None] == y[None, :]).float()
+    q = F.softmax(l2n(fp(a)) @ l2n(fp(b)).t() / tau, dim=1)
+    pos = (y[:, None] == y[None, :]).to(q.dtype)
     neg = 1.0 - pos
     l_pos = -(torch.log(q + 1e-10) * pos).sum(1) / pos.sum(1)
     l_neg = -(torch.log(1 - q + 1e-10) * neg).sum(1) / neg.sum(1).clamp(min=1.0)  # single-class batch guard
@@ -21,7 +21,7 @@ def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> to
 
 def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
     """The reference's 'JSD': KL(p||q) + KL(q||p) per sample, times w. Returns [B]."""
-    p, q = F.softmax(z1.float(), dim=1), F.softmax(z2.float(), dim=1)
+    p, q = F.softmax(fp(z1), dim=1), F.softmax(fp(z2), dim=1)
     return w * (p * torch.log(p / q + 1e-10) + q * torch.log(q / p + 1e-10)).sum(1)
 
 
@@ -46,15 +46,20 @@ class CCL(Method):
 
     def terms(self, s, t, y):
         tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
-        v, e = self.v_proj(s.embedding), t.embedding.float()
-        u = e + self.compose(torch.cat([l2n(e), l2n(v)], dim=1))
-        z_u = self.fc_u(u)
+        v, e = self.v_proj(s.embedding), fp(t.embedding)
         v_d, z_s_d = v.detach(), s.logits.detach()
-        # L_v trains the student (and the module); L_u' trains only the module (student inputs detached).
+        u, z_u = self._compose(e, v)
+        u_d, z_u_d = self._compose(e, v_d)  # L_u' path: student inputs detached, module trainable
+        # L_v trains the student (and the module); L_u' trains only the composition module.
         return {
             "nce_student": Term(sup_nce(v, u, y, tau) + sup_nce(u, v, y, tau) + sup_nce(v, e, y, tau) + sup_nce(e, v, y, tau)),
             "symkl_student": Term(sym_kl(s.logits, z_u, w)),
-            "ce_composed": Term(F.cross_entropy(z_u, y, reduction="none")),
-            "nce_composed": Term(sup_nce(v_d, u, y, tau) + sup_nce(u, v_d, y, tau) + sup_nce(u, e, y, tau) + sup_nce(e, u, y, tau)),
-            "symkl_composed": Term(sym_kl(z_s_d, z_u, w)),
+            "ce_composed": Term(F.cross_entropy(fp(z_u_d), y, reduction="none")),
+            "nce_composed": Term(sup_nce(v_d, u_d, y, tau) + sup_nce(u_d, v_d, y, tau) + sup_nce(u_d, e, y, tau)
+                                 + sup_nce(e, u_d, y, tau)),
+            "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
         }
+
+    def _compose(self, e, v):
+        u = e + self.compose(torch.cat([l2n(e), l2n(v)], dim=1))
+        return u, self.fc_u(u)

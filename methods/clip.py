@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
-from methods._base import Hparams, Method, choice, l2n, register
+from methods._base import Hparams, Method, choice, fp, l2n, register
 
 
 @dataclass
@@ -28,13 +28,13 @@ class CLIP(Method):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def terms(self, s, t, y):
-        a, b = l2n(self.g_s(s.embedding).float()), l2n(t.embedding.float())
+        a, b = l2n(fp(self.g_s(s.embedding))), l2n(fp(t.embedding))
         z = self.logit_scale.exp() * a @ b.t()
         if self.hp.clip_targets == "diagonal":
             target = torch.arange(len(y), device=y.device)
             loss = 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.t(), target))
         else:
-            same = (y[:, None] == y[None, :]).float()
+            same = (y[:, None] == y[None, :]).to(z.dtype)
             target = same / same.sum(1, keepdim=True)
             loss = 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.t(), target))
         return {"clip": Term(loss, self.hp.clip_weight)}

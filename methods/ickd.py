@@ -6,20 +6,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
-from methods._base import Hparams, Method, choice, register
+from methods._base import Hparams, Method, choice, fp, register
 
 
 def ickd_batch_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """(I2) G = X^T X over the batch (d x d), rows L2-normalised, ||G_S - G_T||_F^2 / d."""
-    g_s = F.normalize(x_s.float().t() @ x_s.float(), dim=1)
-    g_t = F.normalize(x_t.float().t() @ x_t.float(), dim=1)
+    g_s = F.normalize(fp(x_s).t() @ fp(x_s), dim=1)
+    g_t = F.normalize(fp(x_t).t() @ fp(x_t), dim=1)
     return ((g_s - g_t) ** 2).sum() / x_s.shape[1]
 
 
 def ickd_degenerate_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """(I1) per-sample G = v v^T (H=W=1), rows normalised; per-sample ||.||_F^2 / d -> [B]."""
-    g_s = F.normalize(x_s.float().unsqueeze(2) * x_s.float().unsqueeze(1), dim=2)
-    g_t = F.normalize(x_t.float().unsqueeze(2) * x_t.float().unsqueeze(1), dim=2)
+    g_s = F.normalize(fp(x_s).unsqueeze(2) * fp(x_s).unsqueeze(1), dim=2)
+    g_t = F.normalize(fp(x_t).unsqueeze(2) * fp(x_t).unsqueeze(1), dim=2)
     return ((g_s - g_t) ** 2).sum(dim=(1, 2)) / x_s.shape[1]
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from benchmark.registry import UsageError
 from benchmark.types import Term
-from methods._base import Hparams, Method, register
+from methods._base import Hparams, Method, fp, register
 
 
 @dataclass
@@ -23,7 +23,7 @@ class KD(Method):
         if t.logits is None:
             raise UsageError("method 'kd' needs teacher logits; this task/teacher provides none")
         tau = self.hp.temperature
-        log_ps = F.log_softmax(s.logits.float() / tau, dim=1)
-        p_t = F.softmax(t.logits.float() / tau, dim=1)
+        log_ps = F.log_softmax(fp(s.logits) / tau, dim=1)
+        p_t = F.softmax(fp(t.logits) / tau, dim=1)
         kl = F.kl_div(log_ps, p_t, reduction="none").sum(1) * tau * tau
         return {"kd": Term(kl, self.hp.kd_weight)}

@@ -5,12 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.types import Term
-from methods._base import Hparams, Method, choice, register
+from methods._base import Hparams, Method, choice, fp, register
 
 
 def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     b = x_s.shape[0]
-    x_s, x_t = x_s.reshape(b, -1).float(), x_t.reshape(b, -1).float()
+    x_s, x_t = fp(x_s.reshape(b, -1)), fp(x_t.reshape(b, -1))
     g_s = F.normalize(x_s @ x_s.t(), dim=1)
     g_t = F.normalize(x_t @ x_t.t(), dim=1)
     return ((g_t - g_s) ** 2).sum() / (b * b)

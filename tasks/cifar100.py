@@ -53,6 +53,7 @@ def read_cifar100(data_dir: str):
     if (d / "cifar-100-python").exists():
         return _read_torchvision(d)
     # Neither layout: download with torchvision into a temporary folder, moved in only when complete.
+    created = not d.exists()
     try:
         from torchvision.datasets import CIFAR100
         d.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,8 @@ def read_cifar100(data_dir: str):
             CIFAR100(tmp, train=True, download=True)
             shutil.move(str(Path(tmp) / "cifar-100-python"), str(d / "cifar-100-python"))
     except Exception as e:
+        if created:
+            shutil.rmtree(d, ignore_errors=True)
         raise UsageError(f"CIFAR-100 not found in '{d}' (expected cifar100_uint8.npz + meta.json, or "
                          f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}") from None
     return _read_torchvision(d)
@@ -86,7 +89,7 @@ class Cifar100(Task):
     profiles = {
         "smoke": dict(student="resnet8_w16", epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
                       val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
-        "quick": dict(student="resnet8_w16", epochs=5, batch_size=128, lr=0.1, schedule="onecycle",
+        "quick": dict(student="resnet8_w16", epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
                       weight_decay=5e-4, nesterov=True),
         "paper": dict(student="resnet18", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
                       weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),

@@ -1,0 +1,45 @@
+"""Bad input: one clear line naming what is valid, exit code 2, nothing written."""
+import pytest
+
+from conftest import run_cli
+
+
+def _assert_refused(res, tmp_path, *needles):
+    assert res.returncode == 2, res.stderr
+    for n in needles:
+        assert n in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--methods", "pktt"], ["unknown method 'pktt'", "known: baseline"]),
+    (["--task", "imagenet"], ["unknown task 'imagenet'", "cifar100"]),
+    (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
+    (["--student", "vgg"], ["unknown student 'vgg'", "resnet8"]),
+    (["--teacher", "bert"], ["unknown teacher 'bert'", "minilm"]),
+    (["--set", "margn=0.1"], ["unknown --set key 'margn'", "margin"]),
+    (["--set", "epochs=two"], ["epochs=two: expected a int"]),
+    (["--set", "feat_dist=l1", "--methods", "ours_feature"], ["feat_dist='l1' is not valid", "l2sq_norm_sum"]),
+    (["--set", "schedule=linear"], ["schedule='linear' is not valid"]),
+    (["--set", "noequals"], ["--set expects key=value"]),
+    (["--seeds", "0"], ["--seeds must be >= 1"]),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, cifar_dir, args, needles):
+    res = run_cli(["run", "--profile", "smoke", "--data-dir", str(cifar_dir), *args], tmp_path)
+    _assert_refused(res, tmp_path, *needles)
+
+
+def test_missing_data_exits_2(tmp_path):
+    res = run_cli(["run", "--profile", "smoke", "--methods", "baseline", "--data-dir", str(tmp_path / "nope")], tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "CIFAR-100 not found" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"
+
+
+def test_list_names_every_kind(tmp_path):
+    res = run_cli(["list"], tmp_path)
+    assert res.returncode == 0
+    for name in ("baseline", "kd", "fitnet", "pkt", "sp", "ickd", "ccl", "clip", "ours_feature", "ours_classifier",
+                 "ours_feature_quality", "cifar100", "resnet8", "cifar_resnet18", "resnet34", "minilm", "smoke", "quick", "paper"):
+        assert f"  {name} " in res.stdout, name

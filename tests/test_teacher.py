@@ -1,0 +1,75 @@
+"""The frozen teacher: cached once per key, never run or optimised in the training loop."""
+import torch
+
+from benchmark.config import build_config
+from benchmark.teacher_cache import TeacherCache
+from benchmark.trainer import Context
+from tasks.cifar100 import Cifar100
+
+
+class CountingTeacher:
+    id = "test/counting-v1"
+    modality = "text"
+    dim = 8
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        g = torch.Generator().manual_seed(len(texts))
+        return torch.randn(len(texts), self.dim, generator=g)
+
+
+def test_encoder_runs_once_per_cache_key(tmp_path):
+    teacher = CountingTeacher()
+    a, key_a = TeacherCache(tmp_path).embeddings(teacher, ["a photo of a cat.", "a photo of a dog."])
+    b, key_b = TeacherCache(tmp_path).embeddings(teacher, ["a photo of a cat.", "a photo of a dog."])
+    assert teacher.calls == 1 and key_a == key_b and torch.equal(a, b)
+    _, key_c = TeacherCache(tmp_path).embeddings(teacher, ["a photo of a cow.", "a photo of a dog."])
+    assert teacher.calls == 2 and key_c != key_a
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+def _context(cifar_dir, tmp_path, method):
+    from benchmark.registry import TEACHERS
+    if "test-counting" not in TEACHERS:
+        TEACHERS.add("test-counting", CountingTeacher(), "test double that counts encoder calls")
+    teacher = TEACHERS.get("test-counting")
+    task = Cifar100()
+    cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir), "teacher": "test-counting"},
+                       {"data_fraction": "0.02", "val_fraction": "0.01"})
+    data = task.load(cfg)
+    tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path))
+    return Context(cfg, task, data, tables, method, {}), teacher
+
+
+def test_teacher_not_optimised_and_not_run_in_the_loop(cifar_dir, tmp_path):
+    for method in ("ours_feature", "clip", "kd"):
+        ctx, teacher = _context(cifar_dir, tmp_path, method)
+        calls = teacher.calls
+        table = ctx.tables.embedding.clone()
+        opt_ids = {id(p) for g in ctx.opt.param_groups for p in g["params"]}
+        assert id(ctx.tables.embedding) not in opt_ids and not ctx.tables.embedding.requires_grad
+        for i in range(3):
+            ctx.train_step(torch.arange(i * 16, (i + 1) * 16))
+        assert teacher.calls == calls, "the teacher encoder ran inside the training loop"
+        assert torch.equal(ctx.tables.embedding, table) and ctx.tables.embedding.grad is None
+        if method == "ours_feature":  # the projection head is trainable and in the optimiser
+            assert all(id(p) in opt_ids for p in ctx.method.head.parameters())
+
+
+def test_minilm_teacher_is_real_and_offline():
+    from benchmark.teachers import MiniLMText
+    e = torch.nn.functional.normalize(MiniLMText().encode(["apple", "pear", "tiger", "lion", "truck"]), dim=1)
+    sim = e @ e.t()
+    assert sim[0, 1] > sim[0, 2] and sim[2, 3] > sim[2, 4]
+    assert e.shape == (5, 384)
+
+
+def test_open_clip_text_tower_runs_with_random_weights():
+    from benchmark.teachers import OpenClipText
+    t = OpenClipText(None)
+    e1 = t.encode(["a photo of a cat."])
+    assert e1.shape == (1, 512)
+    assert torch.equal(e1, OpenClipText(None).encode(["a photo of a cat."]))  # seeded: a stable cache key
