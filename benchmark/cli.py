@@ -117,6 +117,83 @@ def cmd_perf(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.tracking import Tracker, resolve_uri
+    from methods._base import hparam_fields
+    from studies.paper import PAPER_STUDIES
+    from studies import runner
+    if args.paper:
+        if args.paper not in PAPER_STUDIES:
+            raise UsageError(f"unknown --paper '{args.paper}'; known: {', '.join(PAPER_STUDIES)}")
+        spec = PAPER_STUDIES[args.paper]
+        args.task, args.method = spec["task"], spec["method"]
+        if args.profile == "paper" and not args.student:
+            args.student = spec["paper_student"]
+        grid = spec["grid"]
+    else:
+        if not args.method:
+            raise UsageError("study needs --method M (or --paper tableN)")
+        grid = None
+    METHODS.get(args.method)
+    if not args.paper:
+        grid = runner.parse_grid(args.grid, hparam_fields(METHODS.get(args.method))) or None
+    args.methods = args.method
+    task, _, hp, cfg, data = prepare(args)
+    storage = args.storage or f"sqlite:///{Path.cwd() / 'studies.db'}"
+    name = args.study_name or (f"{args.paper}-{cfg.profile}" if args.paper else f"{cfg.task}-{args.method}-{cfg.profile}")
+    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
+    direction = "maximize" if task.selection_mode == "max" else "minimize"
+    if not args.join:
+        runner.create_study(name, storage, direction, grid, tracker,
+                            {"task": cfg.task, "method": args.method, "profile": cfg.profile, "student": cfg.student,
+                             "paper_table": args.paper or ""})
+        print(f"study '{name}' ready in {runner.safe_uri(storage)}" + (f" ({len(list(_grid_points(grid)))} grid points)" if grid else ""))
+    if args.create_only:
+        return 0
+    if args.workers > 1 and not args.join:
+        argv = [a for a in args.argv if a != "--create-only"]
+        runner.spawn_workers(_without(argv, "--workers") + ["--study-name", name, "--storage", storage], args.workers)
+    else:
+        tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
+        study, storage_obj = runner.load_study(name, storage, grid)
+        objective = runner.Objective(cfg, task, data, tables, args.method, hp, tracker,
+                                     Path(args.out or f"runs/study-{name}"), args.seeds, grid, prune=grid is None)
+        runner.work(study, storage_obj, objective, args.n_trials)
+    if not args.join:
+        import optuna
+        df = optuna.load_study(study_name=name, storage=storage).trials_dataframe(attrs=("number", "params", "value", "state"))
+        print(df.to_markdown(index=False))
+    return 0
+
+
+def _grid_points(grid):
+    import itertools
+    return itertools.product(*grid.values())
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def cmd_report(args) -> int:
+    from benchmark.tracking import resolve_uri
+    from reports.generate import build_report
+    path = build_report(resolve_uri(args.tracking_uri), Path(args.out), args.experiment)
+    print(f"report written to {path}")
+    return 0
+
+
 def common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="cifar100")
     p.add_argument("--methods", default="all", help="'all' or a comma list")
@@ -146,12 +223,33 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--steps", type=int, default=30)
     perf.add_argument("--batch-size", dest="perf_batch", type=int)
     perf.set_defaults(fn=cmd_perf, methods="all", profile="quick")
+    st = sub.add_parser("study", help="Optuna study: a grid (--grid / --paper tableN) or TPE over a method's search space")
+    common_run_args(st)
+    st.add_argument("--method")
+    st.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...")
+    st.add_argument("--paper", help="the paper's ablation: table5, table6, table10, table11 or table12")
+    st.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies.db; postgresql://... for many workers)")
+    st.add_argument("--study-name", dest="study_name")
+    st.add_argument("--n-trials", dest="n_trials", type=int, help="TPE trials per worker (default 10)")
+    st.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    st.add_argument("--join", action="store_true", help="join an existing study as a worker (other machines)")
+    st.add_argument("--create-only", dest="create_only", action="store_true", help="create the study and exit")
+    st.add_argument("--tracking-uri", dest="tracking_uri")
+    st.add_argument("--experiment")
+    st.add_argument("--out", help="checkpoint folder (default runs/study-<name>)")
+    st.set_defaults(fn=cmd_study, methods=None)
+    rep = sub.add_parser("report", help="rebuild the paper's tables and figures from MLflow runs (report.md + PNGs)")
+    rep.add_argument("--out", default="reports/generated")
+    rep.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")
+    rep.add_argument("--tracking-uri", dest="tracking_uri")
+    rep.set_defaults(fn=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         load_plugins()
         return args.fn(args)

@@ -174,7 +174,8 @@ def better(a: float, b: float | None, mode: str) -> bool:
 
 
 def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any], tracker,
-            out_dir: Path, resume: bool = False, parent_run_id: str | None = None, on_epoch=None) -> dict[str, Any]:
+            out_dir: Path, resume: bool = False, parent_run_id: str | None = None, on_epoch=None,
+            tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and evaluate one (method, seed); returns the final metrics (and the MLflow run id)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -201,7 +202,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     else:
         run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {"task": cfg.task, "method": method_name,
                                "profile": cfg.profile, "seed": str(cfg.seed), "student": cfg.student,
-                               "teacher": tables.teacher_id}, parent_run_id=parent_run_id)
+                               "teacher": tables.teacher_id, "xkd.kind": "train", **(tags or {})},
+                               parent_run_id=parent_run_id)
         tracker.log_params(run_id, params)
         tracker.log_dict(run_id, params, "config.json")
         start, history, best, wall = 0, [], None, 0.0

@@ -36,11 +36,17 @@ def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 class Method(nn.Module):
     """Subclasses set `Hparams` (a dataclass of typed hyperparameters) and implement terms()."""
     Hparams = Hparams
-    provenance = ""
+    # Optuna TPE search space: field -> ("float"|"log", low, high) or ("choice", [options])
+    search_space: dict[str, tuple] = {}
 
     def __init__(self, dims: Dims, hp: Hparams):
         super().__init__()
         self.dims, self.hp = dims, validate_hparams(hp)
+
+    @classmethod
+    def tunable(cls, hp: Hparams) -> dict[str, tuple]:
+        """The search space for these resolved hyperparameters (TPE studies)."""
+        return dict(cls.search_space)
 
     @property
     def ce_weight(self) -> float:
@@ -55,6 +61,10 @@ class Method(nn.Module):
     # Cross-modal matching and t-SNE: which spaces the student and teacher features live in.
     def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
         """The teacher-side feature this method aligns to (F_T for ours, raw E_T otherwise)."""
+        return e_t
+
+    def teacher_reference(self, e_t: torch.Tensor) -> torch.Tensor:
+        """E_T placed in the student's feature space for joint plots (identity unless a method maps it)."""
         return e_t
 
     def student_match_features(self, f_s: torch.Tensor) -> torch.Tensor | None:

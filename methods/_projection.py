@@ -60,13 +60,22 @@ class OursHparams(Hparams):
 class OursBase(Method):
     """Shared by the three variants: a trainable projection head on the frozen teacher embedding."""
     Hparams = OursHparams
+    search_space = {"alpha": ("float", 0.0, 1.0), "margin": ("float", 0.0, 0.25), "margin_deg": ("float", 0.0, 60.0)}
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.head = ProjectionHead(dims.teacher, dims.student, hp.alpha, hp.head_hidden, hp.head_layers)
 
+    @classmethod
+    def tunable(cls, hp) -> dict[str, tuple]:
+        unused = "margin" if hp.feat_dist == "cos" else "margin_deg"  # one margin applies per distance
+        return {k: v for k, v in cls.search_space.items() if k != unused}
+
     def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
         return self.head(e_t)
+
+    def teacher_reference(self, e_t: torch.Tensor) -> torch.Tensor:
+        return self.head.skip(fp(e_t))  # the frozen path of the head: E_T itself when d_S == d_T
 
     def feature_loss(self, s, f_t) -> torch.Tensor:
         hp = self.hp

@@ -34,6 +34,7 @@ class CCLHparams(Hparams):
 @register("ccl", "compositional contrastive learning: composition module + NCE + symmetric KL, tau 0.1 (text)")
 class CCL(Method):
     Hparams = CCLHparams
+    search_space = {"ccl_tau": ("log", 0.05, 1.0)}
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)

@@ -18,6 +18,7 @@ class FitNetHparams(Hparams):
 @register("fitnet", "FitNet hint loss: linear regressor of the student feature onto E_T, MSE, lambda=100")
 class FitNet(Method):
     Hparams = FitNetHparams
+    search_space = {"fitnet_weight": ("log", 1.0, 1000.0)}
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)

@@ -32,6 +32,7 @@ class ICKDHparams(Hparams):
 @register("ickd", "ICKD inter-channel correlation (batch-as-spatial), Linear+BN connector, lambda=2.5")
 class ICKD(Method):
     Hparams = ICKDHparams
+    search_space = {"ickd_weight": ("log", 0.1, 10.0)}
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)

@@ -19,6 +19,7 @@ class ClassifierHparams(OursHparams):
 @register("ours_classifier", "proposed: projection head + shared-classifier CE on [F_S; F_T] + beta * logit MSE")
 class OursClassifier(OursBase):
     Hparams = ClassifierHparams
+    search_space = {"alpha": ("float", 0.0, 1.0), "beta": ("float", 0.0, 3.0)}
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)

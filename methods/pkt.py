@@ -25,6 +25,7 @@ class PKTHparams(Hparams):
 @register("pkt", "PKT probabilistic knowledge transfer on pooled features (relational, B x B), lambda=30000")
 class PKT(Method):
     Hparams = PKTHparams
+    search_space = {"pkt_weight": ("log", 1e3, 1e5)}
 
     def terms(self, s, t, y):
         return {"pkt": Term(pkt_loss(s.embedding, t.embedding), self.hp.pkt_weight)}

@@ -25,6 +25,7 @@ class SPHparams(Hparams):
 @register("sp", "similarity-preserving KD on the B x B similarity of the last stage map vs E_T, lambda=3000")
 class SP(Method):
     Hparams = SPHparams
+    search_space = {"sp_weight": ("log", 100.0, 1e4)}
 
     def terms(self, s, t, y):
         x_s = s.maps[-1] if self.hp.sp_input == "last_map" else s.embedding

@@ -185,7 +185,9 @@ class Cifar100(Task):
             pick = torch.randperm(len(sp.y), generator=g)[: ctx.cfg.tsne_samples]
             tmpl = torch.randint(0, v, (len(pick),), generator=g)
             e_t = e[sp.key[pick].to(e.device), tmpl.to(e.device)]
-            arrays = {"teacher_embedding": e_t.cpu().numpy(), "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
+            arrays = {"teacher_embedding": e_t.cpu().numpy(),
+                      "teacher_common": method.teacher_reference(e_t).float().cpu().numpy(),
+                      "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
                       "student_embedding": emb[pick].float().cpu().numpy(), "label": sp.y[pick].numpy(),
                       "group": data.extra["fine_to_coarse"][sp.y[pick]].numpy()}
         return metrics, arrays

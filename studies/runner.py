@@ -1,0 +1,170 @@
+"""Optuna studies over the harness: grid (the paper's ablations) or TPE with a median pruner.
+
+Grids: every grid point is enqueued as a trial when the study is created; workers (processes on one
+machine or many, sharing the storage) claim queued trials atomically, so each point runs exactly once.
+Optuna's GridSampler alone can re-evaluate a point when workers race (it warns about it), which a
+benchmark cannot accept.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from statistics import mean
+
+import optuna
+
+from benchmark.registry import UsageError
+from benchmark.trainer import resolve_hparams, run_one
+
+
+def parse_grid(items: list[str], hp_types: dict) -> dict[str, list]:
+    from benchmark.config import convert
+    grid = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--grid expects key=v1,v2,..., got '{item}'")
+        k, vals = item.split("=", 1)
+        if k not in hp_types:
+            raise UsageError(f"--grid key '{k}' is not a hyperparameter of this method; known: {', '.join(hp_types)}")
+        grid[k] = [convert(k, v.strip(), hp_types[k].type) for v in vals.split(",") if v.strip()]
+        if not grid[k]:
+            raise UsageError(f"--grid {k}: no values")
+    return grid
+
+
+def suggest(trial: optuna.trial.Trial, name: str, spec: tuple):
+    """spec: ("float"|"log", low, high) or ("choice", [options]), as methods declare in search_space."""
+    if spec[0] == "choice":
+        return trial.suggest_categorical(name, spec[1])
+    return trial.suggest_float(name, spec[1], spec[2], log=spec[0] == "log")
+
+
+def safe_uri(url: str) -> str:
+    """Storage URL without its password, for logs and MLflow params."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict):
+    """Create the study (schema included) and its MLflow parent run, before any worker starts."""
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=make_sampler(grid),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3), load_if_exists=True)
+    if "mlflow_parent_run_id" not in study.user_attrs:
+        parent = tracker.start(f"study:{name}", {**tags, "xkd.kind": "study", "study_name": name})
+        tracker.log_params(parent, {"storage": safe_uri(storage), "direction": direction, **tags,
+                                    "grid_mechanism": "enqueued trials, claimed atomically" if grid else "TPE",
+                                    **({f"grid.{k}": v for k, v in grid.items()} if grid else {})})
+        study.set_user_attr("mlflow_parent_run_id", parent)
+        study.set_user_attr("grid", grid or {})
+        study.set_user_attr("paper_table", tags.get("paper_table", ""))
+        if grid:
+            keys = list(grid)
+            for values in itertools.product(*(grid[k] for k in keys)):
+                study.enqueue_trial(dict(zip(keys, values)), skip_if_exists=True)
+    return study
+
+
+def make_sampler(grid: dict | None):
+    # Grid studies only run enqueued trials (all parameters fixed), so the sampler never samples.
+    return optuna.samplers.RandomSampler(seed=0) if grid else optuna.samplers.TPESampler(seed=0)
+
+
+def load_study(name: str, storage_url: str, grid: dict | None):
+    """The study and the storage object it reads through (trial claims must use the same object)."""
+    storage = optuna.storages.get_storage(storage_url)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(grid),
+                              pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
+    return study, storage
+
+
+def pop_queued_trial(study: optuna.Study, storage) -> optuna.trial.Trial | None:
+    """Atomically claim a WAITING (enqueued) trial; None when the queue is empty. Never creates a trial."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=optuna.trial.TrialState.RUNNING):
+                return optuna.trial.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+class Objective:
+    """One trial = the method trained on `seeds` seeds; value = mean best validation metric."""
+
+    def __init__(self, cfg, task, data, tables, method, base_hp, tracker, out, seeds, grid, prune):
+        self.__dict__.update(cfg=cfg, task=task, data=data, tables=tables, method=method, base_hp=base_hp,
+                             tracker=tracker, out=out, seeds=seeds, grid=grid, prune=prune)
+
+    def params_for(self, trial: optuna.trial.Trial) -> dict:
+        if self.grid:
+            return {k: trial.suggest_categorical(k, v) for k, v in self.grid.items()}
+        cls, hp = resolve_hparams(self.method, self.task, self.cfg, self.base_hp)
+        space = cls.tunable(hp)
+        if not space:
+            raise UsageError(f"method '{self.method}' declares no search space; use --grid")
+        return {k: suggest(trial, k, spec) for k, spec in space.items()}
+
+    def __call__(self, trial: optuna.trial.Trial) -> float:
+        params = self.params_for(trial)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        parent = trial.study.user_attrs["mlflow_parent_run_id"]
+        run = self.tracker.start(f"trial-{trial.number}", {"xkd.kind": "trial", "trial_number": str(trial.number),
+                                                            "study_name": trial.study.study_name}, parent_run_id=parent)
+        self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method, **params})
+        key = f"best_{self.task.selection_metric}"
+        values = []
+        try:
+            for seed in range(self.cfg.seed, self.cfg.seed + self.seeds):
+                def report(epoch, m, first=seed == self.cfg.seed):
+                    if self.prune and first:
+                        trial.report(m[self.task.selection_metric], epoch)
+                        if trial.should_prune():
+                            raise optuna.TrialPruned()
+                r = run_one(replace(self.cfg, seed=seed), self.task, self.data, self.tables, self.method,
+                            {**self.base_hp, **params}, self.tracker, self.out, parent_run_id=run, on_epoch=report,
+                            tags={"xkd.study": trial.study.study_name,
+                                  "xkd.paper_table": trial.study.user_attrs.get("paper_table", "")})
+                values.append(r[key])
+        except optuna.TrialPruned:
+            self.tracker.end(run, "KILLED")
+            raise
+        except BaseException:
+            self.tracker.end(run, "FAILED")
+            raise
+        value = mean(values)
+        self.tracker.log_metrics(run, {"objective": value, "n_seeds": len(values)}, step=0)
+        self.tracker.end(run)
+        return value
+
+
+def work(study: optuna.Study, storage, objective: Objective, n_trials: int | None) -> int:
+    """Run trials: queued grid points until none is left, or n_trials TPE trials."""
+    done = 0
+    if objective.grid:
+        while (trial := pop_queued_trial(study, storage)) is not None:
+            try:
+                study.tell(trial, objective(trial))
+            except optuna.TrialPruned:
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except BaseException:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                raise
+            done += 1
+        return done
+    study.optimize(objective, n_trials=n_trials or 10, catch=())
+    return n_trials or 10
+
+
+def spawn_workers(argv: list[str], n: int) -> None:
+    """Start n worker processes that join the (already created) study, and wait for all of them."""
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"]) for _ in range(n)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a study worker failed (exit codes {codes})")
