@@ -91,11 +91,10 @@ def cmd_run(args) -> int:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
             results.append(r)
-            print(f"{m:22s} seed {seed}: test top-1 {r['test_top1']:.2f} (best-val ep {r['best_val_epoch']}: "
-                  f"{r['test_top1_at_best_val']:.2f}) match {r.get('match_acc', float('nan')):.2f} "
-                  f"[{r['wall_s']:.0f}s]", flush=True)
+            shown = ", ".join(f"{label} {r.get(k, float('nan')):.2f}" for k, label in task.summary_metrics)
+            print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
     if results:
-        table = write_table(results, out)
+        table = write_table(results, out, task.summary_metrics)
         print(table.to_markdown(index=False))
         print(f"total wall time {time.time() - t0:.0f}s; tables in {out}/results.md and results.csv")
     return 0
@@ -186,6 +185,15 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+def cmd_fixture(args) -> int:
+    if args.which != "voxceleb":
+        raise UsageError(f"unknown fixture '{args.which}'; known: voxceleb")
+    from tasks.voxceleb_fixture import NOISE_DIR, build_fixture
+    path = build_fixture(Path(args.shared_data), Path(args.out), Path(args.noise_dir or NOISE_DIR))
+    print(f"fixture written to {path} (no cross-modal signal: faces and voices are paired arbitrarily)")
+    return 0
+
+
 def cmd_report(args) -> int:
     from benchmark.tracking import resolve_uri
     from reports.generate import build_report
@@ -238,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--experiment")
     st.add_argument("--out", help="checkpoint folder (default runs/study-<name>)")
     st.set_defaults(fn=cmd_study, methods=None)
+    fx = sub.add_parser("fixture", help="build the small real speaker fixture (FSDD + ORL + sonic-pi noise)")
+    fx.add_argument("which", help="voxceleb")
+    fx.add_argument("--out", required=True)
+    fx.add_argument("--shared-data", dest="shared_data", default="../shared/data")
+    fx.add_argument("--noise-dir", dest="noise_dir")
+    fx.set_defaults(fn=cmd_fixture)
     rep = sub.add_parser("report", help="rebuild the paper's tables and figures from MLflow runs (report.md + PNGs)")
     rep.add_argument("--out", default="reports/generated")
     rep.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")

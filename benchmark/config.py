@@ -40,6 +40,14 @@ class RunConfig:
     zeroshot_scale: float = 100.0
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = 200
+    # speaker task (ignored elsewhere)
+    teacher_checkpoint: str = ""      # IR-50 checkpoint for --teacher ir50
+    noise_dir: str = ""               # noise folder (MUSAN 'noise' or any wav/flac); default <data-dir>/noise
+    train_seconds: float = 2.0        # random training crop
+    eval_seconds: float = 4.0         # each of the eval_crops test crops
+    eval_crops: int = 10
+    noise_snrs: str = "15,10,5"       # delta dB of the noisy-test EERs
+    match_triplets: int = 10000       # per direction (A-F, F-A) and setting (O, H)
     # operations
     stop_after_epochs: int = 0        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = 0              # 0: torch default

@@ -30,14 +30,17 @@ def _throughput(step, n_batches: int, batch: int, steps: int, rounds: int = 3) -
 def bare_loop_step(cfg, task, data, device):
     """The same student, data tensors, augmentation, CE and SGD with none of the harness around them."""
     torch.manual_seed(cfg.seed)
-    net = STUDENTS.get(cfg.student)(data.num_classes).to(device, memory_format=torch.channels_last)
+    net = STUDENTS.get(cfg.student)(data.num_classes).to(device)
+    net = net.to(memory_format=torch.channels_last) if net.channels_last else net
     opt = build_optimizer(net.parameters(), cfg)
-    gen, b = torch.Generator().manual_seed(0), cfg.batch_size
-    x_all, y_all = data.train.x, data.train.y.to(device)
+    gen = torch.Generator().manual_seed(0)
+    batches = task.epoch_batches(data.train, cfg.batch_size, torch.Generator().manual_seed(0))
+    y_all = data.train.y.to(device)
 
     def step(i: int) -> None:
-        x = task.augment(x_all[i * b:(i + 1) * b].to(device), gen, True, cfg)
-        loss = F.cross_entropy(net(x).logits, y_all[i * b:(i + 1) * b])
+        idx = batches[i]
+        x = task.augment(task.train_inputs(data.train, idx, gen, cfg).to(device), gen, True, cfg)
+        loss = F.cross_entropy(net(x).logits, y_all[idx.to(device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -50,14 +53,14 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
-    b, n_batches = cfg.batch_size, len(data.train.y) // cfg.batch_size
+    b, n_batches = cfg.batch_size, task.steps_per_epoch(data.train, cfg.batch_size)
     rows = []
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
     rows.append(("bare PyTorch loop", _throughput(bare_loop_step(cfg, task, data, ctx0.device), n_batches, b, args.steps)))
     for m in ["baseline"] + [m for m in methods if m != "baseline"]:
         ctx = Context(cfg, task, data, tables, m, hp)
-        order = torch.arange(len(data.train.y))
-        rows.append((m, _throughput(lambda i: ctx.train_step(order[i * b:(i + 1) * b]), n_batches, b, args.steps)))
+        batches = task.epoch_batches(data.train, b, torch.Generator().manual_seed(0))
+        rows.append((m, _throughput(lambda i: ctx.train_step(batches[i]), len(batches), b, args.steps)))
     bare, base = rows[0][1], rows[1][1]
     df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
                        "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],

@@ -5,12 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = [("test_top1", "test top-1 (last epoch)"), ("test_top1_at_best_val", "test top-1 (best-val epoch)"),
-           ("match_acc", "matching acc"), ("wall_s", "wall time (s)")]
-
-
-def summarise(results: list[dict]) -> pd.DataFrame:
+def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
     df = pd.DataFrame(results)
+    COLUMNS = [*columns, ("wall_s", "wall time (s)")]
     cols = [c for c, _ in COLUMNS if c in df.columns]
     order = list(dict.fromkeys(df["method"]))
     g = df.groupby("method", sort=False)[cols]
@@ -22,8 +19,8 @@ def summarise(results: list[dict]) -> pd.DataFrame:
     return out
 
 
-def write_table(results: list[dict], out_dir: Path) -> pd.DataFrame:
-    table = summarise(results)
+def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str]]) -> pd.DataFrame:
+    table = summarise(results, columns)
     out_dir.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(results).to_csv(out_dir / "runs.csv", index=False)
     table.to_csv(out_dir / "results.csv", index=False)

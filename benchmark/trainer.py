@@ -70,13 +70,16 @@ class Context:
         self.device = resolve_device(cfg.device)
         self.tables = tables.to(self.device)
         torch.manual_seed(cfg.seed)
-        self.student = STUDENTS.get(cfg.student)(data.num_classes).to(self.device, memory_format=torch.channels_last)
+        self.student = STUDENTS.get(cfg.student)(data.num_classes).to(self.device)
+        if self.student.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
         dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels))
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
+        self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
         # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
-        self.opt = build_optimizer(list(self.student.parameters()) + list(self.method.parameters()), cfg)
-        self.steps_per_epoch = len(data.train.y) // cfg.batch_size  # drop_last: equal-size batches
+        self.opt = build_optimizer([*self.student.parameters(), *self.method.parameters(), *self.task_loss.parameters()], cfg)
+        self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)
         if self.steps_per_epoch < 1:
             raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
@@ -92,7 +95,8 @@ class Context:
     def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """One optimiser step on the samples idx; returns loss, term means and #correct (all detached)."""
         cfg, tables = self.cfg, self.tables
-        x = self.task.augment(self.data.train.x[idx].to(self.device, non_blocking=True), self.gen, True, cfg)
+        x = self.task.train_inputs(self.data.train, idx, self.gen, cfg).to(self.device, non_blocking=True)
+        x = self.task.augment(x, self.gen, True, cfg)
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
         variant = torch.randint(0, tables.embedding.shape[1], (len(idx),), generator=self.gen).to(self.device)
@@ -100,7 +104,7 @@ class Context:
                              None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
             s = self.student(x)
-            terms: dict[str, Term] = self.task.loss_terms(s, y)
+            terms: dict[str, Term] = self.task_loss(s, y)
             if "ce" in terms:
                 terms["ce"].weight = self.method.ce_weight
             terms.update(self.method.terms(s, teacher, y))
@@ -126,24 +130,24 @@ class Context:
         return torch.cat(logits), torch.cat(emb)
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student.state_dict(), "method": self.method.state_dict(),
+        return {"student": self.student.state_dict(), "method": self.method.state_dict(), "task_loss": self.task_loss.state_dict(),
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.student.load_state_dict(st["student"]), self.method.load_state_dict(st["method"])
+        self.task_loss.load_state_dict(st["task_loss"])
         self.opt.load_state_dict(st["opt"]), self.sched.load_state_dict(st["sched"])
         self.gen.set_state(st["gen"])
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        n = len(self.data.train.y)
-        order = torch.randperm(n, generator=self.gen)
+        batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
         loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
         term_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(range(self.steps_per_epoch), desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
                    leave=False, mininterval=2.0, disable=None)
         t0 = time.perf_counter()
         for i in bar:
-            loss, terms, c = self.train_step(order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size])
+            loss, terms, c = self.train_step(batches[i])
             loss_sum, correct, seen = loss_sum + loss.cpu(), correct + c.cpu(), seen + self.cfg.batch_size
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0) + v.cpu()
@@ -227,8 +231,11 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
                 return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
         t0 = time.perf_counter()
         final, arrays = task.evaluate(ctx, "test")
-        ctx.student.load_state_dict(best["student"]), ctx.method.load_state_dict(best["method"])
-        at_best, _ = task.evaluate(ctx, "test")
+        if best["epoch"] == cfg.epochs:  # the best-validation weights are the last ones: nothing to re-evaluate
+            at_best = final
+        else:
+            ctx.student.load_state_dict(best["student"]), ctx.method.load_state_dict(best["method"])
+            at_best, _ = task.evaluate(ctx, "test")
         wall += time.perf_counter() - t0
     except BaseException:
         tracker.end(run_id, status="FAILED")

@@ -6,7 +6,14 @@ from typing import Any
 
 import torch
 
+from torch import nn
+
 from benchmark.types import StudentOut, Term
+
+
+class CrossEntropyTerms(nn.Module):
+    def forward(self, s: StudentOut, y: torch.Tensor) -> dict[str, Term]:
+        return {"ce": Term(nn.functional.cross_entropy(s.logits.float(), y, reduction="none"))}
 
 
 @dataclass
@@ -14,6 +21,7 @@ class Split:
     x: torch.Tensor          # uint8 student inputs (images [N, C, H, W], or audio)
     y: torch.Tensor          # int64 labels [N]
     key: torch.Tensor        # int64 teacher key per sample [N] (class for text, video for faces)
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the validation trial list of a speaker task
 
 
 @dataclass
@@ -34,6 +42,10 @@ class Task:
     profiles: dict[str, dict[str, Any]] = {}
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
+    # (metric, label) shown in the printed summary and the results table
+    summary_metrics: list[tuple[str, str]] = [("test_top1", "test top-1 (last epoch)"),
+                                              ("test_top1_at_best_val", "test top-1 (best-val epoch)"),
+                                              ("match_acc", "matching acc")]
 
     def load(self, cfg) -> TaskData:
         raise NotImplementedError
@@ -44,9 +56,21 @@ class Task:
     def augment(self, x: torch.Tensor, gen: torch.Generator | None, train: bool, cfg) -> torch.Tensor:
         raise NotImplementedError
 
-    def loss_terms(self, s: StudentOut, y: torch.Tensor) -> dict[str, Term]:
-        """The task loss as named terms; the one called 'ce' is weighted by the method's ce_weight."""
-        return {"ce": Term(torch.nn.functional.cross_entropy(s.logits.float(), y, reduction="none"))}
+    def make_loss(self, num_classes: int, embed_dim: int) -> nn.Module:
+        """The task loss as a module (it may own parameters) returning named terms; the term called 'ce'
+        is weighted by the method's ce_weight."""
+        return CrossEntropyTerms()
+
+    def steps_per_epoch(self, split: Split, batch_size: int) -> int:
+        return len(split.y) // batch_size  # drop_last: equal-size batches
+
+    def epoch_batches(self, split: Split, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+        order = torch.randperm(len(split.y), generator=gen)
+        return [order[i * batch_size:(i + 1) * batch_size] for i in range(self.steps_per_epoch(split, batch_size))]
+
+    def train_inputs(self, split: Split, idx: torch.Tensor, gen: torch.Generator, cfg) -> torch.Tensor:
+        """The raw inputs of a training batch (before augment); tasks reading from disk override this."""
+        return split.x[idx]
 
     def hparam_defaults(self, cfg) -> dict[str, Any]:
         """Method hyperparameter defaults this task sets (by field name), e.g. margins per student."""
