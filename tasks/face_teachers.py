@@ -19,7 +19,7 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
 
 def resize(img: np.ndarray, size: int) -> torch.Tensor:
     """uint8 HxW(x3) -> float [3, size, size] in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(to_rgb(img))).permute(2, 0, 1).float().unsqueeze(0) / 255
+    x = torch.from_numpy(np.array(to_rgb(img))).permute(2, 0, 1).float().unsqueeze(0) / 255
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[0]
 
 
@@ -120,7 +120,8 @@ class IR50Face:
 
 class WeakFace:
     """The paper's weak teacher: a ResNet34 face model the harness trains on the training faces
-    (identity labels), then freezes; its 512-d penultimate feature is the embedding."""
+    (identity labels), then freezes; its 512-d penultimate feature is the embedding. encode() gets the
+    training faces first (as many as labels), then any faces to embed with the trained model."""
     modality = "face"
     dim = 512
 
@@ -141,7 +142,7 @@ class WeakFace:
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(0)
         for _ in range(self.epochs):
-            for idx in torch.randperm(len(x), generator=g).split(64):
+            for idx in torch.randperm(len(y), generator=g).split(64):  # the first len(labels) images are training faces
                 xb = torch.where(torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5, x[idx].flip(3), x[idx])
                 loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad()
