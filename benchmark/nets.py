@@ -22,13 +22,16 @@ class Student(nn.Module):
         self.embed_dim = widths[-1]
         self.classifier = nn.Linear(self.embed_dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> StudentOut:
-        h = self.stem(x)
-        maps = []
+    def run_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, maps = self.stem(x), []
         for stage in self.stages:
             h = stage(h)
             maps.append(h)
-        emb = torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1)
+        return maps
+
+    def forward(self, x: torch.Tensor) -> StudentOut:
+        maps = self.run_stages(x)
+        emb = torch.flatten(nn.functional.adaptive_avg_pool2d(maps[-1], 1), 1)
         return StudentOut(maps=maps, embedding=emb, logits=self.classifier(emb), classifier=self.classifier)
 
 
@@ -124,11 +127,8 @@ class SpeakerStudent(Student):
         self.classifier = nn.Linear(n_out, num_classes)
 
     def forward(self, wave: torch.Tensor) -> StudentOut:
-        h = self.stem(wave)
-        maps = []
-        for stage in self.stages:
-            h = stage(h)
-            maps.append(h)
+        maps = self.run_stages(wave)
+        h = maps[-1]
         x = h.reshape(h.shape[0], -1, h.shape[-1])          # [B, C*F, T]
         w = self.attention(x)
         mu = (x * w).sum(2)

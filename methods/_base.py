@@ -69,16 +69,18 @@ class Method(nn.Module):
 
     def student_match_features(self, f_s: torch.Tensor) -> torch.Tensor | None:
         """Raw F_S when it has the teacher-side dimension, else the method's connector, else None."""
-        d_t = self.teacher_features(torch.zeros(1, self.dims.teacher, device=f_s.device)).shape[1]
-        if f_s.shape[1] == d_t:
+        if f_s.shape[1] == self.teacher_feature_dim:
             return f_s
         conn = getattr(self, "match_connector", None)
         return conn(f_s) if conn is not None else None
 
     @property
+    def teacher_feature_dim(self) -> int:
+        return self.dims.teacher
+
+    @property
     def match_space(self) -> str:
-        d_t = self.teacher_features(torch.zeros(1, self.dims.teacher)).shape[1]
-        if d_t == self.dims.student:
+        if self.teacher_feature_dim == self.dims.student:
             return "raw_student"
         return "connector" if getattr(self, "match_connector", None) is not None else "undefined(d_S!=d_T, no connector)"
 

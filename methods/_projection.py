@@ -74,6 +74,10 @@ class OursBase(Method):
     def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
         return self.head(e_t)
 
+    @property
+    def teacher_feature_dim(self) -> int:
+        return self.dims.student  # the head maps E_T into the student's space
+
     def teacher_reference(self, e_t: torch.Tensor) -> torch.Tensor:
         return self.head.skip(fp(e_t))  # the frozen path of the head: E_T itself when d_S == d_T
 

@@ -105,7 +105,9 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
             base = sel[sel["params.method"] == "baseline"]
             sel = sel[sel["params.method"] == method]
             for col, (param, scale) in spec.row_params.items():
-                if f"params.{param}" not in sel or row[col] == "":
+                if row[col] == "":  # e.g. Table 2's baseline rows name no teacher: no restriction
+                    continue
+                if f"params.{param}" not in sel:
                     sel = sel.iloc[0:0]
                 else:
                     sel = sel[_match(sel[f"params.{param}"], row[col], scale)]

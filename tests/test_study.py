@@ -97,3 +97,12 @@ def test_two_workers_share_one_postgres_study(tmp_path, cifar_dir, postgres):
     assert 1 <= len(workers) <= 2, workers
     train = [r for r in _study_runs(tmp_path) if r.data.tags["xkd.kind"] == "train"]
     assert sorted(float(r.data.params["hp.margin"]) for r in train) == [0.0, 0.01, 0.04, 0.09]
+
+
+def test_tpe_study_samples_the_declared_space(tmp_path, cifar_dir):
+    res = run_cli(["study", "--task", "cifar100", "--method", "pkt", "--n-trials", "2", "--data-dir", str(cifar_dir),
+                   *SMOKE], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name="cifar100-pkt-smoke", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+    assert len(trials) == 2 and all(1e3 <= t.params["pkt_weight"] <= 1e5 for t in trials)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
