@@ -14,17 +14,20 @@ from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context, build_optimizer
 
 
-def _throughput(step, n_batches: int, batch: int, steps: int, rounds: int = 3) -> float:
-    """Median images/s over `rounds` timed rounds of `steps` steps, after 3 warm-up steps."""
-    for i in range(3):
-        step(i % n_batches)
-    rates = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for i in range(steps):
-            step(i % n_batches)
-        rates.append(steps * batch / (time.perf_counter() - t0))
-    return statistics.median(rates)
+def _interleaved_throughput(steps_fns: list, n_batches: list[int], batch: int, steps: int, rounds: int = 5) -> list[float]:
+    """Median images/s per loop over `rounds`; each round times every loop in turn for `steps` steps, so
+    slow drifts of a shared 2-core machine hit all loops alike. Three warm-up steps each first."""
+    for fn, n in zip(steps_fns, n_batches):
+        for i in range(3):
+            fn(i % n)
+    rates: list[list[float]] = [[] for _ in steps_fns]
+    for r in range(rounds):
+        for k, (fn, n) in enumerate(zip(steps_fns, n_batches)):
+            t0 = time.perf_counter()
+            for i in range(steps):
+                fn((r * steps + i) % n)
+            rates[k].append(steps * batch / (time.perf_counter() - t0))
+    return [statistics.median(r) for r in rates]
 
 
 def bare_loop_step(cfg, task, data, device):
@@ -53,19 +56,21 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
-    b, n_batches = cfg.batch_size, task.steps_per_epoch(data.train, cfg.batch_size)
-    rows = []
+    b = cfg.batch_size
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
-    rows.append(("bare PyTorch loop", _throughput(bare_loop_step(cfg, task, data, ctx0.device), n_batches, b, args.steps)))
+    names, fns, counts = ["bare PyTorch loop"], [bare_loop_step(cfg, task, data, ctx0.device)], [task.steps_per_epoch(data.train, b)]
     for m in ["baseline"] + [m for m in methods if m != "baseline"]:
         ctx = Context(cfg, task, data, tables, m, hp)
         batches = task.epoch_batches(data.train, b, torch.Generator().manual_seed(0))
-        rows.append((m, _throughput(lambda i: ctx.train_step(batches[i]), len(batches), b, args.steps)))
+        names.append(m)
+        fns.append(lambda i, ctx=ctx, batches=batches: ctx.train_step(batches[i]))
+        counts.append(len(batches))
+    rows = list(zip(names, _interleaved_throughput(fns, counts, b, args.steps)))
     bare, base = rows[0][1], rows[1][1]
     df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
                        "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
                        "vs harness baseline": [f"{100 * (r[1] / base - 1):+.1f}%" for r in rows]})
     print(f"student {cfg.student}, batch {b}, device {ctx0.device}, threads {torch.get_num_threads()}, "
-          f"{args.steps} steps x 3 rounds (median)")
+          f"{args.steps} steps x 5 interleaved rounds (median)")
     print(df.to_markdown(index=False))
     return df

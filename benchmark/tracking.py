@@ -15,6 +15,13 @@ def resolve_uri(cli_uri: str | None) -> str:
     return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside the database file (not into the current directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+    return None  # the server's or MLflow's default
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         import logging
@@ -26,7 +33,7 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         self.uri = uri
         exp = mlflow.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
         self.client = mlflow.MlflowClient(uri)
 
     def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> str:

@@ -9,14 +9,25 @@ from benchmark.types import Term
 from methods._base import Hparams, Method, fp, l2n, register
 
 
-def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
-    """Multi-positive NCE: positives are same-label columns (incl. j=i), negatives the rest."""
-    q = F.softmax(l2n(fp(a)) @ l2n(fp(b)).t() / tau, dim=1)
-    pos = (y[:, None] == y[None, :]).to(q.dtype)
+def _nce_rows(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    q = F.softmax(logits, dim=1)
     neg = 1.0 - pos
     l_pos = -(torch.log(q + 1e-10) * pos).sum(1) / pos.sum(1)
     l_neg = -(torch.log(1 - q + 1e-10) * neg).sum(1) / neg.sum(1).clamp(min=1.0)  # single-class batch guard
     return (l_pos + l_neg).mean()
+
+
+def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """Multi-positive NCE N(a, b): positives are same-label columns (incl. j=i), negatives the rest."""
+    logits = l2n(fp(a)) @ l2n(fp(b)).t() / tau
+    return _nce_rows(logits, (y[:, None] == y[None, :]).to(logits.dtype))
+
+
+def sup_nce_both(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
+    """N(a, b) + N(b, a) from one similarity matrix (the label mask is symmetric)."""
+    logits = l2n(fp(a)) @ l2n(fp(b)).t() / tau
+    pos = (y[:, None] == y[None, :]).to(logits.dtype)
+    return _nce_rows(logits, pos) + _nce_rows(logits.t(), pos)
 
 
 def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
@@ -53,11 +64,10 @@ class CCL(Method):
         u_d, z_u_d = self._compose(e, v_d)  # L_u' path: student inputs detached, module trainable
         # L_v trains the student (and the module); L_u' trains only the composition module.
         return {
-            "nce_student": Term(sup_nce(v, u, y, tau) + sup_nce(u, v, y, tau) + sup_nce(v, e, y, tau) + sup_nce(e, v, y, tau)),
+            "nce_student": Term(sup_nce_both(v, u, y, tau) + sup_nce_both(v, e, y, tau)),
             "symkl_student": Term(sym_kl(s.logits, z_u, w)),
             "ce_composed": Term(F.cross_entropy(fp(z_u_d), y, reduction="none")),
-            "nce_composed": Term(sup_nce(v_d, u_d, y, tau) + sup_nce(u_d, v_d, y, tau) + sup_nce(u_d, e, y, tau)
-                                 + sup_nce(e, u_d, y, tau)),
+            "nce_composed": Term(sup_nce_both(v_d, u_d, y, tau) + sup_nce_both(u_d, e, y, tau)),
             "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
         }
 

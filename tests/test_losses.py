@@ -117,13 +117,17 @@ def test_clip_reference_and_clamp():
 
 
 def test_ccl_nce_and_symmetric_kl_reference():
-    from methods.ccl import sup_nce, sym_kl
+    from methods.ccl import sup_nce, sup_nce_both, sym_kl
     a, b = rng.normal(size=(B, DT)), rng.normal(size=(B, DT))
     q = softmax(normalize(a) @ normalize(b).T / 0.1)
     pos = (Y[:, None] == Y[None, :]).astype(float)
     ref = np.mean(-(np.log(q + 1e-10) * pos).sum(1) / pos.sum(1)
                   - (np.log(1 - q + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1))
     assert sup_nce(t(a), t(b), torch.tensor(Y), 0.1).item() == pytest.approx(ref, rel=1e-6)
+    q_t = softmax(normalize(b) @ normalize(a).T / 0.1)
+    ref_t = np.mean(-(np.log(q_t + 1e-10) * pos).sum(1) / pos.sum(1)
+                    - (np.log(1 - q_t + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1))
+    assert sup_nce_both(t(a), t(b), torch.tensor(Y), 0.1).item() == pytest.approx(ref + ref_t, rel=1e-6)
     p, r = softmax(ZS), softmax(ZT)
     ref_kl = 0.5 * (p * np.log(p / r + 1e-10) + r * np.log(r / p + 1e-10)).sum(1)
     np.testing.assert_allclose(sym_kl(t(ZS), t(ZT)).numpy(), ref_kl, rtol=1e-6)

@@ -29,7 +29,7 @@ def test_mlflow_ui_lists_a_logged_run(tmp_path):
     from playwright.sync_api import sync_playwright
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-ui-test")
+    exp = client.create_experiment("xkd-ui-test", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(exp, run_name="ours_feature/seed7")
     client.log_metric(run.info.run_id, "test_top1", 12.5)
     client.set_terminated(run.info.run_id)

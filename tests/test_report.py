@@ -51,7 +51,7 @@ def _rename(path, tmp):
 def fixture_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'fixture.db'}"
     client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100")
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
     ids = {}
     base = {0: 30.0, 1: 32.0}
     ours = {0: 33.0, 1: 36.0}
