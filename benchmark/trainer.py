@@ -237,8 +237,10 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             ctx.student.load_state_dict(best["student"]), ctx.method.load_state_dict(best["method"])
             at_best, _ = task.evaluate(ctx, "test")
         wall += time.perf_counter() - t0
-    except BaseException:
-        tracker.end(run_id, status="FAILED")
+    except BaseException as e:
+        # stopped on purpose (Ctrl-C, an Optuna pruner): KILLED; anything else: FAILED
+        stopped = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "TrialPruned"
+        tracker.end(run_id, status="KILLED" if stopped else "FAILED")
         raise
     final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
              "best_val_epoch": best["epoch"], f"best_{sel}": best["value"], "wall_s": wall,
