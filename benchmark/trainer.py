@@ -141,16 +141,17 @@ class Context:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
-        loss_sum, correct, seen = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+        # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
+        loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(range(self.steps_per_epoch), desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
                    leave=False, mininterval=2.0, disable=None)
         t0 = time.perf_counter()
         for i in bar:
             loss, terms, c = self.train_step(batches[i])
-            loss_sum, correct, seen = loss_sum + loss.cpu(), correct + c.cpu(), seen + self.cfg.batch_size
+            loss_sum, correct, seen = loss_sum + loss, correct + c, seen + self.cfg.batch_size
             for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0) + v.cpu()
+                term_sums[k] = term_sums.get(k, 0) + v
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
         dt = time.perf_counter() - t0
