@@ -34,3 +34,11 @@ def run_cli(args, tmp_path, extra_env=None):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server a test starts."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from conftest import free_port
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_ui_lists_a_logged_run(tmp_path):
@@ -33,7 +28,7 @@ def test_mlflow_ui_lists_a_logged_run(tmp_path):
     run = client.create_run(exp, run_name="ours_feature/seed7")
     client.log_metric(run.info.run_id, "test_top1", 12.5)
     client.set_terminated(run.info.run_id)
-    port = _free_port()
+    port = free_port()
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
                                "--workers", "1"], cwd=tmp_path, start_new_session=True,

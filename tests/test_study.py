@@ -1,7 +1,6 @@
 """Optuna studies: a grid on sqlite with nested MLflow runs; two workers sharing one PostgreSQL study."""
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,7 +9,7 @@ import mlflow
 import optuna
 import pytest
 
-from conftest import run_cli
+from conftest import free_port, run_cli
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=300"]
 
@@ -52,12 +51,6 @@ def test_study_rejects_unknown_grid_key(tmp_path, cifar_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres():
     """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql package), stopped afterwards."""
@@ -71,7 +64,7 @@ def postgres():
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_pg:
         shutil.chown(root, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
                    check=True, capture_output=True)
     subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
