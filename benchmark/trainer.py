@@ -117,16 +117,33 @@ class Context:
         correct = (s.logits.detach().argmax(1) == y).sum()
         return loss.detach(), {k: t.value.detach().float().mean() for k, t in terms.items()}, correct
 
+    @contextlib.contextmanager
+    def evaluating(self):
+        """Student, method and task loss in eval mode without gradients (no BatchNorm buffer changes),
+        restored to their previous mode afterwards."""
+        modules = (self.student, self.method, self.task_loss)
+        was = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            with torch.no_grad():
+                yield self
+        finally:
+            for m, w in zip(modules, was):
+                m.train(w)
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+        with self.evaluating():
+            return self.task.evaluate(self, split)
+
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and embeddings of a whole split, in eval mode (batch statistics frozen)."""
-        self.student.eval(), self.method.eval()
+        """Logits and embeddings of a whole split (call inside evaluating())."""
         logits, emb = [], []
         with torch.no_grad(), self.autocast():
             for i in range(0, len(x), self.cfg.eval_batch_size):
                 xb = self.task.augment(x[i:i + self.cfg.eval_batch_size].to(self.device), None, False, self.cfg)
                 out = self.student(xb)
                 logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
-        self.student.train(), self.method.train()
         return torch.cat(logits), torch.cat(emb)
 
     def state(self) -> dict[str, Any]:
@@ -144,22 +161,22 @@ class Context:
         # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(range(self.steps_per_epoch), desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
+        bar = tqdm(batches, desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
                    leave=False, mininterval=2.0, disable=None)
         t0 = time.perf_counter()
-        for i in bar:
-            loss, terms, c = self.train_step(batches[i])
-            loss_sum, correct, seen = loss_sum + loss, correct + c, seen + self.cfg.batch_size
+        for i, idx in enumerate(bar):  # the batches actually produced (a sampler may yield fewer than planned)
+            loss, terms, c = self.train_step(idx)
+            loss_sum, correct, seen = loss_sum + loss, correct + c, seen + len(idx)
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0) + v
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
-        dt = time.perf_counter() - t0
+        dt, steps = time.perf_counter() - t0, max(1, len(batches))
         if not math.isfinite(loss_sum.item()):
             raise FloatingPointError(f"{self.method_name}: training loss is not finite at epoch {epoch + 1}")
-        out = {"train_loss": loss_sum.item() / self.steps_per_epoch, "train_top1": 100 * correct.item() / seen,
+        out = {"train_loss": loss_sum.item() / steps, "train_top1": 100 * correct.item() / seen,
                "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
-        out.update({f"term_{k}": v.item() / self.steps_per_epoch for k, v in term_sums.items()})
+        out.update({f"term_{k}": v.item() / steps for k, v in term_sums.items()})
         return out
 
 
@@ -195,6 +212,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     params = {**cfg.as_params(), **data.info, **tables.params, "method": method_name, "run_key": key,
               **{f"hp.{k}": v for k, v in asdict(ctx.hparams).items()},
               "ce_weight_effective": ctx.method.ce_weight, "match_space": ctx.method.match_space,
+              **ctx.method.run_params(),
               "selection_rule": f"best epoch = {sel} ({task.selection_mode}); test reported at the last epoch "
                                 f"(primary) and at the best-validation epoch",
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
@@ -216,7 +234,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             m = ctx.train_epoch(epoch)
-            m.update(task.evaluate(ctx, "val")[0])
+            m.update(ctx.evaluate("val")[0])
             wall += time.perf_counter() - t0
             history.append(m)
             tracker.log_metrics(run_id, m, step=epoch + 1)
@@ -231,12 +249,12 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
                 tracker.end(run_id, status="KILLED")
                 return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
         t0 = time.perf_counter()
-        final, arrays = task.evaluate(ctx, "test")
+        final, arrays = ctx.evaluate("test")
         if best["epoch"] == cfg.epochs:  # the best-validation weights are the last ones: nothing to re-evaluate
             at_best = final
         else:
             ctx.student.load_state_dict(best["student"]), ctx.method.load_state_dict(best["method"])
-            at_best, _ = task.evaluate(ctx, "test")
+            at_best, _ = ctx.evaluate("test")
         wall += time.perf_counter() - t0
     except BaseException as e:
         # stopped on purpose (Ctrl-C, an Optuna pruner): KILLED; anything else: FAILED
@@ -245,7 +263,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
         raise
     final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
              "best_val_epoch": best["epoch"], f"best_{sel}": best["value"], "wall_s": wall,
-             "train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
+             "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
     tracker.log_metrics(run_id, final, step=cfg.epochs)
     tracker.log_dict(run_id, history, "history.json")
     if arrays:

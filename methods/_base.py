@@ -55,6 +55,10 @@ class Method(nn.Module):
     def terms(self, s: StudentOut, t: TeacherOut, y: torch.Tensor) -> dict[str, Term]:
         raise NotImplementedError
 
+    def run_params(self) -> dict[str, Any]:
+        """Facts about how this instance is built that every run records (MLflow params)."""
+        return {}
+
     def post_step(self) -> None:
         """Called after each optimiser step (e.g. to clamp a learnable scale)."""
 

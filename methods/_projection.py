@@ -27,6 +27,13 @@ class ProjectionHead(nn.Module):
         return self.alpha * self.skip(e_t) + (1 - self.alpha) * self.mlp(e_t)
 
 
+def alpha_path(d_t: int, d_s: int) -> str:
+    """What the alpha-weighted path of the head is: the frozen E_T (the paper), or a learned map when d_T != d_S."""
+    if d_t == d_s:
+        return "frozen_identity"
+    return f"learned_linear_{d_t}to{d_s}"
+
+
 def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
                     margin_deg: float, margin_mode: str) -> torch.Tensor:
     """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), see METHODS_SPEC AMBIG-2/3."""
@@ -73,6 +80,9 @@ class OursBase(Method):
 
     def teacher_features(self, e_t: torch.Tensor) -> torch.Tensor:
         return self.head(e_t)
+
+    def run_params(self) -> dict:
+        return {"alpha_path": alpha_path(self.dims.teacher, self.dims.student)}
 
     @property
     def teacher_feature_dim(self) -> int:

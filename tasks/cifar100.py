@@ -91,7 +91,7 @@ class Cifar100(Task):
                       val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
         "quick": dict(student="resnet8_w16", epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
                       weight_decay=5e-4, nesterov=True),
-        "paper": dict(student="resnet18", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
+        "paper": dict(student="resnet18", teacher="clip-vit-b16", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
                       weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
     }
     margins = {"resnet34": 0.04, "cifar_resnet34": 0.04}  # r^2: 0.2^2 for R34, 0.3^2 otherwise (Sec 4.2.1)

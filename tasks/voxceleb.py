@@ -302,12 +302,10 @@ class VoxCeleb(Task):
                 wave = add_noise(wave, nz[rng.integers(0, max(1, len(nz) - len(wave))):], delta).astype(np.float32)
             crops.append(torch.from_numpy(eval_crops(wave, crop, cfg.eval_crops)).float())
         out = []
-        ctx.student.eval()
         with torch.no_grad(), ctx.autocast():
             for i in range(0, len(crops), files_per_batch):
                 x = torch.cat(crops[i:i + files_per_batch]).to(ctx.device)
                 out.append(F.normalize(ctx.student(x).embedding.float(), dim=1).cpu())
-        ctx.student.train()
         return torch.cat(out).reshape(len(bank), cfg.eval_crops, -1)
 
     def _noise_files(self, cfg, data) -> list[np.ndarray]:
