@@ -91,6 +91,7 @@ def cmd_run(args) -> int:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
             results.append(r)
+            write_table(results, out, task.summary_metrics)  # after every run: a later failure loses nothing
             shown = ", ".join(f"{label} {r.get(k, float('nan')):.2f}" for k, label in task.summary_metrics)
             print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
     if results:
@@ -117,72 +118,8 @@ def cmd_perf(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from benchmark.teacher_cache import TeacherCache
-    from benchmark.tracking import Tracker, resolve_uri
-    from methods._base import hparam_fields
-    from studies.paper import PAPER_STUDIES
-    from studies import runner
-    if args.paper:
-        if args.paper not in PAPER_STUDIES:
-            raise UsageError(f"unknown --paper '{args.paper}'; known: {', '.join(PAPER_STUDIES)}")
-        spec = PAPER_STUDIES[args.paper]
-        args.task, args.method = spec["task"], spec["method"]
-        if args.profile == "paper" and not args.student:
-            args.student = spec["paper_student"]
-        grid = spec["grid"]
-    else:
-        if not args.method:
-            raise UsageError("study needs --method M (or --paper tableN)")
-        grid = None
-    METHODS.get(args.method)
-    if not args.paper:
-        grid = runner.parse_grid(args.grid, hparam_fields(METHODS.get(args.method))) or None
-    args.methods = args.method
-    task, _, hp, cfg, data = prepare(args)
-    storage = args.storage or f"sqlite:///{Path.cwd() / 'studies.db'}"
-    name = args.study_name or (f"{args.paper}-{cfg.profile}" if args.paper else f"{cfg.task}-{args.method}-{cfg.profile}")
-    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
-    direction = "maximize" if task.selection_mode == "max" else "minimize"
-    if not args.join:
-        runner.create_study(name, storage, direction, grid, tracker,
-                            {"task": cfg.task, "method": args.method, "profile": cfg.profile, "student": cfg.student,
-                             "paper_table": args.paper or ""})
-        print(f"study '{name}' ready in {runner.safe_uri(storage)}" + (f" ({len(list(_grid_points(grid)))} grid points)" if grid else ""))
-    if args.create_only:
-        return 0
-    if args.workers > 1 and not args.join:
-        argv = [a for a in args.argv if a != "--create-only"]
-        runner.spawn_workers(_without(argv, "--workers") + ["--study-name", name, "--storage", storage], args.workers)
-    else:
-        tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
-        study, storage_obj = runner.load_study(name, storage, grid)
-        objective = runner.Objective(cfg, task, data, tables, args.method, hp, tracker,
-                                     Path(args.out or f"runs/study-{name}"), args.seeds, grid, prune=grid is None)
-        runner.work(study, storage_obj, objective, args.n_trials)
-    if not args.join:
-        import optuna
-        df = optuna.load_study(study_name=name, storage=storage).trials_dataframe(attrs=("number", "params", "value", "state"))
-        print(df.to_markdown(index=False))
-    return 0
-
-
-def _grid_points(grid):
-    import itertools
-    return itertools.product(*grid.values())
-
-
-def _without(argv: list[str], flag: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        if not a.startswith(flag + "="):
-            out.append(a)
-    return out
+    from studies.command import cmd_study as study
+    return study(args)
 
 
 def cmd_fixture(args) -> int:

@@ -30,7 +30,7 @@ class RunConfig:
     warmup_epochs: float = 0.0
     # data
     image_size: int = 32              # 224: the paper's Resize(256) -> RandomCrop(224) pipeline
-    val_fraction: float = 0.1         # stratified, seeded validation split carved from train
+    val_fraction: float = 0.1         # stratified, seeded validation split carved from train (speaker: share of speakers)
     split_seed: int = 0
     data_fraction: float = 1.0        # share of each class kept for training (Fig. 9)
     test_limit: int = 0               # 0: the whole test set; else a stratified subset (smoke only)
@@ -48,12 +48,25 @@ class RunConfig:
     eval_crops: int = 10
     noise_snrs: str = "15,10,5"       # delta dB of the noisy-test EERs
     match_triplets: int = 10000       # per direction (A-F, F-A) and setting (O, H)
+    val_utts_per_speaker: int = 8     # utterances of each held-out validation speaker
+    val_trials_per_speaker: int = 10  # target trials per held-out speaker (and as many non-target trials)
     # operations
     stop_after_epochs: int = 0        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = 0              # 0: torch default
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Fields that do not change what a run computes (excluded from the checkpoint key).
+OPERATIONAL = ("stop_after_epochs", "num_threads", "device")
+# Fields that do not define a configuration when runs are compared or a study is named: the operational
+# ones, the data path (the same data may sit elsewhere on another machine) and the seed.
+NOT_DEFINING = (*OPERATIONAL, "data_dir", "seed")
+
+
+def defining_fields() -> list[str]:
+    return [f.name for f in fields(RunConfig) if f.name not in NOT_DEFINING]
 
 
 CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),

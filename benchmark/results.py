@@ -1,28 +1,47 @@
-"""The results table: method -> mean +- std over seeds, printed and written as CSV and Markdown."""
+"""The results table of one `run` command: per method, mean ± std over distinct seeds and the paired
+95% CI against the baseline on the task's primary metric; printed and written as CSV and Markdown."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.stats import describe, paired_difference, per_seed
+
+
 def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
     df = pd.DataFrame(results)
-    COLUMNS = [*columns, ("wall_s", "wall time (s)")]
-    cols = [c for c, _ in COLUMNS if c in df.columns]
+    cols = [*columns, ("wall_s", "wall time (s)")]
     order = list(dict.fromkeys(df["method"]))
-    g = df.groupby("method", sort=False)[cols]
-    out = pd.DataFrame({"method": order, "seeds": g.size().reindex(order).values})
-    mean, std = g.mean().reindex(order), g.std(ddof=1).reindex(order).fillna(0.0)
-    for c, label in COLUMNS:
-        if c in cols:
-            out[label] = [f"{m:.2f} ± {s:.2f}" if pd.notna(m) else "n/a" for m, s in zip(mean[c], std[c])]
-    return out
+    primary, primary_label = columns[0]
+    base = per_seed(df.loc[df["method"] == "baseline", primary], df.loc[df["method"] == "baseline", "seed"]) \
+        if "baseline" in order and primary in df else None
+    rows = []
+    for m in order:
+        g = df[df["method"] == m]
+        row = {"method": m, "seeds": g["seed"].nunique()}
+        for c, label in cols:
+            row[label] = describe(per_seed(g[c], g["seed"])) if c in g else "n/a"
+        if base is not None:
+            p = None if m == "baseline" else paired_difference(per_seed(g[primary], g["seed"]), base)
+            row[f"Δ {primary_label} vs baseline, 95% CI"] = "—" if m == "baseline" else (str(p) if p else "no matched seed")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str]]) -> pd.DataFrame:
     table = summarise(results, columns)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(results).to_csv(out_dir / "runs.csv", index=False)
-    table.to_csv(out_dir / "results.csv", index=False)
-    (out_dir / "results.md").write_text(table.to_markdown(index=False) + "\n")
+    _write_atomic(out_dir / "runs.csv", pd.DataFrame(results).to_csv(index=False))
+    _write_atomic(out_dir / "results.csv", table.to_csv(index=False))
+    note = ("\n`*`: the 95% interval of the paired difference (same seeds) excludes zero. "
+            "With one seed no spread or interval exists (`n/a`).\n")
+    _write_atomic(out_dir / "results.md", table.to_markdown(index=False) + "\n" + note)
     return table

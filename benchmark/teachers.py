@@ -58,9 +58,10 @@ class OpenClipText:
             try:
                 model, _, _ = open_clip.create_model_and_transforms("ViT-B-16", pretrained=self.pretrained)
             except Exception as e:
-                raise UsageError(f"cannot load open_clip ViT-B-16 pretrained={self.pretrained!r}: {e}. "
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise UsageError(f"cannot load open_clip ViT-B-16 pretrained={self.pretrained!r} ({first}). "
                                  "The 'openai' weights are downloaded on first use and need network access; "
-                                 "use --teacher minilm offline") from e
+                                 "pass --teacher minilm to run offline") from e
             self._model = model.eval()
             self._tok = open_clip.get_tokenizer("ViT-B-16")
         out = []

@@ -15,13 +15,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.config import RunConfig
+from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.registry import METHODS, STUDENTS, UsageError
 from benchmark.types import Dims, TeacherOut, Term
 from methods._base import hparam_fields
-
-# Fields that do not change what a run computes (excluded from the checkpoint key).
-OPERATIONAL = ("stop_after_epochs", "num_threads", "device")
 
 
 def resolve_device(name: str) -> torch.device:

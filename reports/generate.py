@@ -1,19 +1,38 @@
-"""Rebuild the paper's tables and figures from MLflow runs alone: paper numbers beside ours, traceable."""
+"""Rebuild the paper's tables and figures from MLflow runs alone: paper numbers beside ours, traceable.
+
+How runs become cells (the rules a reader needs to trust a table):
+- A *setting* is everything in a run's configuration except the method, its hyperparameters and the seed
+  (profile, student, teacher, data fraction, every other run-config field). Each setting found is its own
+  block of columns, named by the fields in which the settings of that table differ.
+- A *row* is a method (or, in an ablation, a grid value) and one hyperparameter configuration of it. Two
+  configurations of one method are two rows, named by the hyperparameters that differ; never one mean.
+  Rows are the union of the paper's rows and the rows we ran ("-" in the paper columns for ours only).
+- A cell is mean ± sample std over distinct seeds (a rerun of a seed replaces it, it is not a second
+  sample); with one seed the spread reads n/a. Δ pairs each seed with the baseline's run of the same seed
+  in the same setting (t-based 95% CI; `*` when it excludes zero).
+- Runs left out of a table (study runs in main tables, other data fractions, other studies) are counted
+  in a note under it.
+Metric names come from the task (its selection metric and its primary metric); no method name is special
+here except `baseline`, the reference of the paired difference.
+"""
 from __future__ import annotations
 
-import math
+import hashlib
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
 
+from benchmark.config import defining_fields
+from benchmark.stats import describe, paired_difference, per_seed
 from reports.specs import AMBIGUITY_PARAMS, TABLES, TableSpec
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 PAPER_DIR = Path(__file__).parent / "paper_tables"
+BASELINE = "baseline"
 
 
 def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
@@ -31,7 +50,41 @@ def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
     for col in ("tags.xkd.study", "tags.xkd.paper_table"):
         if col not in df:
             df[col] = None
+        df[col] = df[col].fillna("")
+    df = df.sort_values("start_time").reset_index(drop=True)
     return df
+
+
+def task_info(name: str):
+    """The registered task class (its metrics and profiles), or None for a task this harness lacks."""
+    from benchmark.registry import TASKS, load_plugins
+    load_plugins()
+    return TASKS.get(name) if name in TASKS else None
+
+
+def _key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
+    cols = [c for c in cols if c in df]
+    if not cols:
+        return pd.Series([""] * len(df), index=df.index)
+    return df[cols].fillna("").astype(str).agg("\x1f".join, axis=1)
+
+
+def setting_columns(runs: pd.DataFrame, exclude: set[str]) -> list[str]:
+    cols = [f"params.{f}" for f in defining_fields()] + ["params.teacher_id", "params.n_train", "params.n_val",
+                                                         "params.n_test", "params.data_layout"]
+    return [c for c in dict.fromkeys(cols) if c in runs and c not in exclude and c != "params.task"]
+
+
+def variant_columns(runs: pd.DataFrame, exclude: set[str]) -> list[str]:
+    return sorted(c for c in runs if c.startswith("params.hp.") and c not in exclude)
+
+
+def differing(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    return [c for c in cols if df[c].fillna("").astype(str).nunique() > 1]
+
+
+def label_of(row: pd.Series, cols: list[str]) -> str:
+    return ", ".join(f"{c.removeprefix('params.').removeprefix('hp.')}={row[c]}" for c in cols)
 
 
 class Footnotes:
@@ -46,31 +99,6 @@ class Footnotes:
         return "\n".join(f"[^{i + 1}]: {n}" for i, n in enumerate(self.notes))
 
 
-def fmt_cell(values: pd.Series, run_ids: list[str], notes: Footnotes) -> str:
-    v = values.dropna().astype(float)
-    if v.empty:
-        return "not run"
-    sd = v.std(ddof=1) if len(v) > 1 else 0.0
-    return f"{v.mean():.2f} ± {sd:.2f} (n={len(v)}){notes.add(run_ids)}"
-
-
-def paired_diff(runs: pd.DataFrame, base: pd.DataFrame, metric: str) -> str:
-    """Mean paired difference (method - baseline) over matched seeds with a t-based 95% CI."""
-    col = f"metrics.{metric}"
-    if runs.empty or base.empty or col not in runs:
-        return "—"
-    a = runs.groupby("params.seed")[col].mean()
-    b = base.groupby("params.seed")[col].mean()
-    d = (a - b).dropna()
-    if d.empty:
-        return "no matched seeds"
-    if len(d) < 2:
-        return f"{d.iloc[0]:+.2f} (n=1, no CI)"
-    from scipy import stats
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return f"{d.mean():+.2f} [{d.mean() - half:+.2f}, {d.mean() + half:+.2f}] (n={len(d)})"
-
-
 def _match(series: pd.Series, value, scale: float) -> pd.Series:
     try:
         target = float(value) * scale
@@ -79,48 +107,151 @@ def _match(series: pd.Series, value, scale: float) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").sub(target).abs() < 1e-9
 
 
+def select_pool(spec: TableSpec, runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The runs this table shows, and a note for each kind of run of the same task it leaves out."""
+    if runs.empty:
+        return runs, []
+    same_task = runs[runs["params.task"] == spec.task]
+    notes, pool = [], same_task
+    if spec.study:
+        pool = same_task[same_task["tags.xkd.paper_table"] == spec.id]
+        other = same_task[same_task["tags.xkd.paper_table"] != spec.id]
+        if len(other):
+            notes.append(f"{len(other)} finished {spec.task} runs outside the `--paper {spec.id}` study are not shown")
+        return pool, notes
+    in_study = same_task["tags.xkd.study"] != ""
+    if in_study.any():
+        notes.append(f"{int(in_study.sum())} finished {spec.task} runs of Optuna studies are not shown (see the ablation tables)")
+    pool = same_task[~in_study]
+    if "data_fraction" not in {p for p, _ in spec.row_params.values()} and not pool.empty:
+        task = task_info(spec.task)
+        default = {p: float(v.get("data_fraction", 1.0)) for p, v in (task.profiles.items() if task else [])}
+        full = pd.to_numeric(pool["params.data_fraction"]) - pool["params.profile"].map(default).fillna(1.0)
+        keep = full.abs() < 1e-9
+        if (~keep).any():
+            fr = sorted(pool.loc[~keep, "params.data_fraction"].astype(float).unique())
+            notes.append(f"{int((~keep).sum())} finished runs at a data fraction other than their profile's "
+                         f"({', '.join(f'{f:g}' for f in fr)}) are not shown (Fig. 9 analogue)")
+        pool = pool[keep]
+    return pool, notes
+
+
 def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
     paper = pd.read_csv(PAPER_DIR / spec.csv, dtype=str, keep_default_na=False)  # values exactly as printed
-    ablation = spec.id in ("table05", "table06", "table10", "table11", "table12")
-    pool = runs[runs["params.task"] == spec.task] if not runs.empty else runs
+    pool, left_out = select_pool(spec, runs)
+    task = task_info(spec.task)
+    ours = list(spec.ours)
+    if spec.study and task is not None:
+        ours.append(("best validation " + task.selection_metric, f"best_{task.selection_metric}"))
+    row_param_cols = {f"params.{p}" for p, _ in spec.row_params.values()}
     if not pool.empty:
-        if ablation:
-            pool = pool[pool["tags.xkd.paper_table"] == spec.id]
-        else:
-            pool = pool[pool["tags.xkd.study"].isna() | (pool["tags.xkd.study"] == "")]
-            if spec.id != "table02":
-                pool = pool[pd.to_numeric(pool["params.data_fraction"]) == 1.0]
-    groups = sorted(pool.groupby(["params.student", "params.profile"]).groups) if not pool.empty else []
+        pool = pool.copy()
+        scols = setting_columns(pool, row_param_cols)
+        vcols = variant_columns(pool, row_param_cols)
+        pool["_setting"] = _key(pool, scols)
+        pool["_variant"] = _key(pool, vcols)
+        settings = pool.drop_duplicates("_setting").sort_values(["params.profile", "params.student"])
+        named = differing(settings, scols)
+        labels = {r["_setting"]: ", ".join([str(r["params.student"]), str(r["params.profile"])] +
+                                            [f"{c.removeprefix('params.')}={r[c]}" for c in named
+                                             if c not in ("params.student", "params.profile")])
+                  for _, r in settings.iterrows()}
+    else:
+        scols, vcols, labels = [], [], {}
     header = list(paper.columns)
-    for student, profile in groups:
-        header += [f"ours {label} [{student}, {profile}]" for label, _ in spec.ours]
+    for lab in labels.values():
+        header += [f"ours {m_label} [{lab}]" for m_label, _ in ours]
         if spec.paired:
-            header.append(f"Δ {spec.paired} vs baseline, 95% CI [{student}, {profile}]")
+            header.append(f"Δ {spec.paired} vs baseline, 95% CI [{lab}]")
+
+    def rows_for(method: str, match) -> list[tuple[str, pd.DataFrame]]:
+        """(variant label, runs) of one table row; several when the method ran in several configurations."""
+        sel = pool[(pool["params.method"] == method) & match(pool)] if not pool.empty else pool
+        if sel.empty:
+            return [("", sel)]
+        variants = sel.drop_duplicates("_variant")
+        named = differing(pool[pool["params.method"] == method].drop_duplicates("_variant"), vcols)
+        return [(label_of(v, named), sel[sel["_variant"] == v["_variant"]]) for _, v in variants.iterrows()]
+
+    def cells(method: str, sel: pd.DataFrame) -> list[str]:
+        out = []
+        for setting in labels:
+            s = sel[sel["_setting"] == setting] if not sel.empty else sel
+            for _, metric in ours:
+                col = f"metrics.{metric}"
+                if s.empty or col not in s or s[col].dropna().empty:
+                    out.append("not run")
+                    continue
+                v = per_seed(s[col], s["params.seed"])
+                keep = s.drop_duplicates("params.seed", keep="last")
+                out.append(describe(v) + notes.add(list(keep["run_id"])))
+            if spec.paired:
+                out.append(paired_cell(method, s, pool[pool["_setting"] == setting], spec.paired))
+        return out
+
     lines = [f"## {spec.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    matched = pd.Series(False, index=pool.index) if not pool.empty else None
     for _, row in paper.iterrows():
         method = spec.method_alias.get(row["method"], row["method"])
-        cells = [str(row[c]) for c in paper.columns]
-        for student, profile in groups:
-            sel = pool[(pool["params.student"] == student) & (pool["params.profile"] == profile)]
-            base = sel[sel["params.method"] == "baseline"]
-            sel = sel[sel["params.method"] == method]
+
+        def match(df, row=row):
+            ok = pd.Series(True, index=df.index)
             for col, (param, scale) in spec.row_params.items():
                 if row[col] == "":  # e.g. Table 2's baseline rows name no teacher: no restriction
                     continue
-                if f"params.{param}" not in sel:
-                    sel = sel.iloc[0:0]
-                else:
-                    sel = sel[_match(sel[f"params.{param}"], row[col], scale)]
-            for _, metric in spec.ours:
-                col = f"metrics.{metric}"
-                cells.append(fmt_cell(sel[col], list(sel["run_id"]), notes) if col in sel and not sel.empty else "not run")
-            if spec.paired:
-                cells.append("—" if method == "baseline" else paired_diff(sel, base, spec.paired))
-        lines.append("| " + " | ".join(cells) + " |")
-    if not groups:
-        lines.append("")
-        lines.append("Ours: not run (no finished runs of this task" + (" in this ablation study" if ablation else "") + ").")
+                ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
+            return ok
+        for variant, sel in rows_for(method, match):
+            if matched is not None and not sel.empty:
+                matched.loc[sel.index] = True
+            first = [str(row[c]) for c in paper.columns]
+            if variant:
+                first[0] = f"{first[0]} ({variant})"
+            lines.append("| " + " | ".join(first + cells(method, sel)) + " |")
+    # rows we ran that the paper's table lacks (a method it did not run, or another grid value)
+    extra = pool[~matched] if matched is not None else pool
+    if not extra.empty:
+        keys = ["params.method"] + [f"params.{p}" for p, _ in spec.row_params.values() if f"params.{p}" in extra]
+        for _, first_run in extra.drop_duplicates(keys).iterrows():
+            same = (extra[keys].fillna("").astype(str) == first_run[keys].fillna("").astype(str)).all(axis=1)
+            method = first_run["params.method"]
+            by_row = extra[same]
+            for variant, sel in rows_for(method, lambda df, idx=by_row.index: df.index.isin(idx)):
+                first = []
+                for c in paper.columns:
+                    if c == "method":
+                        first.append(method + (f" ({variant})" if variant else ""))
+                    elif c in spec.row_params:
+                        param, scale = spec.row_params[c]
+                        val = first_run.get(f"params.{param}")
+                        try:
+                            first.append(f"{float(val) / scale:g}")
+                        except (TypeError, ValueError):
+                            first.append(str(val))
+                    else:
+                        first.append("-")
+                lines.append("| " + " | ".join(first + cells(method, sel)) + " |")
+    lines.append("")
+    if not labels:
+        lines.append(f"Ours: no finished runs of task `{spec.task}`" + (f" in a `--paper {spec.id}` study" if spec.study else "")
+                     + " in this store.")
+    for n in left_out:
+        lines.append(f"Note: {n}.")
     return "\n".join(lines) + "\n"
+
+
+def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str:
+    if method == BASELINE:
+        return "—"
+    col = f"metrics.{metric}"
+    base = setting_runs[setting_runs["params.method"] == BASELINE] if not setting_runs.empty else setting_runs
+    if sel.empty or base.empty or col not in sel:
+        return "—"
+    # the baseline configuration with the most seeds (the baseline has no method hyperparameters to vary)
+    biggest = base.groupby("_variant")["params.seed"].nunique().idxmax()
+    base = base[base["_variant"] == biggest]
+    p = paired_difference(per_seed(sel[col], sel["params.seed"]), per_seed(base[col], base["params.seed"]))
+    return str(p) if p else "no matched seeds"
 
 
 def header_section(runs: pd.DataFrame) -> str:
@@ -128,9 +259,10 @@ def header_section(runs: pd.DataFrame) -> str:
         return "No finished runs were found: every 'ours' cell below reads 'not run'.\n"
     out = ["| what | values in the runs shown |", "|---|---|"]
     for label, col in [("tasks", "params.task"), ("profiles", "params.profile"), ("students", "params.student"),
-                       ("teachers", "params.teacher_id"), ("data layout", "params.data_layout"),
+                       ("teachers", "params.teacher_id"), ("seeds", "params.seed"), ("data layout", "params.data_layout"),
                        ("train/val/test sizes", None), ("split rule", "params.split_rule"),
-                       ("selection rule", "params.selection_rule"), ("device", "params.device_resolved")]:
+                       ("selection rule", "params.selection_rule"), ("device", "params.device_resolved"),
+                       ("torch", "params.torch_version")]:
         if col is None:
             vals = sorted({f"{a}/{b}/{c}" for a, b, c in zip(runs.get("params.n_train", []), runs.get("params.n_val", []),
                                                               runs.get("params.n_test", []))})
@@ -144,48 +276,75 @@ def header_section(runs: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> Path | None:
+def main_setting(runs: pd.DataFrame, task_name: str) -> pd.DataFrame:
+    """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...)."""
+    spec = TableSpec("", "", "", task_name, [], [])
+    pool, _ = select_pool(spec, runs)
+    if pool.empty:
+        return pool
+    pool = pool.assign(_setting=_key(pool, setting_columns(pool, set())))
+    return pool[pool["_setting"] == pool["_setting"].value_counts().idxmax()]
+
+
+def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
+    """Per task: training loss and the task's selection metric per epoch, one run (lowest seed) per method
+    configuration of the task's most populated setting."""
     import mlflow
     client = mlflow.MlflowClient(uri)
-    sel = runs[runs["params.method"].isin(["baseline", "ours_feature", "ours_classifier"]) &
-               (runs["tags.xkd.study"].isna() | (runs["tags.xkd.study"] == ""))] if not runs.empty else runs
-    if sel.empty:
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for method, g in sel.groupby("params.method"):
-        rid = g.sort_values("params.seed")["run_id"].iloc[0]
-        for ax, metric in zip(axes, ("train_top1", "val_top1")):
-            hist = client.get_metric_history(rid, metric)
-            ax.plot([h.step for h in hist], [h.value for h in hist], marker="o", label=method)
-    for ax, title in zip(axes, ("train top-1 (%)", "validation top-1 (%)")):
-        ax.set_xlabel("epoch"), ax.set_title(title), ax.legend()
-    return _save(fig, out / "fig6_training_curves.png")
+    figs = []
+    for task_name in sorted(runs["params.task"].unique()) if not runs.empty else []:
+        task = task_info(task_name)
+        sel = main_setting(runs, task_name)
+        if task is None or sel.empty:
+            continue
+        sel = sel.assign(_variant=_key(sel, variant_columns(sel, set())))
+        metrics = ["train_loss", task.selection_metric]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for (method, _), g in sel.groupby(["params.method", "_variant"], sort=True):
+            rid = g.sort_values("params.seed")["run_id"].iloc[0]
+            for ax, metric in zip(axes, metrics):
+                hist = sorted(client.get_metric_history(rid, metric), key=lambda h: h.step)
+                ax.plot([h.step for h in hist], [h.value for h in hist], marker="o", label=method)
+        first = sel.iloc[0]
+        for ax, metric in zip(axes, metrics):
+            ax.set_xlabel("epoch"), ax.set_title(metric), ax.legend(fontsize=6)
+        fig.suptitle(f"{task_name}: {first['params.student']}, {first['params.profile']} (seed {sel['params.seed'].min()})")
+        figs.append((f"Training curves, {task_name} (Fig. 6 analogue)", _save(fig, out / f"fig6_training_curves_{task_name}.png")))
+    return figs
 
 
-def fig_data_fraction(runs: pd.DataFrame, out: Path) -> Path | None:
-    if runs.empty:
-        return None
-    sel = runs[(runs["tags.xkd.study"].isna() | (runs["tags.xkd.study"] == "")) & (runs["params.task"] == "cifar100")]
-    fr = pd.to_numeric(sel["params.data_fraction"])
-    if fr.nunique() < 2:
-        return None
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for method, g in sel.assign(fr=fr).groupby("params.method"):
-        m = g.groupby("fr")["metrics.test_top1"].mean()
-        ax.plot(m.index * 100, m.values, marker="o", label=method)
-    ax.set_xlabel("training data (%)"), ax.set_ylabel("test top-1 (%)"), ax.legend(fontsize=7)
-    ax.set_title("Fig. 9 analogue: accuracy vs data volume")
-    return _save(fig, out / "fig9_data_fraction.png")
+def fig_data_fraction(runs: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+    figs = []
+    for task_name in sorted(runs["params.task"].unique()) if not runs.empty else []:
+        task = task_info(task_name)
+        sel = runs[(runs["params.task"] == task_name) & (runs["tags.xkd.study"] == "")]
+        if task is None or sel.empty:
+            continue
+        sel = sel.assign(_setting=_key(sel, setting_columns(sel, {"params.data_fraction"})))
+        sel = sel[sel["_setting"] == sel["_setting"].value_counts().idxmax()]
+        fr = pd.to_numeric(sel["params.data_fraction"])
+        metric = task.summary_metrics[0][0]
+        if fr.nunique() < 2 or f"metrics.{metric}" not in sel:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for method, g in sel.assign(fr=fr).groupby("params.method"):
+            m = g.groupby("fr")[f"metrics.{metric}"].mean()
+            ax.plot(m.index * 100, m.values, marker="o", label=method)
+        ax.set_xlabel("training data (%)"), ax.set_ylabel(metric), ax.legend(fontsize=7)
+        ax.set_title(f"{task_name}: {metric} vs data volume")
+        figs.append((f"{metric} against data fraction, {task_name} (Fig. 9 analogue)",
+                     _save(fig, out / f"fig9_data_fraction_{task_name}.png")))
+    return figs
 
 
 def fig_ablations(runs: pd.DataFrame, out: Path) -> list[Path]:
     paths = []
     for spec in TABLES:
-        if not spec.row_params or spec.id == "table02":
+        if not spec.study:
             continue
         col, (param, scale) = next(iter(spec.row_params.items()))
         paper = pd.read_csv(PAPER_DIR / spec.csv)
-        pool = runs[runs["tags.xkd.paper_table"] == spec.id] if not runs.empty else runs
+        pool, _ = select_pool(spec, runs)
         metric = f"metrics.{spec.ours[0][1]}"
         fig, ax = plt.subplots(figsize=(5, 4))
         ax2 = ax.twinx()
@@ -195,9 +354,16 @@ def fig_ablations(runs: pd.DataFrame, out: Path) -> list[Path]:
             ax2.plot(pd.to_numeric(paper[col]).fillna(0) * scale, pd.to_numeric(paper[pc]), "s--", alpha=0.7,
                      label=f"paper {pc}")
         if not pool.empty and metric in pool and f"params.{param}" in pool:
-            for student, g in pool.groupby("params.student"):
-                m = g.assign(x=pd.to_numeric(g[f"params.{param}"])).groupby("x")[metric].agg(["mean", "std"]).fillna(0)
-                ax.errorbar(m.index, m["mean"], yerr=m["std"], marker="o", capsize=3, label=f"ours [{student}]")
+            pool = pool.assign(_setting=_key(pool, setting_columns(pool, {f"params.{param}"})))
+            for _, g in pool.groupby("_setting"):
+                x = pd.to_numeric(g[f"params.{param}"])
+                stats = [(v, per_seed(h[metric], h["params.seed"])) for v, h in g.assign(x=x).groupby("x")]
+                xs = [v for v, _ in stats]
+                mean = [s.mean() for _, s in stats]
+                sd = [s.std(ddof=1) if len(s) > 1 else 0.0 for _, s in stats]
+                first = g.iloc[0]
+                ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3,
+                            label=f"ours [{first['params.student']}, {first['params.profile']}]")
         ax.set_xlabel(param.replace("hp.", "")), ax.set_ylabel(f"ours: {spec.ours[0][1]}"), ax2.set_ylabel("paper")
         ax.set_title(spec.title.split(":")[0] + " ablation")
         for a, where in ((ax, "lower left"), (ax2, "lower right")):
@@ -208,13 +374,14 @@ def fig_ablations(runs: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> Path | None:
-    """Teacher embeddings, projection-head outputs and student embeddings of 200 test samples, jointly."""
+    """Teacher embeddings, projection-head outputs and student embeddings of 200 test samples, jointly, from
+    the newest run of a method with a projection head (runs that record an `alpha_path`)."""
     import mlflow
     from sklearn.manifold import TSNE
-    if runs.empty:
+    if runs.empty or "params.alpha_path" not in runs:
         return None
-    sel = runs[runs["params.method"].str.startswith("ours_feature")].sort_values("start_time", ascending=False)
-    for rid in sel["run_id"]:
+    sel = runs[runs["params.alpha_path"].notna()].sort_values("start_time", ascending=False)
+    for rid, method in zip(sel["run_id"], sel["params.method"]):
         try:
             path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="features.npz", tracking_uri=uri)
         except Exception:
@@ -233,7 +400,7 @@ def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> Path | None:
         for i, (label, _, colour) in enumerate(sets):
             pts = emb[i * n:(i + 1) * n]
             ax.scatter(pts[:, 0], pts[:, 1], s=8, c=colour, alpha=shade, label=label)
-        ax.legend(fontsize=8), ax.set_title(f"Fig. 8 analogue: t-SNE of {n} test samples (run {rid[:8]})")
+        ax.legend(fontsize=8), ax.set_title(f"Fig. 8 analogue: t-SNE of {n} test samples ({method}, run {rid[:8]})")
         return _save(fig, out / "fig8_tsne.png")
     return None
 
@@ -251,19 +418,22 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None) ->
     notes = Footnotes()
     parts = ["# Cross-modal distillation benchmark: report", "",
              f"Rebuilt from the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
-             + ". Paper values are copied from the paper; ours are mean ± sample std over seeds (n), each cell's "
-             "MLflow run ids in its footnote. Δ: paired difference against the baseline over matched seeds, "
-             "with a t-based 95% confidence interval.", "", "## Runs shown", "", header_section(runs)]
+             + f" ({len(runs)} finished training runs). Paper values are copied from the paper. Ours: mean ± sample "
+             "std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its footnote; one "
+             "column block per setting, one row per method configuration. Δ: paired difference against the "
+             "baseline over matched seeds of the same setting, with a t-based 95% confidence interval; `*` marks "
+             "an interval that excludes zero.", "", "## Runs shown", "", header_section(runs)]
     for spec in TABLES:
         parts.append(table_section(spec, runs, notes))
-    figs = [("Training curves (Fig. 6 analogue)", fig_training_curves(runs, tracking_uri, out) if not runs.empty else None),
-            ("Accuracy against data fraction (Fig. 9 analogue)", fig_data_fraction(runs, out)),
-            ("t-SNE of teacher, projected teacher and student features (Fig. 8 analogue)", fig_tsne(runs, tracking_uri, out))]
+    figs = fig_training_curves(runs, tracking_uri, out) + fig_data_fraction(runs, out)
+    figs.append(("t-SNE of teacher, projected teacher and student features (Fig. 8 analogue)", fig_tsne(runs, tracking_uri, out)))
     figs += [(f"Ablation curve {p.stem.split('_')[0]} (ours, paper points on the right axis)", p) for p in fig_ablations(runs, out)]
     parts.append("## Figures\n")
     for title, path in figs:
         parts.append(f"### {title}\n\n" + (f"![{title}]({path.name})\n" if path else "not run (no runs with the data it needs)\n"))
     parts.append(notes.render())
     report = out / "report.md"
-    report.write_text("\n".join(parts) + "\n")
+    tmp = out / f".report.md.tmp{hashlib.sha1(str(out).encode()).hexdigest()[:6]}"
+    tmp.write_text("\n".join(parts) + "\n")
+    tmp.replace(report)
     return report

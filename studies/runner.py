@@ -51,16 +51,76 @@ def safe_uri(url: str) -> str:
     return url
 
 
-def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict):
-    """Create the study (schema included) and its MLflow parent run, before any worker starts."""
+def check_storage(url: str) -> None:
+    """Fail with one line when the study storage cannot be opened (unreachable server, bad URL)."""
+    try:
+        optuna.storages.get_storage(url)
+    except Exception as e:
+        raise UsageError(f"cannot open the study storage {safe_uri(url)}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: stored {a!r}, now {b!r}")
+    return out
+
+
+def check_definition(name: str, storage: str, definition: dict) -> None:
+    """The study must exist and have been created with the same definition as this command's."""
+    import json
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UsageError(f"study '{name}' does not exist in {safe_uri(storage)}; create it first "
+                         "(the same command without --join, or with --create-only)") from None
+    stored = study.user_attrs.get("definition")
+    wanted = json.loads(json.dumps(definition, default=str))  # as stored: JSON types
+    if stored is not None and stored != wanted:
+        diff = _differences(stored, wanted)
+        raise UsageError(f"study '{name}' was created with another definition ({'; '.join(diff[:3])}"
+                         f"{' ...' if len(diff) > 3 else ''}); use another --study-name or the original options")
+
+
+def end_parent_if_done(study: optuna.Study, tracker) -> None:
+    """End the study's MLflow parent run once no trial is waiting or running."""
+    states = {t.state for t in study.get_trials(deepcopy=False)}
+    if states & {optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING}:
+        return
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent:
+        failed = optuna.trial.TrialState.FAIL in states
+        tracker.end(parent, status="FAILED" if failed else "FINISHED")
+
+
+def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
+                 definition: dict, fixed: dict):
+    """Create the study (schema included) and its MLflow parent run, before any worker starts; an existing study
+    of this name is reused only when its stored definition is the same."""
+    import json
+    try:
+        exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    except Exception:
+        exists = False
+    if exists:
+        check_definition(name, storage, definition)
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=make_sampler(grid),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3), load_if_exists=True)
     if "mlflow_parent_run_id" not in study.user_attrs:
         parent = tracker.start(f"study:{name}", {**tags, "xkd.kind": "study", "study_name": name})
         tracker.log_params(parent, {"storage": safe_uri(storage), "direction": direction, **tags,
                                     "grid_mechanism": "enqueued trials, claimed atomically" if grid else "TPE",
-                                    **({f"grid.{k}": v for k, v in grid.items()} if grid else {})})
+                                    **({f"grid.{k}": v for k, v in grid.items()} if grid else {}),
+                                    **{f"fixed.{k}": v for k, v in fixed.items()}})
+        tracker.log_dict(parent, definition, "study_definition.json")
         study.set_user_attr("mlflow_parent_run_id", parent)
+        study.set_user_attr("definition", json.loads(json.dumps(definition, default=str)))
+        study.set_user_attr("fixed", json.loads(json.dumps(fixed, default=str)))
         study.set_user_attr("grid", grid or {})
         study.set_user_attr("paper_table", tags.get("paper_table", ""))
         if grid:
@@ -98,9 +158,9 @@ def pop_queued_trial(study: optuna.Study, storage) -> optuna.trial.Trial | None:
 class Objective:
     """One trial = the method trained on `seeds` seeds; value = mean best validation metric."""
 
-    def __init__(self, cfg, task, data, tables, method, base_hp, tracker, out, seeds, grid, prune):
+    def __init__(self, cfg, task, data, tables, method, base_hp, tracker, out, seeds, grid, prune, fixed=None):
         self.__dict__.update(cfg=cfg, task=task, data=data, tables=tables, method=method, base_hp=base_hp,
-                             tracker=tracker, out=out, seeds=seeds, grid=grid, prune=prune)
+                             tracker=tracker, out=out, seeds=seeds, grid=grid, prune=prune, fixed=fixed or {})
 
     def params_for(self, trial: optuna.trial.Trial) -> dict:
         if self.grid:
@@ -117,7 +177,8 @@ class Objective:
         parent = trial.study.user_attrs["mlflow_parent_run_id"]
         run = self.tracker.start(f"trial-{trial.number}", {"xkd.kind": "trial", "trial_number": str(trial.number),
                                                             "study_name": trial.study.study_name}, parent_run_id=parent)
-        self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method, **params})
+        self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method, "n_seeds": self.seeds,
+                                      **{f"fixed.{k}": v for k, v in self.fixed.items()}, **params})
         key = f"best_{self.task.selection_metric}"
         values = []
         try:

@@ -102,14 +102,15 @@ def read_images(paths: list[Path]) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
-def scan_videos(wav_root: Path, face_root: Path):
+def scan_videos(wav_root: Path, face_root: Path, skip_speakers: set[str] = frozenset()):
     """Utterances grouped as speaker/video/utt; one face image per video (face_root/speaker/video.*)."""
     utts, videos, faces = [], [], []
     for f in _files(wav_root, AUDIO):
         rel = f.relative_to(wav_root)
         if len(rel.parts) != 3:
             raise UsageError(f"expected <speaker>/<video>/<utt> under {wav_root}, got {rel}")
-        utts.append(rel)
+        if rel.parts[0] not in skip_speakers:
+            utts.append(rel)
     vid_index = {}
     for rel in utts:
         spk, vid = rel.parts[0], rel.parts[1]
@@ -121,6 +122,30 @@ def scan_videos(wav_root: Path, face_root: Path):
             videos.append((spk, vid))
             faces.append(face)
     return utts, videos, faces, vid_index
+
+
+def validation_speakers(speakers: list[str], share: float, g: np.random.Generator) -> list[str]:
+    """A seeded share of the training speakers (at least 2, for non-target trials), held out whole."""
+    n = max(2, int(round(len(speakers) * share)))
+    if len(speakers) - n < 2:
+        raise UsageError(f"voxceleb needs at least 4 training speakers (2 to train, 2 held out for validation); "
+                         f"found {len(speakers)}")
+    return sorted(speakers[i] for i in g.choice(len(speakers), n, replace=False))
+
+
+def balanced_trials(spk: np.ndarray, per_speaker: int, g: np.random.Generator):
+    """Every speaker contributes up to `per_speaker` target pairs of its own utterances and as many non-target
+    pairs (one of its utterances against another speaker's), so the EER rests on many targets of every speaker."""
+    left, right, labels = [], [], []
+    for s in np.unique(spk):
+        own, other = np.flatnonzero(spk == s), np.flatnonzero(spk != s)
+        a, b = np.triu_indices(len(own), 1)
+        pick = g.choice(len(a), min(len(a), per_speaker), replace=False)
+        for i in pick:
+            left.append(own[a[i]]), right.append(own[b[i]]), labels.append(1)
+        for _ in range(len(pick)):
+            left.append(g.choice(own)), right.append(g.choice(other)), labels.append(0)
+    return np.array(left), np.array(right), np.array(labels)
 
 
 class AngularPrototypical(nn.Module):
@@ -177,8 +202,9 @@ class VoxCeleb(Task):
     _common = dict(optimizer="adam", lr=1e-3, weight_decay=5e-5, schedule="step", lr_step_epochs=3, lr_gamma=0.75,
                    teacher="dlib-face", teacher_logits="probe", val_fraction=0.1)
     profiles = {
-        "smoke": dict(_common, student="resnet_asp_small", epochs=1, batch_size=8),
-        "quick": dict(_common, student="resnet_asp_small", epochs=6, batch_size=8),
+        # the fixture trains 2 speakers (2 more are held out for validation): batches of 2 speakers x 2
+        "smoke": dict(_common, student="resnet_asp_small", epochs=1, batch_size=4),
+        "quick": dict(_common, student="resnet_asp_small", epochs=6, batch_size=4),
         "paper": dict(_common, student="resnet34_asp", epochs=36, batch_size=200, teacher="ir50"),
     }
 
@@ -189,6 +215,10 @@ class VoxCeleb(Task):
         return AngularPrototypical()
 
     def steps_per_epoch(self, split, batch_size):
+        n_spk = len(torch.unique(split.y))
+        if batch_size // 2 > n_spk:
+            raise UsageError(f"voxceleb batches hold batch_size/2 distinct speakers: batch_size {batch_size} needs "
+                             f"{batch_size // 2}, the training split has {n_spk}; use --set batch_size={2 * n_spk} or less")
         return len(pair_batches(split.y, batch_size, torch.Generator().manual_seed(0)))
 
     def epoch_batches(self, split, batch_size, gen):
@@ -209,31 +239,35 @@ class VoxCeleb(Task):
             raise UsageError(f"voxceleb needs --data-dir with vox2_dev/wav, vox2_dev/faces and vox1_test/veri_test.txt "
                              f"(missing: {', '.join(str(p) for p in need if not p.exists()) or '--data-dir'}); "
                              "build the small fixture with: python -m benchmark fixture voxceleb --out DIR")
-        utts, videos, faces, vid_index = scan_videos(root / "vox2_dev" / "wav", root / "vox2_dev" / "faces")
+        all_utts = [f.relative_to(root / "vox2_dev" / "wav") for f in _files(root / "vox2_dev" / "wav", AUDIO)]
+        everyone = sorted({u.parts[0] for u in all_utts})
+        g = np.random.default_rng(cfg.split_seed)
+        held = validation_speakers(everyone, cfg.val_fraction, g)
+        # open-set validation like the test: held-out speakers never train (their faces are not needed)
+        utts, videos, faces, vid_index = scan_videos(root / "vox2_dev" / "wav", root / "vox2_dev" / "faces",
+                                                     skip_speakers=set(held))
         speakers = sorted({v[0] for v in videos})
         spk_id = {s: i for i, s in enumerate(speakers)}
         y = torch.tensor([spk_id[u.parts[0]] for u in utts])
         key = torch.tensor([vid_index[(u.parts[0], u.parts[1])] for u in utts])
-        g = np.random.default_rng(cfg.split_seed)
-        val_mask = np.zeros(len(utts), bool)
-        for s in range(len(speakers)):  # stratified validation utterances per speaker
-            idx = np.flatnonzero(y.numpy() == s)
-            val_mask[g.choice(idx, max(2, int(round(len(idx) * cfg.val_fraction))), replace=False)] = True
-        tr = np.flatnonzero(~val_mask)
+        tr = np.arange(len(utts))
         if cfg.data_fraction < 1:  # utterance-level subsampling that keeps every speaker (Table 2)
             tr = np.concatenate([g.choice(tr[y.numpy()[tr] == s], max(2, int(round((y.numpy()[tr] == s).sum() * cfg.data_fraction))),
                                           replace=False) for s in range(len(speakers))])
             tr.sort()
-        va = np.flatnonzero(val_mask)
-        waves = {i: read_audio(root / "vox2_dev" / "wav" / utts[i]) for i in np.concatenate([tr, va])}
-        bank = lambda ids: AudioBank([waves[i] for i in ids], [str(utts[i]) for i in ids])  # noqa: E731
-        train = Split(bank(tr), y[tr], key[tr])
-        val = Split(bank(va), y[va], key[va])
-        # validation trials: every pair of validation utterances, seeded subsample (targets and non-targets)
-        a, b = np.triu_indices(len(va), 1)
-        pick = g.choice(len(a), min(len(a), 4000), replace=False)
-        val.extra = {"left": torch.tensor(a[pick]), "right": torch.tensor(b[pick]),
-                     "labels": (y[va][a[pick]] == y[va][b[pick]]).numpy().astype(int)}
+        val_utts, val_spk = [], []
+        for i, spk in enumerate(held):  # a seeded sample of each held-out speaker's utterances
+            own = sorted(u for u in all_utts if u.parts[0] == spk)
+            pick = sorted(g.choice(len(own), min(len(own), cfg.val_utts_per_speaker), replace=False))
+            val_utts += [own[j] for j in pick]
+            val_spk += [i] * len(pick)
+        waves = {i: read_audio(root / "vox2_dev" / "wav" / utts[i]) for i in tr}
+        train = Split(AudioBank([waves[i] for i in tr], [str(utts[i]) for i in tr]), y[tr], key[tr])
+        vy = torch.tensor(val_spk)
+        val = Split(AudioBank([read_audio(root / "vox2_dev" / "wav" / u) for u in val_utts], [str(u) for u in val_utts]),
+                    vy, torch.zeros(len(vy), dtype=torch.long))
+        left, right, labels = balanced_trials(vy.numpy(), cfg.val_trials_per_speaker, g)
+        val.extra = {"left": torch.tensor(left), "right": torch.tensor(right), "labels": labels}
         trials = load_trials(root / "vox1_test" / "wav", [root / "vox1_test" / "veri_test.txt",
                                                             root / "vox1_test" / "list_test_hard.txt"])
         extra = {"trials": trials, "faces": faces, "videos": videos, "root": root,
@@ -245,10 +279,16 @@ class VoxCeleb(Task):
             extra["match"] = self._load_matching(root)
         test_bank = trials["veri_test.txt"].bank
         test = Split(test_bank, torch.zeros(len(test_bank), dtype=torch.long), torch.zeros(len(test_bank), dtype=torch.long))
-        info = {"data_layout": "voxceleb (vox2_dev / vox1_test)", "n_train": len(tr), "n_val": len(va),
+        info = {"data_layout": "voxceleb (vox2_dev / vox1_test)", "n_train": len(tr), "n_val": len(val_utts),
                 "n_test": len(trials["veri_test.txt"].labels), "n_speakers": len(speakers), "n_videos": len(videos),
-                "split_rule": f"stratified {cfg.val_fraction:g} of each speaker's utterances as validation (seed {cfg.split_seed})",
-                "has_cnceleb": "cnceleb" in extra, "has_matching_set": "match" in extra}
+                "split_rule": f"{len(held)} of {len(everyone)} training speakers held out for open-set validation "
+                              f"(share {cfg.val_fraction:g}, seed {cfg.split_seed}; <= {cfg.val_utts_per_speaker} utterances "
+                              f"each)",
+                "n_val_speakers": len(held), "n_val_target_trials": int(labels.sum()),
+                "n_val_nontarget_trials": int(len(labels) - labels.sum()),
+                "has_cnceleb": "cnceleb" in extra, "has_matching_set": "match" in extra,
+                "match_h": ("same-gender distractors" if extra.get("match", {}).get("gender") else
+                            "not available (no vox2_meta.csv gender)") if "match" in extra else "n/a"}
         return TaskData(train, val, test, speakers, len(speakers), info, extra)
 
     def _load_matching(self, root: Path) -> dict:
@@ -357,14 +397,14 @@ class VoxCeleb(Task):
         for setting in ("o", "h"):
             for direction in ("af", "fa"):
                 out[f"match_{direction}_{setting}"] = float("nan")
-            if s is None:
+            if s is None or (setting == "h" and not gender):  # H needs gender metadata: not available, not O
                 continue
             a_n, f_n = F.normalize(s.float(), dim=1).cpu(), F.normalize(f_t, dim=1).cpu()
             for direction in ("af", "fa"):
                 correct = total = 0
                 for _ in range(cfg.match_triplets):
                     p = ids[rng.integers(len(ids))]
-                    others = [q for q in ids if q != p and (setting == "o" or gender.get(q, "?") == gender.get(p, "?"))]
+                    others = [q for q in ids if q != p and (setting == "o" or (gender.get(p) and gender.get(q) == gender[p]))]
                     if not others:
                         continue
                     q = others[rng.integers(len(others))]

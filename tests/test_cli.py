@@ -43,3 +43,17 @@ def test_list_names_every_kind(tmp_path):
     for name in ("baseline", "kd", "fitnet", "pkt", "sp", "ickd", "ccl", "clip", "ours_feature", "ours_classifier",
                  "ours_feature_quality", "cifar100", "resnet8", "cifar_resnet18", "resnet34", "minilm", "smoke", "quick", "paper"):
         assert f"  {name} " in res.stdout, name
+
+
+def test_paper_profile_uses_the_papers_teacher_and_says_when_it_cannot_load(tmp_path, cifar_dir):
+    from benchmark.config import build_config
+    from tasks.cifar100 import Cifar100
+    assert build_config(Cifar100(), "paper", {"data_dir": str(cifar_dir)}, {}).teacher == "clip-vit-b16"
+    assert build_config(Cifar100(), "paper", {"data_dir": str(cifar_dir), "teacher": "minilm"}, {}).teacher == "minilm"
+    # no network here: the CLIP weights cannot be fetched, and the run stops with one line naming the way out
+    res = run_cli(["run", "--profile", "paper", "--methods", "baseline", "--data-dir", str(cifar_dir),
+                   "--cache-dir", str(tmp_path / "cache")], tmp_path, {"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "cannot load open_clip ViT-B-16 pretrained='openai'" in res.stderr and "--teacher minilm" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

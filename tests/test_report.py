@@ -24,7 +24,7 @@ def _log_run(client, exp, method, seed, metrics, params=None, tags=None, history
     for k, v in metrics.items():
         client.log_metric(rid, k, v)
     for step, (tr, va) in enumerate(history or [], start=1):
-        client.log_metric(rid, "train_top1", tr, step=step)
+        client.log_metric(rid, "train_loss", tr, step=step)
         client.log_metric(rid, "val_top1", va, step=step)
     if features:
         g = np.random.default_rng(seed)
@@ -62,6 +62,7 @@ def fixture_store(tmp_path):
         ids[("ours_feature", seed)] = _log_run(client, exp, "ours_feature", seed,
                                                {"test_top1": ours[seed], "test_top1_at_best_val": ours[seed],
                                                 "match_acc": 40.0 + seed}, history=[(11, 13), (22, 27)],
+                                               params={"alpha_path": "learned_linear_384to64"},
                                                features=True, tmp=tmp_path)
     for margin, acc in ((0.0, 20.0), (0.04, 24.0)):
         ids[("t12", margin)] = _log_run(client, exp, "ours_feature", 0, {"test_top1": acc, "best_val_top1": acc + 1},
@@ -74,36 +75,69 @@ def fixture_store(tmp_path):
     return uri, ids
 
 
+def _section(report, n):
+    return report.split(f"## Table {n}:")[1].split("\n## ")[0]
+
+
 def test_report_from_fixture_store(tmp_path, fixture_store):
     uri, ids = fixture_store
     out = tmp_path / "report"
     report = build_report(uri, out).read_text()
     for n in range(1, 13):
         assert re.search(rf"^## Table {n}:", report, re.M), f"Table {n} heading missing"
-    table7 = report.split("## Table 7:")[1].split("## Table 8:")[0]
+    table7 = _section(report, 7)
     assert "| baseline | Baseline (w/o dist.) | 75.43 | 77.07 |" in table7
-    assert "| ours_classifier | Ours (classifier) | 77.44 | 79.14 |" in table7
+    assert "| ours_classifier | Ours (classifier) | 77.44 | 79.14 | not run" in table7
     # ours: baseline seeds 30, 32 -> 31.00 ± 1.41; ours_feature 33, 36 -> 34.50 ± 2.12
     assert "31.00 ± 1.41 (n=2)" in table7 and "34.50 ± 2.12 (n=2)" in table7
     # paired difference over matched seeds: diffs 3, 4 -> mean 3.5, t(0.975, 1) * 0.7071 / sqrt 2 = 6.353
-    assert "+3.50 [-2.85, +9.85] (n=2)" in table7
+    assert "+3.50 [-2.85, +9.85] (n=2) |" in table7  # the interval includes 0: no '*'
     assert "| fitnet | FitNet [36] | 75.97 | 77.65 | not run" in table7
-    table8 = report.split("## Table 8:")[1].split("## Table 9:")[0]
+    # the study runs are left out of the main table, and the table says so
+    assert "Note: 2 finished cifar100 runs of Optuna studies are not shown" in table7
+    table8 = _section(report, 8)
     assert "40.50 ± 0.71 (n=2)" in table8 and "| chance | chance | 1.00 |" in table8
-    table12 = report.split("## Table 12:")[1].split("## Figures")[0]
-    assert "| ours_feature | 0.2^2 | 0.04 | 0.2 | 75.99 | 78.33 | 24.00 ± 0.00 (n=1)" in table12
-    assert "| ours_feature | 0 | 0.0 | 0.0 | 75.62 | 77.96 | 20.00 ± 0.00 (n=1)" in table12
+    table12 = _section(report, 12)
+    assert "| ours_feature | 0.2^2 | 0.04 | 0.2 | 75.99 | 78.33 | 24.00 ± n/a (n=1)" in table12
+    assert "| ours_feature | 0 | 0.0 | 0.0 | 75.62 | 77.96 | 20.00 ± n/a (n=1)" in table12
+    assert "best validation val_top1" in table12 and "25.00 ± n/a (n=1)" in table12  # objective from the task
     assert "0.1^2" in table12 and table12.count("not run") >= 3
     assert "31.00" not in table12  # the main runs are not mixed into the ablation
-    table1 = report.split("## Table 1:")[1].split("## Table 2:")[0]
-    assert "1.71" in table1 and "not run" in table1
+    table1 = _section(report, 1)
+    assert "1.71" in table1 and "no finished runs of task `voxceleb`" in table1
     # every cell is traceable: footnotes name the fixture runs
     for key in (("baseline", 0), ("ours_feature", 1), ("t12", 0.04)):
         assert ids[key] in report
     figures = sorted(out.glob("*.png"))
     names = {p.name for p in figures}
-    assert {"fig6_training_curves.png", "fig8_tsne.png", "table12_ablation.png"} <= names
+    assert {"fig6_training_curves_cifar100.png", "fig8_tsne.png", "table12_ablation.png"} <= names
     for p in figures:
         assert p.read_bytes()[:8] == PNG and plt.imread(p).shape[0] > 100
         assert f"]({p.name})" in report
     assert "profile" in report and "quick" in report and "hp.feat_dist | l2sq_norm_sum" in report
+
+
+def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
+    """A method the paper table lacks gets a row; two configurations are two rows; seeds are counted once."""
+    uri, ids = fixture_store
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("xkd-cifar100").experiment_id
+    for seed, acc in ((0, 31.0), (1, 34.0)):  # KD is not in the paper's Table 7
+        _log_run(client, exp, "kd", seed, {"test_top1": acc}, params={"hp.temperature": 4.0})
+    _log_run(client, exp, "kd", 0, {"test_top1": 50.0}, params={"hp.temperature": 1.0})  # another configuration
+    _log_run(client, exp, "baseline", 1, {"test_top1": 32.0})  # a rerun of seed 1: not a third sample
+    # another teacher is another setting: its own column block, never averaged with the first
+    _log_run(client, exp, "baseline", 0, {"test_top1": 60.0}, params={"teacher_id": "open_clip/ViT-B-16/openai"})
+    # a smaller data fraction than the profile's is left out of Table 7, and counted
+    _log_run(client, exp, "baseline", 0, {"test_top1": 10.0}, params={"data_fraction": 0.25})
+    table7 = _section(build_report(uri, tmp_path / "r").read_text(), 7)
+    kd_rows = [line for line in table7.splitlines() if line.startswith("| kd")]
+    assert len(kd_rows) == 2, kd_rows
+    t4 = next(r for r in kd_rows if "temperature=4.0" in r)
+    t1 = next(r for r in kd_rows if "temperature=1.0" in r)
+    assert "| - | - |" in t4 and "32.50 ± 2.12 (n=2)" in t4 and "50.00 ± n/a (n=1)" in t1
+    assert "+1.50" in t4  # paired with the baseline's seeds 0, 1: (31 - 30, 34 - 32)
+    base = next(line for line in table7.splitlines() if line.startswith("| baseline"))
+    assert "31.00 ± 1.41 (n=2)" in base and "60.00 ± n/a (n=1)" in base
+    assert "teacher_id=open_clip/ViT-B-16/openai" in table7.splitlines()[2]
+    assert "10.00" not in table7 and "1 finished runs at a data fraction other than their profile's (0.25)" in table7

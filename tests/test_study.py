@@ -24,7 +24,7 @@ def test_grid_study_sqlite_nested_mlflow_runs(tmp_path, cifar_dir):
     res = run_cli(["study", "--task", "cifar100", "--method", "ours_feature", "--grid", "alpha=0.2,0.6",
                    "--grid", "margin=0.0,0.09", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    study = optuna.load_study(study_name="cifar100-ours_feature-smoke", storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    study = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}")
     trials = study.get_trials()
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert sorted((t.params["alpha"], t.params["margin"]) for t in trials) == [(0.2, 0.0), (0.2, 0.09), (0.6, 0.0), (0.6, 0.09)]
@@ -96,6 +96,59 @@ def test_tpe_study_samples_the_declared_space(tmp_path, cifar_dir):
     res = run_cli(["study", "--task", "cifar100", "--method", "pkt", "--n-trials", "2", "--data-dir", str(cifar_dir),
                    *SMOKE], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    trials = optuna.load_study(study_name="cifar100-pkt-smoke", storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+    trials = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
     assert len(trials) == 2 and all(1e3 <= t.params["pkt_weight"] <= 1e5 for t in trials)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def _study_names(tmp_path):
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'studies.db'}"))
+
+
+def test_paper_study_applies_and_logs_its_fixed_values(tmp_path, cifar_dir):
+    res = run_cli(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the quick/smoke student is 64-d and MiniLM 384-d: the alpha path is a learned map, and the study says so
+    assert "warning: this study varies alpha" in res.stderr and "learned 384->64" in res.stderr
+    (name,) = _study_names(tmp_path)
+    assert name.startswith("table10-smoke-") and len(name) == len("table10-smoke-") + 8
+    runs = _study_runs(tmp_path)
+    trials = [r for r in runs if r.data.tags["xkd.kind"] == "trial"]
+    train = [r for r in runs if r.data.tags["xkd.kind"] == "train"]
+    assert len(trials) == 5 and len(train) == 5
+    assert all(float(r.data.params["fixed.margin"]) == 0.04 for r in trials)
+    assert all(float(r.data.params["hp.margin"]) == 0.04 for r in train)  # applied, not only declared
+    assert sorted(float(r.data.params["hp.alpha"]) for r in train) == [0.2, 0.4, 0.5, 0.6, 0.8]
+    assert {r.data.params["alpha_path"] for r in train} == {"learned_linear_384to64"}
+    parent = next(r for r in runs if r.data.tags["xkd.kind"] == "study")
+    assert parent.info.status == "FINISHED" and float(parent.data.params["fixed.margin"]) == 0.04
+
+
+def test_study_name_carries_its_definition_and_join_checks_it(tmp_path, cifar_dir):
+    common = ["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--create-only"]
+    a = run_cli(common, tmp_path)
+    b = run_cli([*common, "--student", "resnet8"], tmp_path)
+    assert a.returncode == 0 and b.returncode == 0, a.stderr[-2000:] + b.stderr[-2000:]
+    names = _study_names(tmp_path)
+    assert len(names) == 2 and all(n.startswith("table12-smoke-") for n in names)  # another student: another study
+    for n in names:
+        trials = optuna.load_study(study_name=n, storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
+        assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    # joining a study with a definition that differs from the stored one fails with one line
+    first = next(n for n in names if n in a.stdout)
+    bad = run_cli(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--set", "epochs=2",
+                   "--study-name", first, "--join"], tmp_path)
+    assert bad.returncode == 2 and "created with another definition" in bad.stderr and "epochs" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    # resuming under the same explicit name with another definition is refused too
+    again = run_cli([*common, "--set", "lr=0.01", "--study-name", first], tmp_path)
+    assert again.returncode == 2 and "created with another definition" in again.stderr
+    missing = run_cli(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--study-name", "nope",
+                       "--join"], tmp_path)
+    assert missing.returncode == 2 and "study 'nope' does not exist" in missing.stderr
+
+
+def test_paper_study_refuses_a_set_that_contradicts_a_fixed_value(tmp_path, cifar_dir):
+    res = run_cli(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path)
+    assert res.returncode == 2 and "fixes margin=0.04" in res.stderr
+    assert not (tmp_path / "studies.db").exists() and not (tmp_path / "mlflow.db").exists()

@@ -31,10 +31,23 @@ def vox_loaded(vox_dir, tmp_path_factory):
 
 def test_fixture_layout_and_split(vox_loaded):
     task, cfg, data, tables, _, _ = vox_loaded
-    assert data.num_classes == 4 and data.info["has_cnceleb"] and data.info["has_matching_set"]
-    assert set(data.train.y.tolist()) == {0, 1, 2, 3} and len(data.val.y) >= 8
+    # 4 training speakers: 2 held out whole for open-set validation, 2 train (and only their faces are encoded)
+    assert data.num_classes == 2 and data.info["has_cnceleb"] and data.info["has_matching_set"]
+    assert set(data.train.y.tolist()) == {0, 1} and data.info["n_val_speakers"] == 2
+    train_names = {n.split("/")[0] for n in data.train.x.names}
+    val_names = {n.split("/")[0] for n in data.val.x.names}
+    assert len(train_names) == 2 and len(val_names) == 2 and not train_names & val_names
+    assert len(data.val.y) == 16  # 8 utterances of each held-out speaker
+    labels = data.val.extra["labels"]
+    left, right = data.val.extra["left"], data.val.extra["right"]
+    assert labels.sum() == 20 and len(labels) == 40  # 10 target and 10 non-target trials per held-out speaker
+    same = (data.val.y[left] == data.val.y[right]).numpy().astype(int)
+    assert (same == labels).all() and (left != right).all()
+    for s in (0, 1):  # every held-out speaker has target and non-target trials
+        mine = (data.val.y[left] == s).numpy()
+        assert labels[mine].sum() == 10 and (1 - labels[mine]).sum() == 10
     assert tables.embedding.shape == (data.info["n_videos"], 1, 128)  # one dlib descriptor per video
-    assert tables.logits.shape == (data.info["n_videos"], 1, 4)
+    assert tables.logits.shape == (data.info["n_videos"], 1, 2) and data.info["n_videos"] == 12
     assert data.train.x.data.dtype == torch.int16
 
 
@@ -44,7 +57,7 @@ def test_dlib_teacher_offline_and_cache_reused(vox_loaded):
     again = TeacherCache(cache_dir)
     tables2 = task.teacher_tables(cfg, data, again)
     assert again.encoder_calls == 0 and torch.equal(tables.embedding, tables2.embedding)
-    assert tables.params["teacher_probe_train_acc"] == 1.0  # 4 identities, separable by the real descriptor
+    assert tables.params["teacher_probe_train_acc"] == 1.0  # 2 identities, separable by the real descriptor
 
 
 def test_pair_sampler_gives_distinct_speakers_in_pairs():
@@ -122,6 +135,32 @@ def test_smoke_run_logs_speaker_metrics(tmp_path, vox_dir):
         if r.data.params["method"] == "ours_feature_quality":
             assert r.data.params["hp.feat_dist"] == "cos" and r.data.params["hp.margin_deg"] == "30.0"
         assert "features.npz" in {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_h_matching_without_gender_is_not_available(tmp_path, vox_dir):
+    import shutil
+    d = tmp_path / "nogender"
+    shutil.copytree(vox_dir, d)
+    (d / "vox2_meta.csv").unlink()
+    task = VoxCeleb()
+    cfg = build_config(task, "smoke", {"data_dir": str(d)}, {"match_triplets": "200"})
+    data = task.load(cfg)
+    assert data.info["match_h"].startswith("not available")
+    tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "cache"))
+    ctx = Context(cfg, task, data, tables, "ours_feature", {})
+    with ctx.evaluating():
+        m, _ = task._matching(ctx, data.extra["match"], data.extra["match_face_emb"])
+    assert np.isnan(m["match_af_h"]) and np.isnan(m["match_fa_h"])
+    assert 0 <= m["match_af_o"] <= 100 and 0 <= m["match_fa_o"] <= 100
+
+
+def test_epoch_loop_runs_the_batches_the_sampler_produces(vox_loaded):
+    """A generator state that yields fewer pair batches than planned must not raise (IndexError before)."""
+    task, cfg, data, tables, _, _ = vox_loaded
+    ctx = Context(cfg, task, data, tables, "baseline", {})
+    ctx.steps_per_epoch += 5  # plan more steps than any batching produces
+    m = ctx.train_epoch(0)
+    assert np.isfinite(m["train_loss"])
 
 
 def test_missing_speaker_data_exits_2(tmp_path):

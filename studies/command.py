@@ -1,0 +1,152 @@
+"""`python -m benchmark study`: resolve what the study is, name it by its definition, run its workers.
+
+A study is defined by everything that changes what its trials compute: task, method, the resolved run
+configuration (profile values, student, teacher, data fraction, every --set), the seeds of each trial,
+the values the study fixes and its grid. The definition is stored with the study and a short hash of it
+is part of the default name, so a study with another student or another fixed value is another study,
+and joining or resuming a study whose stored definition differs fails with one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import defining_fields
+from benchmark.registry import METHODS, UsageError
+from studies import runner
+from studies.paper import PAPER_STUDIES
+
+def study_definition(cfg, method: str, hp: dict[str, Any], seeds: int, grid: dict | None, paper: str | None,
+                     fixed: dict[str, Any]) -> dict[str, Any]:
+    config = {k: getattr(cfg, k) for k in defining_fields()}
+    return {"paper_table": paper or "", "method": method, "config": config, "hparams": dict(sorted(hp.items())),
+            "fixed": dict(sorted(fixed.items())), "first_seed": cfg.seed, "seeds": seeds,
+            "grid": grid or {}, "search": "grid" if grid else "tpe"}
+
+
+def definition_hash(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def apply_fixed(args, spec: dict) -> dict[str, Any]:
+    """The paper study's fixed values become --set values; a user --set that contradicts one is refused."""
+    fixed = dict(spec.get("fixed", {}))
+    given = {}
+    for item in args.set:
+        k, _, v = item.partition("=")
+        given[k.strip()] = v.strip()
+    for k, v in fixed.items():
+        if k in given and given[k] != str(v):
+            try:
+                same = float(given[k]) == float(v)
+            except ValueError:
+                same = False
+            if not same:
+                raise UsageError(f"--paper {args.paper} fixes {k}={v}; remove --set {k}={given[k]} "
+                                 f"(or run your own --grid study)")
+        if k not in given:
+            args.set.append(f"{k}={v}")
+    return fixed
+
+
+def alpha_warning(task, cfg, grid: dict | None, method: str, hp_obj, data) -> str | None:
+    """The paper's alpha weights the frozen E_T; with d_T != d_S that path is a learned map instead."""
+    from benchmark.registry import STUDENTS, TEACHERS
+    varies_alpha = "alpha" in (grid or {}) or (not grid and "alpha" in METHODS.get(method).tunable(hp_obj))
+    if not varies_alpha:
+        return None
+    d_s = STUDENTS.get(cfg.student)(data.num_classes).embed_dim
+    d_t = getattr(TEACHERS.get(cfg.teacher), "dim", None)
+    if d_t is None or d_t == d_s:
+        return None
+    return (f"warning: this study varies alpha, but teacher '{cfg.teacher}' is {d_t}-d and student '{cfg.student}' is "
+            f"{d_s}-d: the alpha path of the projection head is a learned {d_t}->{d_s} linear map, not the frozen "
+            f"teacher embedding the paper weights (runs record alpha_path)")
+
+
+def cmd_study(args) -> int:
+    from benchmark.cli import prepare
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.tracking import Tracker, resolve_uri
+    from benchmark.trainer import resolve_hparams
+    from methods._base import hparam_fields
+    fixed: dict[str, Any] = {}
+    if args.paper:
+        if args.paper not in PAPER_STUDIES:
+            raise UsageError(f"unknown --paper '{args.paper}'; known: {', '.join(PAPER_STUDIES)}")
+        if args.grid:
+            raise UsageError(f"--paper {args.paper} has its own grid; drop --grid")
+        spec = PAPER_STUDIES[args.paper]
+        args.task, args.method = spec["task"], spec["method"]
+        if args.profile == "paper" and not args.student:
+            args.student = spec["paper_student"]
+        fixed = apply_fixed(args, spec)
+        grid = spec["grid"]
+    else:
+        if not args.method:
+            raise UsageError("study needs --method M (or --paper tableN)")
+        METHODS.get(args.method)
+        grid = runner.parse_grid(args.grid, hparam_fields(METHODS.get(args.method))) or None
+    args.methods = args.method
+    task, _, hp, cfg, data = prepare(args)
+    _, hp_obj = resolve_hparams(args.method, task, cfg, hp)
+    definition = study_definition(cfg, args.method, asdict(hp_obj), args.seeds, grid, args.paper, fixed)
+    digest = definition_hash(definition)
+    base = f"{args.paper}-{cfg.profile}" if args.paper else f"{cfg.task}-{args.method}-{cfg.profile}"
+    name = args.study_name or f"{base}-{digest}"
+    storage = args.storage or f"sqlite:///{Path.cwd() / 'studies.db'}"
+    runner.check_storage(storage)
+    warning = alpha_warning(task, cfg, grid, args.method, hp_obj, data)
+    if warning and not args.join:
+        print(warning, file=sys.stderr)
+    if args.join:
+        runner.check_definition(name, storage, definition)
+    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
+    direction = "maximize" if task.selection_mode == "max" else "minimize"
+    if not args.join:
+        tags = {"task": cfg.task, "method": args.method, "profile": cfg.profile, "student": cfg.student,
+                "teacher": cfg.teacher, "paper_table": args.paper or "", "definition_hash": digest,
+                **({"alpha_warning": warning} if warning else {})}
+        runner.create_study(name, storage, direction, grid, tracker, tags, definition, fixed)
+        n = len(list(itertools.product(*grid.values()))) if grid else 0
+        print(f"study '{name}' ready in {runner.safe_uri(storage)}" + (f" ({n} grid points)" if grid else ""))
+    if args.create_only:
+        return 0
+    if args.workers > 1 and not args.join:
+        argv = [a for a in args.argv if a != "--create-only"]
+        runner.spawn_workers(_without(_without(argv, "--workers"), "--study-name") +
+                             ["--study-name", name, "--storage", storage], args.workers)
+    else:
+        tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
+        study, storage_obj = runner.load_study(name, storage, grid)
+        objective = runner.Objective(cfg, task, data, tables, args.method, hp, tracker,
+                                     Path(args.out or f"runs/study-{name}"), args.seeds, grid, prune=grid is None,
+                                     fixed=fixed)
+        runner.work(study, storage_obj, objective, args.n_trials)
+    if not args.join:
+        import optuna
+        study = optuna.load_study(study_name=name, storage=storage)
+        runner.end_parent_if_done(study, tracker)
+        df = study.trials_dataframe(attrs=("number", "params", "value", "state"))
+        print(df.to_markdown(index=False))
+    return 0
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        if not a.startswith(flag + "="):
+            out.append(a)
+    return out
