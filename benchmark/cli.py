@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.registry import METHODS, PROFILES, STUDENTS, TASKS, TEACHERS, UsageError, load_plugins
+from benchmark.plugins import load_plugins
+from benchmark.registry import METHODS, STUDENTS, TASKS, TEACHERS, UsageError
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -57,7 +58,7 @@ def prepare(args):
     cfg_sets, hp = split_sets(parse_sets(args.set), methods)
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
     cfg = build_config(task, args.profile, flags, cfg_sets)
-    STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)
+    STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.trainer import resolve_device, resolve_hparams
     from methods._base import validate_hparams
     resolve_device(cfg.device)
@@ -102,12 +103,47 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("students", STUDENTS), ("teachers", TEACHERS),
-                       ("profiles", PROFILES)):
+    if args.profiles:
+        print(profiles_markdown())
+        return 0
+    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("students", STUDENTS), ("teachers", TEACHERS)):
         print(f"{title}:")
         for e in reg.entries():
             print(f"  {e.name:22s} {e.description}")
+    print("profiles (per task; `list --profiles` prints every value):")
+    for e in TASKS.entries():
+        for name, note in e.obj.profile_notes.items():
+            print(f"  {e.name + ':' + name:22s} {note}")
     return 0
+
+
+def profiles_markdown() -> str:
+    """Every task's profiles as resolved run-config values (RunConfig defaults <- the task's profile), and the
+    method defaults the task sets for the profile's student: the table README shows."""
+    from dataclasses import asdict
+
+    from benchmark.config import RunConfig
+    out = []
+    base = asdict(RunConfig())
+    for e in TASKS.entries():
+        task = e.obj()
+        names = list(task.profiles)
+        resolved = {n: {**base, **task.profiles[n]} for n in names}
+        keys = [k for k in base if k not in ("task", "profile", "data_dir", "seed")
+                and (k in set().union(*(task.profiles[n] for n in names)))]
+        out += [f"#### `{e.name}`", "", "| field | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        out += [f"| {k} | " + " | ".join(str(resolved[n][k]) for n in names) + " |" for k in keys]
+        hp = [task.hparam_defaults(_Cfg(resolved[n]["student"])) for n in names]
+        for k in sorted(set().union(*hp)):
+            out.append(f"| method default: {k} | " + " | ".join(str(h.get(k, "")) for h in hp) + " |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+class _Cfg:
+    """The fields hparam_defaults reads (the student), for listing without a full config."""
+    def __init__(self, student: str):
+        self.student = student
 
 
 def cmd_perf(args) -> int:
@@ -125,7 +161,7 @@ def cmd_study(args) -> int:
 def cmd_fixture(args) -> int:
     if args.which != "voxceleb":
         raise UsageError(f"unknown fixture '{args.which}'; known: voxceleb")
-    from tasks.voxceleb_fixture import NOISE_DIR, build_fixture
+    from tasks.voxceleb.fixture import NOISE_DIR, build_fixture
     path = build_fixture(Path(args.shared_data), Path(args.out), Path(args.noise_dir or NOISE_DIR))
     print(f"fixture written to {path} (no cross-modal signal: faces and voices are paired arbitrarily)")
     return 0
@@ -155,7 +191,9 @@ def common_run_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description="Cross-modal distillation benchmark")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("list", help="methods, tasks, students, teachers and profiles").set_defaults(fn=cmd_list)
+    ls = sub.add_parser("list", help="methods, tasks, students, teachers and profiles")
+    ls.add_argument("--profiles", action="store_true", help="every task's profile values as a Markdown table")
+    ls.set_defaults(fn=cmd_list)
     run = sub.add_parser("run", help="train and evaluate methods on a task")
     common_run_args(run)
     run.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from benchmark.registry import PROFILES, UsageError
+from benchmark.registry import UsageError
 
 
 @dataclass
@@ -93,7 +93,8 @@ def config_fields() -> dict[str, Any]:
 
 
 def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]) -> RunConfig:
-    PROFILES.get(profile)
+    if profile not in task.profiles:
+        raise UsageError(f"unknown profile '{profile}' for task {task.name}; known: {', '.join(task.profiles)}")
     values = dict(task.profiles[profile])
     values.update({k: v for k, v in flags.items() if v is not None})
     types = config_fields()
@@ -108,8 +109,3 @@ def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]
     if cfg.epochs < 1 or cfg.batch_size < 2:
         raise UsageError("epochs must be >= 1 and batch_size >= 2")
     return cfg
-
-
-PROFILES.add("smoke", {}, "seconds per method on a small stratified subset, 1 epoch, ResNet8-w16 (tests, CI)")
-PROFILES.add("quick", {}, "CPU default: real full training set, ResNet8-w16, a few epochs; all methods in <= 30 min on 2 cores")
-PROFILES.add("paper", {}, "the paper's recipe (CIFAR: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, wd 1e-4); GPU")

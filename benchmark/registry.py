@@ -1,4 +1,6 @@
-"""One registry for every pluggable kind: methods, tasks, students, teachers, profiles."""
+"""One registry for every pluggable kind: methods, tasks, students, teachers (profiles belong to tasks).
+
+This module imports nothing of the harness; benchmark.plugins imports the modules that register."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -51,19 +53,3 @@ METHODS = Registry("method")
 TASKS = Registry("task")
 STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")
-PROFILES = Registry("profile")
-
-
-def load_plugins() -> None:
-    """Import the modules that register entries (each registers itself once on import)."""
-    import importlib
-    import pkgutil
-
-    import methods
-    import tasks
-    from benchmark import config, nets, teachers  # noqa: F401
-
-    for pkg in (methods, tasks):
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{pkg.__name__}.{info.name}")

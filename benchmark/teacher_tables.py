@@ -15,6 +15,7 @@ class TeacherTables:
     embedding: torch.Tensor                 # [N_keys, V, d_T], raw
     logits: torch.Tensor | None = None      # [N_keys, V, K]
     params: dict = field(default_factory=dict)
+    match_embedding: torch.Tensor | None = None  # the teacher's embeddings of a cross-modal matching set (CPU)
 
     @property
     def dim(self) -> int:

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.registry import METHODS, STUDENTS, UsageError
-from benchmark.types import Dims, TeacherOut, Term
+from benchmark.evaluation import EvalInputs
+from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from methods._base import hparam_fields
 
 
@@ -130,18 +131,15 @@ class Context:
                 m.train(w)
 
     def evaluate(self, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """The task evaluates from EvalInputs alone (student and method in eval mode, no gradients)."""
         with self.evaluating():
-            return self.task.evaluate(self, split)
+            ev = EvalInputs(cfg=replace(self.cfg), data=self.data, tables=self.tables, device=self.device,
+                            method=self.method, embed=self._embed)
+            return self.task.evaluate(ev, split)
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and embeddings of a whole split (call inside evaluating())."""
-        logits, emb = [], []
+    def _embed(self, x: torch.Tensor) -> StudentOut:
         with torch.no_grad(), self.autocast():
-            for i in range(0, len(x), self.cfg.eval_batch_size):
-                xb = self.task.augment(x[i:i + self.cfg.eval_batch_size].to(self.device), None, False, self.cfg)
-                out = self.student(xb)
-                logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
-        return torch.cat(logits), torch.cat(emb)
+            return self.student(x)
 
     def state(self) -> dict[str, Any]:
         return {"student": self.student.state_dict(), "method": self.method.state_dict(), "task_loss": self.task_loss.state_dict(),

@@ -57,7 +57,8 @@ def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
 
 def task_info(name: str):
     """The registered task class (its metrics and profiles), or None for a task this harness lacks."""
-    from benchmark.registry import TASKS, load_plugins
+    from benchmark.plugins import load_plugins
+    from benchmark.registry import TASKS
     load_plugins()
     return TASKS.get(name) if name in TASKS else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from torch import nn
@@ -17,11 +18,19 @@ class CrossEntropyTerms(nn.Module):
 
 
 @dataclass
+class Trials:
+    """Verification trials as index pairs into a split, with 1 (same identity) / 0 labels."""
+    left: torch.Tensor
+    right: torch.Tensor
+    labels: np.ndarray
+
+
+@dataclass
 class Split:
-    x: torch.Tensor          # uint8 student inputs (images [N, C, H, W], or audio)
+    x: Any                   # student inputs: uint8 images [N, C, H, W], or an AudioBank
     y: torch.Tensor          # int64 labels [N]
     key: torch.Tensor        # int64 teacher key per sample [N] (class for text, video for faces)
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. the validation trial list of a speaker task
+    trials: Trials | None = None  # verification trials over this split (speaker validation)
 
 
 @dataclass
@@ -32,14 +41,16 @@ class TaskData:
     class_names: list[str]
     num_classes: int
     info: dict[str, Any] = field(default_factory=dict)   # logged as params (sizes, split rule, source)
-    extra: dict[str, Any] = field(default_factory=dict)  # task-specific (e.g. coarse labels)
+    class_groups: torch.Tensor | None = None             # a group per class (CIFAR-100 superclass), figure colours
 
 
 class Task:
-    """Subclasses: name, description, profiles {profile: RunConfig values}, and the methods below."""
+    """Subclasses: name, profiles {profile: RunConfig values} with a note each, the method defaults they
+    set (hparam_defaults), and the methods below. A task's module states all of its defaults in one place."""
     name: str = ""
     description: str = ""
     profiles: dict[str, dict[str, Any]] = {}
+    profile_notes: dict[str, str] = {}
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table
@@ -76,6 +87,7 @@ class Task:
         """Method hyperparameter defaults this task sets (by field name), e.g. margins per student."""
         return {}
 
-    def evaluate(self, ctx, split: str) -> tuple[dict[str, float], dict[str, Any]]:
-        """Metrics on 'val' or 'test' and any arrays to store (features for the t-SNE figure)."""
+    def evaluate(self, ev, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """Metrics on 'val' or 'test' and any arrays to store (features for the t-SNE figure), from the
+        benchmark.evaluation.EvalInputs `ev` alone."""
         raise NotImplementedError

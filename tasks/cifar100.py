@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
+from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_probe_logits, zeroshot_logits
+from benchmark.teachers import build_teacher
 from tasks._base import Split, Task, TaskData
 
 MEAN = torch.tensor([0.5071, 0.4865, 0.4409]).view(1, 3, 1, 1)
@@ -86,6 +88,10 @@ def _stratified_head(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
 @TASKS.register("cifar100", "CIFAR-100 image classification, text teacher (prompts x class names); top-1 and matching")
 class Cifar100(Task):
     name = "cifar100"
+    profile_notes = {"smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
+                     "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs; all methods in ~25 min on 2 cores",
+                     "paper": "the paper's recipe: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, "
+                              "wd 1e-4, CLIP ViT-B/16 teacher; GPU"}
     profiles = {
         "smoke": dict(student="resnet8_w16", epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
                       val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
@@ -120,12 +126,10 @@ class Cifar100(Task):
         info = {"data_layout": layout, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
                 "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})"}
         return TaskData(split(xtr, ytr, idx_tr), split(xtr, ytr, idx_val), split(xte, yte, idx_te),
-                        [n.replace("_", " ") for n in names], k, info,
-                        {"fine_to_coarse": torch.from_numpy(np.asarray(f2c)), "coarse_names": coarse_names})
+                        [n.replace("_", " ") for n in names], k, info, class_groups=torch.from_numpy(np.asarray(f2c)))
 
     def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
-        from benchmark.registry import TEACHERS
-        teacher = TEACHERS.get(cfg.teacher)
+        teacher = build_teacher(cfg.teacher)
         templates = prompt_templates()
         prompts = [t(c) for c in data.class_names for t in templates]
         emb, key = cache.embeddings(teacher, prompts)
@@ -157,37 +161,40 @@ class Cifar100(Task):
         x = (x - MEAN.to(x.device)) / STD.to(x.device)
         return x.contiguous(memory_format=torch.channels_last)
 
-    def evaluate(self, ctx, split):
-        data, method = ctx.data, ctx.method
+    def _predict(self, ev, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and embeddings of a whole split, in eval batches (CPU tensors)."""
+        logits, emb = [], []
+        for i in range(0, len(x), ev.cfg.eval_batch_size):
+            out = ev.embed(self.augment(x[i:i + ev.cfg.eval_batch_size].to(ev.device), None, False, ev.cfg))
+            logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
+        return torch.cat(logits), torch.cat(emb)
+
+    def evaluate(self, ev, split):
+        data, method = ev.data, ev.method
         sp = getattr(data, split)
-        logits, emb = ctx.forward_all(sp.x)
+        logits, emb = self._predict(ev, sp.x)
         metrics = {f"{split}_top1": (logits.argmax(1) == sp.y).float().mean().item() * 100}
         if split != "test":
             return metrics, {}
-        tables = ctx.tables
+        tables = ev.tables
         with torch.no_grad():
             e = tables.embedding.float()
             k, v, d = e.shape
-            if ctx.cfg.match_proto == "head_then_mean":
+            if ev.cfg.match_proto == "head_then_mean":
                 proto = class_prototypes(method.teacher_features(e.reshape(k * v, d)).reshape(k, v, -1))
             else:
-                proto = F.normalize(method.teacher_features(e.mean(1)), dim=-1)
-            single = F.normalize(method.teacher_features(e[:, tables.params["single_template_index"]]), dim=-1)
-            f_s = method.student_match_features(emb.to(ctx.device))
+                proto = teacher_in_shared_space(method, e.mean(1))
+            single = teacher_in_shared_space(method, e[:, tables.params["single_template_index"]])
+            f_s = student_in_teacher_space(method, emb, ev.device)
             if f_s is None:
                 metrics["match_acc"] = metrics["match_acc_single"] = float("nan")
             else:
-                f_s = F.normalize(f_s.float(), dim=-1)
                 metrics["match_acc"] = ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
                 metrics["match_acc_single"] = ((f_s @ single.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
             # features of a fixed random subset for the t-SNE figure (Fig. 8 analogue)
             g = torch.Generator().manual_seed(0)
-            pick = torch.randperm(len(sp.y), generator=g)[: ctx.cfg.tsne_samples]
+            pick = torch.randperm(len(sp.y), generator=g)[: ev.cfg.tsne_samples]
             tmpl = torch.randint(0, v, (len(pick),), generator=g)
             e_t = e[sp.key[pick].to(e.device), tmpl.to(e.device)]
-            arrays = {"teacher_embedding": e_t.cpu().numpy(),
-                      "teacher_common": method.teacher_reference(e_t).float().cpu().numpy(),
-                      "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
-                      "student_embedding": emb[pick].float().cpu().numpy(), "label": sp.y[pick].numpy(),
-                      "group": data.extra["fine_to_coarse"][sp.y[pick]].numpy()}
+            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), data.class_groups[sp.y[pick]].numpy())
         return metrics, arrays

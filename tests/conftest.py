@@ -24,7 +24,7 @@ def cifar_dir() -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def plugins():
-    from benchmark.registry import load_plugins
+    from benchmark.plugins import load_plugins
     load_plugins()
 
 

@@ -38,11 +38,23 @@ def test_missing_data_exits_2(tmp_path):
 
 
 def test_list_names_every_kind(tmp_path):
+    from benchmark.registry import METHODS, STUDENTS, TASKS, TEACHERS
     res = run_cli(["list"], tmp_path)
     assert res.returncode == 0
-    for name in ("baseline", "kd", "fitnet", "pkt", "sp", "ickd", "ccl", "clip", "ours_feature", "ours_classifier",
-                 "ours_feature_quality", "cifar100", "resnet8", "cifar_resnet18", "resnet34", "minilm", "smoke", "quick", "paper"):
-        assert f"  {name} " in res.stdout, name
+    for reg in (METHODS, TASKS, STUDENTS, TEACHERS):
+        for name in reg.names():
+            assert f"  {name} " in res.stdout, name
+    for task in TASKS.names():
+        for profile in TASKS.get(task).profiles:
+            assert f"  {task}:{profile} " in res.stdout
+
+
+def test_readme_profile_tables_are_the_listed_ones(tmp_path):
+    """README shows each task's profiles as `list --profiles` prints them: one home for the values."""
+    from conftest import ROOT
+    res = run_cli(["list", "--profiles"], tmp_path)
+    assert res.returncode == 0 and "#### `cifar100`" in res.stdout
+    assert res.stdout.strip() in (ROOT / "README.md").read_text(), "README's profile tables are stale: paste `list --profiles`"
 
 
 def test_paper_profile_uses_the_papers_teacher_and_says_when_it_cannot_load(tmp_path, cifar_dir):

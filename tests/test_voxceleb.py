@@ -9,12 +9,13 @@ from benchmark.registry import METHODS, UsageError
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
 from conftest import SHARED_DATA, run_cli
-from tasks.voxceleb import VoxCeleb, pair_batches
+from tasks.voxceleb import VoxCeleb
+from tasks.voxceleb.sampler import pair_batches
 
 
 @pytest.fixture(scope="session")
 def vox_dir(tmp_path_factory):
-    from tasks.voxceleb_fixture import build_fixture
+    from tasks.voxceleb.fixture import build_fixture
     return build_fixture(SHARED_DATA, tmp_path_factory.mktemp("vox") / "fixture")
 
 
@@ -38,8 +39,8 @@ def test_fixture_layout_and_split(vox_loaded):
     val_names = {n.split("/")[0] for n in data.val.x.names}
     assert len(train_names) == 2 and len(val_names) == 2 and not train_names & val_names
     assert len(data.val.y) == 16  # 8 utterances of each held-out speaker
-    labels = data.val.extra["labels"]
-    left, right = data.val.extra["left"], data.val.extra["right"]
+    labels = data.val.trials.labels
+    left, right = data.val.trials.left, data.val.trials.right
     assert labels.sum() == 20 and len(labels) == 40  # 10 target and 10 non-target trials per held-out speaker
     same = (data.val.y[left] == data.val.y[right]).numpy().astype(int)
     assert (same == labels).all() and (left != right).all()
@@ -84,19 +85,18 @@ def test_every_method_trains_on_the_speaker_task(vox_loaded):
 
 
 def test_ir50_loads_a_checkpoint_and_rejects_a_wrong_one(tmp_path):
-    from tasks.face_teachers import IR50, IR50Face
+    from benchmark.teachers import TeacherOptions, build_teacher
+    from benchmark.teachers.face import IR50, IR50Face
     torch.manual_seed(0)
     net = IR50().eval()
     torch.save(net.state_dict(), tmp_path / "ir50.pth")
-    t = IR50Face()
-    t.checkpoint = str(tmp_path / "ir50.pth")
+    t = build_teacher("ir50", TeacherOptions(checkpoint=str(tmp_path / "ir50.pth")))
     assert t.id.startswith("ir50/")
     face = np.random.default_rng(0).integers(0, 255, (112, 92), dtype=np.uint8)
     e = t.encode([face, face])
     assert e.shape == (2, 512) and torch.allclose(e[0], e[1])
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "bad.pth")
-    bad = IR50Face()
-    bad.checkpoint = str(tmp_path / "bad.pth")
+    bad = IR50Face(TeacherOptions(checkpoint=str(tmp_path / "bad.pth")))
     with pytest.raises(UsageError, match="not an IR-50"):
         bad.encode([face])
     missing = IR50Face()
@@ -105,7 +105,7 @@ def test_ir50_loads_a_checkpoint_and_rejects_a_wrong_one(tmp_path):
 
 
 def test_weak_face_teacher_is_trained_on_training_faces():
-    from tasks.face_teachers import WeakFace
+    from benchmark.teachers.face import WeakFace
     z = np.load(SHARED_DATA / "faces-orl" / "orl_faces_uint8.npz")
     keep = z["labels"] < 4
     imgs, labels = list(z["images"][keep]), z["labels"][keep]
@@ -148,8 +148,7 @@ def test_h_matching_without_gender_is_not_available(tmp_path, vox_dir):
     assert data.info["match_h"].startswith("not available")
     tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "cache"))
     ctx = Context(cfg, task, data, tables, "ours_feature", {})
-    with ctx.evaluating():
-        m, _ = task._matching(ctx, data.extra["match"], data.extra["match_face_emb"])
+    m, _ = ctx.evaluate("test")
     assert np.isnan(m["match_af_h"]) and np.isnan(m["match_fa_h"])
     assert 0 <= m["match_af_o"] <= 100 and 0 <= m["match_fa_o"] <= 100
 

@@ -32,7 +32,7 @@ class DlibFace:
     modality = "face"
     dim = 128
 
-    def __init__(self):
+    def __init__(self, options=None):
         self._model = None
 
     def encode(self, images: list) -> torch.Tensor:
@@ -91,8 +91,8 @@ class IR50Face:
     modality = "face"
     dim = 512
 
-    def __init__(self):
-        self.checkpoint: str | None = None
+    def __init__(self, options=None):
+        self.checkpoint: str = options.checkpoint if options is not None else ""
         self._model = None
 
     @property
@@ -125,10 +125,11 @@ class WeakFace:
     modality = "face"
     dim = 512
 
-    def __init__(self, epochs: int = 15):
+    def __init__(self, options=None, epochs: int = 15):
         self.epochs = epochs
         self.id = f"face-weak-resnet34/e{epochs}/seed0"
-        self.labels: np.ndarray | None = None
+        self.labels: np.ndarray | None = (np.asarray(options.train_labels)
+                                          if options is not None and len(options.train_labels) else None)
 
     def encode(self, images: list) -> torch.Tensor:
         from torchvision.models import resnet34
@@ -154,6 +155,6 @@ class WeakFace:
             return torch.cat([net(x[i:i + 64]) for i in range(0, len(x), 64)])
 
 
-TEACHERS.add("dlib-face", DlibFace(), "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)")
-TEACHERS.add("ir50", IR50Face(), "IR-50 face model (face.evoLVe), 512-d, the paper's strong teacher: --set teacher_checkpoint=PATH")
-TEACHERS.add("face-weak", WeakFace(), "the paper's weak teacher: ResNet34 face model trained by the harness on the training faces")
+TEACHERS.add("dlib-face", DlibFace, "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)")
+TEACHERS.add("ir50", IR50Face, "IR-50 face model (face.evoLVe), 512-d, the paper's strong teacher: --set teacher_checkpoint=PATH")
+TEACHERS.add("face-weak", WeakFace, "the paper's weak teacher: ResNet34 face model trained by the harness on the training faces")

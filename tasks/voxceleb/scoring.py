@@ -1,11 +1,17 @@
-"""Speaker-verification scoring as voxceleb_trainer and the paper: 10x4 s crops, mean distance, EER, minDCF."""
+"""Speaker-verification scoring as voxceleb_trainer and the paper: trial lists, 10x4 s crops, mean distance,
+EER, minDCF, noisy test audio, and the balanced validation trials."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
+
+from benchmark.registry import UsageError
+from tasks.voxceleb.audio import AudioBank, read_audio
 
 
 def eer_and_mindcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
@@ -62,3 +68,48 @@ def add_noise(clean: np.ndarray, noise: np.ndarray, delta_db: float) -> np.ndarr
 def file_seed(name: str, delta_db: float) -> int:
     """Deterministic per-file seed: every method sees the identical noisy audio."""
     return int.from_bytes(hashlib.sha256(f"{name}|{delta_db}".encode()).digest()[:8], "little")
+
+
+def read_trials(path: Path) -> list[tuple[int, str, str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            lab, a, b = line.split()[:3]
+            rows.append((int(lab), a, b))
+    return rows
+
+
+@dataclass
+class TrialSet:
+    bank: AudioBank
+    left: torch.Tensor
+    right: torch.Tensor
+    labels: np.ndarray
+
+
+def load_trials(wav_root: Path, lists: list[Path]) -> dict[str, TrialSet]:
+    """One AudioBank for every file the trial lists name; each list as index pairs into it."""
+    parsed = {p.name: read_trials(p) for p in lists if p.exists()}
+    names = sorted({n for rows in parsed.values() for _, a, b in rows for n in (a, b)})
+    missing = [n for n in names if not (wav_root / n).exists()]
+    if missing:
+        raise UsageError(f"{len(missing)} trial files missing under {wav_root}, e.g. {missing[0]}")
+    bank = AudioBank([read_audio(wav_root / n) for n in names], names)
+    pos = {n: i for i, n in enumerate(names)}
+    return {k: TrialSet(bank, torch.tensor([pos[a] for _, a, _ in rows]), torch.tensor([pos[b] for _, _, b in rows]),
+                        np.array([lab for lab, _, _ in rows])) for k, rows in parsed.items()}
+
+
+def balanced_trials(spk: np.ndarray, per_speaker: int, g: np.random.Generator):
+    """Every speaker contributes up to `per_speaker` target pairs of its own utterances and as many non-target
+    pairs (one of its utterances against another speaker's), so the EER rests on many targets of every speaker."""
+    left, right, labels = [], [], []
+    for s in np.unique(spk):
+        own, other = np.flatnonzero(spk == s), np.flatnonzero(spk != s)
+        a, b = np.triu_indices(len(own), 1)
+        pick = g.choice(len(a), min(len(a), per_speaker), replace=False)
+        for i in pick:
+            left.append(own[a[i]]), right.append(own[b[i]]), labels.append(1)
+        for _ in range(len(pick)):
+            left.append(g.choice(own)), right.append(g.choice(other)), labels.append(0)
+    return np.array(left), np.array(right), np.array(labels)

