@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,8 +67,27 @@ def prepare(args):
         validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
     if args.seeds < 1:
         raise UsageError("--seeds must be >= 1")
+    if getattr(args, "tracking_uri", "unused") != "unused":
+        from benchmark.tracking import resolve_uri
+        resolve_uri(args.tracking_uri)
+    if getattr(args, "out", None):
+        check_out_dir(Path(args.out))
     data = task.load(cfg)
     return task, methods, hp, cfg, data
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder we can create or write into; checked before anything is written."""
+    p = out.expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable")
 
 
 def cmd_run(args) -> int:

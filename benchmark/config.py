@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from benchmark.fields import bounded, check_fields
 from benchmark.registry import UsageError
 
 
@@ -15,44 +16,44 @@ class RunConfig:
     teacher: str = "minilm"
     data_dir: str = ""
     device: str = "auto"
-    seed: int = 0
+    seed: int = bounded(0, 0, None)
     # optimisation
-    epochs: int = 1
-    batch_size: int = 64
+    epochs: int = bounded(1, 1, None)
+    batch_size: int = bounded(64, 2, None)
     optimizer: str = "sgd"            # sgd | adam
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = bounded(0.05, 0, None, lo_open=True)
+    momentum: float = bounded(0.9, 0, 1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = bounded(5e-4, 0, None)
     schedule: str = "onecycle"        # step | cosine | onecycle (linear warm-up then cosine)
-    lr_step_epochs: int = 30
-    lr_gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    lr_step_epochs: int = bounded(30, 1, None)
+    lr_gamma: float = bounded(0.1, 0, None, lo_open=True)
+    warmup_epochs: float = bounded(0.0, 0, None)
     # data
-    image_size: int = 32              # 224: the paper's Resize(256) -> RandomCrop(224) pipeline
-    val_fraction: float = 0.1         # stratified, seeded validation split carved from train (speaker: share of speakers)
-    split_seed: int = 0
-    data_fraction: float = 1.0        # share of each class kept for training (Fig. 9)
-    test_limit: int = 0               # 0: the whole test set; else a stratified subset (smoke only)
-    eval_batch_size: int = 500
+    image_size: int = bounded(32, 8, None)              # 224: the paper's Resize(256) -> RandomCrop(224) pipeline
+    val_fraction: float = bounded(0.1, 0, 0.9, lo_open=True)         # stratified, seeded validation split carved from train (speaker: share of speakers)
+    split_seed: int = bounded(0, 0, None)
+    data_fraction: float = bounded(1.0, 0, 1, lo_open=True)        # share of each class kept for training (Fig. 9)
+    test_limit: int = bounded(0, 0, None)               # 0: the whole test set; else a stratified subset (smoke only)
+    eval_batch_size: int = bounded(500, 1, None)
     # teacher-side options recorded with every run
     teacher_logits: str = "zeroshot"  # zeroshot | probe (AMBIG-11)
-    zeroshot_scale: float = 100.0
+    zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
-    tsne_samples: int = 200
+    tsne_samples: int = bounded(200, 0, None)
     # speaker task (ignored elsewhere)
     teacher_checkpoint: str = ""      # IR-50 checkpoint for --teacher ir50
     noise_dir: str = ""               # noise folder (MUSAN 'noise' or any wav/flac); default <data-dir>/noise
-    train_seconds: float = 2.0        # random training crop
-    eval_seconds: float = 4.0         # each of the eval_crops test crops
-    eval_crops: int = 10
+    train_seconds: float = bounded(2.0, 0, None, lo_open=True)        # random training crop
+    eval_seconds: float = bounded(4.0, 0, None, lo_open=True)         # each of the eval_crops test crops
+    eval_crops: int = bounded(10, 1, None)
     noise_snrs: str = "15,10,5"       # delta dB of the noisy-test EERs
-    match_triplets: int = 10000       # per direction (A-F, F-A) and setting (O, H)
-    val_utts_per_speaker: int = 8     # utterances of each held-out validation speaker
-    val_trials_per_speaker: int = 10  # target trials per held-out speaker (and as many non-target trials)
+    match_triplets: int = bounded(10000, 0, None)       # per direction (A-F, F-A) and setting (O, H)
+    val_utts_per_speaker: int = bounded(8, 2, None)     # utterances of each held-out validation speaker
+    val_trials_per_speaker: int = bounded(10, 1, None)  # target trials per held-out speaker (and as many non-target trials)
     # operations
-    stop_after_epochs: int = 0        # stop early leaving a checkpoint (simulates an interruption)
-    num_threads: int = 0              # 0: torch default
+    stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
+    num_threads: int = bounded(0, 0, None)              # 0: torch default
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +105,4 @@ def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]
     for k, allowed in CHOICES.items():
         if getattr(cfg, k) not in allowed:
             raise UsageError(f"{k}={getattr(cfg, k)!r} is not valid; choose one of {', '.join(allowed)}")
-    if not 0 < cfg.data_fraction <= 1 or not 0 < cfg.val_fraction < 1:
-        raise UsageError("data_fraction must be in (0, 1] and val_fraction in (0, 1)")
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise UsageError("epochs must be >= 1 and batch_size >= 2")
-    return cfg
+    return check_fields(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,7 +44,15 @@ class TeacherCache:
         key = content_hash(teacher.id, inputs, extra)
         path = self.path_for(key)
         if path.exists():
-            return torch.load(path, map_location="cpu"), key
+            try:
+                emb = torch.load(path, map_location="cpu")
+                if not isinstance(emb, torch.Tensor) or emb.shape[0] != len(inputs) or not torch.isfinite(emb).all():
+                    raise ValueError(f"holds {type(emb).__name__} {list(getattr(emb, 'shape', []))}, expected "
+                                     f"{len(inputs)} finite rows")
+                return emb, key
+            except Exception as e:  # a corrupt or truncated entry is never used: rebuilt
+                print(f"teacher cache entry {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                      "rebuilding it", file=sys.stderr)
         with torch.no_grad():
             emb = teacher.encode(list(inputs)).float().cpu()
         self.encoder_calls += 1

@@ -11,8 +11,23 @@ from typing import Any
 import numpy as np
 
 
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
 def resolve_uri(cli_uri: str | None) -> str:
-    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The MLflow tracking URI, checked before anything is written (an unknown scheme is a usage error)."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme and scheme not in SCHEMES:
+        from benchmark.registry import UsageError
+        raise UsageError(f"tracking URI '{uri}': unknown scheme '{scheme}'; use one of {', '.join(SCHEMES)} "
+                         "(e.g. sqlite:///mlflow.db)")
+    if scheme == "sqlite":
+        parent = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            from benchmark.registry import UsageError
+            raise UsageError(f"tracking URI '{uri}': folder {parent} does not exist or is not writable")
+    return uri
 
 
 def artifact_root(uri: str) -> str | None:

@@ -7,25 +7,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.registry import METHODS, UsageError
+from benchmark.fields import bounded, check_fields, choice  # noqa: F401  (choice: re-exported for methods)
+from benchmark.registry import METHODS
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
-
-
-def choice(default: str, *options: str, help: str = "") -> Any:
-    return field(default=default, metadata={"choices": (default, *options), "help": help})
 
 
 @dataclass
 class Hparams:
-    ce_weight: float = 1.0  # weight of the task's cross-entropy term (gamma)
+    ce_weight: float = bounded(1.0, 0, None)  # weight of the task's cross-entropy term (gamma)
 
 
 def validate_hparams(hp: Hparams) -> Hparams:
-    for f in fields(hp):
-        allowed = f.metadata.get("choices")
-        if allowed and getattr(hp, f.name) not in allowed:
-            raise UsageError(f"{f.name}={getattr(hp, f.name)!r} is not valid; choose one of {', '.join(map(str, allowed))}")
-    return hp
+    return check_fields(hp)
 
 
 def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, choice, fp, l2n
 
 
@@ -53,15 +54,15 @@ def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin
 
 @dataclass
 class OursHparams(Hparams):
-    alpha: float = 0.6                 # weight of the frozen embedding in F_T (Tables 5, 10)
-    head_hidden: int = 0               # 0: hidden size = d_T (AMBIG-1)
-    head_layers: int = 2               # 2-layer MLP (recommended) or 1 linear layer
+    alpha: float = bounded(0.6, 0, 1)                 # weight of the frozen embedding in F_T (Tables 5, 10)
+    head_hidden: int = bounded(0, 0, None)               # 0: hidden size = d_T (AMBIG-1)
+    head_layers: int = bounded(2, 1, 2)               # 2-layer MLP (recommended) or 1 linear layer
     feat_dist: str = choice("l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum", "cos",
                             help="distance D of the feature-level loss (AMBIG-3; cos for speakers)")
-    margin: float = 0.09               # m for the l2 distances: a squared radius r^2 (Table 12)
-    margin_deg: float = 30.0           # angle for feat_dist=cos (Table 6)
+    margin: float = bounded(0.09, 0, None)               # m for the l2 distances: a squared radius r^2 (Table 12)
+    margin_deg: float = bounded(30.0, 0, 180)           # angle for feat_dist=cos (Table 6)
     margin_mode: str = choice("angle", "distance", help="cos margin: R2 zero when theta<=deg, or R1 literal m=cos(deg)")
-    feature_weight: float = 1.0        # lambda_f (Eq. 1 has none: 1)
+    feature_weight: float = bounded(1.0, 0, None)        # lambda_f (Eq. 1 has none: 1)
 
 
 class OursBase(Method):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, fp, l2n, register
 
 
@@ -38,8 +39,8 @@ def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
 
 @dataclass
 class CCLHparams(Hparams):
-    ccl_tau: float = 0.1        # 0.1 for a strongly correlated teacher (text->image), 0.5 for face->speech
-    ccl_jsd_weight: float = 0.5
+    ccl_tau: float = bounded(0.1, 0, None, lo_open=True)        # 0.1 for a strongly correlated teacher (text->image), 0.5 for face->speech
+    ccl_jsd_weight: float = bounded(0.5, 0, None)
 
 
 @register("ccl", "compositional contrastive learning: composition module + NCE + symmetric KL, tau 0.1 (text)")

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, choice, fp, l2n, register
 
 
 @dataclass
 class CLIPHparams(Hparams):
-    clip_weight: float = 1.0
+    clip_weight: float = bounded(1.0, 0, None)
     clip_targets: str = choice("diagonal", "label_aware", help="vanilla diagonal targets, or uniform over same-class columns")
 
 

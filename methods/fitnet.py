@@ -5,12 +5,13 @@ import torch
 from torch import nn
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, choice, register
 
 
 @dataclass
 class FitNetHparams(Hparams):
-    fitnet_weight: float = 100.0
+    fitnet_weight: float = bounded(100.0, 0, None)
     hint: str = choice("embedding", "stage2", help="student hint: pooled F_S, or GAP of the 2nd stage map")
     regressor_bn: bool = False  # optional BN1d after the linear regressor (no ReLU: teacher embeddings are signed)
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, choice, fp, register
 
 
@@ -25,7 +26,7 @@ def ickd_degenerate_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ICKDHparams(Hparams):
-    ickd_weight: float = 2.5
+    ickd_weight: float = bounded(2.5, 0, None)
     ickd_mode: str = choice("batch", "degenerate", help="I2 batch-as-spatial (recommended) or I1 H=W=1")
 
 

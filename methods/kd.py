@@ -5,14 +5,15 @@ import torch.nn.functional as F
 
 from benchmark.registry import UsageError
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, fp, register
 
 
 @dataclass
 class KDHparams(Hparams):
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
-    temperature: float = 4.0
+    ce_weight: float = bounded(0.1, 0, None)
+    kd_weight: float = bounded(0.9, 0, None)
+    temperature: float = bounded(4.0, 0, None, lo_open=True)
 
 
 @register("kd", "Hinton KD on teacher logits (zero-shot or linear-probe teacher logits, see the task), T=4, 0.1/0.9")

@@ -4,13 +4,14 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import choice, fp, l2n, register
 from methods._projection import OursBase, OursHparams
 
 
 @dataclass
 class ClassifierHparams(OursHparams):
-    beta: float = 1.0                       # weight of the logit l2 term (1 CIFAR, 0 speaker; Table 11)
+    beta: float = bounded(1.0, 0, None)                       # weight of the logit l2 term (1 CIFAR, 0 speaker; Table 11)
     classifier_ce: str = choice("add", "replace", help="shared-classifier CE adds to the task CE, or replaces it (AMBIG-4)")
     with_feature_loss: bool = False          # AMBIG-5: also add the margin feature loss
     shared_classifier: str = choice("raw", "cosine", help="AMBIG-6: raw W F, or cosine classifier with scale 10")

@@ -1,6 +1,7 @@
 from dataclasses import dataclass
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import choice, register
 from methods._projection import OursBase, OursHparams
 from methods._quality import QualityWeights
@@ -8,11 +9,11 @@ from methods._quality import QualityWeights
 
 @dataclass
 class QualityHparams(OursHparams):
-    w_base: float = 1.0
-    quality_h: float = 1 / 3
+    w_base: float = bounded(1.0, 0, None)
+    quality_h: float = bounded(1 / 3, 0, None, lo_open=True)
     quality_source: str = choice("both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (AMBIG-7)")
     quality_sigma: str = choice("std", "variance", help="sigma_q (AMBIG-8)")
-    quality_momentum: float = 0.01
+    quality_momentum: float = bounded(0.01, 0, 1)
     quality_clip: bool = True
 
 

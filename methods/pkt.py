@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, fp, register
 
 
@@ -19,7 +20,7 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
 
 @dataclass
 class PKTHparams(Hparams):
-    pkt_weight: float = 30000.0
+    pkt_weight: float = bounded(30000.0, 0, None)
 
 
 @register("pkt", "PKT probabilistic knowledge transfer on pooled features (relational, B x B), lambda=30000")

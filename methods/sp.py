@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.types import Term
+from benchmark.fields import bounded
 from methods._base import Hparams, Method, choice, fp, register
 
 
@@ -18,7 +19,7 @@ def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SPHparams(Hparams):
-    sp_weight: float = 3000.0
+    sp_weight: float = bounded(3000.0, 0, None)
     sp_input: str = choice("last_map", "embedding", help="student side: last stage map (reference) or pooled F_S")
 
 

@@ -80,6 +80,19 @@ def variant_columns(runs: pd.DataFrame, exclude: set[str]) -> list[str]:
     return sorted(c for c in runs if c.startswith("params.hp.") and c not in exclude)
 
 
+def off_profile(run: pd.Series, task) -> list[str]:
+    """The run-config fields of a run that differ from its profile's values (e.g. `--set epochs=2`)."""
+    from dataclasses import asdict
+
+    from benchmark.config import RunConfig
+    if task is None or run.get("params.profile") not in task.profiles:
+        return []
+    expected = {**asdict(RunConfig()), **task.profiles[run["params.profile"]]}
+    return [f"params.{k}" for k in defining_fields()
+            if f"params.{k}" in run and pd.notna(run[f"params.{k}"]) and str(run[f"params.{k}"]) != str(expected[k])
+            and k not in ("task", "profile")]
+
+
 def differing(df: pd.DataFrame, cols: list[str]) -> list[str]:
     return [c for c in cols if df[c].fillna("").astype(str).nunique() > 1]
 
@@ -153,10 +166,12 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
         pool["_variant"] = _key(pool, vcols)
         settings = pool.drop_duplicates("_setting").sort_values(["params.profile", "params.student"])
         named = differing(settings, scols)
-        labels = {r["_setting"]: ", ".join([str(r["params.student"]), str(r["params.profile"])] +
-                                            [f"{c.removeprefix('params.')}={r[c]}" for c in named
-                                             if c not in ("params.student", "params.profile")])
-                  for _, r in settings.iterrows()}
+        labels = {}
+        for _, r in settings.iterrows():
+            shown = [c for c in named if c not in ("params.student", "params.profile")]
+            shown += [c for c in off_profile(r, task) if c not in shown]
+            labels[r["_setting"]] = ", ".join([str(r["params.student"]), str(r["params.profile"])] +
+                                              [f"{c.removeprefix('params.')}={r[c]}" for c in shown if pd.notna(r[c])])
     else:
         scols, vcols, labels = [], [], {}
     header = list(paper.columns)

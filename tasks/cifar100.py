@@ -29,10 +29,37 @@ def prompt_templates() -> list:
 
 
 def _read_npz(d: Path):
-    z = np.load(d / "cifar100_uint8.npz")
-    meta = json.loads((d / "meta.json").read_text())
-    return (z["x_train"], z["y_train"], z["x_test"], z["y_test"], meta["fine_label_names"],
-            np.asarray(meta["fine_to_coarse"]), meta["coarse_label_names"], "npz")
+    path, meta_path = d / "cifar100_uint8.npz", d / "meta.json"
+    if not meta_path.is_file():
+        raise UsageError(f"{meta_path} is missing (it names the classes of {path.name})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        names, f2c, coarse = meta["fine_label_names"], np.asarray(meta["fine_to_coarse"]), meta["coarse_label_names"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{meta_path} is not valid: {type(e).__name__}: {e} (needs fine_label_names, fine_to_coarse, "
+                         "coarse_label_names)") from None
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except Exception as e:  # truncated or corrupt archive, missing array
+        raise UsageError(f"{path} cannot be read: {type(e).__name__}: {e}") from None
+    check_arrays(path, arrays, len(names))
+    return (arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], names, f2c, coarse, "npz")
+
+
+def check_arrays(path: Path, a: dict, num_classes: int) -> None:
+    """uint8 images [N, 32, 32, 3], one integer label per image, labels within the named classes."""
+    for split in ("train", "test"):
+        x, y = a[f"x_{split}"], a[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise UsageError(f"{path}: x_{split} must be uint8 [N, 32, 32, 3], got {x.dtype} {list(x.shape)}")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise UsageError(f"{path}: y_{split} must hold one integer label per image ({len(x)}), got {y.dtype} {list(y.shape)}")
+        if len(y) and (y.min() < 0 or y.max() >= num_classes):
+            raise UsageError(f"{path}: y_{split} has labels {y.min()}..{y.max()} but meta.json names {num_classes} classes")
+    if len(np.unique(a["y_train"])) != num_classes:
+        raise UsageError(f"{path}: the training labels cover {len(np.unique(a['y_train']))} classes but meta.json "
+                         f"names {num_classes}")
 
 
 def _read_torchvision(d: Path):

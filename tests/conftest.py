@@ -22,6 +22,13 @@ def cifar_dir() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def vox_dir(tmp_path_factory):
+    """The small real speaker fixture (FSDD speech, ORL faces, sonic-pi noise), built once per session."""
+    from tasks.voxceleb.fixture import build_fixture
+    return build_fixture(SHARED_DATA, tmp_path_factory.mktemp("vox") / "fixture")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def plugins():
     from benchmark.plugins import load_plugins

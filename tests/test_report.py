@@ -130,7 +130,10 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     _log_run(client, exp, "baseline", 0, {"test_top1": 60.0}, params={"teacher_id": "open_clip/ViT-B-16/openai"})
     # a smaller data fraction than the profile's is left out of Table 7, and counted
     _log_run(client, exp, "baseline", 0, {"test_top1": 10.0}, params={"data_fraction": 0.25})
+    # a run off its profile's values is its own setting, and the header names the deviation
+    _log_run(client, exp, "baseline", 0, {"test_top1": 70.0}, params={"epochs": 2})
     table7 = _section(build_report(uri, tmp_path / "r").read_text(), 7)
+    assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in table7.splitlines()[2] and "70.00 ± n/a (n=1)" in table7
     kd_rows = [line for line in table7.splitlines() if line.startswith("| kd")]
     assert len(kd_rows) == 2, kd_rows
     t4 = next(r for r in kd_rows if "temperature=4.0" in r)

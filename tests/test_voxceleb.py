@@ -14,12 +14,6 @@ from tasks.voxceleb.sampler import pair_batches
 
 
 @pytest.fixture(scope="session")
-def vox_dir(tmp_path_factory):
-    from tasks.voxceleb.fixture import build_fixture
-    return build_fixture(SHARED_DATA, tmp_path_factory.mktemp("vox") / "fixture")
-
-
-@pytest.fixture(scope="session")
 def vox_loaded(vox_dir, tmp_path_factory):
     task = VoxCeleb()
     cfg = build_config(task, "smoke", {"data_dir": str(vox_dir)}, {})

@@ -74,8 +74,10 @@ def read_trials(path: Path) -> list[tuple[int, str, str]]:
     rows = []
     for line in path.read_text().splitlines():
         if line.strip():
-            lab, a, b = line.split()[:3]
-            rows.append((int(lab), a, b))
+            parts = line.split()
+            if len(parts) < 3 or parts[0] not in ("0", "1"):
+                raise UsageError(f"{path}: expected 'label path1 path2' with label 0 or 1, got {line.strip()!r}")
+            rows.append((int(parts[0]), parts[1], parts[2]))
     return rows
 
 
@@ -90,6 +92,10 @@ class TrialSet:
 def load_trials(wav_root: Path, lists: list[Path]) -> dict[str, TrialSet]:
     """One AudioBank for every file the trial lists name; each list as index pairs into it."""
     parsed = {p.name: read_trials(p) for p in lists if p.exists()}
+    for p in lists:
+        if p.name in parsed and len({lab for lab, _, _ in parsed[p.name]}) < 2:
+            raise UsageError(f"trial list {p} needs target (1) and non-target (0) trials; it has "
+                             f"{len(parsed[p.name])} trials with labels {sorted({lab for lab, _, _ in parsed[p.name]})}")
     names = sorted({n for rows in parsed.values() for _, a, b in rows for n in (a, b)})
     missing = [n for n in names if not (wav_root / n).exists()]
     if missing:
