@@ -195,8 +195,13 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
             s = sel[sel["_setting"] == setting] if not sel.empty else sel
             for _, metric in ours:
                 col = f"metrics.{metric}"
-                if s.empty or col not in s or s[col].dropna().empty:
+                if s.empty:
                     out.append("not run")
+                    continue
+                if col not in s or s[col].dropna().empty:  # the runs exist; the metric is undefined for them
+                    space = s["params.match_space"].iloc[0] if "params.match_space" in s else ""
+                    out.append(f"n/a ({len(s)} runs; {space})" if str(space).startswith("undefined") else
+                               f"n/a ({len(s)} runs without this metric)")
                     continue
                 v = per_seed(s[col], s["params.seed"])
                 keep = s.drop_duplicates("params.seed", keep="last")

@@ -97,6 +97,8 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     assert "Note: 2 finished cifar100 runs of Optuna studies are not shown" in table7
     table8 = _section(report, 8)
     assert "40.50 ± 0.71 (n=2)" in table8 and "| chance | chance | 1.00 |" in table8
+    # the baseline ran but has no matching metric: its row says so instead of "not run"
+    assert "| baseline | - | - | n/a (2 runs without this metric)" in table8
     table12 = _section(report, 12)
     assert "| ours_feature | 0.2^2 | 0.04 | 0.2 | 75.99 | 78.33 | 24.00 ± n/a (n=1)" in table12
     assert "| ours_feature | 0 | 0.0 | 0.0 | 75.62 | 77.96 | 20.00 ± n/a (n=1)" in table12
