@@ -63,6 +63,13 @@ def task_info(name: str):
     return TASKS.get(name) if name in TASKS else None
 
 
+def is_method(name: str) -> bool:
+    from benchmark.plugins import load_plugins
+    from benchmark.registry import METHODS
+    load_plugins()
+    return name in METHODS
+
+
 def _key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
     cols = [c for c in cols if c in df]
     if not cols:
@@ -222,6 +229,10 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
                     continue
                 ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
             return ok
+        if not is_method(method):  # a reference row of the paper (chance level): nothing of ours belongs there
+            n_ours = len(labels) * (len(ours) + (1 if spec.paired else 0))
+            lines.append("| " + " | ".join([str(row[c]) for c in paper.columns] + ["—"] * n_ours) + " |")
+            continue
         for variant, sel in rows_for(method, match):
             if matched is not None and not sel.empty:
                 matched.loc[sel.index] = True

@@ -96,7 +96,7 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     # the study runs are left out of the main table, and the table says so
     assert "Note: 2 finished cifar100 runs of Optuna studies are not shown" in table7
     table8 = _section(report, 8)
-    assert "40.50 ± 0.71 (n=2)" in table8 and "| chance | chance | 1.00 |" in table8
+    assert "40.50 ± 0.71 (n=2)" in table8 and "| chance | chance | 1.00 | — | — |" in table8
     # the baseline ran but has no matching metric: its row says so instead of "not run"
     assert "| baseline | - | - | n/a (2 runs without this metric)" in table8
     table12 = _section(report, 12)
