@@ -71,15 +71,16 @@ class Context:
         self.student = STUDENTS.get(cfg.student)(data.num_classes).to(self.device)
         if self.student.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
-        dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels))
+        self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)
+        if self.steps_per_epoch < 1:
+            raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
+        dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels),
+                    train_size=len(data.train.y), total_steps=cfg.epochs * self.steps_per_epoch)
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
         self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
         # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
         self.opt = build_optimizer([*self.student.parameters(), *self.method.parameters(), *self.task_loss.parameters()], cfg)
-        self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)
-        if self.steps_per_epoch < 1:
-            raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.train_y = data.train.y.to(self.device)
@@ -105,7 +106,8 @@ class Context:
             terms: dict[str, Term] = self.task_loss(s, y)
             if "ce" in terms:
                 terms["ce"].weight = self.method.ce_weight
-            terms.update(self.method.terms(s, teacher, y))
+            # a method that asks for them (wants_index) also gets the samples' training-set indices
+            terms.update(self.method.terms(s, teacher, y, **({"index": idx_d} if self.method.wants_index else {})))
             loss = sum(t.weighted_mean() for t in terms.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,6 +28,8 @@ class Dims:
     teacher: int          # d_T
     num_classes: int      # K
     map_channels: list[int] = field(default_factory=list)  # C_l of each stage map
+    train_size: int = 0   # N, training samples (a memory bank over the training set; 0: unknown)
+    total_steps: int = 0  # optimiser steps of the whole run (a warm-up in steps; 0: unknown)
 
 
 @dataclass

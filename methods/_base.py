@@ -31,6 +31,10 @@ class Method(nn.Module):
     Hparams = Hparams
     # Optuna TPE search space: field -> ("float"|"log", low, high) or ("choice", [options])
     search_space: dict[str, tuple] = {}
+    # True: terms() also receives index=[B] long tensor, each sample's position in the training set
+    # (a memory bank over the training set, e.g. CRD). Any state kept across steps must live in the
+    # module's state_dict (buffers, or get_extra_state) so that --resume is exact.
+    wants_index: bool = False
 
     def __init__(self, dims: Dims, hp: Hparams):
         super().__init__()

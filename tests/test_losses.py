@@ -212,3 +212,151 @@ def test_invalid_choice_is_refused():
     from benchmark.registry import UsageError
     with pytest.raises(UsageError, match="feat_dist"):
         make("ours_feature", feat_dist="l1")
+
+
+# ---- DKD, RKD, CRD: brute-force float64 references written here, independent of the methods' code ----
+
+def _kl(p, q):
+    return float((p * (np.log(p) - np.log(q))).sum())
+
+
+def test_dkd_matches_per_sample_float64_reference():
+    tau = 4.0
+    ref_tc, ref_nc = [], []
+    for i in range(B):
+        ps, pt = softmax(ZS[i:i + 1] / tau)[0], softmax(ZT[i:i + 1] / tau)[0]
+        y = Y[i]
+        ref_tc.append(tau ** 2 * _kl(np.array([pt[y], 1 - pt[y]]), np.array([ps[y], 1 - ps[y]])))
+        others = [c for c in range(K) if c != y]
+        qs, qt = ps[others] / ps[others].sum(), pt[others] / pt[others].sum()
+        ref_nc.append(tau ** 2 * _kl(qt, qs))
+    m = make("dkd")
+    terms = m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y))
+    np.testing.assert_allclose(terms["dkd_tckd"].value.detach().numpy(), ref_tc, rtol=1e-9)
+    np.testing.assert_allclose(terms["dkd_nckd"].value.detach().numpy(), ref_nc, rtol=1e-9)
+    assert terms["dkd_tckd"].weight == 1.0 and terms["dkd_nckd"].weight == 8.0 and m.ce_weight == 1.0
+
+
+def test_dkd_with_beta_one_minus_teacher_target_prob_is_kd():
+    """The DKD paper's decomposition: KL = TCKD + (1 - p^T_y) NCKD, per sample."""
+    from methods.dkd import dkd_terms
+    zs, zt, y = t(ZS * 3), t(ZT * 3), torch.tensor(Y)
+    for tau in (1.0, 4.0):
+        tc, nc = dkd_terms(zs, zt, y, tau)
+        pt_y = torch.softmax(zt / tau, 1)[torch.arange(B), y]
+        kd = make("kd", temperature=tau).terms(student_out(zs=ZS * 3), TeacherOut(t(ET), zt), y)["kd"].value
+        torch.testing.assert_close(tc + (1 - pt_y) * nc, kd.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_dkd_warms_up_linearly_over_its_share_of_the_steps_and_resumes():
+    from benchmark.registry import METHODS
+    cls = METHODS.get("dkd")
+    m = cls(Dims(DS, DT, K, [DS] * 3, train_size=100, total_steps=120), cls.Hparams())  # 120 steps / 12 = 10
+    weights = []
+    for _ in range(12):
+        weights.append(m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y))["dkd_nckd"].weight)
+        m.post_step()
+    np.testing.assert_allclose(weights, [8 * min((i + 1) / 10, 1) for i in range(12)])
+    again = cls(Dims(DS, DT, K, [DS] * 3, train_size=100, total_steps=120), cls.Hparams())
+    again.load_state_dict(m.state_dict())
+    assert again.step == 12 and again.warm() == 1.0
+
+
+def _rkd_reference(fs, ft):
+    def dist(x):
+        d = np.array([[np.linalg.norm(x[i] - x[j]) for j in range(len(x))] for i in range(len(x))])
+        return d / d[d > 0].mean()
+
+    def angles(x):
+        n = len(x)
+        a = np.zeros((n, n, n))
+        for j in range(n):
+            for i in range(n):
+                for k in range(n):
+                    u, v = x[i] - x[j], x[k] - x[j]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    a[j, i, k] = 0.0 if nu == 0 or nv == 0 else u @ v / (nu * nv)
+        return a
+
+    def smooth_l1(a, b):
+        d = np.abs(a - b)
+        return np.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    return smooth_l1(dist(fs), dist(ft)), smooth_l1(angles(fs), angles(ft))
+
+
+def test_rkd_matches_brute_force_pairs_and_triplets():
+    ref_d, ref_a = _rkd_reference(FS, ET)
+    m, s = make("rkd"), student_out()
+    terms = m.terms(s, TeacherOut(t(ET), t(ZT)), torch.tensor(Y))
+    np.testing.assert_allclose(terms["rkd_distance"].value.item(), ref_d, rtol=1e-9)
+    np.testing.assert_allclose(terms["rkd_angle"].value.item(), ref_a, rtol=1e-9)
+    assert (terms["rkd_distance"].weight, terms["rkd_angle"].weight) == (25.0, 50.0)
+    sum(v.weighted_mean() for v in terms.values()).backward()
+    assert torch.isfinite(s.embedding.grad).all()  # zero distances on the diagonal: finite gradient
+
+
+def test_rkd_is_unchanged_by_rotating_or_scaling_either_side():
+    from methods.rkd import rkd_terms
+    q_s, _ = np.linalg.qr(rng.normal(size=(DS, DS)))
+    q_t, _ = np.linalg.qr(rng.normal(size=(DT, DT)))
+    base = [float(v) for v in rkd_terms(t(FS), t(ET))]
+    for fs, ft in ((FS @ q_s * 7.5, ET), (FS, ET @ q_t * 0.01), (FS @ q_s * 0.3, ET @ q_t * 40)):
+        np.testing.assert_allclose([float(v) for v in rkd_terms(t(fs), t(ft))], base, rtol=1e-9)
+
+
+def _crd(n=10, k=4, negatives="per_sample"):
+    from benchmark.registry import METHODS
+    cls = METHODS.get("crd")
+    m = cls(Dims(DS, DT, K, [DS] * 3, train_size=n, total_steps=10),
+            cls.Hparams(crd_dim=3, crd_negatives_k=k, crd_negatives=negatives)).double()
+    return m
+
+
+@pytest.mark.parametrize("negatives", ["per_sample", "shared"])
+def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives):
+    n, k, tau = 10, 4, 0.07
+    m = _crd(n, k, negatives)
+    idx = torch.tensor([3, 7, 0, 9, 5, 1])
+    gen_state = m.gen.get_state()
+    bank_s, bank_t = m.bank_s.numpy().copy(), m.bank_t.numpy().copy()
+    terms = m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=idx)
+    g = torch.Generator()
+    g.set_state(gen_state)
+    neg = torch.randint(0, n, (k,) if negatives == "shared" else (B, k), generator=g).numpy()
+    neg = np.broadcast_to(neg, (B, k))
+
+    def embed(lin, x):
+        w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
+        return normalize(x @ w.T + b)
+    v_s, v_t = embed(m.embed_s, FS), embed(m.embed_t, ET)
+    raw = {}
+    for side, bank, v in (("S", bank_t, v_s), ("T", bank_s, v_t)):
+        raw[side] = [(np.exp(bank[idx[i]] @ v[i] / tau), np.exp(bank[neg[i]] @ v[i] / tau)) for i in range(B)]
+    ref = np.zeros(B)
+    pn = k / n
+    for side in ("S", "T"):
+        z = np.mean([np.concatenate([[p], ng]) for p, ng in raw[side]]) * n  # fixed on this first batch
+        for i, (p, ng) in enumerate(raw[side]):
+            p, ng = p / z, ng / z
+            ref[i] -= np.log(p / (p + pn + 1e-7)) + sum(np.log(pn / (x + pn + 1e-7)) for x in ng)
+    np.testing.assert_allclose(terms["crd"].value.detach().numpy(), ref, rtol=1e-9)
+    assert terms["crd"].weight == 0.8 and m.ce_weight == 1.0
+    # the banks moved towards this batch with momentum 0.5 and stay unit-norm; other rows untouched
+    np.testing.assert_allclose(m.bank_s.numpy()[idx.numpy()], normalize(0.5 * bank_s[idx.numpy()] + 0.5 * v_s), rtol=1e-9)
+    np.testing.assert_allclose(m.bank_t.numpy()[idx.numpy()], normalize(0.5 * bank_t[idx.numpy()] + 0.5 * v_t), rtol=1e-9)
+    untouched = [r for r in range(n) if r not in idx.tolist()]
+    np.testing.assert_array_equal(m.bank_s.numpy()[untouched], bank_s[untouched])
+
+
+def test_crd_state_round_trip_continues_exactly():
+    """Banks, Z and the negative-sampling generator are module state: a copy loaded from the state dict
+    produces the same next step as the original."""
+    a = _crd()
+    a.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=torch.arange(B))
+    b = _crd()
+    b.load_state_dict(a.state_dict())
+    idx = torch.tensor([9, 8, 7, 6, 5, 4])
+    ta = a.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=idx)["crd"].value
+    tb = b.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=idx)["crd"].value
+    torch.testing.assert_close(ta, tb, rtol=0, atol=0)
+    assert torch.equal(a.bank_s, b.bank_s) and torch.equal(a.z, b.z)

@@ -33,8 +33,9 @@ def check_contract(name: str, d_t: int) -> None:
     cls = METHODS.get(name)
     torch.manual_seed(0)
     student = STUDENTS.get("resnet8_w16")(K)
-    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels))
+    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), train_size=4 * B, total_steps=10)
     method = cls(dims, cls.Hparams())
+    kw = {"index": torch.arange(B)} if cls.wants_index else {}
     x, y, teacher = _batch(d_t)
     frozen = (teacher.embedding.clone(), teacher.logits.clone())
     params = [*student.parameters(), *method.parameters()]
@@ -42,7 +43,7 @@ def check_contract(name: str, d_t: int) -> None:
     opt = torch.optim.SGD(params, lr=0.01)
 
     s = student(x)
-    terms = method.terms(s, teacher, y)
+    terms = method.terms(s, teacher, y, **kw)
     assert isinstance(terms, dict) and all(isinstance(t, Term) for t in terms.values()), f"{name}: terms() must return named Terms"
     for k, t in terms.items():
         assert t.value.shape in ((), (B,)), f"{name}.{k}: a batch scalar or a per-sample [B] vector, got {tuple(t.value.shape)}"
@@ -69,7 +70,7 @@ def check_contract(name: str, d_t: int) -> None:
     x2, y2, t2 = _batch(d_t, seed=1)
     with torch.no_grad():
         s2 = student(x2)
-        a, b = method.terms(s2, t2, y2), again.terms(s2, t2, y2)
+        a, b = method.terms(s2, t2, y2, **kw), again.terms(s2, t2, y2, **kw)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].value, b[k].value, atol=1e-6), f"{name}.{k} differs after a checkpoint round trip"

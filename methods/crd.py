@@ -1,0 +1,109 @@
+"""CRD, contrastive representation distillation (Tian et al., ICLR 2020; defaults: RepDistiller's CIFAR-100).
+
+Student and teacher embeddings are mapped by linear heads to 128-d and L2-normalised: v_S = g_S(F_S),
+v_T = g_T(E_T). A memory bank per side holds one 128-d vector per training sample (M_S, M_T, N x 128).
+For a sample i with m negatives j_1..j_m drawn uniformly from the training set (shared by the batch with
+`crd_negatives=shared`, one draw per sample with `per_sample` as in RepDistiller):
+
+    s_T(i, j) = exp(<M_S[j], v_T(i)> / tau) / Z_T       s_S(i, j) = exp(<M_T[j], v_S(i)> / tau) / Z_S
+    h(s) = s / (s + m / N)
+    L_side(i) = -log h(s(i, i)) - sum_k log(1 - h(s(i, j_k)))          (NCE, positive = the sample's own slot)
+    L_CRD = L_S + L_T, weight 0.8, cross-entropy weight 1
+
+Z_S and Z_T are fixed on the first batch as mean(s) * N (RepDistiller) and kept. After each step the
+banks move towards the batch: M[i] <- normalise(0.5 M[i] + 0.5 v(i)) (momentum 0.5). Banks start uniform in
+[-a, a], a = 1/sqrt(128/3). Everything that carries across steps (banks, Z, negative-sampling generator) is
+module state, so --resume continues exactly. m = min(16384, N - 1).
+Deviation: RepDistiller's default draws negatives from other classes only; here they are uniform over the
+training set (with 100 classes about 1% share the anchor's class).
+"""
+from dataclasses import dataclass
+
+import math
+
+import torch
+from torch import nn
+
+from benchmark.fields import bounded, choice
+from benchmark.registry import UsageError
+from benchmark.types import Term
+from methods._base import Hparams, Method, fp, l2n, register
+
+
+def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, eps: float = 1e-7) -> torch.Tensor:
+    """Per-sample NCE loss from normalised scores pos [B] and neg [B, m] (noise probability 1/n)."""
+    pn = m / n
+    return -(torch.log(pos / (pos + pn + eps)) + torch.log(pn / (neg + pn + eps)).sum(1))
+
+
+@dataclass
+class CRDHparams(Hparams):
+    ce_weight: float = bounded(1.0, 0, None)
+    crd_weight: float = bounded(0.8, 0, None)
+    crd_dim: int = bounded(128, 1, None)
+    crd_negatives_k: int = bounded(16384, 1, None)
+    crd_tau: float = bounded(0.07, 0, None, lo_open=True)
+    crd_momentum: float = bounded(0.5, 0, 1)
+    crd_negatives: str = choice("shared", "per_sample",
+                                help="one draw of negatives per batch, or per sample (RepDistiller)")
+
+
+@register("crd", "contrastive representation distillation: 128-d heads, memory banks, 16384 NCE negatives, tau 0.07")
+class CRD(Method):
+    Hparams = CRDHparams
+    wants_index = True
+    search_space = {"crd_weight": ("log", 0.1, 2.0), "crd_tau": ("log", 0.03, 0.3)}
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        if dims.train_size < 2:
+            raise UsageError("method 'crd' needs the training-set size (a memory bank per sample)")
+        n, d = dims.train_size, hp.crd_dim
+        self.n, self.k = n, min(hp.crd_negatives_k, n - 1)
+        self.embed_s, self.embed_t = nn.Linear(dims.student, d), nn.Linear(dims.teacher, d)
+        g = torch.Generator().manual_seed(0)
+        a = 1.0 / math.sqrt(d / 3)
+        self.register_buffer("bank_s", torch.rand(n, d, generator=g) * 2 * a - a)
+        self.register_buffer("bank_t", torch.rand(n, d, generator=g) * 2 * a - a)
+        self.register_buffer("z", torch.full((2,), -1.0))  # (Z_S, Z_T); < 0: not set yet
+        self.gen = torch.Generator().manual_seed(1)  # negatives; its state is checkpointed (extra state)
+        self._z_ready = False
+
+    def terms(self, s, t, y, index=None):
+        if index is None:
+            raise UsageError("method 'crd' needs each sample's training-set index")
+        v_s, v_t = l2n(self.embed_s(fp(s.embedding))), l2n(self.embed_t(fp(t.embedding)))
+        b = len(index)
+        shape = (self.k,) if self.hp.crd_negatives == "shared" else (b, self.k)
+        neg = torch.randint(0, self.n, shape, generator=self.gen).to(index.device)
+        scores = []
+        for bank, v in ((self.bank_t, v_s), (self.bank_s, v_t)):  # student vs teacher bank, teacher vs student bank
+            pos = torch.exp((bank[index] * v).sum(1) / self.hp.crd_tau)
+            if neg.dim() == 1:
+                ng = torch.exp(v @ bank[neg].t() / self.hp.crd_tau)                              # [B, m]
+            else:
+                ng = torch.exp(torch.bmm(bank[neg], v.unsqueeze(2)).squeeze(2) / self.hp.crd_tau)  # [B, m]
+            scores.append((pos, ng))
+        if self.training and not self._z_ready:
+            with torch.no_grad():
+                if bool((self.z < 0).any()):  # the first batch of the run fixes Z (once; kept in the state)
+                    for i, (pos, ng) in enumerate(scores):
+                        self.z[i] = torch.cat([pos[:, None], ng], 1).mean() * self.n
+            self._z_ready = True
+        loss = sum(nce_loss(pos / self.z[i], ng / self.z[i], self.k, self.n) for i, (pos, ng) in enumerate(scores))
+        if self.training:
+            with torch.no_grad():
+                m = self.hp.crd_momentum
+                for bank, v in ((self.bank_s, v_s), (self.bank_t, v_t)):
+                    bank[index] = l2n(bank[index] * m + v.detach().to(bank.dtype) * (1 - m))
+        return {"crd": Term(loss, self.hp.crd_weight)}
+
+    def get_extra_state(self):
+        return {"gen": self.gen.get_state()}
+
+    def set_extra_state(self, state) -> None:
+        self.gen.set_state(state["gen"])
+        self._z_ready = False
+
+    def run_params(self):
+        return {"crd_bank_size": self.n, "crd_negatives_effective": self.k}
