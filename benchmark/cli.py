@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
     from benchmark.results import write_table
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import Tracker, resolve_uri
-    from benchmark.trainer import run_one
+    from benchmark.trainer import Diverged, run_one
     task, methods, hp, cfg, data = prepare(args)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.profile}")
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
@@ -104,10 +104,17 @@ def cmd_run(args) -> int:
     print(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
           f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
           flush=True)
-    results, t0 = [], time.time()
+    results, failed, t0 = [], 0, time.time()
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         for m in methods:
-            r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
+            try:
+                r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
+            except Diverged as e:  # that run stops (FAILED in MLflow, last good checkpoint kept); the others go on
+                print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
+                results.append({"method": m, "seed": seed, "failure": str(e)})
+                failed += 1
+                write_table(results, out, task.summary_metrics)
+                continue
             if "interrupted_at_epoch" in r:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
@@ -119,6 +126,9 @@ def cmd_run(args) -> int:
         table = write_table(results, out, task.summary_metrics)
         print(table.to_markdown(index=False))
         print(f"total wall time {time.time() - t0:.0f}s; tables in {out}/results.md and results.csv")
+    if failed:
+        print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
+        return EXIT_RUNS_FAILED
     return 0
 
 
@@ -210,6 +220,7 @@ def common_run_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description="Cross-modal distillation benchmark")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of foreseen errors too")
     sub = parser.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="methods, tasks, students, teachers and profiles")
     ls.add_argument("--profiles", action="store_true", help="every task's profile values as a Markdown table")
@@ -235,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--study-name", dest="study_name")
     st.add_argument("--n-trials", dest="n_trials", type=int, help="TPE trials per worker (default 10)")
     st.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    st.add_argument("--heartbeat", type=int, default=30, metavar="S",
+                    help="seconds between a worker's heartbeats; a trial silent for 2 x S is re-queued (default 30)")
     st.add_argument("--join", action="store_true", help="join an existing study as a worker (other machines)")
     st.add_argument("--create-only", dest="create_only", action="store_true", help="create the study and exit")
     st.add_argument("--tracking-uri", dest="tracking_uri")
@@ -255,13 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_USAGE, EXIT_RUNS_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+
+
+def _on_sigterm(signum, frame):
+    from benchmark.trainer import Terminated
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 bad input (one line, nothing written); 3 some runs failed (diverged), the others
+    finished and the tables are written; 130 Ctrl-C, 143 SIGTERM (the current run ended KILLED, resumable);
+    1 an unforeseen error (its traceback is shown)."""
+    import signal
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if threading_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         load_plugins()
         return args.fn(args)
     except UsageError as e:
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        if args.debug:
+            raise
+        from benchmark.trainer import Terminated
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: the current run ended KILLED, its last epoch checkpoint kept; rerun with --resume to continue",
+              file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+
+
+def threading_main() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()

@@ -11,9 +11,12 @@ from benchmark.stats import describe, paired_difference, per_seed
 
 
 def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
-    df = pd.DataFrame(results)
+    """Failed runs (a 'failure' entry) count in no statistic; they are named in a 'failed' column."""
+    everything = pd.DataFrame(results)
+    failures = everything[everything["failure"].notna()] if "failure" in everything else everything.iloc[:0]
+    df = everything[everything["failure"].isna()] if "failure" in everything else everything
     cols = [*columns, ("wall_s", "wall time (s)")]
-    order = list(dict.fromkeys(df["method"]))
+    order = list(dict.fromkeys(everything["method"]))
     primary, primary_label = columns[0]
     base = per_seed(df.loc[df["method"] == "baseline", primary], df.loc[df["method"] == "baseline", "seed"]) \
         if "baseline" in order and primary in df else None
@@ -22,10 +25,13 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
         g = df[df["method"] == m]
         row = {"method": m, "seeds": g["seed"].nunique()}
         for c, label in cols:
-            row[label] = describe(per_seed(g[c], g["seed"])) if c in g else "n/a"
+            row[label] = describe(per_seed(g[c], g["seed"])) if c in g and len(g) else "n/a"
         if base is not None:
             p = None if m == "baseline" else paired_difference(per_seed(g[primary], g["seed"]), base)
             row[f"Δ {primary_label} vs baseline, 95% CI"] = "—" if m == "baseline" else (str(p) if p else "no matched seed")
+        if len(failures):
+            row["failed"] = "; ".join(f"seed {f.seed}: {f.failure.split(': ', 1)[-1]}"
+                                      for f in failures[failures["method"] == m].itertuples()) or "—"
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,9 +1,12 @@
 """MLflow tracking: one MLflow run per (task, method, seed, config); params, per-epoch metrics, artifacts."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,39 @@ def artifact_root(uri: str) -> str | None:
     return None  # the server's or MLflow's default
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Processes starting together on one local sqlite store take turns creating its schema and experiment
+    (MLflow's migrations are not safe to run twice at once): an exclusive flock on the store's folder."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    fd = os.open(Path(uri[len("sqlite:///"):]).expanduser().resolve().parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_alive(owner: str) -> bool | None:
+    """Whether the process named host:pid is alive; None when it runs on another host (cannot tell)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         import logging
@@ -47,14 +83,46 @@ class Tracker:
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         self.uri = uri
-        exp = mlflow.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
-        self.client = mlflow.MlflowClient(uri)
+        with store_lock(uri):
+            self.client = mlflow.MlflowClient(uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                experiment, artifact_location=artifact_root(uri))
+
+    def close_stale(self, run_key: str, resume: bool, keep: str | None = None) -> None:
+        """A RUNNING run of the same run key whose process is gone (killed without a word) is marked KILLED
+        before a new run starts; one whose process is alive on this host is a usage error (the same run twice)."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"params.run_key = '{run_key}' "
+                                       "and attributes.status = 'RUNNING'")
+        for r in runs:
+            owner = r.data.tags.get("xkd.process", "")
+            alive = process_alive(owner) if owner else False
+            if alive and owner == process_id():
+                continue  # this process's own run (resumed in the same process)
+            if alive:
+                from benchmark.registry import UsageError
+                raise UsageError(f"run {r.info.run_id} with the same settings is running in process {owner}; "
+                                 "wait for it or stop it first")
+            if r.info.run_id == keep:
+                continue  # the run being resumed
+            if alive is None:
+                print(f"warning: run {r.info.run_id} with the same settings is RUNNING on another host ({owner}); "
+                      "left as it is", flush=True)
+                continue
+            self.client.set_tag(r.info.run_id, "xkd.failure", "its process ended without a word (found stale)")
+            self.client.set_terminated(r.info.run_id, status="KILLED")
+            print(f"run {r.info.run_id} of these settings was left RUNNING by a process that died: marked KILLED"
+                  + ("" if resume else " (rerun with --resume to continue from its checkpoint)"), flush=True)
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
 
     def start(self, run_name: str, tags: dict[str, str], run_id: str | None = None, parent_run_id: str | None = None) -> str:
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "xkd.process", process_id())
             return run_id
+        tags = {**tags, "xkd.process": process_id()}
         if parent_run_id:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)

@@ -22,6 +22,17 @@ from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from methods._base import hparam_fields
 
 
+class Diverged(FloatingPointError):
+    """A non-finite training loss: that run stops (FAILED in MLflow, last good checkpoint kept); others go on."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run ends KILLED, its checkpoint is kept, --resume continues it."""
+
+
+CHECK_EVERY = 20  # steps between finiteness checks (and progress-bar updates): one host sync each
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
@@ -161,20 +172,31 @@ class Context:
         bar = tqdm(batches, desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
                    leave=False, mininterval=2.0, disable=None)
         t0 = time.perf_counter()
+        step_loss = torch.zeros(len(batches) + 1, device=self.device)  # per-step loss, to name the first bad step
+        i = -1
         for i, idx in enumerate(bar):  # the batches actually produced (a sampler may yield fewer than planned)
             loss, terms, c = self.train_step(idx)
+            step_loss[i] = loss
             loss_sum, correct, seen = loss_sum + loss, correct + c, seen + len(idx)
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0) + v
-            if i % 20 == 0:
+            if i % CHECK_EVERY == 0:
+                self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
-        dt, steps = time.perf_counter() - t0, max(1, len(batches))
-        if not math.isfinite(loss_sum.item()):
-            raise FloatingPointError(f"{self.method_name}: training loss is not finite at epoch {epoch + 1}")
+        self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
+        dt, steps = time.perf_counter() - t0, max(1, i + 1)
         out = {"train_loss": loss_sum.item() / steps, "train_top1": 100 * correct.item() / seen,
                "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
         out.update({f"term_{k}": v.item() / steps for k, v in term_sums.items()})
         return out
+
+    def _check_finite(self, epoch: int, i: int, loss_sum, term_sums, step_loss) -> None:
+        if bool(torch.isfinite(loss_sum)):
+            return
+        first = int((~torch.isfinite(step_loss[:i + 1])).nonzero()[0])
+        bad = [k for k, v in term_sums.items() if not bool(torch.isfinite(v))]
+        raise Diverged(f"{self.method_name} seed {self.cfg.seed}: loss is not finite at epoch {epoch + 1}, "
+                       f"step {first + 1} (terms: {', '.join(bad) or 'total only'})")
 
 
 def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
@@ -182,10 +204,26 @@ def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def _save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
+    """Written whole or not at all (temporary file, then rename); keep_previous keeps the last one as .prev."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
+    if keep_previous and path.exists():
+        os.replace(path, path.with_suffix(".prev"))
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, device) -> dict | None:
+    """The checkpoint, else the previous one when it is unreadable (said in one line), else None."""
+    for candidate in (path, path.with_suffix(".prev")):
+        if not candidate.exists():
+            continue
+        try:
+            return torch.load(candidate, map_location=device, weights_only=False)
+        except Exception as e:
+            print(f"checkpoint {candidate} cannot be read ({type(e).__name__}); "
+                  + ("trying the previous one" if candidate == path else "starting this run from scratch"), flush=True)
+    return None
 
 
 def better(a: float, b: float | None, mode: str) -> bool:
@@ -202,7 +240,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     key = run_key(cfg, method_name, ctx.hparams)
     ckpt_path = out_dir / "checkpoints" / f"{method_name}-seed{cfg.seed}-{key}.pt"
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    ck = torch.load(ckpt_path, map_location=ctx.device, weights_only=False) if resume and ckpt_path.exists() else None
+    ck = load_checkpoint(ckpt_path, ctx.device) if resume else None
     if ck is not None and ck.get("done"):
         return ck["final"]
     sel = task.selection_metric
@@ -218,8 +256,10 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     if ck is not None:
         ctx.load_state(ck["state"])
         run_id, start, history, best, wall = ck["run_id"], ck["epoch"], ck["history"], ck["best"], ck["wall_s"]
+        tracker.close_stale(key, resume, keep=run_id)
         tracker.start("", {}, run_id=run_id)
     else:
+        tracker.close_stale(key, resume)  # a RUNNING run of this key whose process died: KILLED, never left beside
         run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {"task": cfg.task, "method": method_name,
                                "profile": cfg.profile, "seed": str(cfg.seed), "student": cfg.student,
                                "teacher": tables.teacher_id, "xkd.kind": "train", **(tags or {})},
@@ -235,11 +275,13 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             wall += time.perf_counter() - t0
             history.append(m)
             tracker.log_metrics(run_id, m, step=epoch + 1)
+            if not all(bool(torch.isfinite(p).all()) for p in (*ctx.student.parameters(), *ctx.method.parameters())):
+                raise Diverged(f"{method_name} seed {cfg.seed}: weights are not finite after epoch {epoch + 1}")
             if best is None or better(m[sel], best["value"], task.selection_mode):
                 best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
                         "method": copy.deepcopy(ctx.method.state_dict())}
             _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
-                          "run_id": run_id, "wall_s": wall, "done": False}, ckpt_path)
+                          "run_id": run_id, "wall_s": wall, "done": False}, ckpt_path, keep_previous=True)
             if on_epoch is not None:
                 on_epoch(epoch + 1, m)
             if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
@@ -254,8 +296,10 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             at_best, _ = ctx.evaluate("test")
         wall += time.perf_counter() - t0
     except BaseException as e:
-        # stopped on purpose (Ctrl-C, an Optuna pruner): KILLED; anything else: FAILED
+        # stopped on purpose (Ctrl-C, SIGTERM, an Optuna pruner): KILLED; anything else: FAILED, with the reason
         stopped = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "TrialPruned"
+        if not stopped:
+            tracker.set_tag(run_id, "xkd.failure", f"{type(e).__name__}: {e}"[:5000])
         tracker.end(run_id, status="KILLED" if stopped else "FAILED")
         raise
     final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
@@ -268,4 +312,5 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     tracker.end(run_id)
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     _save_atomic({"done": True, "final": final}, ckpt_path)  # weights dropped: the run is complete
+    ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
     return final

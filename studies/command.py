@@ -77,6 +77,8 @@ def cmd_study(args) -> int:
     from benchmark.trainer import resolve_hparams
     from methods._base import hparam_fields
     fixed: dict[str, Any] = {}
+    if args.heartbeat < 1:
+        raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")
     if args.paper:
         if args.paper not in PAPER_STUDIES:
             raise UsageError(f"unknown --paper '{args.paper}'; known: {', '.join(PAPER_STUDIES)}")
@@ -124,15 +126,15 @@ def cmd_study(args) -> int:
                              ["--study-name", name, "--storage", storage], args.workers)
     else:
         tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
-        study, storage_obj = runner.load_study(name, storage, grid)
+        study, storage_obj = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
         objective = runner.Objective(cfg, task, data, tables, args.method, hp, tracker,
                                      Path(args.out or f"runs/study-{name}"), args.seeds, grid, prune=grid is None,
                                      fixed=fixed)
-        runner.work(study, storage_obj, objective, args.n_trials)
+        runner.work(study, storage_obj, objective, args.n_trials, args.heartbeat)
+    import optuna
+    study = optuna.load_study(study_name=name, storage=storage)
+    runner.end_parent_if_done(study, tracker)  # whichever worker ends last ends the parent run
     if not args.join:
-        import optuna
-        study = optuna.load_study(study_name=name, storage=storage)
-        runner.end_parent_if_done(study, tracker)
         df = study.trials_dataframe(attrs=("number", "params", "value", "state"))
         print(df.to_markdown(index=False))
     return 0

@@ -3,12 +3,16 @@
 Grids: every grid point is enqueued as a trial when the study is created; workers (processes on one
 machine or many, sharing the storage) claim queued trials atomically, so each point runs exactly once.
 Optuna's GridSampler alone can re-evaluate a point when workers race (it warns about it), which a
-benchmark cannot accept.
+benchmark cannot accept. A worker that dies mid-trial stops its heartbeat; the next worker to look for work
+fails that stale trial and re-queues its point (Optuna's RetryHeartbeatStaleTrialCallback), so every point
+completes exactly once.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
 import socket
 import subprocess
 import sys
@@ -88,14 +92,53 @@ def check_definition(name: str, storage: str, definition: dict) -> None:
 
 
 def end_parent_if_done(study: optuna.Study, tracker) -> None:
-    """End the study's MLflow parent run once no trial is waiting or running."""
-    states = {t.state for t in study.get_trials(deepcopy=False)}
-    if states & {optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING}:
+    """End the study's MLflow parent run once no trial is waiting or running: FAILED when a failed trial
+    was not retried, else FINISHED."""
+    trials = study.get_trials(deepcopy=False)
+    if {t.state for t in trials} & {optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING}:
         return
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    unresolved = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in retried]
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
-        failed = optuna.trial.TrialState.FAIL in states
-        tracker.end(parent, status="FAILED" if failed else "FINISHED")
+        tracker.end(parent, status="FAILED" if unresolved else "FINISHED")
+
+
+def stale_trial_handler(tracker, max_retry: int = 3):
+    """Called for a trial whose worker stopped beating: its MLflow trial run and any training run under it
+    end KILLED, and its point is queued again (up to max_retry times)."""
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def handle(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run = trial.user_attrs.get("mlflow_run_id")
+        if run:
+            children = tracker.client.search_runs([tracker.experiment_id], filter_string=(
+                f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'"))
+            for r in [*children, tracker.client.get_run(run)]:
+                if r.info.status == "RUNNING":
+                    tracker.set_tag(r.info.run_id, "xkd.failure", "its study worker stopped (no heartbeat)")
+                    tracker.end(r.info.run_id, status="KILLED")
+        retry(study, trial)
+        print(f"trial {trial.number} lost its worker (no heartbeat): its point is queued again", flush=True)
+    return handle
+
+
+@contextlib.contextmanager
+def heartbeat(storage, trial_id: int, every: int):
+    """Record the trial's heartbeat now and every `every` seconds until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            storage.record_heartbeat(trial_id)
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
@@ -135,9 +178,11 @@ def make_sampler(grid: dict | None):
     return optuna.samplers.RandomSampler(seed=0) if grid else optuna.samplers.TPESampler(seed=0)
 
 
-def load_study(name: str, storage_url: str, grid: dict | None):
-    """The study and the storage object it reads through (trial claims must use the same object)."""
-    storage = optuna.storages.get_storage(storage_url)
+def load_study(name: str, storage_url: str, grid: dict | None, heartbeat_s: int, on_stale):
+    """The study and the storage object it reads through (trial claims must use the same object), with
+    heartbeats: a trial whose worker is silent for 2 x heartbeat_s is failed and handed to on_stale."""
+    storage = optuna.storages.get_storage(optuna.storages.RDBStorage(  # the cached wrapper the study itself uses
+        storage_url, heartbeat_interval=heartbeat_s, heartbeat_stale_trial_callback=on_stale))
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(grid),
                               pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
     return study, storage
@@ -177,6 +222,7 @@ class Objective:
         parent = trial.study.user_attrs["mlflow_parent_run_id"]
         run = self.tracker.start(f"trial-{trial.number}", {"xkd.kind": "trial", "trial_number": str(trial.number),
                                                             "study_name": trial.study.study_name}, parent_run_id=parent)
+        trial.set_user_attr("mlflow_run_id", run)
         self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method, "n_seeds": self.seeds,
                                       **{f"fixed.{k}": v for k, v in self.fixed.items()}, **params})
         key = f"best_{self.task.selection_metric}"
@@ -205,13 +251,19 @@ class Objective:
         return value
 
 
-def work(study: optuna.Study, storage, objective: Objective, n_trials: int | None) -> int:
-    """Run trials: queued grid points until none is left, or n_trials TPE trials."""
+def work(study: optuna.Study, storage, objective: Objective, n_trials: int | None, heartbeat_s: int) -> int:
+    """Run trials: queued grid points until none is left (stale trials of dead workers re-queued first),
+    or n_trials TPE trials (Optuna's optimize beats and re-queues itself)."""
     done = 0
     if objective.grid:
-        while (trial := pop_queued_trial(study, storage)) is not None:
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            if (trial := pop_queued_trial(study, storage)) is None:
+                break
             try:
-                study.tell(trial, objective(trial))
+                with heartbeat(storage, trial._trial_id, heartbeat_s):
+                    value = objective(trial)
+                study.tell(trial, value)
             except optuna.TrialPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             except BaseException:

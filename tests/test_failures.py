@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli  # noqa: E402
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
 
@@ -104,3 +104,162 @@ def test_speaker_trial_list_without_both_labels_is_refused(tmp_path, vox_dir):
     work.mkdir()
     res = run_cli(["run", "--task", "voxceleb", "--methods", "baseline", "--profile", "smoke", "--data-dir", str(d)], work)
     _refused(res, work, "veri_test.txt needs target (1) and non-target (0) trials")
+
+
+# ---- divergence, signals, kills, concurrency: the run ends in a known state, nothing is lost ----
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pandas as pd
+import torch
+
+from conftest import ROOT
+
+
+def _train_runs(tmp_path, experiment="xkd-cifar100"):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]
+
+
+def test_a_diverging_method_fails_alone_and_the_others_are_tabled(tmp_path, cifar_dir):
+    res = run_cli(["run", "--methods", "baseline,kd,pkt", "--data-dir", str(cifar_dir), *SMOKE,
+                   "--set", "kd_weight=1e30", "--out", "o"], tmp_path)
+    assert res.returncode == 3, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "kd seed 0: loss is not finite at epoch 1, step" in errors[0] and "terms: " in errors[0]
+    assert "Traceback" not in res.stderr
+    table = pd.read_csv(tmp_path / "o" / "results.csv")
+    assert list(table["method"]) == ["baseline", "kd", "pkt"]
+    assert table.set_index("method").loc["kd", "failed"].startswith("seed 0: loss is not finite")
+    assert table.set_index("method").loc["pkt", "seeds"] == 1  # ran after the failure
+    status = {r.data.params["method"]: (r.info.status, r.data.tags.get("xkd.failure", "")) for r in _train_runs(tmp_path)}
+    assert status["baseline"][0] == status["pkt"][0] == "FINISHED"
+    assert status["kd"][0] == "FAILED" and "not finite" in status["kd"][1]
+    assert not list((tmp_path / "o" / "checkpoints").glob("kd-*"))  # no good epoch, no checkpoint
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epoch(ckpt_dir, epoch, proc, timeout=300):
+    """Block until a checkpoint of at least `epoch` finished epochs exists (0: until the run's MLflow run exists)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        for f in ckpt_dir.glob("*.pt") if ckpt_dir.exists() else []:
+            try:
+                if torch.load(f, weights_only=False).get("epoch", 0) >= epoch:
+                    return
+            except Exception:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+def _wait_for_run(tmp_path, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            if _train_runs(tmp_path):
+                return
+        except Exception:
+            pass  # the store is being created
+        time.sleep(0.1)
+    raise AssertionError("no MLflow run in time")
+
+
+RUN3 = ["run", "--methods", "ccl", "--set", "epochs=3", *SMOKE]
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_ctrl_c_end_the_run_killed_and_resumable(tmp_path, cifar_dir, sig, code, word):
+    args = [*RUN3, "--data-dir", str(cifar_dir), "--out", "o"]
+    proc = _start(args, tmp_path)
+    _wait_for_epoch(tmp_path / "o" / "checkpoints", 1, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    lines = [line for line in err.strip().splitlines() if line.strip() and "ep" not in line[:12]]
+    assert lines[-1].startswith(word) and "Traceback" not in err, err[-2000:]
+    (run,) = _train_runs(tmp_path)
+    assert run.info.status == "KILLED"
+    again = run_cli([*args, "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (run2,) = _train_runs(tmp_path)
+    assert run2.info.run_id == run.info.run_id and run2.info.status == "FINISHED"
+
+
+def test_kill_9_at_three_points_then_resume_is_identical_and_nothing_stays_running(tmp_path, cifar_dir):
+    ref = run_cli([*RUN3, "--data-dir", str(cifar_dir), "--out", "ref"], tmp_path)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cols = ["test_top1", "test_top1_at_best_val", "match_acc", "best_val_top1"]
+    want = pd.read_csv(tmp_path / "ref" / "runs.csv")[cols]
+    args = [*RUN3, "--data-dir", str(cifar_dir), "--out", "k"]
+    for epoch in (0, 1, 2):  # as soon as its MLflow run exists (no checkpoint yet), after the first, the second
+        proc = _start([*args, "--resume"], tmp_path)
+        if epoch == 0:
+            _wait_for_run(tmp_path, proc)
+        else:
+            _wait_for_epoch(tmp_path / "k" / "checkpoints", epoch, proc)
+        proc.kill()
+        proc.wait()
+    done = run_cli([*args, "--resume"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "k" / "runs.csv")[cols].equals(want)
+    runs = [r for r in _train_runs(tmp_path) if r.data.params.get("run_key") and r.info.run_id != pd.read_csv(tmp_path / "ref" / "runs.csv")["run_id"][0]]
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert sum(r.info.status == "FINISHED" for r in runs) == 1
+    # a rerun without --resume after a kill: the dead run is marked KILLED, a new one starts beside none RUNNING
+    proc = _start([*args[:-2], "--out", "n"], tmp_path)
+    _wait_for_epoch(tmp_path / "n" / "checkpoints", 1, proc)
+    proc.kill()
+    proc.wait()
+    fresh = run_cli([*args[:-2], "--out", "n"], tmp_path)
+    assert fresh.returncode == 0 and "marked KILLED" in fresh.stdout, fresh.stderr[-2000:]
+    assert "RUNNING" not in {r.info.status for r in _train_runs(tmp_path)}
+
+
+def test_three_runs_starting_together_on_a_new_sqlite_store(tmp_path, cifar_dir):
+    procs = [_start(["run", "--methods", m, "--data-dir", str(cifar_dir), *SMOKE, "--set", "test_limit=100",
+                     "--out", f"o{i}"], tmp_path) for i, m in enumerate(("baseline", "kd", "pkt"))]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
+    runs = _train_runs(tmp_path)
+    assert sorted(r.data.params["method"] for r in runs) == ["baseline", "kd", "pkt"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_once(tmp_path, cifar_dir):
+    base = ["study", "--method", "ours_feature", "--grid", "margin=0.0,0.09", "--data-dir", str(cifar_dir), *SMOKE,
+            "--set", "epochs=2", "--heartbeat", "1", "--study-name", "s"]
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    proc = _start(base, tmp_path)
+    _wait_for_epoch(tmp_path / "runs" / "study-s" / "checkpoints", 1, proc)
+    proc.kill()
+    proc.wait()
+    time.sleep(3)  # > 2 heartbeats: the trial is stale
+    join = run_cli([*base, "--join"], tmp_path)
+    assert join.returncode == 0, join.stderr[-2000:]
+    assert "lost its worker" in join.stdout
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    complete = [t.params["margin"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == [0.0, 0.09]
+    assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xkd-cifar100")
+    runs = client.search_runs([exp.experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+    (parent,) = [r for r in runs if r.data.tags["xkd.kind"] == "study"]
+    assert parent.info.status == "FINISHED"
+    assert sum(r.data.tags["xkd.kind"] == "train" and r.info.status == "FINISHED" for r in runs) == 2
