@@ -72,6 +72,8 @@ def prepare(args):
         resolve_uri(args.tracking_uri)
     if getattr(args, "out", None):
         check_out_dir(Path(args.out))
+    if getattr(args, "cache_dir", None):  # one cache root: teacher embeddings and decoded datasets
+        os.environ["XKD_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().absolute())
     data = task.load(cfg)
     return task, methods, hp, cfg, data
 
@@ -215,7 +217,7 @@ def common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run-config field or a method hyperparameter (repeatable)")
-    p.add_argument("--cache-dir", dest="cache_dir", help="teacher-embedding cache (default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
+    p.add_argument("--cache-dir", dest="cache_dir", help="cache of teacher embeddings and decoded datasets (default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:

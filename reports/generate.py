@@ -79,7 +79,7 @@ def _key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
 
 def setting_columns(runs: pd.DataFrame, exclude: set[str]) -> list[str]:
     cols = [f"params.{f}" for f in defining_fields()] + ["params.teacher_id", "params.n_train", "params.n_val",
-                                                         "params.n_test", "params.data_layout"]
+                                                         "params.n_test", "params.data_layout", "params.data_subset"]
     return [c for c in dict.fromkeys(cols) if c in runs and c not in exclude and c != "params.task"]
 
 
@@ -177,6 +177,8 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
         for _, r in settings.iterrows():
             shown = [c for c in named if c not in ("params.student", "params.profile")]
             shown += [c for c in off_profile(r, task) if c not in shown]
+            if "params.data_subset" in r and pd.notna(r["params.data_subset"]) and "params.data_subset" not in shown:
+                shown.append("params.data_subset")  # e.g. 100 of the official 500 training images per class
             labels[r["_setting"]] = ", ".join([str(r["params.student"]), str(r["params.profile"])] +
                                               [f"{c.removeprefix('params.')}={r[c]}" for c in shown if pd.notna(r[c])])
     else:

@@ -18,9 +18,6 @@ from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_pro
 from benchmark.teachers import build_teacher
 from tasks._base import Split, Task, TaskData
 
-MEAN = torch.tensor([0.5071, 0.4865, 0.4409]).view(1, 3, 1, 1)
-STD = torch.tensor([0.2673, 0.2564, 0.2762]).view(1, 3, 1, 1)
-
 
 def prompt_templates() -> list:
     """CLIP's 80 ImageNet prompt templates, as shipped by open_clip."""
@@ -128,14 +125,20 @@ class Cifar100(Task):
                       weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
     }
     margins = {"resnet34": 0.04, "cifar_resnet34": 0.04}  # r^2: 0.2^2 for R34, 0.3^2 otherwise (Sec 4.2.1)
+    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # per-channel training-set statistics
 
     def hparam_defaults(self, cfg):
         return {"feat_dist": "l2sq_norm_sum", "margin": self.margins.get(cfg.student, 0.09), "beta": 1.0, "ccl_tau": 0.1}
 
-    def load(self, cfg) -> TaskData:
+    def read(self, cfg):
+        """(x_train, y_train, x_test, y_test, class names, a group per class or None, facts for the params)."""
         if not cfg.data_dir:
             raise UsageError("cifar100 needs --data-dir DIR (cifar100_uint8.npz + meta.json, or torchvision's cifar-100-python/)")
-        xtr, ytr, xte, yte, names, f2c, coarse_names, layout = read_cifar100(cfg.data_dir)
+        xtr, ytr, xte, yte, names, f2c, _, layout = read_cifar100(cfg.data_dir)
+        return xtr, ytr, xte, yte, names, f2c, {"data_layout": layout}
+
+    def load(self, cfg) -> TaskData:
+        xtr, ytr, xte, yte, names, groups, facts = self.read(cfg)
         ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
         k = len(names)
         idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr,
@@ -150,10 +153,11 @@ class Cifar100(Task):
             yy = torch.from_numpy(y[idx])
             return Split(torch.from_numpy(np.ascontiguousarray(x[idx])).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
 
-        info = {"data_layout": layout, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
+        info = {**facts, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
                 "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})"}
         return TaskData(split(xtr, ytr, idx_tr), split(xtr, ytr, idx_val), split(xte, yte, idx_te),
-                        [n.replace("_", " ") for n in names], k, info, class_groups=torch.from_numpy(np.asarray(f2c)))
+                        [n.replace("_", " ") for n in names], k, info,
+                        class_groups=None if groups is None else torch.from_numpy(np.asarray(groups)))
 
     def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
         teacher = build_teacher(cfg.teacher)
@@ -178,14 +182,16 @@ class Cifar100(Task):
             x = F.interpolate(x, size=round(size * 256 / 224), mode="bilinear", align_corners=False)
         if train:
             if size == x.shape[-1]:
-                x = F.pad(x, (4, 4, 4, 4))
+                pad = size // 8  # 4 pixels at 32x32
+                x = F.pad(x, (pad, pad, pad, pad))
             x = random_crop(x, size, gen)
             flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         elif size != x.shape[-1]:
             o = (x.shape[-1] - size) // 2
             x = x[..., o:o + size, o:o + size]
-        x = (x - MEAN.to(x.device)) / STD.to(x.device)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return x.contiguous(memory_format=torch.channels_last)
 
     def _predict(self, ev, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,5 +229,6 @@ class Cifar100(Task):
             pick = torch.randperm(len(sp.y), generator=g)[: ev.cfg.tsne_samples]
             tmpl = torch.randint(0, v, (len(pick),), generator=g)
             e_t = e[sp.key[pick].to(e.device), tmpl.to(e.device)]
-            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), data.class_groups[sp.y[pick]].numpy())
+            groups = sp.y[pick] if data.class_groups is None else data.class_groups[sp.y[pick]]
+            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), groups.numpy())
         return metrics, arrays

@@ -10,6 +10,8 @@ SHARED_DATA = Path(os.environ.get("XKD_SHARED_DATA", ROOT.parent / "shared" / "d
 # is encoded once per cache key, which is itself one of the behaviours under test.
 os.environ.setdefault("XKD_CACHE_DIR", str(ROOT / ".cache" / "test-teachers"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run as one process per core (pytest -n auto): one thread each, so they never oversubscribe the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(ROOT))
 
