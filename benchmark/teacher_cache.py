@@ -1,6 +1,8 @@
 """Frozen teacher embeddings computed once and stored on disk, keyed by a content hash."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -53,11 +55,32 @@ class TeacherCache:
             except Exception as e:  # a corrupt or truncated entry is never used: rebuilt
                 print(f"teacher cache entry {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                       "rebuilding it", file=sys.stderr)
-        with torch.no_grad():
-            emb = teacher.encode(list(inputs)).float().cpu()
-        self.encoder_calls += 1
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(emb, tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
+        with _folder_lock(path.parent):  # processes starting together encode once; the others wait and read it
+            if path.exists() and _readable(path, len(inputs)):
+                return torch.load(path, map_location="cpu"), key
+            with torch.no_grad():
+                emb = teacher.encode(list(inputs)).float().cpu()
+            self.encoder_calls += 1
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save(emb, tmp)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache entry
         return emb, key
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _readable(path: Path, rows: int) -> bool:
+    try:
+        emb = torch.load(path, map_location="cpu")
+        return isinstance(emb, torch.Tensor) and emb.shape[0] == rows and bool(torch.isfinite(emb).all())
+    except Exception:
+        return False
