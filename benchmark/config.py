@@ -54,13 +54,14 @@ class RunConfig:
     # operations
     stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = bounded(0, 0, None)              # 0: torch default
+    log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
 
 
 # Fields that do not change what a run computes (excluded from the checkpoint key).
-OPERATIONAL = ("stop_after_epochs", "num_threads", "device")
+OPERATIONAL = ("stop_after_epochs", "num_threads", "device", "log_model")
 # Fields that do not define a configuration when runs are compared or a study is named: the operational
 # ones, the data path (the same data may sit elsewhere on another machine) and the seed.
 NOT_DEFINING = (*OPERATIONAL, "data_dir", "seed")

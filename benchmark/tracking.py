@@ -152,5 +152,25 @@ class Tracker:
             np.savez_compressed(path, **arrays)
             self.client.log_artifact(run_id, str(path))
 
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, facts: dict[str, Any]) -> None:
+        """The data a run used, as an MLflow dataset input (its digest lets the UI group runs by data)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        ds = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
+                     profile=json.dumps(facts, default=str))
+        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
+
+    def log_model(self, run_id: str, model, class_names: list[str], weights: str) -> str:
+        """The trained student as an MLflow PyTorch model (load it with mlflow.pytorch.load_model(uri)); the
+        class names travel in its metadata. Returns the model URI, also set as the run tag xkd.model_uri."""
+        import mlflow.pytorch
+        import torch
+        with self.mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            info = mlflow.pytorch.log_model(model, name="student", serialization_format="pickle",
+                                            pip_requirements=[f"torch=={torch.__version__}"],
+                                            metadata={"class_names": list(class_names), "weights": weights})
+        self.client.update_run(run_id, status="RUNNING")  # the fluent context ended it; end() decides
+        self.client.set_tag(run_id, "xkd.model_uri", info.model_uri)
+        return info.model_uri
+
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -266,6 +266,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
                                parent_run_id=parent_run_id)
         tracker.log_params(run_id, params)
         tracker.log_dict(run_id, params, "config.json")
+        tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),
+                            {k: v for k, v in data.info.items() if k.startswith(("n_", "data_", "split", "train_"))})
         start, history, best, wall = 0, [], None, 0.0
     try:
         for epoch in range(start, cfg.epochs):
@@ -309,6 +311,9 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     tracker.log_dict(run_id, history, "history.json")
     if arrays:
         tracker.log_arrays(run_id, arrays, "features.npz")
+    if cfg.log_model:
+        ctx.student.eval()
+        tracker.log_model(run_id, ctx.student, data.class_names, weights=f"best-validation epoch {best['epoch']}")
     tracker.end(run_id)
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     _save_atomic({"done": True, "final": final}, ckpt_path)  # weights dropped: the run is complete

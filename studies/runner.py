@@ -236,7 +236,7 @@ class Objective:
                             raise optuna.TrialPruned()
                 r = run_one(replace(self.cfg, seed=seed), self.task, self.data, self.tables, self.method,
                             {**self.base_hp, **params}, self.tracker, self.out, parent_run_id=run, on_epoch=report,
-                            tags={"xkd.study": trial.study.study_name,
+                            tags={"xkd.study": trial.study.study_name, "study": trial.study.study_name,
                                   "xkd.paper_table": trial.study.user_attrs.get("paper_table", "")})
                 values.append(r[key])
         except optuna.TrialPruned:

@@ -1,6 +1,7 @@
 """The task contract: data as tensors, teacher tables, augmentation, task loss, evaluation."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,17 @@ class TaskData:
     num_classes: int
     info: dict[str, Any] = field(default_factory=dict)   # logged as params (sizes, split rule, source)
     class_groups: torch.Tensor | None = None             # a group per class (CIFAR-100 superclass), figure colours
+
+    def digest(self) -> str:
+        """sha256 of what a run trains and is tested on: class names, every split's labels, its images when
+        they are tensors, and the source archive's hash when the task knows it (logged as the MLflow dataset)."""
+        h = hashlib.sha256("\x1f".join(self.class_names).encode())
+        h.update(str(self.info.get("data_source_sha256", "")).encode())
+        for sp in (self.train, self.val, self.test):
+            h.update(sp.y.numpy().tobytes())
+            if isinstance(sp.x, torch.Tensor):
+                h.update(sp.x.numpy().tobytes())
+        return h.hexdigest()
 
 
 class Task:

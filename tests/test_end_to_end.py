@@ -71,3 +71,32 @@ def test_perf_command_reports_every_method(tmp_path, cifar_dir):
     assert res.returncode == 0, res.stderr[-2000:]
     for name in ("bare PyTorch loop", "baseline", "ours_feature", "pkt"):
         assert name in res.stdout
+
+
+def test_runs_carry_tags_a_dataset_input_and_optionally_the_model(tmp_path, cifar_dir):
+    res = run_cli(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *FAST, "--set", "log_model=true",
+                   "--out", "o"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client, (run,) = _runs(tmp_path)
+    tags = run.data.tags
+    assert {k: tags[k] for k in ("task", "method", "profile", "seed", "student")} == {
+        "task": "cifar100", "method": "baseline", "profile": "smoke", "seed": "0", "student": "resnet8_w16"}
+    assert tags["teacher"] == "minilm-l6-v2/raw-meanpool"
+    full = client.get_run(run.info.run_id)
+    (ds,) = full.inputs.dataset_inputs
+    assert ds.dataset.name == "cifar100" and len(ds.dataset.digest) >= 16
+    assert json.loads(ds.dataset.profile)["n_train"] == int(run.data.params["n_train"])
+    import mlflow.pytorch
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")  # models:/ URIs resolve through the store
+    model = mlflow.pytorch.load_model(tags["xkd.model_uri"])
+    with torch.no_grad():
+        out = model(torch.zeros(2, 3, 32, 32))
+    assert out.logits.shape == (2, 100)
+    info = mlflow.models.get_model_info(tags["xkd.model_uri"])
+    assert len(info.metadata["class_names"]) == 100 and info.metadata["class_names"][0] == "apple"
+    # the same data gives the same digest in a second run; the model is opt-in
+    again = run_cli(["run", "--methods", "kd", "--data-dir", str(cifar_dir), *FAST, "--out", "o"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    kd = next(r for r in _runs(tmp_path)[1] if r.data.params["method"] == "kd")
+    assert client.get_run(kd.info.run_id).inputs.dataset_inputs[0].dataset.digest == ds.dataset.digest
+    assert "xkd.model_uri" not in kd.data.tags
