@@ -37,7 +37,7 @@ class RunConfig:
     test_limit: int = bounded(0, 0, None)               # 0: the whole test set; else a stratified subset (smoke only)
     eval_batch_size: int = bounded(500, 1, None)
     # teacher-side options recorded with every run
-    teacher_logits: str = "zeroshot"  # zeroshot | probe (AMBIG-11)
+    teacher_logits: str = "zeroshot"  # zeroshot | probe (A11 in methods/README.md)
     zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)

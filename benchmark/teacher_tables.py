@@ -33,13 +33,13 @@ def class_prototypes(emb: torch.Tensor) -> torch.Tensor:
 
 
 def zeroshot_logits(emb: torch.Tensor, scale: float) -> torch.Tensor:
-    """z[c, t, k] = s * cos(E[c, t], prototype_k) (METHODS_SPEC 3.1 B)."""
+    """z[c, t, k] = s * cos(E[c, t], prototype_k) (methods/README.md)."""
     return scale * F.normalize(emb.float(), dim=-1) @ class_prototypes(emb).t()
 
 
 def linear_probe_logits(emb: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300,
                         seed: int = 0) -> tuple[torch.Tensor, float]:
-    """Train a linear classifier on frozen teacher embeddings (METHODS_SPEC 3.1 A); return its logits and accuracy.
+    """Train a linear classifier on frozen teacher embeddings (methods/README.md); return its logits and accuracy.
 
     emb: [N, V, d]; labels: [N] (the class of each key). The probe is trained on all variants.
     """

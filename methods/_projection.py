@@ -13,7 +13,7 @@ from methods._base import Hparams, Method, choice, fp, l2n
 
 
 class ProjectionHead(nn.Module):
-    """F_T = alpha * skip(E_T) + (1 - alpha) * MLP(E_T); skip is identity when d_out == d_T (AMBIG-1)."""
+    """F_T = alpha * skip(E_T) + (1 - alpha) * MLP(E_T); skip is identity when d_out == d_T (A1 in methods/README.md)."""
 
     def __init__(self, d_t: int, d_out: int, alpha: float, hidden: int = 0, layers: int = 2):
         super().__init__()
@@ -37,7 +37,7 @@ def alpha_path(d_t: int, d_s: int) -> str:
 
 def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
                     margin_deg: float, margin_mode: str) -> torch.Tensor:
-    """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), see METHODS_SPEC AMBIG-2/3."""
+    """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), methods/README.md A2, A3."""
     f_s, f_t = fp(f_s), fp(f_t)
     if feat_dist == "cos":
         d = 1 - F.cosine_similarity(f_s, f_t, dim=1, eps=1e-8)
@@ -55,10 +55,10 @@ def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin
 @dataclass
 class OursHparams(Hparams):
     alpha: float = bounded(0.6, 0, 1)                 # weight of the frozen embedding in F_T (Tables 5, 10)
-    head_hidden: int = bounded(0, 0, None)               # 0: hidden size = d_T (AMBIG-1)
+    head_hidden: int = bounded(0, 0, None)               # 0: hidden size = d_T (A1 in methods/README.md)
     head_layers: int = bounded(2, 1, 2)               # 2-layer MLP (recommended) or 1 linear layer
     feat_dist: str = choice("l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum", "cos",
-                            help="distance D of the feature-level loss (AMBIG-3; cos for speakers)")
+                            help="distance D of the feature-level loss (A3 in methods/README.md; cos for speakers)")
     margin: float = bounded(0.09, 0, None)               # m for the l2 distances: a squared radius r^2 (Table 12)
     margin_deg: float = bounded(30.0, 0, 180)           # angle for feat_dist=cos (Table 6)
     margin_mode: str = choice("angle", "distance", help="cos margin: R2 zero when theta<=deg, or R1 literal m=cos(deg)")

@@ -1,4 +1,4 @@
-"""Quality-based adaptive sample weights (Sec. 3.4, Eq. 11), after AdaFace's norm scaler (AMBIG-7/8/9)."""
+"""Quality-based adaptive sample weights (Sec. 3.4, Eq. 11), after AdaFace's norm scaler (A7-A9 in methods/README.md)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""ICKD-C (Liu et al. 2021), vector-teacher adaptation (METHODS_SPEC 3.6): channel correlation over the batch."""
+"""ICKD-C (Liu et al. 2021), vector-teacher adaptation (methods/README.md): channel correlation over the batch."""
 from dataclasses import dataclass
 
 import torch

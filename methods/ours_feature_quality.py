@@ -11,8 +11,8 @@ from methods._quality import QualityWeights
 class QualityHparams(OursHparams):
     w_base: float = bounded(1.0, 0, None)
     quality_h: float = bounded(1 / 3, 0, None, lo_open=True)
-    quality_source: str = choice("both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (AMBIG-7)")
-    quality_sigma: str = choice("std", "variance", help="sigma_q (AMBIG-8)")
+    quality_source: str = choice("both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (A7 in methods/README.md)")
+    quality_sigma: str = choice("std", "variance", help="sigma_q (A8 in methods/README.md)")
     quality_momentum: float = bounded(0.01, 0, 1)
     quality_clip: bool = True
 

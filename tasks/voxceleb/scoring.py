@@ -16,7 +16,19 @@ from tasks.voxceleb.audio import AudioBank, read_audio
 
 def eer_and_mindcf(scores, labels, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
     """EER (%) as voxceleb_trainer's tuneThresholdfromScore (max(fpr, fnr) at argmin |fnr - fpr|) and the
-    normalised minDCF of Eq. 12, both from scikit-learn's ROC over every threshold."""
+    normalised minDCF of Eq. 12, both from scikit-learn's ROC over every threshold.
+
+    How this differs from voxceleb_trainer (tuneThresholdfromScore / ComputeErrorRates / ComputeMinDcf):
+    - EER: it calls roc_curve with the default drop_intermediate=True, which removes ROC points that lie on
+      straight segments; argmin |fnr - fpr| then picks among fewer points and can land farther from the
+      crossing (its EER can then differ from the crossing's). Here every threshold is kept
+      (drop_intermediate=False): the exact ROC, so the EER is the closest point to the crossing.
+    - minDCF: its ComputeErrorRates sorts the trials and places a threshold between every two consecutive
+      trials, including between trials with the same score; with tied scores it thus counts operating
+      points no real threshold can reach (half of a tie accepted, half rejected) and can report a lower
+      minDCF. Here thresholds are the distinct scores (roc_curve groups ties): a tie is accepted or rejected
+      as a whole, which is what a deployed threshold does. Without ties both give the same minDCF.
+    Both choices make the metric a function of the scores alone (no dependence on the trials' order)."""
     labels = np.asarray(labels).astype(int)
     if labels.min() == labels.max():
         raise ValueError("EER needs both target and non-target trials")
