@@ -6,19 +6,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED_DATA, run_cli
+from conftest import run_cli, shared_data
 
-ARCHIVE = SHARED_DATA / "tiny-imagenet" / "tiny-imagenet-200-sub100.zip"
 ROOT = "tiny-imagenet-200"
+SUBSET = "tiny-imagenet/tiny-imagenet-200-sub100.zip"
 # n01644900_75 is one of the official greyscale JPEGs
 CLASSES = ["n01644900", "n01443537", "n01698640"]
 
 
+def archive():
+    return shared_data(SUBSET, what="the Tiny-ImageNet archive (100 per class)",
+                       how="any zip of the official layout works; the full one is "
+                           "http://cs231n.stanford.edu/tiny-imagenet-200.zip (`run --task tinyimagenet --data-dir "
+                           "DATA/tiny-imagenet` downloads it)") / SUBSET
+
+
 @pytest.fixture(scope="module")
 def real_zip():
-    if not ARCHIVE.exists():
-        pytest.fail(f"Tiny-ImageNet archive not found at {ARCHIVE}: the tests read ../shared/data (set XKD_SHARED_DATA)")
-    return zipfile.ZipFile(ARCHIVE)
+    return zipfile.ZipFile(archive())
 
 
 def make_subset(real_zip, path, train_per_class=(0, 1, 75), corrupt=None):
@@ -89,6 +94,7 @@ def test_a_damaged_archive_is_one_line_and_leaves_no_cache(tmp_path, real_zip, d
 
 def test_every_method_runs_on_the_real_archive(tmp_path):
     from benchmark.registry import METHODS
+    ARCHIVE = archive()
     res = run_cli(["run", "--task", "tinyimagenet", "--methods", "all", "--profile", "smoke",
                    "--data-dir", str(ARCHIVE.parent), "--set", "data_fraction=0.02", "--set", "test_limit=400",
                    "--out", "o"], tmp_path)

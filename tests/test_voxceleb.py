@@ -8,7 +8,7 @@ from benchmark.config import build_config
 from benchmark.registry import METHODS, UsageError
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
-from conftest import SHARED_DATA, run_cli
+from conftest import run_cli, speaker_sources
 from tasks.voxceleb import VoxCeleb
 from tasks.voxceleb.sampler import pair_batches
 
@@ -100,7 +100,7 @@ def test_ir50_loads_a_checkpoint_and_rejects_a_wrong_one(tmp_path):
 
 def test_weak_face_teacher_is_trained_on_training_faces():
     from benchmark.teachers.face import WeakFace
-    z = np.load(SHARED_DATA / "faces-orl" / "orl_faces_uint8.npz")
+    z = np.load(speaker_sources() / "faces-orl" / "orl_faces_uint8.npz")
     keep = z["labels"] < 4
     imgs, labels = list(z["images"][keep]), z["labels"][keep]
     t = WeakFace(epochs=8)
