@@ -31,9 +31,9 @@ def shared_data(*rels: str, what: str, how: str) -> Path:
     pytest.skip(msg)
 
 
-CIFAR_HOW = ("get it with `python -m benchmark run --task cifar100 --profile smoke --data-dir DATA/cifar100` on a "
-             "machine with a network (torchvision downloads cifar-100-python/), or the cifar100_uint8.npz + meta.json "
-             "layout of ../shared/data")
+CIFAR_HOW = ("the tests read the cifar100_uint8.npz (x_train [50000, 32, 32, 3] uint8, y_train, x_test, y_test) + "
+             "meta.json (fine_label_names, coarse_label_names, fine_to_coarse) layout; the harness itself also reads "
+             "torchvision's cifar-100-python/ and downloads it where a network exists")
 
 
 @pytest.fixture(scope="session")
