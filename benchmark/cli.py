@@ -58,6 +58,9 @@ def prepare(args):
     methods = select_methods(args.methods)
     cfg_sets, hp = split_sets(parse_sets(args.set), methods)
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
+    if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
+        from benchmark.datasets import data_root
+        flags["data_dir"] = str(data_root() / task.data_folder)
     cfg = build_config(task, args.profile, flags, cfg_sets)
     STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.trainer import resolve_device, resolve_hparams
@@ -190,6 +193,11 @@ def cmd_study(args) -> int:
     return study(args)
 
 
+def cmd_data(args) -> int:
+    from benchmark.datasets import cmd_data as data
+    return data(args)
+
+
 def cmd_fixture(args) -> int:
     if args.which != "voxceleb":
         raise UsageError(f"unknown fixture '{args.which}'; known: voxceleb")
@@ -213,7 +221,8 @@ def common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick")
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, from the config seed (default 0) up")
     p.add_argument("--student"), p.add_argument("--teacher")
-    p.add_argument("--data-dir", dest="data_dir")
+    p.add_argument("--data-dir", dest="data_dir", help="the dataset's folder (default: its folder under the data "
+                   "root $XKD_DATA or ~/.cache/xkd-bench/data, fetched there when missing; speaker task: required)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run-config field or a method hyperparameter (repeatable)")
@@ -256,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--experiment")
     st.add_argument("--out", help="checkpoint folder (default runs/study-<name>)")
     st.set_defaults(fn=cmd_study, methods=None)
+    da = sub.add_parser("data", help="fetch datasets from their official sources into the data root, or list them")
+    da.add_argument("action", choices=["fetch", "list"])
+    da.add_argument("name", nargs="?", default="all", help="cifar100, tinyimagenet, fsdd, orl or all (fetch)")
+    da.add_argument("--root", help="data root (default $XKD_DATA or ~/.cache/xkd-bench/data)")
+    da.set_defaults(fn=cmd_data)
     fx = sub.add_parser("fixture", help="build the small real speaker fixture (FSDD + ORL + sonic-pi noise)")
     fx.add_argument("which", help="voxceleb")
     fx.add_argument("--out", required=True)

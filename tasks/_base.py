@@ -63,6 +63,7 @@ class Task:
     description: str = ""
     profiles: dict[str, dict[str, Any]] = {}
     profile_notes: dict[str, str] = {}
+    data_folder: str | None = None       # its folder under the data root when --data-dir is absent (None: required)
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table

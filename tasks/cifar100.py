@@ -112,6 +112,7 @@ def _stratified_head(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
 @TASKS.register("cifar100", "CIFAR-100 image classification, text teacher (prompts x class names); top-1 and matching")
 class Cifar100(Task):
     name = "cifar100"
+    data_folder = "cifar100"  # under the data root when --data-dir is not given
     profile_notes = {"smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
                      "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs; all methods in ~25 min on 2 cores",
                      "paper": "the paper's recipe: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, "
@@ -132,8 +133,6 @@ class Cifar100(Task):
 
     def read(self, cfg):
         """(x_train, y_train, x_test, y_test, class names, a group per class or None, facts for the params)."""
-        if not cfg.data_dir:
-            raise UsageError("cifar100 needs --data-dir DIR (cifar100_uint8.npz + meta.json, or torchvision's cifar-100-python/)")
         xtr, ytr, xte, yte, names, f2c, _, layout = read_cifar100(cfg.data_dir)
         return xtr, ytr, xte, yte, names, f2c, {"data_layout": layout}
 

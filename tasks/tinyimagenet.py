@@ -33,6 +33,7 @@ from benchmark.teacher_cache import default_cache_dir
 from tasks.cifar100 import Cifar100
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the official archive, as the loaders that download it check
 ROOT = "tiny-imagenet-200"
 OFFICIAL_TRAIN_PER_CLASS = 500
 LAYOUT = (f"{ROOT}/{{wnids.txt, words.txt, train/<wnid>/images/<wnid>_<i>.JPEG, val/images/*.JPEG, "
@@ -116,10 +117,14 @@ def download(data_dir: Path) -> _Zip:
     target = data_dir / f"{ROOT}.zip"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        md5 = hashlib.md5()
         with tempfile.NamedTemporaryFile(dir=data_dir, suffix=".part", delete=False) as tmp:
             print(f"downloading {URL} to {target} (about 237 MB)", file=sys.stderr, flush=True)
             with urllib.request.urlopen(URL, timeout=60) as r:
-                shutil.copyfileobj(r, tmp, 1 << 22)
+                for block in iter(lambda: r.read(1 << 22), b""):
+                    tmp.write(block), md5.update(block)
+        if md5.hexdigest() != MD5:
+            raise ValueError(f"md5 {md5.hexdigest()}, expected {MD5}")
         with zipfile.ZipFile(tmp.name) as z:
             bad = z.testzip()
             if bad is not None or f"{ROOT}/wnids.txt" not in z.namelist():
@@ -225,6 +230,7 @@ def read_tinyimagenet(data_dir: str, cache_root: Path | None = None) -> tuple[di
 class TinyImageNet(Cifar100):
     """The CIFAR-100 protocol (teacher tables, augmentation, evaluation) on Tiny-ImageNet's images."""
     name = "tinyimagenet"
+    data_folder = "tiny-imagenet"
     mean = (0.4802, 0.4481, 0.3975)
     std = (0.2770, 0.2691, 0.2821)
     profile_notes = {
@@ -243,9 +249,6 @@ class TinyImageNet(Cifar100):
     }
 
     def read(self, cfg):
-        if not cfg.data_dir:
-            raise UsageError(f"tinyimagenet needs --data-dir DIR (a zip of {LAYOUT}, or the extracted folder; "
-                             f"empty: the official archive is downloaded there)")
         a, info = read_tinyimagenet(cfg.data_dir)
         return (a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(n) for n in a["class_names"]],
                 None, info)
