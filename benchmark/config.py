@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from benchmark.fields import bounded, check_fields
+from benchmark.fields import bounded, choice, check_fields
 from benchmark.registry import UsageError
 
 
@@ -16,6 +16,7 @@ class RunConfig:
     teacher: str = "minilm"
     data_dir: str = ""
     device: str = "auto"
+    precision: str = choice("auto", "bf16", "fp32", help="auto: bf16 autocast on CUDA, fp32 on CPU; bf16 also on CPU")
     seed: int = bounded(0, 0, None)
     # optimisation
     epochs: int = bounded(1, 1, None)

@@ -51,6 +51,13 @@ def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
         if col not in df:
             df[col] = None
         df[col] = df[col].fillna("")
+    # a run-config field added after some runs were made: those runs ran with its default
+    from dataclasses import asdict
+
+    from benchmark.config import RunConfig
+    for k, v in asdict(RunConfig()).items():
+        if f"params.{k}" in df:
+            df[f"params.{k}"] = df[f"params.{k}"].fillna(str(v))
     df = df.sort_values("start_time").reset_index(drop=True)
     return df
 

@@ -140,6 +140,12 @@ class Cifar100(Task):
         xtr, ytr, xte, yte, names, groups, facts = self.read(cfg)
         ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
         k = len(names)
+        n_val = round(cfg.val_fraction * len(ytr))
+        n_train = round(cfg.data_fraction * (len(ytr) - n_val))
+        for what, n in (("val_fraction", n_val), ("data_fraction", n_train)):
+            if n < k:  # a stratified split needs one image of each class on each side
+                raise UsageError(f"{what}={getattr(cfg, what)} leaves {n} images for {k} classes; a stratified "
+                                 f"split needs at least one per class")
         idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr,
                                            random_state=cfg.split_seed)
         if cfg.data_fraction < 1:
