@@ -206,6 +206,8 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_and_resumable(tmp_path, cifar_dir
     assert lines[-1].startswith(word) and "Traceback" not in err, err[-2000:]
     (run,) = _train_runs(tmp_path)
     assert run.info.status == "KILLED"
+    if sig == signal.SIGINT:
+        return  # the same KILLED state as SIGTERM; resuming it is checked once, below
     again = run_cli([*args, "--resume"], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     (run2,) = _train_runs(tmp_path)
