@@ -14,6 +14,7 @@ line names the URL and the layout expected.
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,19 @@ from benchmark.registry import UsageError
 
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v1.0.10.tar.gz"
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+# GitHub regenerates tag archives (their bytes, hence an archive checksum, are not stable), so the content is
+# checked: sha256 over the recordings in name order (name, NUL, 8-byte little-endian length, bytes). Computed
+# from the v1.0.10 tree, whose 3,000 recordings are byte-identical to the repository's current ones.
+FSDD_SHA256 = "2f17dea19a57e5b41c96377cc76619e34da46105a595ef978b7d26466f8a9689"
+
+
+def recordings_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.glob("*.wav"), key=lambda p: p.name):
+        data = p.read_bytes()
+        h.update(p.name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 def data_root() -> Path:
@@ -97,18 +111,25 @@ def fetch_fsdd(root: Path) -> Path:
         raw = _download(FSDD_URL, "fsdd", "recordings/<digit>_<speaker>_<index>.wav and speakers.json")
         (tmp / "recordings").mkdir()
         meta = None
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
-            for m in tar.getmembers():
-                name = m.name.split("/", 1)[-1]
-                if m.isfile() and name.startswith("recordings/") and name.endswith(".wav"):
-                    (tmp / name).write_bytes(tar.extractfile(m).read())
-                elif m.isfile() and name == "metadata.py":
-                    meta = tar.extractfile(m).read().decode()
+        try:
+            with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+                for m in tar.getmembers():
+                    name = m.name.split("/", 1)[-1]
+                    if m.isfile() and name.startswith("recordings/") and name.endswith(".wav") and "/" not in name[11:]:
+                        (tmp / name).write_bytes(tar.extractfile(m).read())
+                    elif m.isfile() and name == "metadata.py":
+                        meta = tar.extractfile(m).read().decode()
+        except (tarfile.TarError, EOFError, OSError, UnicodeDecodeError) as e:  # truncated or corrupt download
+            raise UsageError(f"fsdd: the archive from {FSDD_URL} cannot be read ({type(e).__name__}: {e})") from None
         wavs = list((tmp / "recordings").glob("*.wav"))
         speakers = {w.name.split("_")[1] for w in wavs}
         if len(wavs) < 3000 or not set(FSDD_SPEAKERS) <= speakers or meta is None:
             raise UsageError(f"fsdd: {FSDD_URL} holds {len(wavs)} recordings of {sorted(speakers)}; expected 3,000 "
                              f"of {', '.join(FSDD_SPEAKERS)} and metadata.py")
+        digest = recordings_digest(tmp / "recordings")
+        if digest != FSDD_SHA256:
+            raise UsageError(f"fsdd: the recordings from {FSDD_URL} have sha256 {digest}, expected {FSDD_SHA256} "
+                             "(the v1.0.10 recordings)")
         tree = ast.parse(meta)
         value = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
                      and any(getattr(t, "id", "") == "metadata" for t in n.targets))

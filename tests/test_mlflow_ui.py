@@ -1,5 +1,7 @@
-"""`mlflow ui` on 127.0.0.1 shows a logged run in headless Chromium (Debian's chromium, driven by Playwright)."""
+"""`mlflow ui` on 127.0.0.1 shows logged runs in headless Chromium (Debian's chromium, driven by Playwright), and
+its search box filters them by the `method` tag every run carries."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,16 +20,17 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def test_mlflow_ui_lists_a_logged_run(tmp_path):
+def test_mlflow_ui_lists_runs_and_filters_them_by_the_method_tag(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("xkd-ui-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    run = client.create_run(exp, run_name="ours_feature/seed7")
-    client.log_metric(run.info.run_id, "test_top1", 12.5)
-    client.set_terminated(run.info.run_id)
+    for method in ("ours_feature", "kd"):
+        run = client.create_run(exp, run_name=f"{method}/seed7", tags={"method": method, "xkd.kind": "train"})
+        client.log_metric(run.info.run_id, "test_top1", 12.5)
+        client.set_terminated(run.info.run_id)
     port = free_port()
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
@@ -51,6 +54,12 @@ def test_mlflow_ui_lists_a_logged_run(tmp_path):
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs", wait_until="domcontentloaded")
                 page.get_by_text("ours_feature/seed7").first.wait_for(timeout=60000)
+                page.get_by_text("kd/seed7", exact=True).first.wait_for(timeout=60000)
+                box = page.get_by_placeholder(re.compile("metrics|attributes|tags", re.I)).first
+                box.fill("tags.method = 'kd'")
+                box.press("Enter")
+                page.get_by_text("ours_feature/seed7").first.wait_for(state="detached", timeout=60000)
+                assert page.get_by_text("kd/seed7", exact=True).first.is_visible()
             finally:
                 browser.close()
     finally:
