@@ -104,13 +104,15 @@ def cmd_run(args) -> int:
     from benchmark.trainer import Diverged, run_one
     task, methods, hp, cfg, data = prepare(args)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.profile}")
-    tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
+    cache = TeacherCache(args.cache_dir)
+    tables = task.teacher_tables(cfg, data, cache)
     tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
     print(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
           f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
           flush=True)
     results, failed, t0 = [], 0, time.time()
     for seed in range(cfg.seed, cfg.seed + args.seeds):
+        data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
         for m in methods:
             try:
                 r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)

@@ -38,7 +38,7 @@ class RunConfig:
     test_limit: int = bounded(0, 0, None)               # 0: the whole test set; else a stratified subset (smoke only)
     eval_batch_size: int = bounded(500, 1, None)
     # teacher-side options recorded with every run
-    teacher_logits: str = "zeroshot"  # zeroshot | probe (A11 in methods/README.md)
+    teacher_logits: str = "zeroshot"  # zeroshot | probe (A11 in methods/README.md) | own (a trained teacher's classifier)
     zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)
@@ -52,6 +52,17 @@ class RunConfig:
     match_triplets: int = bounded(10000, 0, None)       # per direction (A-F, F-A) and setting (O, H)
     val_utts_per_speaker: int = bounded(8, 2, None)     # utterances of each held-out validation speaker
     val_trials_per_speaker: int = bounded(10, 1, None)  # target trials per held-out speaker (and as many non-target trials)
+    # synthetic task (ignored elsewhere; tasks/synthetic_data.py states the generator)
+    synth_gamma: float = bounded(0.5, 0, 1)             # share of the teacher's D decisive factors the student also sees
+    synth_beta: float = bounded(0.25, 0, None)          # student-only decisive factors, as a share of D
+    synth_factors: int = bounded(16, 1, None)           # D, the teacher modality's decisive factors
+    synth_classes: int = bounded(20, 2, None)
+    synth_nuisance: int = bounded(8, 0, None)           # nuisance dimensions per modality
+    synth_separation: float = bounded(1.0, 0, None, lo_open=True)  # s, scale of the class means
+    synth_noise: float = bounded(0.5, 0, None)          # sigma, observation noise on each input
+    synth_per_class: str = "100,50,100"                 # train,val,test samples per class
+    synth_data: str = choice("per_seed", "fixed", help="per_seed: a new draw of the generator for every seed "
+                             "(intervals cover the data too); fixed: one draw from split_seed for all seeds")
     # operations
     stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = bounded(0, 0, None)              # 0: torch default
@@ -73,7 +84,7 @@ def defining_fields() -> list[str]:
 
 
 CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
-           "teacher_logits": ("zeroshot", "probe"), "match_proto": ("head_then_mean", "mean_then_head")}
+           "teacher_logits": ("zeroshot", "probe", "own"), "match_proto": ("head_then_mean", "mean_then_head")}
 
 
 def convert(key: str, raw: str, typ: Any) -> Any:

@@ -6,7 +6,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet34
 from torchvision.models.resnet import BasicBlock
 
-from benchmark.registry import STUDENTS
+from benchmark.registry import STUDENTS, UsageError
 from benchmark.types import StudentOut
 
 
@@ -70,6 +70,40 @@ STUDENTS.add("resnet8", lambda k: _small_resnet([32, 64, 128], k),
              "3-stage ResNet8, widths 32/64/128, 0.3M params, d_S=128 (fast on CPU)")
 STUDENTS.add("resnet8_w16", lambda k: _small_resnet([16, 32, 64], k),
              "3-stage ResNet8, widths 16/32/64, 0.08M params, d_S=64 (tests and smoke runs)")
+
+
+class MLPStudent(Student):
+    """Vector inputs [B, d_in]: stages of Linear -> BatchNorm -> ReLU; each stage's output is a [B, C, 1, 1]
+    map, so map-based methods (FitNet's hint, SP on the last map) run unchanged."""
+    channels_last = False
+    vector_input = True
+
+    def __init__(self, in_dim: int, widths: list[int], num_classes: int):
+        stages, cin = [], in_dim
+        for w in widths:
+            stages.append(nn.Sequential(nn.Linear(cin, w, bias=False), nn.BatchNorm1d(w), nn.ReLU(inplace=True)))
+            cin = w
+        super().__init__(nn.Identity(), stages, list(widths), num_classes)
+
+    def run_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [m[:, :, None, None] for m in super().run_stages(x)]
+
+
+STUDENTS.add("mlp", lambda k, d_in: MLPStudent(d_in, [128, 128, 64], k),
+             "3-stage MLP 128/128/64 for vector inputs (the synthetic task), d_S=64")
+
+
+def build_student(name: str, data) -> Student:
+    """The named student for a task's data: vector students (MLP) are sized to the input width."""
+    builder = STUDENTS.get(name)
+    x = data.train.x
+    vector_data = isinstance(x, torch.Tensor) and x.ndim == 2
+    vector_net = builder.__code__.co_argcount == 2 if hasattr(builder, "__code__") else False
+    if vector_data != vector_net:
+        kind = "vector inputs [N, d]" if vector_data else "images or audio"
+        raise UsageError(f"student '{name}' does not fit this task's {kind}; "
+                         f"{'use --set student=mlp' if vector_data else 'mlp is for the synthetic task only'}")
+    return builder(data.num_classes, int(x.shape[1])) if vector_net else builder(data.num_classes)
 
 
 class SEBasicBlock(nn.Module):

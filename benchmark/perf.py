@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import STUDENTS
+from benchmark.nets import build_student
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context, build_optimizer
 
@@ -33,7 +33,7 @@ def _interleaved_throughput(steps_fns: list, n_batches: list[int], batch: int, s
 def bare_loop_step(cfg, task, data, device):
     """The same student, data tensors, augmentation, CE and SGD with none of the harness around them."""
     torch.manual_seed(cfg.seed)
-    net = STUDENTS.get(cfg.student)(data.num_classes).to(device)
+    net = build_student(cfg.student, data).to(device)
     net = net.to(memory_format=torch.channels_last) if net.channels_last else net
     opt = build_optimizer(net.parameters(), cfg)
     gen = torch.Generator().manual_seed(0)

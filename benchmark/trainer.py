@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.config import OPERATIONAL, RunConfig
-from benchmark.registry import METHODS, STUDENTS, UsageError
+from benchmark.nets import build_student
+from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from methods._base import hparam_fields
@@ -79,7 +80,7 @@ class Context:
         self.device = resolve_device(cfg.device)
         self.tables = tables.to(self.device)
         torch.manual_seed(cfg.seed)
-        self.student = STUDENTS.get(cfg.student)(data.num_classes).to(self.device)
+        self.student = build_student(cfg.student, data).to(self.device)
         if self.student.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)

@@ -234,6 +234,9 @@ class Objective:
                         trial.report(m[self.task.selection_metric], epoch)
                         if trial.should_prune():
                             raise optuna.TrialPruned()
+                from benchmark.teacher_cache import TeacherCache
+                self.data, self.tables = self.task.data_for_seed(replace(self.cfg, seed=seed), self.data, self.tables,
+                                                                 TeacherCache())
                 r = run_one(replace(self.cfg, seed=seed), self.task, self.data, self.tables, self.method,
                             {**self.base_hp, **params}, self.tracker, self.out, parent_run_id=run, on_epoch=report,
                             tags={"xkd.study": trial.study.study_name, "study": trial.study.study_name,

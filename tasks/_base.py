@@ -77,6 +77,10 @@ class Task:
     def teacher_tables(self, cfg, data: TaskData, cache):
         raise NotImplementedError
 
+    def data_for_seed(self, cfg, data: TaskData, tables, cache):
+        """(data, tables) for the run seed cfg.seed: those already loaded, unless the task draws its data per seed."""
+        return data, tables
+
     def augment(self, x: torch.Tensor, gen: torch.Generator | None, train: bool, cfg) -> torch.Tensor:
         raise NotImplementedError
 

@@ -165,6 +165,8 @@ class Cifar100(Task):
                         class_groups=None if groups is None else torch.from_numpy(np.asarray(groups)))
 
     def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
+        if cfg.teacher_logits not in ("zeroshot", "probe"):
+            raise UsageError(f"{self.name}: teacher_logits must be zeroshot or probe (a text teacher has no classifier)")
         teacher = build_teacher(cfg.teacher)
         templates = prompt_templates()
         prompts = [t(c) for c in data.class_names for t in templates]

@@ -6,14 +6,11 @@ import tarfile
 
 import pytest
 
-from conftest import run_cli, speaker_sources
+from conftest import run_cli, shared_data, speaker_sources
 
 
 def test_data_list_shows_what_is_present(tmp_path):
-    from conftest import DATA_ROOTS
-    root = next(r for r in DATA_ROOTS if (r / "cifar100").exists()) if any((r / "cifar100").exists() for r in DATA_ROOTS) else None
-    if root is None:
-        pytest.skip("no data root with cifar100")
+    root = shared_data("cifar100", what="a data root holding cifar100/", how="python -m benchmark data fetch cifar100")
     res = run_cli(["data", "list", "--root", str(root)], tmp_path)
     assert res.returncode == 0, res.stderr
     line = next(line for line in res.stdout.splitlines() if line.strip().startswith("cifar100"))

@@ -142,13 +142,14 @@ class WeakFace:
         net = resnet34(num_classes=int(y.max()) + 1)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(0)
-        for _ in range(self.epochs):
-            for idx in torch.randperm(len(y), generator=g).split(64):  # the first len(labels) images are training faces
-                xb = torch.where(torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5, x[idx].flip(3), x[idx])
-                loss = F.cross_entropy(net(xb), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        with torch.enable_grad():  # the teacher cache calls encode() under no_grad
+            for _ in range(self.epochs):
+                for idx in torch.randperm(len(y), generator=g).split(64):  # the first len(labels) images are training faces
+                    xb = torch.where(torch.rand(len(idx), 1, 1, 1, generator=g) < 0.5, x[idx].flip(3), x[idx])
+                    loss = F.cross_entropy(net(xb), y[idx])
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
         net.fc = nn.Identity()
         net.eval()
         with torch.no_grad():

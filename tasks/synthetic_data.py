@@ -1,0 +1,104 @@
+"""The synthetic cross-modal generator: known shared, teacher-only and student-only decisive factors.
+
+For K classes, D teacher-decisive factors, a shared share gamma, a student-only share beta, n nuisance
+dimensions per modality, class separation s and observation noise sigma (all from one seed):
+
+    D_sh = round(gamma * D)     factors both modalities see         (modality-general decisive)
+    D_to = D - D_sh             factors only the teacher's sees     (teacher-specific decisive)
+    D_so = round(beta * D)      factors only the student's sees     (student-specific decisive)
+
+    y ~ uniform over {0..K-1} (exactly the same number per class)
+    mu_c ~ N(0, s^2 I_{D + D_so})                  one mean per class, drawn once
+    z = (z_sh, z_to, z_so) = mu_y + eps,  eps ~ N(0, I)
+    u_T, u_S ~ N(0, I_n)                           nuisance, independent of y and of each other
+    h_T = (z_sh, z_to, u_T) / c,  h_S = (z_sh, z_so, u_S) / c,   c = sqrt(1 + s^2)
+    x_m = g_m(h_m) + sigma * xi_m,  xi_m ~ N(0, I_{d_m}),   m in {T, S}
+    g_m(h) = W2_m tanh(W1_m h) / sqrt(H),  W1_m ~ N(0, 1/dim h) [H x dim h], W2_m ~ N(0, 1) [d_m x H]
+
+with H = 4 * d_m hidden units and different input widths d_T != d_S; g_T, g_S and the class means are
+fixed per data seed and shared by the train, validation and test draws. The label depends on z only
+through the class means, so with gamma = 0 the student's input carries no teacher-decisive factor
+(only its own D_so factors), and with gamma = 0 and beta = 0 it carries no information about y at all.
+
+Modality Focusing Hypothesis (Xue et al., ICLR 2023, github.com/zihuixue/MFH, gauss/main.py) is the special
+case K = 2, g_m = identity (the factors placed into Gaussian noise dimensions), labels from a random
+hyperplane over all decisive factors instead of class means, linear teacher and student, plain KD; its
+gamma is the shared (overlap) share of the teacher's decisive factors, as here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SyntheticSpec:
+    classes: int = 20
+    factors: int = 16          # D
+    gamma: float = 0.5
+    beta: float = 0.25
+    nuisance: int = 8          # n, per modality
+    separation: float = 1.0    # s
+    noise: float = 0.5         # sigma
+    teacher_dim: int = 64      # d_T
+    student_dim: int = 48      # d_S
+
+    @property
+    def d_sh(self) -> int:
+        return round(self.gamma * self.factors)
+
+    @property
+    def d_so(self) -> int:
+        return round(self.beta * self.factors)
+
+
+@dataclass
+class Draw:
+    """One split: labels, both modalities' inputs and the latent factors (for tests and probes)."""
+    y: torch.Tensor            # [N] int64
+    x_teacher: torch.Tensor    # [N, d_T] float32
+    x_student: torch.Tensor    # [N, d_S] float32
+    z_shared: torch.Tensor     # [N, D_sh]
+    z_teacher: torch.Tensor    # [N, D_to]
+    z_student: torch.Tensor    # [N, D_so]
+
+
+class Generator:
+    """The fixed parts (class means, the two maps) from `seed`; draw(n_per_class, seed) samples a split."""
+
+    def __init__(self, spec: SyntheticSpec, seed: int):
+        self.spec = spec
+        g = torch.Generator().manual_seed(seed)
+        d, s = spec.factors, spec.separation
+        self.means = s * torch.randn(spec.classes, d + spec.d_so, generator=g, dtype=torch.float64)
+        self.maps = [self._map(spec.d_sh + (d - spec.d_sh) + spec.nuisance, spec.teacher_dim, g),
+                     self._map(spec.d_sh + spec.d_so + spec.nuisance, spec.student_dim, g)]
+
+    @staticmethod
+    def _map(d_in: int, d_out: int, g: torch.Generator):
+        hidden = 4 * d_out
+        w1 = torch.randn(hidden, d_in, generator=g, dtype=torch.float64) / math.sqrt(max(d_in, 1))
+        w2 = torch.randn(d_out, hidden, generator=g, dtype=torch.float64)
+        return w1, w2
+
+    @staticmethod
+    def _apply(m, h: torch.Tensor) -> torch.Tensor:
+        w1, w2 = m
+        return torch.tanh(h @ w1.t()) @ w2.t() / math.sqrt(w1.shape[0])
+
+    def draw(self, per_class: int, seed: int) -> Draw:
+        sp = self.spec
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(sp.classes).repeat_interleave(per_class)
+        n = len(y)
+        z = self.means[y] + torch.randn(n, sp.factors + sp.d_so, generator=g, dtype=torch.float64)
+        z_sh, z_to, z_so = z[:, :sp.d_sh], z[:, sp.d_sh:sp.factors], z[:, sp.factors:]
+        u_t = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
+        u_s = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
+        c = math.sqrt(1 + sp.separation ** 2)
+        h_t, h_s = torch.cat([z_sh, z_to, u_t], 1) / c, torch.cat([z_sh, z_so, u_s], 1) / c
+        x_t = self._apply(self.maps[0], h_t) + sp.noise * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
+        x_s = self._apply(self.maps[1], h_s) + sp.noise * torch.randn(n, sp.student_dim, generator=g, dtype=torch.float64)
+        return Draw(y, x_t.float(), x_s.float(), z_sh.float(), z_to.float(), z_so.float())

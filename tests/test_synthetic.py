@@ -1,0 +1,102 @@
+"""The synthetic task: the generator's shared / modality-specific structure holds (linear probes), draws are
+deterministic per seed, every method runs end to end, per-seed data, and bad settings are refused."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, Ridge
+
+from conftest import run_cli
+from tasks.synthetic_data import Generator, SyntheticSpec
+
+
+def draws(seed=0, per_class=100, **kw):
+    g = Generator(SyntheticSpec(**kw), seed)
+    return g.draw(per_class, 1), g.draw(per_class, 2)
+
+
+def probe_acc(x_tr, y_tr, x_te, y_te) -> float:
+    m = LogisticRegression(max_iter=3000).fit(x_tr.numpy(), y_tr.numpy())
+    return m.score(x_te.numpy(), y_te.numpy())
+
+
+def ridge_r2(x_tr, z_tr, x_te, z_te) -> float:
+    return Ridge(alpha=1.0).fit(x_tr.numpy(), z_tr.numpy()).score(x_te.numpy(), z_te.numpy())
+
+
+def test_same_seed_same_draw_other_seed_other_draw():
+    a, b = Generator(SyntheticSpec(), 3).draw(10, 7), Generator(SyntheticSpec(), 3).draw(10, 7)
+    for f in ("y", "x_teacher", "x_student", "z_shared", "z_teacher", "z_student"):
+        assert torch.equal(getattr(a, f), getattr(b, f))
+    c = Generator(SyntheticSpec(), 4).draw(10, 7)
+    assert not torch.allclose(a.x_student, c.x_student)
+    assert a.x_teacher.shape == (200, 64) and a.x_student.shape == (200, 48) and a.x_teacher.dtype == torch.float32
+
+
+def test_factor_counts_follow_gamma_and_beta():
+    tr, _ = draws(per_class=2, gamma=0.25, beta=0.5, factors=16)
+    assert tr.z_shared.shape[1] == 4 and tr.z_teacher.shape[1] == 12 and tr.z_student.shape[1] == 8
+    tr, _ = draws(per_class=2, gamma=0.0, beta=0.0)
+    assert tr.z_shared.shape[1] == 0 and tr.z_student.shape[1] == 0 and tr.z_teacher.shape[1] == 16
+
+
+def test_gamma_0_beta_0_the_student_modality_carries_no_label_information():
+    """With no shared and no student-only factors, a probe on the student's input is at chance (1/20) while
+    the teacher's input and its teacher-only factors (here all the decisive factors) are far above it."""
+    tr, te = draws(gamma=0.0, beta=0.0)
+    chance = 1 / 20
+    assert probe_acc(tr.x_student, tr.y, te.x_student, te.y) < chance + 0.03
+    on_factors = probe_acc(tr.z_teacher, tr.y, te.z_teacher, te.y)
+    assert on_factors > 0.6 and probe_acc(tr.x_teacher, tr.y, te.x_teacher, te.y) > 0.3
+    # nothing to regress: held-out R^2 at or below 0 (about -48/2000 from fitting 48 noise inputs)
+    assert ridge_r2(tr.x_student, tr.z_teacher, te.x_student, te.z_teacher) < 0.02
+
+
+def test_teacher_only_factors_are_invisible_to_the_student_beyond_the_class():
+    """gamma = 0.5, beta = 0.5: the within-class part of the teacher-only factors cannot be read from the
+    student's input (R^2 ~ 0), while that of the shared factors can (R^2 well above 0)."""
+    tr, te = draws(gamma=0.5, beta=0.5)
+    means = lambda d, z: torch.stack([z[d.y == c].mean(0) for c in range(20)])[d.y]  # noqa: E731
+    res = lambda d, z: z - means(d, z)  # noqa: E731
+    r2_teacher_only = ridge_r2(tr.x_student, res(tr, tr.z_teacher), te.x_student, res(te, te.z_teacher))
+    r2_shared = ridge_r2(tr.x_student, res(tr, tr.z_shared), te.x_student, res(te, te.z_shared))
+    assert r2_teacher_only < 0.02 and r2_shared > 0.3
+
+
+def test_more_shared_factors_more_label_information_in_the_student_modality():
+    accs = []
+    for gamma in (0.0, 1.0):
+        tr, te = draws(gamma=gamma, beta=0.0)
+        accs.append(probe_acc(tr.x_student, tr.y, te.x_student, te.y))
+    assert accs[0] < 0.08 and accs[1] > 0.3
+
+
+def test_every_method_runs_and_data_is_drawn_per_seed(tmp_path):
+    res = run_cli(["run", "--task", "synthetic", "--methods", "all", "--profile", "smoke", "--seeds", "2",
+                   "--set", "synth_gamma=0.25", "--out", "o"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from benchmark.registry import METHODS
+    runs = pd.read_csv(tmp_path / "o" / "runs.csv")
+    assert sorted(runs["method"].unique()) == sorted(METHODS.names()) and len(runs) == 2 * len(METHODS.names())
+    assert runs["test_top1"].notna().all() and (runs["test_top1"] > 0).all()
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xkd-synthetic")
+    params = [r.data.params for r in client.search_runs([exp.experiment_id])]
+    seeds = {(p["seed"], p["synth_data_seed"], p["teacher_test_acc"]) for p in params}
+    assert len(seeds) == 2 and len({s[1] for s in seeds}) == 2  # one data draw (and teacher) per seed
+    assert {p["synth_gamma"] for p in params} == {"0.25"} and {p["synth_shared_factors"] for p in params} == {"4"}
+    assert all(float(p["teacher_test_acc"]) > 100 / 20 for p in params)  # the teacher beats chance
+
+
+@pytest.mark.parametrize("sets,needle", [(["synth_per_class=10,5"], "three positive integers"),
+                                         (["student=resnet8_w16"], "student=mlp"),
+                                         (["synth_gamma=1.5"], "synth_gamma=1.5 is out of range"),
+                                         (["synth_data=sometimes"], "choose one of per_seed, fixed")])
+def test_bad_synthetic_settings_are_refused(tmp_path, sets, needle):
+    args = ["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"]
+    for s in sets:
+        args += ["--set", s]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 2 and needle in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
