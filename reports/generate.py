@@ -414,6 +414,77 @@ def fig_ablations(runs: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+SWEEPS = [("synth_gamma", "gamma", "share of the teacher's decisive factors the student also sees"),
+          ("synth_beta", "beta", "student-only decisive factors, as a share of the teacher's")]
+
+
+def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """The synthetic task's sweeps: per value of gamma (beta), each method's paired gain over the baseline
+    (test top-1, matched seeds: the same seed is the same data draw and teacher for every method), the
+    baseline's and the teacher's own accuracy; a table and a figure per swept field."""
+    task = task_info("synthetic")
+    if runs.empty or task is None:
+        return "", []
+    metric = f"metrics.{task.summary_metrics[0][0]}"
+    pool = runs[(runs["params.task"] == "synthetic") & (runs["tags.xkd.study"] == "")]
+    parts, figs = [], []
+    for field, name, meaning in SWEEPS:
+        col = f"params.{field}"
+        if pool.empty or col not in pool or metric not in pool:
+            continue
+        sel = pool.assign(_setting=_key(pool, setting_columns(pool, {col})), _variant=_key(pool, variant_columns(pool, set())))
+        swept = sel.groupby("_setting")[col].nunique()
+        if swept.max() < 2:
+            continue
+        sel = sel[sel["_setting"] == sel[sel["_setting"].isin(swept[swept >= 2].index)]["_setting"].value_counts().idxmax()]
+        sel = sel.assign(_x=pd.to_numeric(sel[col]))
+        xs = sorted(sel["_x"].unique())
+        fixed = [c for c in differing(pool, setting_columns(pool, {col})) if c in sel]
+        held = ", ".join(f"{c.removeprefix('params.')}={sel[c].iloc[0]}" for c in fixed) or "profile values"
+        methods = sorted(m for m in sel["params.method"].unique() if m != BASELINE)
+        gains: dict[str, list] = {m: [] for m in methods}
+        teacher, base_acc = [], []
+        for x in xs:
+            at = sel[sel["_x"] == x]
+            base = at[at["params.method"] == BASELINE]
+            b = per_seed(base[metric], base["params.seed"])
+            base_acc.append(b)
+            teacher.append(per_seed(base.get("params.teacher_test_acc", pd.Series(dtype=float)), base["params.seed"]))
+            for m in methods:
+                g = at[at["params.method"] == m]
+                gains[m].append(paired_difference(per_seed(g[metric], g["params.seed"]), b) if not b.empty else None)
+        head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " |"
+        lines = [f"### Synthetic task: gain over the baseline against {name} ({meaning})", "",
+                 f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {held}; "
+                 f"{task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
+                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero.", "", head,
+                 "|---" * (len(xs) + 1) + "|",
+                 "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " |",
+                 "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " |"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + " |")
+        parts.append("\n".join(lines) + "\n")
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+        colours = plt.get_cmap("tab20")
+        for i, m in enumerate(methods):
+            pts = [(x, p) for x, p in zip(xs, gains[m]) if p]
+            if not pts:
+                continue
+            mean = np.array([p.mean for _, p in pts])
+            err = np.array([[p.mean - p.lo, p.hi - p.mean] if p.n > 1 else [0, 0] for _, p in pts]).T
+            ax.errorbar([x + (i - len(methods) / 2) * 0.004 for x, _ in pts], mean, yerr=err, marker="o", ms=3,
+                        capsize=2, lw=1, color=colours(i % 20), label=m)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel(name), ax.set_ylabel("test top-1 gain over baseline (points, 95% CI)")
+        ax.legend(fontsize=6, ncol=2), ax.set_title(f"synthetic: gain against {name}")
+        for label, series, style in (("teacher (own modality)", teacher, "s--"), ("baseline student", base_acc, "o-")):
+            ax2.errorbar(xs, [v.mean() for v in series], yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in series],
+                         fmt=style, capsize=3, label=label)
+        ax2.set_xlabel(name), ax2.set_ylabel("test top-1 (%)"), ax2.legend(fontsize=7), ax2.set_title("accuracy")
+        figs.append((f"Synthetic task: gain over the baseline against {name}", _save(fig, out / f"synthetic_{name}.png")))
+    return "\n".join(parts), figs
+
+
 def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> Path | None:
     """Teacher embeddings, projection-head outputs and student embeddings of 200 test samples, jointly, from
     the newest run of a method with a projection head (runs that record an `alpha_path`)."""
@@ -466,7 +537,10 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None) ->
              "an interval that excludes zero.", "", "## Runs shown", "", header_section(runs)]
     for spec in TABLES:
         parts.append(table_section(spec, runs, notes))
-    figs = fig_training_curves(runs, tracking_uri, out) + fig_data_fraction(runs, out)
+    sweeps, sweep_figs = synthetic_sweeps(runs, out)
+    if sweeps:
+        parts.append("## Synthetic task: where the modalities' shared information is known\n\n" + sweeps)
+    figs = fig_training_curves(runs, tracking_uri, out) + fig_data_fraction(runs, out) + sweep_figs
     figs.append(("t-SNE of teacher, projected teacher and student features (Fig. 8 analogue)", fig_tsne(runs, tracking_uri, out)))
     figs += [(f"Ablation curve {p.stem.split('_')[0]} (ours, paper points on the right axis)", p) for p in fig_ablations(runs, out)]
     parts.append("## Figures\n")

@@ -1,7 +1,7 @@
 """Bad input: one clear line naming what is valid, exit code 2, nothing written."""
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_inprocess
 
 
 def _assert_refused(res, tmp_path, *needles):
@@ -26,7 +26,7 @@ def _assert_refused(res, tmp_path, *needles):
     (["--seeds", "0"], ["--seeds must be >= 1"]),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, cifar_dir, args, needles):
-    res = run_cli(["run", "--profile", "smoke", "--data-dir", str(cifar_dir), *args], tmp_path)
+    res = run_cli_inprocess(["run", "--profile", "smoke", "--data-dir", str(cifar_dir), *args], tmp_path)
     _assert_refused(res, tmp_path, *needles)
 
 

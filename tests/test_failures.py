@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, run_cli  # noqa: E402
+from conftest import free_port, run_cli, run_cli_inprocess  # noqa: E402
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
 
@@ -31,7 +31,7 @@ def _refused(res, tmp_path, *needles, keep=()):
     (["--methods", "ours_feature", "--set", "alpha=nan"], "alpha=nan is out of range"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, cifar_dir, sets, needle):
-    res = run_cli(["run", "--data-dir", str(cifar_dir), *SMOKE, *sets], tmp_path)
+    res = run_cli_inprocess(["run", "--data-dir", str(cifar_dir), *SMOKE, *sets], tmp_path)
     _refused(res, tmp_path, needle)
 
 

@@ -146,3 +146,37 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     assert "31.00 ± 1.41 (n=2)" in base and "60.00 ± n/a (n=1)" in base
     assert "teacher_id=open_clip/ViT-B-16/openai" in table7.splitlines()[2]
     assert "10.00" not in table7 and "1 finished runs at a data fraction other than their profile's (0.25)" in table7
+
+
+def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
+    """Gains against gamma: each cell is the paired difference over the seeds of that gamma only (hand values),
+    with the teacher's and the baseline's accuracy; a run at another beta is not pooled in."""
+    uri = f"sqlite:///{tmp_path / 'syn.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-synthetic", artifact_location=(tmp_path / "artifacts").as_uri())
+    common = {"task": "synthetic", "student": "mlp", "teacher_id": "mlp-teacher/x", "n_train": 2000, "n_val": 1000,
+              "n_test": 2000, "synth_beta": 0.25}
+    acc = {  # (gamma, seed) -> (teacher, baseline, kd)
+        (0.0, 0): (70.0, 20.0, 18.0), (0.0, 1): (72.0, 22.0, 21.0), (0.0, 2): (71.0, 21.0, 19.0),
+        (1.0, 0): (70.0, 60.0, 64.0), (1.0, 1): (72.0, 62.0, 65.0), (1.0, 2): (71.0, 61.0, 66.0)}
+    for (gamma, seed), (t, b, k) in acc.items():
+        for method, v in (("baseline", b), ("kd", k)):
+            _log_run(client, exp, method, seed, {"test_top1": v},
+                     params={**common, "synth_gamma": gamma, "teacher_test_acc": t})
+    _log_run(client, exp, "kd", 0, {"test_top1": 99.0}, params={**common, "synth_gamma": 1.0, "synth_beta": 1.0,
+                                                                 "teacher_test_acc": 70.0})
+    out = tmp_path / "r"
+    report = build_report(uri, out).read_text()
+    section = report.split("### Synthetic task: gain over the baseline against gamma")[1].split("\n### ")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| gamma")}
+    assert rows["teacher (own test acc.)"] == ["71.00 ± 1.00 (n=3)"] * 2
+    assert rows["baseline (test top-1)"] == ["21.00 ± 1.00 (n=3)", "61.00 ± 1.00 (n=3)"]
+    # kd - baseline: gamma 0: -2, -1, -2 (mean -1.67); gamma 1: +4, +3, +5 (mean +4.00, sd 1, CI +-2.48)
+    assert rows["kd"][0].startswith("-1.67 [") and rows["kd"][1] == "+4.00 [+1.52, +6.48] (n=3) *"
+    assert "beta=" not in section.split("Setting:")[1].split("\n")[0] or "synth_beta=0.25" in section
+    assert (out / "synthetic_gamma.png").read_bytes()[:8] == PNG
+    # the beta = 1 run has no baseline of its setting: its beta section shows no gain for it, never a pooled one
+    beta = report.split("### Synthetic task: gain over the baseline against beta")[1].split("\n### ")[0]
+    kd_row = next(line for line in beta.splitlines() if line.startswith("| kd |"))
+    assert kd_row.split("|")[2:-1][1].strip() == "—" and "99" not in beta

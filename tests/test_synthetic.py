@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_inprocess
 from tasks.synthetic_data import Generator, SyntheticSpec
 
 
@@ -97,6 +97,6 @@ def test_bad_synthetic_settings_are_refused(tmp_path, sets, needle):
     args = ["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"]
     for s in sets:
         args += ["--set", s]
-    res = run_cli(args, tmp_path)
+    res = run_cli_inprocess(args, tmp_path)
     assert res.returncode == 2 and needle in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "runs").exists()
