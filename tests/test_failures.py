@@ -62,23 +62,23 @@ def bad_cifar(tmp_path_factory, cifar_dir):
 def test_broken_cifar_data_is_named(tmp_path, bad_cifar, kind, needle):
     d = bad_cifar(kind)
     cache = tmp_path / "cache"
-    res = run_cli(["run", "--methods", "baseline", "--data-dir", str(d), "--cache-dir", str(cache), *SMOKE], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(d), "--cache-dir", str(cache), *SMOKE], tmp_path)
     _refused(res, tmp_path, needle)  # no teacher-cache entry for a wrong class list either
 
 
 def test_out_and_tracking_uri_are_checked_before_anything_is_written(tmp_path, cifar_dir):
     (tmp_path / "afile").write_text("x")
-    res = run_cli(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"], tmp_path)
     _refused(res, tmp_path, "--out afile/sub", "is a file", keep=("afile",))
-    res = run_cli(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile"], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile"], tmp_path)
     _refused(res, tmp_path, "exists and is not a folder", keep=("afile",))
-    res = run_cli(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"], tmp_path)
     _refused(res, tmp_path, "unknown scheme 'foo'", keep=("afile",))
 
 
 def test_unreachable_study_storage_is_one_line(tmp_path, cifar_dir):
     url = f"postgresql+psycopg2://nobody@127.0.0.1:{free_port()}/optuna"
-    res = run_cli(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--storage", url], tmp_path)
+    res = run_cli_inprocess(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--storage", url], tmp_path)
     _refused(res, tmp_path, "cannot open the study storage", "***@127.0.0.1")
 
 

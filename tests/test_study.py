@@ -9,7 +9,7 @@ import mlflow
 import optuna
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, run_cli_inprocess
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=300"]
 
@@ -46,7 +46,7 @@ def test_grid_study_sqlite_nested_mlflow_runs(tmp_path, cifar_dir):
 
 
 def test_study_rejects_unknown_grid_key(tmp_path, cifar_dir):
-    res = run_cli(["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
+    res = run_cli_inprocess(["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
     assert res.returncode == 2 and "--grid key 'alpah'" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -149,6 +149,6 @@ def test_study_name_carries_its_definition_and_join_checks_it(tmp_path, cifar_di
 
 
 def test_paper_study_refuses_a_set_that_contradicts_a_fixed_value(tmp_path, cifar_dir):
-    res = run_cli(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path)
+    res = run_cli_inprocess(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path)
     assert res.returncode == 2 and "fixes margin=0.04" in res.stderr
     assert not (tmp_path / "studies.db").exists() and not (tmp_path / "mlflow.db").exists()
