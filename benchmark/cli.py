@@ -96,20 +96,36 @@ def check_out_dir(out: Path) -> None:
 
 
 def cmd_run(args) -> int:
+    from benchmark import distributed
+    task, methods, hp, cfg, data = prepare(args)
+    distributed.init(cfg.device)
+    try:
+        return _run_all(args, task, methods, hp, cfg, data)
+    finally:
+        distributed.shutdown()
+
+
+def _run_all(args, task, methods, hp, cfg, data) -> int:
     from dataclasses import replace
 
+    from benchmark import distributed
     from benchmark.results import write_table
     from benchmark.teacher_cache import TeacherCache
-    from benchmark.tracking import Tracker, resolve_uri
+    from benchmark.tracking import NullTracker, Tracker, resolve_uri
     from benchmark.trainer import Diverged, run_one
-    task, methods, hp, cfg, data = prepare(args)
+    main = distributed.is_main()
+    say = print if main else (lambda *a, **k: None)
     out = Path(args.out or f"runs/{cfg.task}-{cfg.profile}")
     cache = TeacherCache(args.cache_dir)
-    tables = task.teacher_tables(cfg, data, cache)
-    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
-    print(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
-          f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
-          flush=True)
+    tables = task.teacher_tables(cfg, data, cache)  # ranks starting together: one encodes, the others read
+    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}") if main else NullTracker()
+    if distributed.world_size() > 1:
+        distributed.shard(cfg.batch_size)  # divisible, checked before any run starts
+        say(f"distributed: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} "
+            f"samples each of every global batch of {cfg.batch_size}", flush=True)
+    say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
+        f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
+        flush=True)
     results, failed, t0 = [], 0, time.time()
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
@@ -117,10 +133,14 @@ def cmd_run(args) -> int:
             try:
                 r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
             except Diverged as e:  # that run stops (FAILED in MLflow, last good checkpoint kept); the others go on
+                if not main:
+                    continue
                 print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
                 results.append({"method": m, "seed": seed, "failure": str(e)})
                 failed += 1
                 write_table(results, out, task.summary_metrics)
+                continue
+            if not main:
                 continue
             if "interrupted_at_epoch" in r:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
@@ -191,7 +211,11 @@ def cmd_perf(args) -> int:
 
 
 def cmd_study(args) -> int:
+    from benchmark import distributed
     from studies.command import cmd_study as study
+    if distributed.launched():
+        raise UsageError("study does not run under torchrun; scale a study out with --workers N on each machine "
+                         "sharing one --storage (each trial may itself be a torchrun `run`)")
     return study(args)
 
 

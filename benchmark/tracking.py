@@ -174,3 +174,12 @@ class Tracker:
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+
+class NullTracker:
+    """What ranks other than 0 hold under torchrun: every call does nothing (rank 0 logs the run)."""
+    uri = ""
+
+    def __getattr__(self, name):
+        return lambda *a, **k: ""
+

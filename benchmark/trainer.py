@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.nets import build_student
 from benchmark.registry import METHODS, UsageError
@@ -81,6 +82,8 @@ class Context:
         self.tables = tables.to(self.device)
         torch.manual_seed(cfg.seed)
         self.student = build_student(cfg.student, data).to(self.device)
+        if cfg.sync_bn:
+            self.student = distributed.convert_sync_batchnorm(self.student)
         if self.student.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)
@@ -92,7 +95,9 @@ class Context:
         self.method = cls(dims, self.hparams).to(self.device)
         self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
         # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
-        self.opt = build_optimizer([*self.student.parameters(), *self.method.parameters(), *self.task_loss.parameters()], cfg)
+        distributed.broadcast_state(self.student, self.method, self.task_loss)
+        self.params = [*self.student.parameters(), *self.method.parameters(), *self.task_loss.parameters()]
+        self.opt = build_optimizer(self.params, cfg)
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.train_y = data.train.y.to(self.device)
@@ -109,9 +114,12 @@ class Context:
         cfg, tables = self.cfg, self.tables
         x = self.task.train_inputs(self.data.train, idx, self.gen, cfg).to(self.device, non_blocking=True)
         x = self.task.augment(x, self.gen, True, cfg)
+        variant = torch.randint(0, tables.embedding.shape[1], (len(idx),), generator=self.gen).to(self.device)
+        if distributed.world_size() > 1:  # the global batch was drawn and augmented as one process does; ours is a shard
+            part = distributed.shard(len(idx))
+            x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
-        variant = torch.randint(0, tables.embedding.shape[1], (len(idx),), generator=self.gen).to(self.device)
         teacher = TeacherOut(tables.embedding[key, variant],
                              None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
@@ -124,6 +132,7 @@ class Context:
             loss = sum(t.weighted_mean() for t in terms.values())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.params)
         self.opt.step()
         self.sched.step()
         self.method.post_step()
@@ -172,7 +181,7 @@ class Context:
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(batches, desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
-                   leave=False, mininterval=2.0, disable=None)
+                   leave=False, mininterval=2.0, disable=None if distributed.is_main() else True)
         t0 = time.perf_counter()
         step_loss = torch.zeros(len(batches) + 1, device=self.device)  # per-step loss, to name the first bad step
         i = -1
@@ -186,6 +195,10 @@ class Context:
                 self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
+        if distributed.world_size() > 1:  # the epoch's figures over the global batches (loss: mean of the shards')
+            w = distributed.world_size()
+            loss_sum, correct = distributed.all_sum(loss_sum) / w, distributed.all_sum(correct)
+            term_sums = {k: distributed.all_sum(v) / w for k, v in term_sums.items()}
         dt, steps = time.perf_counter() - t0, max(1, i + 1)
         out = {"train_loss": loss_sum.item() / steps, "train_top1": 100 * correct.item() / seen,
                "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
@@ -254,12 +267,17 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
                                 f"(primary) and at the best-validation epoch",
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
               "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
-              "device_resolved": str(ctx.device), "torch_version": torch.__version__}
+              "device_resolved": str(ctx.device), "torch_version": torch.__version__,
+              "world_size": distributed.world_size()}
+    main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     if ck is not None:
         ctx.load_state(ck["state"])
         run_id, start, history, best, wall = ck["run_id"], ck["epoch"], ck["history"], ck["best"], ck["wall_s"]
-        tracker.close_stale(key, resume, keep=run_id)
-        tracker.start("", {}, run_id=run_id)
+        if main:
+            tracker.close_stale(key, resume, keep=run_id)
+            tracker.start("", {}, run_id=run_id)
+    elif not main:
+        run_id, start, history, best, wall = "", 0, [], None, 0.0
     else:
         tracker.close_stale(key, resume)  # a RUNNING run of this key whose process died: KILLED, never left beside
         run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {"task": cfg.task, "method": method_name,
@@ -275,22 +293,30 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             m = ctx.train_epoch(epoch)
+            if not all(bool(torch.isfinite(p).all()) for p in (*ctx.student.parameters(), *ctx.method.parameters())):
+                raise Diverged(f"{method_name} seed {cfg.seed}: weights are not finite after epoch {epoch + 1}")
+            if not main:  # the other ranks only train; rank 0 evaluates and saves while they wait
+                distributed.barrier()
+                if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
+                    return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
+                continue
             m.update(ctx.evaluate("val")[0])
             wall += time.perf_counter() - t0
             history.append(m)
             tracker.log_metrics(run_id, m, step=epoch + 1)
-            if not all(bool(torch.isfinite(p).all()) for p in (*ctx.student.parameters(), *ctx.method.parameters())):
-                raise Diverged(f"{method_name} seed {cfg.seed}: weights are not finite after epoch {epoch + 1}")
             if best is None or better(m[sel], best["value"], task.selection_mode):
                 best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
                         "method": copy.deepcopy(ctx.method.state_dict())}
             _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
                           "run_id": run_id, "wall_s": wall, "done": False}, ckpt_path, keep_previous=True)
+            distributed.barrier()
             if on_epoch is not None:
                 on_epoch(epoch + 1, m)
             if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
                 tracker.end(run_id, status="KILLED")
                 return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
+        if not main:
+            return {"method": method_name, "seed": cfg.seed, "run_id": "", "rank": distributed.rank()}
         t0 = time.perf_counter()
         final, arrays = ctx.evaluate("test")
         if best["epoch"] == cfg.epochs:  # the best-validation weights are the last ones: nothing to re-evaluate
@@ -302,6 +328,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     except BaseException as e:
         # stopped on purpose (Ctrl-C, SIGTERM, an Optuna pruner): KILLED; anything else: FAILED, with the reason
         stopped = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "TrialPruned"
+        if not main:
+            raise
         if not stopped:
             tracker.set_tag(run_id, "xkd.failure", f"{type(e).__name__}: {e}"[:5000])
         tracker.end(run_id, status="KILLED" if stopped else "FAILED")

@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from benchmark import distributed
 from benchmark.fields import bounded, choice
 from benchmark.registry import UsageError
 from benchmark.types import Term
@@ -87,15 +88,16 @@ class CRD(Method):
         if self.training and not self._z_ready:
             with torch.no_grad():
                 if bool((self.z < 0).any()):  # the first batch of the run fixes Z (once; kept in the state)
-                    for i, (pos, ng) in enumerate(scores):
-                        self.z[i] = torch.cat([pos[:, None], ng], 1).mean() * self.n
+                    for i, (pos, ng) in enumerate(scores):  # under torchrun: the mean over every rank's shard
+                        self.z[i] = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean()) / distributed.world_size() * self.n
             self._z_ready = True
         loss = sum(nce_loss(pos / self.z[i], ng / self.z[i], self.k, self.n) for i, (pos, ng) in enumerate(scores))
         if self.training:
             with torch.no_grad():
                 m = self.hp.crd_momentum
+                index_all = distributed.gather_cat(index)  # under torchrun: the whole global batch, on every rank
                 for bank, v in ((self.bank_s, v_s), (self.bank_t, v_t)):
-                    bank[index] = l2n(bank[index] * m + v.detach().to(bank.dtype) * (1 - m))
+                    bank[index_all] = l2n(bank[index_all] * m + distributed.gather_cat(v.detach()).to(bank.dtype) * (1 - m))
         return {"crd": Term(loss, self.hp.crd_weight)}
 
     def get_extra_state(self):

@@ -61,11 +61,11 @@ def plugins():
     load_plugins()
 
 
-def run_cli(args, tmp_path, extra_env=None):
-    """Run `python -m benchmark ...` in a subprocess; returns CompletedProcess."""
+def run_cli(args, tmp_path, extra_env=None, launcher=None):
+    """Run `python -m benchmark ...` (or `launcher + args`, e.g. torchrun) in a subprocess; returns CompletedProcess."""
     import subprocess
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
+    return subprocess.run([*(launcher or [sys.executable, "-m", "benchmark"]), *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
