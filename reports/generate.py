@@ -418,6 +418,24 @@ SWEEPS = [("synth_gamma", "gamma", "share of the teacher's decisive factors the 
           ("synth_beta", "beta", "student-only decisive factors, as a share of the teacher's")]
 
 
+def slope_cell(sel: pd.DataFrame, method: str, metric: str) -> str:
+    """Least-squares slope of the per-seed gain (method − baseline, same seed and value) against the swept
+    value, with a t-based 95% CI; `*` when it excludes zero (the gain changes with the swept value)."""
+    from scipy import stats
+    pairs = []
+    for x, at in sel.groupby("_x"):
+        b = at[at["params.method"] == BASELINE]
+        g = at[at["params.method"] == method]
+        d = (per_seed(g[metric], g["params.seed"]) - per_seed(b[metric], b["params.seed"])).dropna()
+        pairs += [(x, v) for v in d]
+    if len({x for x, _ in pairs}) < 2 or len(pairs) < 3:
+        return "—"
+    fit = stats.linregress([x for x, _ in pairs], [v for _, v in pairs])
+    half = stats.t.ppf(0.975, len(pairs) - 2) * fit.stderr
+    lo, hi = fit.slope - half, fit.slope + half
+    return f"{fit.slope:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if lo > 0 or hi < 0 else ''}"
+
+
 def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str, Path]]]:
     """The synthetic task's sweeps: per value of gamma (beta), each method's paired gain over the baseline
     (test top-1, matched seeds: the same seed is the same data draw and teacher for every method), the
@@ -453,16 +471,17 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
             for m in methods:
                 g = at[at["params.method"] == m]
                 gains[m].append(paired_difference(per_seed(g[metric], g["params.seed"]), b) if not b.empty else None)
-        head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " |"
+        head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " | slope of Δ per unit, 95% CI |"
         lines = [f"### Synthetic task: gain over the baseline against {name} ({meaning})", "",
                  f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {held}; "
                  f"{task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
-                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero.", "", head,
-                 "|---" * (len(xs) + 1) + "|",
-                 "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " |",
-                 "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " |"]
+                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero. Slope: least squares of "
+                 f"the per-seed gains against {name} (points of gain per unit of {name}).", "", head,
+                 "|---" * (len(xs) + 2) + "|",
+                 "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " | |",
+                 "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " | |"]
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + " |")
+            lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + f" | {slope_cell(sel, m, metric)} |")
         parts.append("\n".join(lines) + "\n")
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
         colours = plt.get_cmap("tab20")
