@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     common_run_args(perf)
     perf.add_argument("--steps", type=int, default=30)
     perf.add_argument("--batch-size", dest="perf_batch", type=int)
+    perf.add_argument("--peak-tflops", type=float, help="the device's peak for the %% of peak column (default: "
+                      "data-sheet values for H100/H200/A100, cores x FLOP/cycle x clock on CPU)")
     perf.set_defaults(fn=cmd_perf, methods="all", profile="quick")
     st = sub.add_parser("study", help="Optuna study: a grid (--grid / --paper tableN) or TPE over a method's search space")
     common_run_args(st)

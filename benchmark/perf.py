@@ -1,4 +1,6 @@
-"""Training throughput: a bare PyTorch loop vs the harness baseline vs each method (same student and batch)."""
+"""Training throughput: a bare PyTorch loop vs the harness baseline vs each method (same student and batch),
+and the achieved FLOP/s of each training step (forward + backward as counted by torch.utils.flop_counter:
+matrix products and convolutions; element-wise work is not counted) against the device's nominal peak."""
 from __future__ import annotations
 
 import statistics
@@ -50,6 +52,45 @@ def bare_loop_step(cfg, task, data, device):
     return step
 
 
+# Nominal dense peaks (TFLOP/s) from the vendors' data sheets: bf16 tensor cores and fp32 (non-tensor) units.
+GPU_PEAKS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9},
+             "A100": {"bf16": 312.0, "fp32": 19.5}}
+
+
+def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
+    """(peak FLOP/s, how it was obtained) for the training precision; None when unknown."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peaks in GPU_PEAKS.items():
+            if key in name:
+                kind = "bf16" if bf16 else "fp32"
+                return peaks[kind] * 1e12, f"{name}: {peaks[kind]} TFLOP/s dense {kind} (data sheet)"
+        return None, f"{name}: peak unknown (pass --peak-tflops)"
+    import os
+    mhz = None
+    try:
+        mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
+    except (OSError, ValueError):
+        pass
+    if not mhz:
+        return None, "CPU clock unknown (pass --peak-tflops)"
+    cores = len(os.sched_getaffinity(0))
+    flags = open("/proc/cpuinfo").read()
+    per_cycle = 64 if " avx512f" in flags else 32 if " avx2" in flags and " fma" in flags else 8
+    return (cores * per_cycle * mhz * 1e6,
+            f"{cores} cores x {per_cycle} fp32 FLOP/cycle ({'AVX-512' if per_cycle == 64 else 'AVX2 FMA'}, 2 units) "
+            f"x {mhz:.0f} MHz")
+
+
+def step_flops(fn) -> int:
+    """FLOPs of one call of a training step (forward and backward), counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn(0)
+    return counter.get_total_flops()
+
+
 def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if args.perf_batch:
         cfg = replace(cfg, batch_size=args.perf_batch)
@@ -65,12 +106,20 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
         names.append(m)
         fns.append(lambda i, ctx=ctx, batches=batches: ctx.train_step(batches[i]))
         counts.append(len(batches))
+    flops = [step_flops(fn) for fn in fns]
     rows = list(zip(names, _interleaved_throughput(fns, counts, b, args.steps)))
     bare, base = rows[0][1], rows[1][1]
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx0.device.type == "cuda")
+    peak, peak_note = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)") if args.peak_tflops else \
+        device_peak(ctx0.device, bf16)
+    achieved = [f / b * r[1] for f, r in zip(flops, rows)]  # FLOP per image x images/s
     df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
                        "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
-                       "vs harness baseline": [f"{100 * (r[1] / base - 1):+.1f}%" for r in rows]})
+                       "vs harness baseline": [f"{100 * (r[1] / base - 1):+.1f}%" for r in rows],
+                       "GFLOP/step": [round(f / 1e9, 3) for f in flops],
+                       "achieved GFLOP/s": [round(a / 1e9, 1) for a in achieved],
+                       "% of peak": [f"{100 * a / peak:.1f}%" if peak else "n/a" for a in achieved]})
     print(f"student {cfg.student}, batch {b}, device {ctx0.device}, threads {torch.get_num_threads()}, "
-          f"{args.steps} steps x 5 interleaved rounds (median)")
+          f"{args.steps} steps x 5 interleaved rounds (median); peak: {peak_note}")
     print(df.to_markdown(index=False))
     return df

@@ -69,7 +69,7 @@ def test_perf_command_reports_every_method(tmp_path, cifar_dir):
     res = run_cli(["perf", "--methods", "baseline,ours_feature,pkt", "--data-dir", str(cifar_dir), "--profile", "smoke",
                    "--steps", "3"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    for name in ("bare PyTorch loop", "baseline", "ours_feature", "pkt"):
+    for name in ("bare PyTorch loop", "baseline", "ours_feature", "pkt", "achieved GFLOP/s", "% of peak", "peak: "):
         assert name in res.stdout
 
 
@@ -100,3 +100,21 @@ def test_runs_carry_tags_a_dataset_input_and_optionally_the_model(tmp_path, cifa
     assert out.logits.shape == (2, 100)
     info = mlflow.models.get_model_info(tags["xkd.model_uri"])
     assert len(info.metadata["class_names"]) == 100 and info.metadata["class_names"][0] == "apple"
+
+
+def test_perf_counts_the_flops_of_a_training_step_by_hand():
+    """The MLP student of the synthetic task: 2*B*in*out per Linear forward; backward twice that, except the
+    first layer, whose input needs no gradient (weight gradient only). BatchNorm and ReLU are not counted."""
+    from benchmark.config import build_config
+    from benchmark.perf import bare_loop_step, device_peak, step_flops
+    from tasks.synthetic import Synthetic
+    task = Synthetic()
+    cfg = build_config(task, "smoke", {}, {})
+    data = task.load(cfg)
+    b = cfg.batch_size
+    layers = [(48, 128), (128, 128), (128, 64), (64, 20)]
+    fwd = sum(2 * b * i * o for i, o in layers)
+    bwd = 2 * b * 48 * 128 + sum(4 * b * i * o for i, o in layers[1:])
+    assert step_flops(bare_loop_step(cfg, task, data, torch.device("cpu"))) == fwd + bwd
+    peak, note = device_peak(torch.device("cpu"), bf16=False)
+    assert peak is None or (peak > 1e9 and "cores x" in note)
