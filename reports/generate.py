@@ -419,21 +419,20 @@ SWEEPS = [("synth_gamma", "gamma", "share of the teacher's decisive factors the 
 
 
 def slope_cell(sel: pd.DataFrame, method: str, metric: str) -> str:
-    """Least-squares slope of the per-seed gain (method − baseline, same seed and value) against the swept
-    value, with a t-based 95% CI; `*` when it excludes zero (the gain changes with the swept value)."""
+    """How the gain changes with the swept value: each seed's least-squares slope of its gains (method −
+    baseline, same seed and value) against the value, then mean over seeds with a t-based 95% CI (seeds
+    are the independent units: one seed is one data draw and one teacher across the whole sweep)."""
     from scipy import stats
-    pairs = []
+    gains: dict[str, list] = {}
     for x, at in sel.groupby("_x"):
         b = at[at["params.method"] == BASELINE]
         g = at[at["params.method"] == method]
-        d = (per_seed(g[metric], g["params.seed"]) - per_seed(b[metric], b["params.seed"])).dropna()
-        pairs += [(x, v) for v in d]
-    if len({x for x, _ in pairs}) < 2 or len(pairs) < 3:
+        for seed, v in (per_seed(g[metric], g["params.seed"]) - per_seed(b[metric], b["params.seed"])).dropna().items():
+            gains.setdefault(seed, []).append((x, v))
+    slopes = pd.Series([stats.linregress(*zip(*pts)).slope for pts in gains.values() if len({x for x, _ in pts}) > 1])
+    if slopes.empty:
         return "—"
-    fit = stats.linregress([x for x, _ in pairs], [v for _, v in pairs])
-    half = stats.t.ppf(0.975, len(pairs) - 2) * fit.stderr
-    lo, hi = fit.slope - half, fit.slope + half
-    return f"{fit.slope:+.2f} [{lo:+.2f}, {hi:+.2f}]{' *' if lo > 0 or hi < 0 else ''}"
+    return str(paired_difference(slopes, pd.Series(0.0, index=slopes.index)))
 
 
 def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -475,8 +474,9 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
         lines = [f"### Synthetic task: gain over the baseline against {name} ({meaning})", "",
                  f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {held}; "
                  f"{task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
-                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero. Slope: least squares of "
-                 f"the per-seed gains against {name} (points of gain per unit of {name}).", "", head,
+                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero. Slope: each seed's "
+                 f"least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
+                 "over seeds with its 95% CI.", "", head,
                  "|---" * (len(xs) + 2) + "|",
                  "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " | |",
                  "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " | |"]

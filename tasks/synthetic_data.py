@@ -8,15 +8,17 @@ dimensions per modality, class separation s and observation noise sigma (all fro
     D_so = round(beta * D)      factors only the student's sees     (student-specific decisive)
 
     y ~ uniform over {0..K-1} (exactly the same number per class)
-    mu_c ~ N(0, s^2 I_{D + D_so})                  one mean per class, drawn once
-    z = (z_sh, z_to, z_so) = mu_y + eps,  eps ~ N(0, I)
+    mu_c ~ N(0, s^2 I_D), nu_c ~ N(0, s^2 I_{D_so})   class means, drawn once
+    (z_sh, z_to) = mu_y + eps,  z_so = nu_y + eps',  eps, eps' ~ N(0, I)
     u_T, u_S ~ N(0, I_n)                           nuisance, independent of y and of each other
     h_T = (z_sh, z_to, u_T) / c,  h_S = (z_sh, z_so, u_S) / c,   c = sqrt(1 + s^2)
     x_m = g_m(h_m) + sigma * xi_m,  xi_m ~ N(0, I_{d_m}),   m in {T, S}
     g_m(h) = W2_m tanh(W1_m h) / sqrt(H),  W1_m ~ N(0, 1/dim h) [H x dim h], W2_m ~ N(0, 1) [d_m x H]
 
 with H = 4 * d_m hidden units and different input widths d_T != d_S; g_T, g_S and the class means are
-fixed per data seed and shared by the train, validation and test draws. The label depends on z only
+fixed per data seed and shared by the train, validation and test draws. The teacher's side (mu, g_T
+and every draw of the teacher's modality) comes first from the seed and does not depend on gamma or beta:
+for one seed, a sweep changes only what the student's modality sees, never the teacher. The label depends on z only
 through the class means, so with gamma = 0 the student's input carries no teacher-decisive factor
 (only its own D_so factors), and with gamma = 0 and beta = 0 it carries no information about y at all.
 
@@ -72,9 +74,11 @@ class Generator:
         self.spec = spec
         g = torch.Generator().manual_seed(seed)
         d, s = spec.factors, spec.separation
-        self.means = s * torch.randn(spec.classes, d + spec.d_so, generator=g, dtype=torch.float64)
-        self.maps = [self._map(spec.d_sh + (d - spec.d_sh) + spec.nuisance, spec.teacher_dim, g),
-                     self._map(spec.d_sh + spec.d_so + spec.nuisance, spec.student_dim, g)]
+        # the teacher's side first: its class means and map do not depend on gamma or beta
+        self.means_t = s * torch.randn(spec.classes, d, generator=g, dtype=torch.float64)
+        self.map_t = self._map(d + spec.nuisance, spec.teacher_dim, g)
+        self.means_s = s * torch.randn(spec.classes, spec.d_so, generator=g, dtype=torch.float64)
+        self.map_s = self._map(spec.d_sh + spec.d_so + spec.nuisance, spec.student_dim, g)
 
     @staticmethod
     def _map(d_in: int, d_out: int, g: torch.Generator):
@@ -90,15 +94,17 @@ class Generator:
 
     def draw(self, per_class: int, seed: int) -> Draw:
         sp = self.spec
-        g = torch.Generator().manual_seed(seed)
         y = torch.arange(sp.classes).repeat_interleave(per_class)
-        n = len(y)
-        z = self.means[y] + torch.randn(n, sp.factors + sp.d_so, generator=g, dtype=torch.float64)
-        z_sh, z_to, z_so = z[:, :sp.d_sh], z[:, sp.d_sh:sp.factors], z[:, sp.factors:]
+        n, c = len(y), math.sqrt(1 + sp.separation ** 2)
+        g = torch.Generator().manual_seed(seed)  # the teacher's modality: the same for every gamma and beta
+        z_t = self.means_t[y] + torch.randn(n, sp.factors, generator=g, dtype=torch.float64)
         u_t = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
+        x_t = self._apply(self.map_t, torch.cat([z_t, u_t], 1) / c) + \
+            sp.noise * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
+        g = torch.Generator().manual_seed(seed + 7_919)  # the student's own draws
+        z_so = self.means_s[y] + torch.randn(n, sp.d_so, generator=g, dtype=torch.float64)
         u_s = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
-        c = math.sqrt(1 + sp.separation ** 2)
-        h_t, h_s = torch.cat([z_sh, z_to, u_t], 1) / c, torch.cat([z_sh, z_so, u_s], 1) / c
-        x_t = self._apply(self.maps[0], h_t) + sp.noise * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
-        x_s = self._apply(self.maps[1], h_s) + sp.noise * torch.randn(n, sp.student_dim, generator=g, dtype=torch.float64)
+        z_sh, z_to = z_t[:, :sp.d_sh], z_t[:, sp.d_sh:]
+        x_s = self._apply(self.map_s, torch.cat([z_sh, z_so, u_s], 1) / c) + \
+            sp.noise * torch.randn(n, sp.student_dim, generator=g, dtype=torch.float64)
         return Draw(y, x_t.float(), x_s.float(), z_sh.float(), z_to.float(), z_so.float())

@@ -174,11 +174,9 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     assert rows["baseline (test top-1)"] == ["21.00 ± 1.00 (n=3)", "61.00 ± 1.00 (n=3)", ""]
     # kd - baseline: gamma 0: -2, -1, -2 (mean -1.67); gamma 1: +4, +3, +5 (mean +4.00, sd 1, CI +-2.48)
     assert rows["kd"][0].startswith("-1.67 [") and rows["kd"][1] == "+4.00 [+1.52, +6.48] (n=3) *"
-    # slope over the 6 (gamma, gain) points: (mean at 1 - mean at 0) / 1 = 5.67; residual sd from the hand fit
-    from scipy import stats
-    fit = stats.linregress([0, 0, 0, 1, 1, 1], [-2, -1, -2, 4, 3, 5])
-    half = stats.t.ppf(0.975, 4) * fit.stderr
-    assert rows["kd"][2] == f"+5.67 [{5.6667 - half:+.2f}, {5.6667 + half:+.2f}] *"
+    # slope per seed (two points each): 4 - (-2) = 6, 3 - (-1) = 4, 5 - (-2) = 7; mean 5.67, sd 1.53, n 3
+    half = 4.302653 * np.std([6, 4, 7], ddof=1) / np.sqrt(3)
+    assert rows["kd"][2] == f"+5.67 [{17 / 3 - half:+.2f}, {17 / 3 + half:+.2f}] (n=3) *"
     assert "beta=" not in section.split("Setting:")[1].split("\n")[0] or "synth_beta=0.25" in section
     assert (out / "synthetic_gamma.png").read_bytes()[:8] == PNG
     # the beta = 1 run has no baseline of its setting: its beta section shows no gain for it, never a pooled one

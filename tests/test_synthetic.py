@@ -33,6 +33,16 @@ def test_same_seed_same_draw_other_seed_other_draw():
     assert a.x_teacher.shape == (200, 64) and a.x_student.shape == (200, 48) and a.x_teacher.dtype == torch.float32
 
 
+def test_the_teachers_modality_is_the_same_for_every_gamma_and_beta():
+    """A sweep moves only what the student sees: for one seed the teacher's inputs (hence its training and
+    the cached teacher) are identical at every gamma and beta, the student's are not."""
+    ref = Generator(SyntheticSpec(gamma=0.5, beta=0.25), 3).draw(5, 9)
+    for gamma, beta in ((0.0, 0.25), (1.0, 0.0), (0.25, 1.0)):
+        d = Generator(SyntheticSpec(gamma=gamma, beta=beta), 3).draw(5, 9)
+        assert torch.equal(d.x_teacher, ref.x_teacher) and torch.equal(d.y, ref.y)
+        assert not torch.equal(d.x_student, ref.x_student)
+
+
 def test_factor_counts_follow_gamma_and_beta():
     tr, _ = draws(per_class=2, gamma=0.25, beta=0.5, factors=16)
     assert tr.z_shared.shape[1] == 4 and tr.z_teacher.shape[1] == 12 and tr.z_student.shape[1] == 8
