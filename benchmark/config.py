@@ -30,6 +30,7 @@ class RunConfig:
     lr_step_epochs: int = bounded(30, 1, None)
     lr_gamma: float = bounded(0.1, 0, None, lo_open=True)
     warmup_epochs: float = bounded(0.0, 0, None)
+    compile: bool = False             # torch.compile the student's forward (inductor; first steps compile)
     sync_bn: bool = False             # under torchrun: BatchNorm statistics over the global batch (benchmark/distributed.py)
     # data
     image_size: int = bounded(32, 8, None)              # 224: the paper's Resize(256) -> RandomCrop(224) pipeline

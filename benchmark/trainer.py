@@ -100,8 +100,21 @@ class Context:
         self.opt = build_optimizer(self.params, cfg)
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        # the student's forward, compiled on request (the module itself stays as is: state_dict keys unchanged)
+        self.forward = torch.compile(self.student) if cfg.compile else self.student
+        self.train_split, self.data_on_device = self._resident(data.train)
         self.train_y = data.train.y.to(self.device)
         self.train_key = data.train.key.to(self.device)
+
+    def _resident(self, split):
+        """On CUDA, a tensor training set that fits in a quarter of the free memory moves to the device once
+        (batches are then gathered there); a larger one is pinned for asynchronous copies."""
+        x = split.x
+        if self.device.type != "cuda" or not isinstance(x, torch.Tensor):
+            return split, False
+        if x.numel() * x.element_size() < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
+            return replace(split, x=x.to(self.device)), True
+        return replace(split, x=x.pin_memory()), False
 
     def autocast(self):
         p = self.cfg.precision
@@ -112,7 +125,7 @@ class Context:
     def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """One optimiser step on the samples idx; returns loss, term means and #correct (all detached)."""
         cfg, tables = self.cfg, self.tables
-        x = self.task.train_inputs(self.data.train, idx, self.gen, cfg).to(self.device, non_blocking=True)
+        x = self.task.train_inputs(self.train_split, idx, self.gen, cfg).to(self.device, non_blocking=True)
         x = self.task.augment(x, self.gen, True, cfg)
         variant = torch.randint(0, tables.embedding.shape[1], (len(idx),), generator=self.gen).to(self.device)
         if distributed.world_size() > 1:  # the global batch was drawn and augmented as one process does; ours is a shard
@@ -123,7 +136,7 @@ class Context:
         teacher = TeacherOut(tables.embedding[key, variant],
                              None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
-            s = self.student(x)
+            s = self.forward(x)
             terms: dict[str, Term] = self.task_loss(s, y)
             if "ce" in terms:
                 terms["ce"].weight = self.method.ce_weight
@@ -268,7 +281,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
               "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
-              "world_size": distributed.world_size()}
+              "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     if ck is not None:
         ctx.load_state(ck["state"])
