@@ -204,9 +204,14 @@ class _Cfg:
 
 
 def cmd_perf(args) -> int:
+    from benchmark import distributed
     from benchmark.perf import perf
     task, methods, hp, cfg, data = prepare(args)
-    perf(task, methods, hp, cfg, data, args)
+    distributed.init(cfg.device)  # under torchrun: times the data-parallel step (shard, all-reduce)
+    try:
+        perf(task, methods, hp, cfg, data, args)
+    finally:
+        distributed.shutdown()
     return 0
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from benchmark import distributed
 from benchmark.nets import build_student
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context, build_optimizer
@@ -94,21 +95,26 @@ def step_flops(fn) -> int:
 def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if args.perf_batch:
         cfg = replace(cfg, batch_size=args.perf_batch)
+    # timing only: a schedule long enough for every timed step (a short profile's one-cycle would run out)
+    cfg = replace(cfg, epochs=max(cfg.epochs, 1000))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
     b = cfg.batch_size
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
-    names, fns, counts = ["bare PyTorch loop"], [bare_loop_step(cfg, task, data, ctx0.device)], [task.steps_per_epoch(data.train, b)]
+    world = distributed.world_size()
+    names, fns, counts = [], [], []
+    if world == 1:  # under torchrun the reference is the harness's own data-parallel baseline step
+        names, fns, counts = ["bare PyTorch loop"], [bare_loop_step(cfg, task, data, ctx0.device)], [task.steps_per_epoch(data.train, b)]
     for m in ["baseline"] + [m for m in methods if m != "baseline"]:
         ctx = Context(cfg, task, data, tables, m, hp)
         batches = task.epoch_batches(data.train, b, torch.Generator().manual_seed(0))
         names.append(m)
         fns.append(lambda i, ctx=ctx, batches=batches: ctx.train_step(batches[i]))
         counts.append(len(batches))
-    flops = [step_flops(fn) for fn in fns]
+    flops = [step_flops(fn) * world for fn in fns]  # each rank's shard; the global step is world times that
     rows = list(zip(names, _interleaved_throughput(fns, counts, b, args.steps)))
-    bare, base = rows[0][1], rows[1][1]
+    bare, base = rows[0][1], rows[0 if world > 1 else 1][1]
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx0.device.type == "cuda")
     peak, peak_note = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)") if args.peak_tflops else \
         device_peak(ctx0.device, bf16)
@@ -119,7 +125,13 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
                        "GFLOP/step": [round(f / 1e9, 3) for f in flops],
                        "achieved GFLOP/s": [round(a / 1e9, 1) for a in achieved],
                        "% of peak": [f"{100 * a / peak:.1f}%" if peak else "n/a" for a in achieved]})
-    print(f"student {cfg.student}, batch {b}, device {ctx0.device}, threads {torch.get_num_threads()}, "
-          f"{args.steps} steps x 5 interleaved rounds (median); peak: {peak_note}")
-    print(df.to_markdown(index=False))
+    if world > 1:
+        df = df.drop(columns=["vs bare loop"])
+        if ctx0.device.type == "cuda":  # one GPU per process; on CPU the processes share the machine's peak
+            peak_note += f" per GPU, x {world} GPUs" if peak else ""
+            df["% of peak"] = [f"{100 * a / (peak * world):.1f}%" if peak else "n/a" for a in achieved]
+    if distributed.is_main():
+        print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
+              f"{torch.get_num_threads()}, {args.steps} steps x 5 interleaved rounds (median); peak: {peak_note}")
+        print(df.to_markdown(index=False))
     return df

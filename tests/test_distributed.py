@@ -41,6 +41,11 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes(tmp_path):
     assert (r - b).abs().max().max() == 0, (r, b)
     resumed = [x for x in client.search_runs([exp.experiment_id]) if x.data.params.get("world_size") == "2"]
     assert len(resumed) == 6 and {x.info.status for x in resumed} == {"FINISHED"}
+    # perf under torchrun times the data-parallel step (rank 0 prints one table)
+    perf = torchrun(["perf", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--steps", "2"],
+                    tmp_path)
+    assert perf.returncode == 0, perf.stderr[-3000:]
+    assert "2 process(es)" in perf.stdout and perf.stdout.count("| kd ") == 1 and "achieved GFLOP/s" in perf.stdout
 
 
 def test_sync_batchnorm_equals_batchnorm_in_one_process():
