@@ -78,6 +78,8 @@ def prepare(args):
     if getattr(args, "cache_dir", None):  # one cache root: teacher embeddings and decoded datasets
         os.environ["XKD_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().absolute())
     data = task.load(cfg)
+    from benchmark.nets import check_student
+    check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
     return task, methods, hp, cfg, data
 
 

@@ -24,6 +24,7 @@ def _assert_refused(res, tmp_path, *needles):
     (["--set", "schedule=linear"], ["schedule='linear' is not valid"]),
     (["--set", "noequals"], ["--set expects key=value"]),
     (["--seeds", "0"], ["--seeds must be >= 1"]),
+    (["--student", "mlp"], ["student 'mlp' does not fit this task's images or audio"]),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, cifar_dir, args, needles):
     res = run_cli_inprocess(["run", "--profile", "smoke", "--data-dir", str(cifar_dir), *args], tmp_path)
