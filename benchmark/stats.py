@@ -1,5 +1,8 @@
 """How numbers over seeds are summarised, in one place: mean ± sample std over distinct seeds, and the
-paired difference against the baseline over matched seeds with a t-based 95% confidence interval."""
+paired difference against the baseline over matched seeds with a t-based 95% confidence interval and a
+two-sided paired t-test p-value; across the comparisons of one table (a family) the p-values are adjusted
+with Holm's step-down method, and only an adjusted p below 0.05 earns a star. The raw interval is shown
+as computed (it is not widened by the correction)."""
 from __future__ import annotations
 
 import math
@@ -24,22 +27,50 @@ def describe(v: pd.Series) -> str:
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} (n={len(v)})"
 
 
+ALPHA = 0.05
+
+
 @dataclass
 class Paired:
     mean: float
     lo: float
     hi: float
     n: int
+    p: float = math.nan        # two-sided paired t-test against zero (nan: n < 2 or no spread)
+    p_adj: float | None = None  # Holm-adjusted within its family (None: not adjusted)
+
+    @property
+    def no_spread(self) -> bool:
+        return self.n >= 2 and math.isnan(self.p)
+
+    @property
+    def raw_significant(self) -> bool:
+        """The raw 95% interval excludes zero (no correction for the other comparisons)."""
+        return self.n >= 2 and not self.no_spread and (self.lo > 0 or self.hi < 0)
 
     @property
     def significant(self) -> bool:
-        """The 95% interval excludes zero."""
-        return self.n >= 2 and (self.lo > 0 or self.hi < 0)
+        """Significant after the family-wise correction (the adjusted p when adjusted, else the raw one)."""
+        p = self.p if self.p_adj is None else self.p_adj
+        return self.n >= 2 and not math.isnan(p) and p < ALPHA
 
     def __str__(self) -> str:
         if self.n < 2:
             return f"{self.mean:+.2f} (n=1, no CI)"
-        return f"{self.mean:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}] (n={self.n}){' *' if self.significant else ''}"
+        if self.no_spread:
+            return f"{self.mean:+.2f} (n={self.n}, no spread)"
+        adj = "" if self.p_adj is None else f" p_Holm={self.p_adj:.2g}"
+        return f"{self.mean:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}] (n={self.n}){adj}{' *' if self.significant else ''}"
+
+
+def holm(family: list[Paired | None]) -> None:
+    """Holm's step-down adjustment over one family of comparisons, in place (p_adj); comparisons without a
+    p-value (n < 2, no spread) take no part and do not count in the family's size."""
+    tested = sorted((x for x in family if x is not None and x.n >= 2 and not math.isnan(x.p)), key=lambda x: x.p)
+    m, running = len(tested), 0.0
+    for i, x in enumerate(tested):
+        running = max(running, min(1.0, (m - i) * x.p))
+        x.p_adj = running
 
 
 def paired_difference(method: pd.Series, baseline: pd.Series) -> Paired | None:
@@ -50,5 +81,9 @@ def paired_difference(method: pd.Series, baseline: pd.Series) -> Paired | None:
     if len(d) < 2:
         return Paired(float(d.iloc[0]), math.nan, math.nan, 1)
     from scipy import stats
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-    return Paired(float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d))
+    sd = float(d.std(ddof=1))
+    if not sd > 1e-12 * max(1.0, abs(float(d.mean()))):  # every seed the same difference: no interval, no test
+        return Paired(float(d.mean()), float(d.mean()), float(d.mean()), len(d))
+    half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
+    p = float(2 * stats.t.sf(abs(float(d.mean())) / (sd / math.sqrt(len(d))), len(d) - 1))
+    return Paired(float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d), p)

@@ -20,6 +20,7 @@ from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.nets import build_student
 from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
+from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from methods._base import hparam_fields
 
@@ -90,7 +91,7 @@ class Context:
         if self.steps_per_epoch < 1:
             raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
         dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels),
-                    train_size=len(data.train.y), total_steps=cfg.epochs * self.steps_per_epoch)
+                    train_size=len(data.train.y), train_labels=data.train.y, total_steps=cfg.epochs * self.steps_per_epoch)
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
         self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
@@ -116,9 +117,14 @@ class Context:
             return replace(split, x=x.to(self.device)), True
         return replace(split, x=x.pin_memory()), False
 
-    def autocast(self):
+    @property
+    def precision_resolved(self) -> str:
+        """What `precision` means on this device: `auto` is bf16 autocast on CUDA and fp32 elsewhere."""
         p = self.cfg.precision
-        if p == "bf16" or (p == "auto" and self.device.type == "cuda"):
+        return "bf16" if p == "bf16" or (p == "auto" and self.device.type == "cuda") else "fp32"
+
+    def autocast(self):
+        if self.precision_resolved == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -137,6 +143,10 @@ class Context:
                              None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
             s = self.forward(x)
+        # bf16 autocast covers the student's forward only: every loss (the task's and the method's, with their
+        # heads) runs in fp32, since a relational Gram matrix or a softmax over many classes loses precision in bf16
+        s = s.upcast()
+        with torch.autocast(self.device.type, enabled=False):
             terms: dict[str, Term] = self.task_loss(s, y)
             if "ce" in terms:
                 terms["ce"].weight = self.method.ce_weight
@@ -281,7 +291,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
               "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
-              "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device}
+              "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device,
+              "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version()}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     if ck is not None:
         ctx.load_state(ck["state"])

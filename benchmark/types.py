@@ -14,6 +14,12 @@ class StudentOut:
     logits: torch.Tensor              # z_S = W F_S + c, [B, K]
     classifier: nn.Module             # the student's linear classifier W (shared classifier reuses it)
 
+    def upcast(self) -> "StudentOut":
+        """The same outputs with half/bfloat16 tensors in float32 (losses run in fp32 after a bf16 forward)."""
+        def f(x):
+            return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return StudentOut([f(m) for m in self.maps], f(self.embedding), f(self.logits), self.classifier)
+
 
 @dataclass
 class TeacherOut:
@@ -30,6 +36,7 @@ class Dims:
     map_channels: list[int] = field(default_factory=list)  # C_l of each stage map
     train_size: int = 0   # N, training samples (a memory bank over the training set; 0: unknown)
     total_steps: int = 0  # optimiser steps of the whole run (a warm-up in steps; 0: unknown)
+    train_labels: torch.Tensor | None = None  # [N] class of each training sample (CRD's other-class negatives; None: unknown)
 
 
 @dataclass

@@ -2,8 +2,11 @@
 
 Student and teacher embeddings are mapped by linear heads to 128-d and L2-normalised: v_S = g_S(F_S),
 v_T = g_T(E_T). A memory bank per side holds one 128-d vector per training sample (M_S, M_T, N x 128).
-For a sample i with m negatives j_1..j_m drawn uniformly from the training set (shared by the batch with
-`crd_negatives=shared`, one draw per sample with `per_sample` as in RepDistiller):
+For a sample i with m negatives j_1..j_m drawn with replacement from a pool that never holds i itself
+(`crd_negative_pool=other_class`, the default and RepDistiller's: the training samples of every other class;
+`uniform_no_self`: every training sample but i), one draw per sample with `crd_negatives=per_sample` (as in
+RepDistiller), or one draw of m indices shared by the batch with `shared`, in which each anchor drops the
+draws outside its pool (itself, or its class) from its own sum:
 
     s_T(i, j) = exp(<M_S[j], v_T(i)> / tau) / Z_T       s_S(i, j) = exp(<M_T[j], v_S(i)> / tau) / Z_S
     h(s) = s / (s + m / N)
@@ -14,8 +17,9 @@ Z_S and Z_T are fixed on the first batch as mean(s) * N (RepDistiller) and kept.
 banks move towards the batch: M[i] <- normalise(0.5 M[i] + 0.5 v(i)) (momentum 0.5). Banks start uniform in
 [-a, a], a = 1/sqrt(128/3). Everything that carries across steps (banks, Z, negative-sampling generator) is
 module state, so --resume continues exactly. m = min(16384, N - 1).
-Deviation: RepDistiller's default draws negatives from other classes only; here they are uniform over the
-training set (with 100 classes about 1% share the anchor's class).
+Why the anchor is never its own negative: with uniform draws a sample is among its own m negatives with
+probability 1 - (1 - 1/N)^m (0.31 for N = 45,000, m = 16384), and a self-negative pushes the positive
+pair apart more than the positive term pulls it together, so positive pairs stop aligning.
 """
 from dataclasses import dataclass
 
@@ -31,10 +35,15 @@ from benchmark.types import Term
 from methods._base import Hparams, Method, fp, l2n, register
 
 
-def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, eps: float = 1e-7) -> torch.Tensor:
-    """Per-sample NCE loss from normalised scores pos [B] and neg [B, m] (noise probability 1/n)."""
+def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,
+             eps: float = 1e-7) -> torch.Tensor:
+    """Per-sample NCE loss from normalised scores pos [B] and neg [B, m] (noise probability 1/n); `keep`
+    [B, m] drops the negatives outside an anchor's pool from its sum."""
     pn = m / n
-    return -(torch.log(pos / (pos + pn + eps)) + torch.log(pn / (neg + pn + eps)).sum(1))
+    neg_term = torch.log(pn / (neg + pn + eps))
+    if keep is not None:
+        neg_term = neg_term * keep
+    return -(torch.log(pos / (pos + pn + eps)) + neg_term.sum(1))
 
 
 @dataclass
@@ -47,6 +56,8 @@ class CRDHparams(Hparams):
     crd_momentum: float = bounded(0.5, 0, 1)
     crd_negatives: str = choice("shared", "per_sample",
                                 help="one draw of negatives per batch, or per sample (RepDistiller)")
+    crd_negative_pool: str = choice("other_class", "uniform_no_self",
+                                    help="negatives from the other classes (RepDistiller) or any sample but the anchor")
 
 
 @register("crd", "contrastive representation distillation: 128-d heads, memory banks, 16384 NCE negatives, tau 0.07")
@@ -69,14 +80,46 @@ class CRD(Method):
         self.register_buffer("z", torch.full((2,), -1.0))  # (Z_S, Z_T); < 0: not set yet
         self.gen = torch.Generator().manual_seed(1)  # negatives; its state is checkpointed (extra state)
         self._z_ready = False
+        labels = dims.train_labels
+        if hp.crd_negative_pool == "other_class":
+            if labels is None or len(labels) != n:
+                raise UsageError("crd_negative_pool=other_class needs the training labels; use uniform_no_self")
+            labels = torch.as_tensor(labels).long().cpu()
+            counts = torch.bincount(labels)
+            if int(counts.max()) >= n:
+                raise UsageError("crd_negative_pool=other_class needs at least two classes in the training set")
+            # samples sorted by class: the other classes of c are the positions outside [start_c, start_c + count_c)
+            # plain CPU tensors (not buffers): the draw runs on the CPU generator wherever the model is
+            self.labels, self.count = labels, counts
+            self.order, self.start = torch.argsort(labels, stable=True), torch.cumsum(counts, 0) - counts
+
+    def draw_negatives(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Negative indices ([B, k] per sample, or [k] shared) and, when shared, a [B, k] mask of the draws
+        each anchor keeps (never itself; with other_class never its class). Per-sample draws are exact: every
+        one of the k lies in the anchor's pool."""
+        index = index.cpu()
+        b, k, pool = len(index), self.k, self.hp.crd_negative_pool
+        if self.hp.crd_negatives == "shared":
+            neg = torch.randint(0, self.n, (k,), generator=self.gen)
+            keep = (self.labels[neg][None, :] != self.labels[index][:, None]) if pool == "other_class" \
+                else neg[None, :] != index[:, None]
+            return neg, keep
+        u = torch.rand((b, k), generator=self.gen, dtype=torch.float64)
+        if pool == "uniform_no_self":
+            r = (u * (self.n - 1)).long().clamp_max(self.n - 2)
+            return r + (r >= index[:, None]).long(), None
+        c = self.labels[index]
+        size = (self.n - self.count[c])[:, None]
+        r = torch.minimum((u * size).long(), size - 1)
+        r = r + self.count[c][:, None] * (r >= self.start[c][:, None]).long()
+        return self.order[r], None
 
     def terms(self, s, t, y, index=None):
         if index is None:
             raise UsageError("method 'crd' needs each sample's training-set index")
         v_s, v_t = l2n(self.embed_s(fp(s.embedding))), l2n(self.embed_t(fp(t.embedding)))
-        b = len(index)
-        shape = (self.k,) if self.hp.crd_negatives == "shared" else (b, self.k)
-        neg = torch.randint(0, self.n, shape, generator=self.gen).to(index.device)
+        neg, keep = self.draw_negatives(index)
+        neg = neg.to(index.device)
         scores = []
         for bank, v in ((self.bank_t, v_s), (self.bank_s, v_t)):  # student vs teacher bank, teacher vs student bank
             pos = torch.exp((bank[index] * v).sum(1) / self.hp.crd_tau)
@@ -91,7 +134,8 @@ class CRD(Method):
                     for i, (pos, ng) in enumerate(scores):  # under torchrun: the mean over every rank's shard
                         self.z[i] = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean()) / distributed.world_size() * self.n
             self._z_ready = True
-        loss = sum(nce_loss(pos / self.z[i], ng / self.z[i], self.k, self.n) for i, (pos, ng) in enumerate(scores))
+        keep = None if keep is None else keep.to(index.device)
+        loss = sum(nce_loss(pos / self.z[i], ng / self.z[i], self.k, self.n, keep) for i, (pos, ng) in enumerate(scores))
         if self.training:
             with torch.no_grad():
                 m = self.hp.crd_momentum
@@ -108,4 +152,5 @@ class CRD(Method):
         self._z_ready = False
 
     def run_params(self):
-        return {"crd_bank_size": self.n, "crd_negatives_effective": self.k}
+        return {"crd_bank_size": self.n, "crd_negatives_effective": self.k,
+                "crd_self_negatives": "never"}

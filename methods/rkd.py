@@ -27,9 +27,11 @@ def _distances(e: torch.Tensor) -> torch.Tensor:
 
 
 def _angles(e: torch.Tensor) -> torch.Tensor:
-    """[j, i, k] = cos of the angle at apex j, from the Gram matrix G = e e^T:
+    """[j, i, k] = cos of the angle at apex j, from the Gram matrix G = e e^T of the centred features (angles
+    do not change under a shift; centring keeps G's entries small, so no digits are lost to a shared offset):
     <f_i - f_j, f_k - f_j> = G_ik - G_ij - G_jk + G_jj, divided by |f_i - f_j| |f_k - f_j| (0 where i or k = j).
     B^3 work instead of B^3 x d for the explicit differences (RepDistiller's form; same values)."""
+    e = e - e.mean(0, keepdim=True)
     g = e @ e.t()
     dots = g[None, :, :] - g[:, :, None] - g[:, None, :] + g.diagonal()[:, None, None]
     dist = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
@@ -38,9 +40,12 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 
 
 def rkd_terms(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        d_t, a_t = _distances(f_t), _angles(f_t)
-    return F.smooth_l1_loss(_distances(f_s), d_t), F.smooth_l1_loss(_angles(f_s), a_t)
+    """In fp32 (or float64) even under bf16 autocast: a Gram matrix in bf16 loses the angles' digits."""
+    with torch.autocast(f_s.device.type, enabled=False):
+        f_s, f_t = fp(f_s), fp(f_t)
+        with torch.no_grad():
+            d_t, a_t = _distances(f_t), _angles(f_t)
+        return F.smooth_l1_loss(_distances(f_s), d_t), F.smooth_l1_loss(_angles(f_s), a_t)
 
 
 @dataclass

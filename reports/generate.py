@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config import defining_fields
-from benchmark.stats import describe, paired_difference, per_seed
+from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
 from reports.specs import AMBIGUITY_PARAMS, TABLES, TableSpec
 
 matplotlib.use("Agg")
@@ -33,6 +33,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PAPER_DIR = Path(__file__).parent / "paper_tables"
 BASELINE = "baseline"
+# facts of a run beside its configuration that change what it computes: runs that differ in one never share
+# a cell or pair (bf16 against fp32, a torchrun world size against one process, two code versions)
+SETTING_FACTS = ["params.precision_resolved", "params.world_size", "params.code_version"]
 
 
 def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
@@ -86,7 +89,8 @@ def _key(df: pd.DataFrame, cols: list[str]) -> pd.Series:
 
 def setting_columns(runs: pd.DataFrame, exclude: set[str]) -> list[str]:
     cols = [f"params.{f}" for f in defining_fields()] + ["params.teacher_id", "params.n_train", "params.n_val",
-                                                         "params.n_test", "params.data_layout", "params.data_subset"]
+                                                         "params.n_test", "params.data_layout", "params.data_subset",
+                                                         *SETTING_FACTS]
     return [c for c in dict.fromkeys(cols) if c in runs and c not in exclude and c != "params.task"]
 
 
@@ -227,6 +231,7 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
         return out
 
     lines = [f"## {spec.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: list[list] = []  # rows of cells; Δ cells stay Paired until their column (one family) is adjusted
     matched = pd.Series(False, index=pool.index) if not pool.empty else None
     for _, row in paper.iterrows():
         method = spec.method_alias.get(row["method"], row["method"])
@@ -240,7 +245,7 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
             return ok
         if not is_method(method):  # a reference row of the paper (chance level): nothing of ours belongs there
             n_ours = len(labels) * (len(ours) + (1 if spec.paired else 0))
-            lines.append("| " + " | ".join([str(row[c]) for c in paper.columns] + ["—"] * n_ours) + " |")
+            body.append([str(row[c]) for c in paper.columns] + ["—"] * n_ours)
             continue
         for variant, sel in rows_for(method, match):
             if matched is not None and not sel.empty:
@@ -248,7 +253,7 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
             first = [str(row[c]) for c in paper.columns]
             if variant:
                 first[0] = f"{first[0]} ({variant})"
-            lines.append("| " + " | ".join(first + cells(method, sel)) + " |")
+            body.append(first + cells(method, sel))
     # rows we ran that the paper's table lacks (a method it did not run, or another grid value)
     extra = pool[~matched] if matched is not None else pool
     if not extra.empty:
@@ -271,7 +276,10 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
                             first.append(str(val))
                     else:
                         first.append("-")
-                lines.append("| " + " | ".join(first + cells(method, sel)) + " |")
+                body.append(first + cells(method, sel))
+    for col in range(len(header)):  # each Δ column (one setting) is one family of comparisons against the baseline
+        holm([r[col] for r in body if isinstance(r[col], Paired)])
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
     lines.append("")
     if not labels:
         lines.append(f"Ours: no finished runs of task `{spec.task}`" + (f" in a `--paper {spec.id}` study" if spec.study else "")
@@ -281,7 +289,7 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str:
+def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str | Paired:
     if method == BASELINE:
         return "—"
     col = f"metrics.{metric}"
@@ -292,7 +300,7 @@ def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metr
     biggest = base.groupby("_variant")["params.seed"].nunique().idxmax()
     base = base[base["_variant"] == biggest]
     p = paired_difference(per_seed(sel[col], sel["params.seed"]), per_seed(base[col], base["params.seed"]))
-    return str(p) if p else "no matched seeds"
+    return p if p else "no matched seeds"
 
 
 def header_section(runs: pd.DataFrame) -> str:
@@ -419,7 +427,7 @@ SWEEPS = [("synth_gamma", "gamma", "share of the teacher's decisive factors the 
           ("synth_beta", "beta", "student-only decisive factors, as a share of the teacher's")]
 
 
-def slope_cell(sel: pd.DataFrame, method: str, metric: str) -> str:
+def slope_cell(sel: pd.DataFrame, method: pd.DataFrame, metric: str) -> Paired | None:
     """How the gain changes with the swept value: each seed's least-squares slope of its gains (method −
     baseline, same seed and value) against the value, then mean over seeds with a t-based 95% CI (seeds
     are the independent units: one seed is one data draw and one teacher across the whole sweep)."""
@@ -427,13 +435,13 @@ def slope_cell(sel: pd.DataFrame, method: str, metric: str) -> str:
     gains: dict[str, list] = {}
     for x, at in sel.groupby("_x"):
         b = at[at["params.method"] == BASELINE]
-        g = at[at["params.method"] == method]
+        g = at[at.index.isin(method.index)]
         for seed, v in (per_seed(g[metric], g["params.seed"]) - per_seed(b[metric], b["params.seed"])).dropna().items():
             gains.setdefault(seed, []).append((x, v))
     slopes = pd.Series([stats.linregress(*zip(*pts)).slope for pts in gains.values() if len({x for x, _ in pts}) > 1])
     if slopes.empty:
-        return "—"
-    return str(paired_difference(slopes, pd.Series(0.0, index=slopes.index)))
+        return None
+    return paired_difference(slopes, pd.Series(0.0, index=slopes.index))
 
 
 def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -459,7 +467,17 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
         xs = sorted(sel["_x"].unique())
         fixed = [c for c in differing(pool, setting_columns(pool, {col})) if c in sel]
         held = ", ".join(f"{c.removeprefix('params.')}={sel[c].iloc[0]}" for c in fixed) or "profile values"
-        methods = sorted(m for m in sel["params.method"].unique() if m != BASELINE)
+        # one row per method configuration (two settings of one method are two rows, never one mean)
+        rows: dict[str, pd.DataFrame] = {}
+        for m in sorted(sel["params.method"].unique()):
+            if m == BASELINE:
+                continue
+            mine = sel[sel["params.method"] == m]
+            named = differing(mine.drop_duplicates("_variant"), variant_columns(mine, set()))
+            for _, v in mine.drop_duplicates("_variant").iterrows():
+                label = m + (f" ({label_of(v, named)})" if named else "")
+                rows[label] = mine[mine["_variant"] == v["_variant"]]
+        methods = list(rows)
         gains: dict[str, list] = {m: [] for m in methods}
         teacher, base_acc = [], []
         for x in xs:
@@ -467,22 +485,27 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
             base = at[at["params.method"] == BASELINE]
             b = per_seed(base[metric], base["params.seed"])
             base_acc.append(b)
-            teacher.append(per_seed(base.get("params.teacher_test_acc", pd.Series(dtype=float)), base["params.seed"]))
+            teacher.append(per_seed(base["params.teacher_test_acc"] if "params.teacher_test_acc" in base
+                                    else pd.Series(np.nan, index=base.index), base["params.seed"]))
             for m in methods:
-                g = at[at["params.method"] == m]
+                g = at[at.index.isin(rows[m].index)]
                 gains[m].append(paired_difference(per_seed(g[metric], g["params.seed"]), b) if not b.empty else None)
         head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " | slope of Δ per unit, 95% CI |"
         lines = [f"### Synthetic task: gain over the baseline against {name} ({meaning})", "",
                  f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {held}; "
                  f"{task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
-                 "the data and one teacher), t-based 95% CI, `*` when it excludes zero. Slope: each seed's "
-                 f"least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
-                 "over seeds with its 95% CI.", "", head,
+                 "the data and one teacher), raw t-based 95% CI and the paired t-test's p-value adjusted with "
+                 "Holm's method across every cell of this table (one family); `*`: p_Holm < 0.05. Slope: each "
+                 f"seed's least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
+                 "over seeds with its 95% CI; the slope column is a family of its own.", "", head,
                  "|---" * (len(xs) + 2) + "|",
                  "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " | |",
                  "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " | |"]
+        slopes = {m: slope_cell(sel, rows[m], metric) for m in methods}
+        holm([p for m in methods for p in gains[m]])
+        holm(list(slopes.values()))
         for m in methods:
-            lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + f" | {slope_cell(sel, m, metric)} |")
+            lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + f" | {slopes[m] or '—'} |")
         parts.append("\n".join(lines) + "\n")
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
         colours = plt.get_cmap("tab20")

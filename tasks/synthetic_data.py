@@ -22,16 +22,23 @@ for one seed, a sweep changes only what the student's modality sees, never the t
 through the class means, so with gamma = 0 the student's input carries no teacher-decisive factor
 (only its own D_so factors), and with gamma = 0 and beta = 0 it carries no information about y at all.
 
-Modality Focusing Hypothesis (Xue et al., ICLR 2023, github.com/zihuixue/MFH, gauss/main.py) is the special
-case K = 2, g_m = identity (the factors placed into Gaussian noise dimensions), labels from a random
-hyperplane over all decisive factors instead of class means, linear teacher and student, plain KD; its
-gamma is the shared (overlap) share of the teacher's decisive factors, as here.
+Every random stream comes from one numpy SeedSequence per data seed, split into independent children (the
+fixed parts: the teacher's side, the student's side; then each split's draw: the teacher's pretraining
+set, train, validation, test, each with one child per modality), so no stream of one seed is another
+seed's stream or another part's.
+
+This is not the Modality Focusing Hypothesis generator (Xue et al., ICLR 2023, github.com/zihuixue/MFH,
+gauss/main.py): there the labels come from a random hyperplane over the decisive features, the student's
+input is the same at every gamma while the teacher's window of decisive features slides, and gamma is the
+shared count over shared plus both modalities' specific counts; here the teacher is fixed, the student
+gains information as gamma grows and gamma = D_sh / D. `tasks/mfh_data.py` is that generator.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -67,16 +74,35 @@ class Draw:
     z_student: torch.Tensor    # [N, D_so]
 
 
-class Generator:
-    """The fixed parts (class means, the two maps) from `seed`; draw(n_per_class, seed) samples a split."""
+Seeds = "int | np.random.SeedSequence"
 
-    def __init__(self, spec: SyntheticSpec, seed: int):
+
+def streams(seed) -> np.random.SeedSequence:
+    return seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+
+
+def child(seed, i: int) -> np.random.SeedSequence:
+    """The i-th independent child stream of `seed` (stateless: the same i always gives the same child)."""
+    ss = streams(seed)
+    return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, i))
+
+
+def torch_generator(seed) -> torch.Generator:
+    return torch.Generator().manual_seed(int(streams(seed).generate_state(1, np.uint64)[0]) & (2 ** 63 - 1))
+
+
+class Generator:
+    """The fixed parts (class means, the two maps) from `seed`; draw(n_per_class, seed) samples a split.
+    Seeds are ints or numpy SeedSequences (tasks/synthetic.py passes independent children of one run's)."""
+
+    def __init__(self, spec: SyntheticSpec, seed: Seeds):
         self.spec = spec
-        g = torch.Generator().manual_seed(seed)
         d, s = spec.factors, spec.separation
-        # the teacher's side first: its class means and map do not depend on gamma or beta
+        # the teacher's side has its own stream: its class means and map do not depend on gamma or beta
+        g = torch_generator(child(seed, 0))
         self.means_t = s * torch.randn(spec.classes, d, generator=g, dtype=torch.float64)
         self.map_t = self._map(d + spec.nuisance, spec.teacher_dim, g)
+        g = torch_generator(child(seed, 1))
         self.means_s = s * torch.randn(spec.classes, spec.d_so, generator=g, dtype=torch.float64)
         self.map_s = self._map(spec.d_sh + spec.d_so + spec.nuisance, spec.student_dim, g)
 
@@ -92,16 +118,16 @@ class Generator:
         w1, w2 = m
         return torch.tanh(h @ w1.t()) @ w2.t() / math.sqrt(w1.shape[0])
 
-    def draw(self, per_class: int, seed: int) -> Draw:
+    def draw(self, per_class: int, seed: Seeds) -> Draw:
         sp = self.spec
         y = torch.arange(sp.classes).repeat_interleave(per_class)
         n, c = len(y), math.sqrt(1 + sp.separation ** 2)
-        g = torch.Generator().manual_seed(seed)  # the teacher's modality: the same for every gamma and beta
+        g = torch_generator(child(seed, 0))  # the teacher's modality: the same for every gamma and beta
         z_t = self.means_t[y] + torch.randn(n, sp.factors, generator=g, dtype=torch.float64)
         u_t = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
         x_t = self._apply(self.map_t, torch.cat([z_t, u_t], 1) / c) + \
             sp.noise * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
-        g = torch.Generator().manual_seed(seed + 7_919)  # the student's own draws
+        g = torch_generator(child(seed, 1))  # the student's own draws
         z_so = self.means_s[y] + torch.randn(n, sp.d_so, generator=g, dtype=torch.float64)
         u_s = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
         z_sh, z_to = z_t[:, :sp.d_sh], z_t[:, sp.d_sh:]

@@ -304,26 +304,62 @@ def test_rkd_is_unchanged_by_rotating_or_scaling_either_side():
         np.testing.assert_allclose([float(v) for v in rkd_terms(t(fs), t(ft))], base, rtol=1e-9)
 
 
-def _crd(n=10, k=4, negatives="per_sample"):
+CRD_LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])  # the class of each of the 10 training samples
+
+
+def _crd(n=10, k=4, negatives="per_sample", pool="other_class"):
     from benchmark.registry import METHODS
     cls = METHODS.get("crd")
-    m = cls(Dims(DS, DT, K, [DS] * 3, train_size=n, total_steps=10),
-            cls.Hparams(crd_dim=3, crd_negatives_k=k, crd_negatives=negatives)).double()
+    m = cls(Dims(DS, DT, K, [DS] * 3, train_size=n, total_steps=10, train_labels=CRD_LABELS[:n]),
+            cls.Hparams(crd_dim=3, crd_negatives_k=k, crd_negatives=negatives, crd_negative_pool=pool)).double()
     return m
 
 
+@pytest.mark.parametrize("pool", ["other_class", "uniform_no_self"])
 @pytest.mark.parametrize("negatives", ["per_sample", "shared"])
-def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives):
+def test_crd_never_draws_the_anchor_as_its_own_negative(negatives, pool):
+    """With 10 samples and 9 negatives each, a uniform draw picks the anchor itself with probability 0.61
+    per sample; the anchor (and, for other_class, its class) must never count as a negative, and every
+    sample of the pool must be reachable."""
+    m = _crd(10, 9, negatives, pool)
+    seen = {i: set() for i in range(10)}
+    for step in range(60):
+        idx = torch.randperm(10, generator=torch.Generator().manual_seed(step))[:6]
+        neg, keep = m.draw_negatives(idx)
+        neg = neg.expand(len(idx), -1) if neg.dim() == 1 else neg
+        keep = torch.ones_like(neg, dtype=torch.bool) if keep is None else keep
+        assert neg.shape == (6, 9) and (keep.sum(1) > 0).all()
+        for i, row, k in zip(idx.tolist(), neg, keep):
+            used = set(row[k].tolist())
+            assert i not in used, f"sample {i} drawn as its own negative"
+            if pool == "other_class":
+                assert all(CRD_LABELS[j] != CRD_LABELS[i] for j in used)
+            seen[i] |= used
+    for i in range(10):
+        allowed = {j for j in range(10) if j != i and (pool != "other_class" or CRD_LABELS[j] != CRD_LABELS[i])}
+        assert seen[i] == allowed
+
+
+def test_crd_other_class_pool_needs_labels():
+    from benchmark.registry import METHODS, UsageError
+    cls = METHODS.get("crd")
+    with pytest.raises(UsageError, match="training labels"):
+        cls(Dims(DS, DT, K, [DS] * 3, train_size=10), cls.Hparams(crd_dim=3))
+
+
+@pytest.mark.parametrize("pool", ["other_class", "uniform_no_self"])
+@pytest.mark.parametrize("negatives", ["per_sample", "shared"])
+def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives, pool):
     n, k, tau = 10, 4, 0.07
-    m = _crd(n, k, negatives)
+    m = _crd(n, k, negatives, pool)
     idx = torch.tensor([3, 7, 0, 9, 5, 1])
     gen_state = m.gen.get_state()
     bank_s, bank_t = m.bank_s.numpy().copy(), m.bank_t.numpy().copy()
     terms = m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=idx)
-    g = torch.Generator()
-    g.set_state(gen_state)
-    neg = torch.randint(0, n, (k,) if negatives == "shared" else (B, k), generator=g).numpy()
-    neg = np.broadcast_to(neg, (B, k))
+    m.gen.set_state(gen_state)  # the same draw again (its correctness: the test above)
+    neg, keep = m.draw_negatives(idx)
+    neg = np.broadcast_to(neg.numpy(), (B, k))
+    keep = np.ones((B, k), bool) if keep is None else keep.numpy()
 
     def embed(lin, x):
         w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
@@ -338,7 +374,7 @@ def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives):
         z = np.mean([np.concatenate([[p], ng]) for p, ng in raw[side]]) * n  # fixed on this first batch
         for i, (p, ng) in enumerate(raw[side]):
             p, ng = p / z, ng / z
-            ref[i] -= np.log(p / (p + pn + 1e-7)) + sum(np.log(pn / (x + pn + 1e-7)) for x in ng)
+            ref[i] -= np.log(p / (p + pn + 1e-7)) + sum(np.log(pn / (x + pn + 1e-7)) for x in ng[keep[i]])
     np.testing.assert_allclose(terms["crd"].value.detach().numpy(), ref, rtol=1e-9)
     assert terms["crd"].weight == 0.8 and m.ce_weight == 1.0
     # the banks moved towards this batch with momentum 0.5 and stay unit-norm; other rows untouched
@@ -360,3 +396,15 @@ def test_crd_state_round_trip_continues_exactly():
     tb = b.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y), index=idx)["crd"].value
     torch.testing.assert_close(ta, tb, rtol=0, atol=0)
     assert torch.equal(a.bank_s, b.bank_s) and torch.equal(a.z, b.z)
+
+
+def test_rkd_under_bf16_autocast_matches_float64():
+    """Features with a shared offset (2 ± 0.3): a bf16 Gram matrix loses the angles (mean cosine error 0.07
+    before the fix); the loss stays in fp32 and centres first."""
+    from methods.rkd import rkd_terms
+    g = np.random.default_rng(5)
+    fs, ft = 2 + 0.3 * g.normal(size=(16, 32)), 2 + 0.3 * g.normal(size=(16, 24))
+    ref = [float(v) for v in rkd_terms(t(fs), t(ft))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [float(v) for v in rkd_terms(torch.tensor(fs, dtype=torch.float32), torch.tensor(ft, dtype=torch.float32))]
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)

@@ -91,7 +91,8 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     # ours: baseline seeds 30, 32 -> 31.00 ± 1.41; ours_feature 33, 36 -> 34.50 ± 2.12
     assert "31.00 ± 1.41 (n=2)" in table7 and "34.50 ± 2.12 (n=2)" in table7
     # paired difference over matched seeds: diffs 3, 4 -> mean 3.5, t(0.975, 1) * 0.7071 / sqrt 2 = 6.353
-    assert "+3.50 [-2.85, +9.85] (n=2) |" in table7  # the interval includes 0: no '*'
+    # p = 2 t_1.sf(7.0) = 0.090, the only comparison of its column: Holm leaves it; no '*'
+    assert "+3.50 [-2.85, +9.85] (n=2) p_Holm=0.09 |" in table7
     assert "| fitnet | FitNet [36] | 75.97 | 77.65 | not run" in table7
     # the study runs are left out of the main table, and the table says so
     assert "Note: 2 finished cifar100 runs of Optuna studies are not shown" in table7
@@ -173,13 +174,67 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     assert rows["teacher (own test acc.)"] == ["71.00 ± 1.00 (n=3)"] * 2 + [""]
     assert rows["baseline (test top-1)"] == ["21.00 ± 1.00 (n=3)", "61.00 ± 1.00 (n=3)", ""]
     # kd - baseline: gamma 0: -2, -1, -2 (mean -1.67); gamma 1: +4, +3, +5 (mean +4.00, sd 1, CI +-2.48)
-    assert rows["kd"][0].startswith("-1.67 [") and rows["kd"][1] == "+4.00 [+1.52, +6.48] (n=3) *"
+    # p: gamma 0 t=-5.0 -> 0.0377, gamma 1 t=6.93 -> 0.0202; Holm over the table's 2 cells: 2 x 0.0202 = 0.040,
+    # then max(0.040, 1 x 0.0377) = 0.040: both keep their star
+    assert rows["kd"][0].startswith("-1.67 [") and rows["kd"][0].endswith("p_Holm=0.04 *")
+    assert rows["kd"][1] == "+4.00 [+1.52, +6.48] (n=3) p_Holm=0.04 *"
     # slope per seed (two points each): 4 - (-2) = 6, 3 - (-1) = 4, 5 - (-2) = 7; mean 5.67, sd 1.53, n 3
     half = 4.302653 * np.std([6, 4, 7], ddof=1) / np.sqrt(3)
-    assert rows["kd"][2] == f"+5.67 [{17 / 3 - half:+.2f}, {17 / 3 + half:+.2f}] (n=3) *"
+    assert rows["kd"][2] == f"+5.67 [{17 / 3 - half:+.2f}, {17 / 3 + half:+.2f}] (n=3) p_Holm=0.023 *"
     assert "beta=" not in section.split("Setting:")[1].split("\n")[0] or "synth_beta=0.25" in section
     assert (out / "synthetic_gamma.png").read_bytes()[:8] == PNG
     # the beta = 1 run has no baseline of its setting: its beta section shows no gain for it, never a pooled one
     beta = report.split("### Synthetic task: gain over the baseline against beta")[1].split("\n### ")[0]
     kd_row = next(line for line in beta.splitlines() if line.startswith("| kd |"))
     assert kd_row.split("|")[2:-1][1].strip() == "—" and "99" not in beta
+
+
+def test_holm_adjustment_and_no_spread():
+    """Holm's step-down by hand: p = (0.01, 0.04, 0.03) in a family of 3 -> 0.03, 0.06, 0.06; a comparison
+    with the same difference on every seed has no interval, no p-value, no star, and is not counted."""
+    from benchmark.stats import Paired, holm, paired_difference
+    fam = [Paired(1, 0.5, 2, 3, p) for p in (0.01, 0.04, 0.03)]
+    same = paired_difference(pd.Series([5.0, 7.0, 9.0], index=list("abc")), pd.Series([3.0, 5.0, 7.0], index=list("abc")))
+    holm(fam + [same, None])
+    assert [round(x.p_adj, 10) for x in fam] == [0.03, 0.06, 0.06]
+    assert [x.significant for x in fam] == [True, False, False] and fam[0].raw_significant
+    assert str(same) == "+2.00 (n=3, no spread)" and not same.significant and same.p_adj is None
+
+
+def _two_settings_store(tmp_path, params_b):
+    uri = f"sqlite:///{tmp_path / 'pool.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    fact_a = {"precision_resolved": "fp32", "world_size": 1, "code_version": "0.1.0+gaaaa"}
+    for seed in (0, 1):
+        _log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed}, params=fact_a)
+        _log_run(client, exp, "kd", seed, {"test_top1": 50.0 + seed}, params={**fact_a, **params_b})
+    return build_report(uri, tmp_path / "r").read_text()
+
+
+@pytest.mark.parametrize("other", [{"precision_resolved": "bf16"}, {"code_version": "0.1.0+gbbbb"}, {"world_size": 8}])
+def test_runs_of_another_precision_world_size_or_code_version_never_pair(tmp_path, other):
+    """The kd runs differ from the baseline's only in the resolved precision, the world size or the code
+    version: they form a setting of their own, with no baseline to pair with (never a Δ of +20)."""
+    table7 = _section(_two_settings_store(tmp_path, other), 7)
+    assert "+20.00" not in table7
+    key = next(iter(other))
+    assert f"{key}={other[key]}" in table7.splitlines()[2]  # the setting is named by what differs
+
+
+def test_sweep_rows_are_method_configurations(tmp_path):
+    """Two configurations of one method in a sweep are two rows (today's bug: +1 and -5 pooled into one)."""
+    uri = f"sqlite:///{tmp_path / 'syn.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-synthetic", artifact_location=(tmp_path / "artifacts").as_uri())
+    common = {"task": "synthetic", "student": "mlp", "teacher_id": "mlp-teacher/x", "synth_beta": 0.25}
+    for gamma in (0.0, 1.0):
+        for seed in (0, 1, 2):
+            _log_run(client, exp, "baseline", seed, {"test_top1": 50.0}, params={**common, "synth_gamma": gamma})
+            for t, d in ((2.0, 1.0 + 0.1 * seed), (4.0, -5.0 + 0.1 * seed)):
+                _log_run(client, exp, "kd", seed, {"test_top1": 50.0 + d},
+                         params={**common, "synth_gamma": gamma, "hp.temperature": t})
+    section = build_report(uri, tmp_path / "r").read_text().split("### Synthetic task: gain over the baseline against gamma (")[1].split("\n## ")[0]
+    kd = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| kd")}
+    assert set(kd) == {"kd (temperature=2.0)", "kd (temperature=4.0)"}
+    assert "+1.10 [" in kd["kd (temperature=2.0)"] and "-4.90 [" in kd["kd (temperature=4.0)"]

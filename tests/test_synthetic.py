@@ -43,6 +43,64 @@ def test_the_teachers_modality_is_the_same_for_every_gamma_and_beta():
         assert not torch.equal(d.x_student, ref.x_student)
 
 
+def test_seeds_streams_are_disjoint():
+    """Every random stream of a run seed (class means, maps, each split's draws, the teacher's pretraining
+    draw) comes from its own SeedSequence child: no number drawn for one seed or part reappears in another
+    (before, seed 1's class means were seed 0's first training-noise rows)."""
+    from types import SimpleNamespace
+
+    from tasks.synthetic import data_seed
+    from tasks.synthetic_data import child
+    values = {}
+    for seed in (0, 1, 2):
+        root = data_seed(SimpleNamespace(split_seed=0, seed=seed, synth_data="per_seed"))
+        g = Generator(SyntheticSpec(), child(root, 0))
+        parts = {"means_t": g.means_t, "means_s": g.means_s, "map_t": g.map_t[0], "map_s": g.map_s[0]}
+        for i, name in enumerate(("pretrain", "train", "val", "test")):
+            d = g.draw(3, child(root, i + 1))
+            parts[name] = torch.cat([d.x_teacher.double(), d.x_student.double()], 1)
+        for name, v in parts.items():  # whole rows: a row shared by two streams means one stream reused
+            values[(seed, name)] = {tuple(r) for r in v.double().reshape(-1, 4).numpy().tolist()}
+    keys = list(values)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert not (values[a] & values[b]), f"{a} and {b} share drawn values"
+    fixed = data_seed(SimpleNamespace(split_seed=0, seed=5, synth_data="fixed"))
+    assert fixed.spawn_key != data_seed(SimpleNamespace(split_seed=0, seed=0, synth_data="per_seed")).spawn_key
+
+
+def test_the_synthetic_teacher_never_sees_the_students_rows(tmp_path):
+    """The teacher trains on a draw of its own modality (synth_teacher_per_class per class); the rows the
+    student trains, validates and tests on are never among them, and the run records the teacher's accuracy
+    on its own draw and on the student's train and test rows."""
+    from benchmark.config import build_config
+    from benchmark.registry import TASKS
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.teachers import vector
+    task = TASKS.get("synthetic")()
+    cfg = build_config(task, "smoke", {}, {"synth_teacher_per_class": "30"})
+    data = task.load(cfg)
+    assert data.pretrain_x.shape[0] == 30 * 20 and data.teacher_x.shape[0] == len(data.train.y) + len(data.val.y) + len(data.test.y)
+    pre = {tuple(r) for r in data.pretrain_x.numpy().round(6).tolist()}
+    assert not pre & {tuple(r) for r in data.teacher_x.numpy().round(6).tolist()}
+    seen = []
+    orig = vector.MLPTeacher.encode
+
+    def spy(self, inputs):
+        seen.append((len(self.labels), np.stack(inputs[: len(self.labels)])))
+        return orig(self, inputs)
+    vector.MLPTeacher.encode = spy
+    try:
+        tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "cache"))
+    finally:
+        vector.MLPTeacher.encode = orig
+    (n, trained_on), = seen
+    assert n == 600 and np.array_equal(trained_on, data.pretrain_x.numpy())
+    assert tables.embedding.shape[0] == data.teacher_x.shape[0]  # one row per student-side sample, keys unchanged
+    for k in ("teacher_pretrain_acc", "teacher_train_acc", "teacher_test_acc"):
+        assert 0 <= tables.params[k] <= 100
+
+
 def test_factor_counts_follow_gamma_and_beta():
     tr, _ = draws(per_class=2, gamma=0.25, beta=0.5, factors=16)
     assert tr.z_shared.shape[1] == 4 and tr.z_teacher.shape[1] == 12 and tr.z_student.shape[1] == 8
