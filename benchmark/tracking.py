@@ -26,11 +26,32 @@ def resolve_uri(cli_uri: str | None) -> str:
         raise UsageError(f"tracking URI '{uri}': unknown scheme '{scheme}'; use one of {', '.join(SCHEMES)} "
                          "(e.g. sqlite:///mlflow.db)")
     if scheme == "sqlite":
-        parent = Path(uri[len("sqlite:///"):]).expanduser().resolve().parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK):
+        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             from benchmark.registry import UsageError
-            raise UsageError(f"tracking URI '{uri}': folder {parent} does not exist or is not writable")
+            raise UsageError(f"tracking URI '{uri}': folder {path.parent} does not exist or is not writable")
+        check_sqlite_store(path)
     return uri
+
+
+def check_sqlite_store(path: Path) -> None:
+    """A damaged (truncated, overwritten) sqlite store is refused before anything runs, read-only: it is
+    never written to. A missing or empty file is a new store."""
+    import sqlite3
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            result = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        result = str(e)
+    if result != "ok":
+        from benchmark.registry import UsageError
+        raise UsageError(f"tracking store {path} is damaged ({result}); it was not touched: move it aside (or "
+                         "restore a backup) and run again, or name another store with --tracking-uri")
 
 
 def artifact_root(uri: str) -> str | None:

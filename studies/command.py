@@ -135,8 +135,14 @@ def cmd_study(args) -> int:
     study = optuna.load_study(study_name=name, storage=storage)
     runner.end_parent_if_done(study, tracker)  # whichever worker ends last ends the parent run
     if not args.join:
-        df = study.trials_dataframe(attrs=("number", "params", "value", "state"))
+        df = study.trials_dataframe(attrs=("number", "params", "value", "state", "user_attrs"))
+        df = df[[c for c in df if not c.startswith("user_attrs_") or c == "user_attrs_fail_reason"]]
         print(df.to_markdown(index=False))
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "fail_reason" in t.user_attrs]
+    if failed:
+        print(f"error: {len(failed)} of {len(study.trials)} trials failed (diverged): "
+              + "; ".join(f"trial {t.number}: {t.user_attrs['fail_reason']}" for t in failed), file=sys.stderr)
+        return 3
     return 0
 
 

@@ -22,7 +22,7 @@ from statistics import mean
 import optuna
 
 from benchmark.registry import UsageError
-from benchmark.trainer import resolve_hparams, run_one
+from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 
 def parse_grid(items: list[str], hp_types: dict) -> dict[str, list]:
@@ -245,6 +245,12 @@ class Objective:
         except optuna.TrialPruned:
             self.tracker.end(run, "KILLED")
             raise
+        except Diverged as e:  # this trial fails with its reason; the study goes on (as `run` goes on)
+            trial.set_user_attr("fail_reason", str(e))
+            self.tracker.set_tag(run, "xkd.failure", str(e)[:5000])
+            self.tracker.end(run, "FAILED")
+            print(f"error: trial {trial.number}: {e}; trial ended FAILED, the study goes on", file=sys.stderr, flush=True)
+            raise
         except BaseException:
             self.tracker.end(run, "FAILED")
             raise
@@ -269,12 +275,14 @@ def work(study: optuna.Study, storage, objective: Objective, n_trials: int | Non
                 study.tell(trial, value)
             except optuna.TrialPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            except Diverged:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
             except BaseException:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
             done += 1
         return done
-    study.optimize(objective, n_trials=n_trials or 10, catch=())
+    study.optimize(objective, n_trials=n_trials or 10, catch=(Diverged,))
     return n_trials or 10
 
 

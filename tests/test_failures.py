@@ -291,3 +291,23 @@ def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capsy
     path.with_suffix(".prev").write_bytes(b"junk")
     assert load_checkpoint(path, "cpu") is None
     assert "starting this run from scratch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"],
+                                     ["report", "--out", "rep"],
+                                     ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke",
+                                      "--grid", "temperature=2,4"]])
+def test_a_damaged_tracking_store_is_one_line_and_never_written(tmp_path, command):
+    """A truncated mlflow.db (half of a real store): one line naming the file, exit 2, its bytes unchanged."""
+    import hashlib
+    import sqlite3
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.executescript("create table t (x); " + "".join(f"insert into t values ({'x' * 40!r}); " for _ in range(3000)))
+    con.close()
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    res = run_cli_inprocess(command, tmp_path)
+    _refused(res, tmp_path, str(db), "damaged", keep=("mlflow.db",))
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before

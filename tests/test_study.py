@@ -152,3 +152,26 @@ def test_paper_study_refuses_a_set_that_contradicts_a_fixed_value(tmp_path, cifa
     res = run_cli_inprocess(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path)
     assert res.returncode == 2 and "fixes margin=0.04" in res.stderr
     assert not (tmp_path / "studies.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("search", [["--grid", "kd_weight=0.9,1e30"], ["--n-trials", "2"]])
+def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path, search):
+    """One trial's loss is not finite (kd_weight=1e30): that trial ends FAILED with its reason (Optuna and
+    MLflow), the other trial completes, and the command exits 3 (some trials failed). TPE: lr=1e30 makes
+    every trial diverge; each fails alone and the study still runs its two trials."""
+    args = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", *search]
+    if search[0] == "--n-trials":
+        args += ["--set", "lr=1e30"]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert "trial ended FAILED, the study goes on" in res.stderr and "trials failed (diverged)" in res.stderr
+    study = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    states = sorted(t.state.name for t in study.get_trials())
+    assert states == (["COMPLETE", "FAIL"] if search[0] == "--grid" else ["FAIL", "FAIL"])
+    failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert all("not finite" in t.user_attrs["fail_reason"] for t in failed)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get("xkd.kind") == "trial"]
+    assert sorted(r.info.status for r in trial_runs) == sorted("FINISHED" if s == "COMPLETE" else "FAILED" for s in states)
+    assert all("not finite" in r.data.tags["xkd.failure"] for r in trial_runs if r.info.status == "FAILED")
