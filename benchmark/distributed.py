@@ -98,6 +98,25 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def gather_cat_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """gather_cat through which gradients flow back to each rank's own rows (a loss over the global batch).
+    Every rank computes the same global loss; the backward sums the ranks' gradients of this rank's rows
+    (W times the one-process gradient) and average_gradients divides by W: the one-process gradient."""
+    if world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(t.contiguous()))
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any rank (a collective: every rank must call it together)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         t = t.clone()

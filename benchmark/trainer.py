@@ -229,12 +229,25 @@ class Context:
         return out
 
     def _check_finite(self, epoch: int, i: int, loss_sum, term_sums, step_loss) -> None:
-        if bool(torch.isfinite(loss_sum)):
-            return
-        first = int((~torch.isfinite(step_loss[:i + 1])).nonzero()[0])
-        bad = [k for k, v in term_sums.items() if not bool(torch.isfinite(v))]
-        raise Diverged(f"{self.method_name} seed {self.cfg.seed}: loss is not finite at epoch {epoch + 1}, "
-                       f"step {first + 1} (terms: {', '.join(bad) or 'total only'})")
+        check_finite(f"{self.method_name} seed {self.cfg.seed}", epoch, i, loss_sum, term_sums, step_loss)
+
+
+def check_finite(who: str, epoch: int, i: int, loss_sum, term_sums, step_loss) -> None:
+    """Raise Diverged when the loss so far is not finite. Under torchrun the flag is reduced over the ranks,
+    so that every rank stops together (a NaN on one shard would otherwise stop that rank alone and leave the
+    others waiting in the next collective)."""
+    local_bad = not bool(torch.isfinite(loss_sum))
+    if not distributed.any_rank(local_bad):
+        return
+    if not local_bad:
+        raise Diverged(f"{who}: loss is not finite at epoch {epoch + 1} on another process (rank 0 of "
+                       f"{distributed.world_size()} reports this one's shard finite)" if distributed.is_main() else
+                       f"{who}: loss is not finite at epoch {epoch + 1} on another process")
+    first = int((~torch.isfinite(step_loss[:i + 1])).nonzero()[0])
+    bad = [k for k, v in term_sums.items() if not bool(torch.isfinite(v))]
+    where = f" on rank {distributed.rank()}" if distributed.world_size() > 1 else ""
+    raise Diverged(f"{who}: loss is not finite at epoch {epoch + 1}, step {first + 1}{where} "
+                   f"(terms: {', '.join(bad) or 'total only'})")
 
 
 def run_key(cfg: RunConfig, method_name: str, hparams) -> str:

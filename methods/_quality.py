@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmark import distributed
 from methods._base import fp
 
 
@@ -22,9 +23,10 @@ class QualityWeights(nn.Module):
     def _z(self, q: torch.Tensor, k: str) -> torch.Tensor:
         mu, sigma = getattr(self, f"mu_{k}"), getattr(self, f"sigma_{k}")
         if self.training:
-            with torch.no_grad():
-                b_mu = q.mean()
-                b_sigma = q.std() if self.sigma_kind == "std" else q.var()
+            with torch.no_grad():  # under torchrun: the statistics of the global batch, the same on every rank
+                q_all = distributed.gather_cat(q)
+                b_mu = q_all.mean()
+                b_sigma = q_all.std() if self.sigma_kind == "std" else q_all.var()
                 if not bool(self.initialised):  # first batch initialises (AdaFace's 20/100 are face-specific)
                     mu.copy_(b_mu), sigma.copy_(b_sigma)
                 else:

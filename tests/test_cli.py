@@ -70,3 +70,15 @@ def test_paper_profile_uses_the_papers_teacher_and_says_when_it_cannot_load(tmp_
     assert "cannot load open_clip ViT-B-16 pretrained='openai'" in res.stderr and "--teacher minilm" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_gpu_check_script_dry_run_lists_its_steps():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    for step in ("cuda tests: ", "-m pytest -m cuda", "perf, paper students: ", "--profile paper",
+                 "one paper epoch, timed: ", "epochs=1", "torchrun NCCL smoke: ", "--nproc_per_node 1"):
+        assert step in res.stdout, step

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark import distributed
 from benchmark.types import Term
 
 
@@ -17,7 +18,9 @@ class AngularPrototypical(nn.Module):
         self.b = nn.Parameter(torch.tensor(-5.0))
 
     def forward(self, s, y):
-        emb = s.embedding.float().reshape(-1, 2, s.embedding.shape[-1])
+        # under torchrun each shard holds whole pairs (checked before training); the loss sees every pair of the
+        # global batch, as one process does
+        emb = distributed.gather_cat_with_grad(s.embedding.float()).reshape(-1, 2, s.embedding.shape[-1])
         positive, anchor = emb[:, 0], emb[:, 1]
         cos = F.cosine_similarity(positive.unsqueeze(-1), anchor.unsqueeze(-1).transpose(0, 2))
         logits = cos * self.w.clamp(min=1e-6) + self.b

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmark import distributed
 from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables, linear_probe_logits
@@ -44,6 +45,11 @@ class VoxCeleb(Task):
         return AngularPrototypical()
 
     def steps_per_epoch(self, split, batch_size):
+        w = distributed.world_size()
+        if w > 1 and (batch_size % w or (batch_size // w) % 2):
+            raise UsageError(f"voxceleb batches are speaker pairs: under torchrun each of the {w} processes must get "
+                             f"whole pairs, but batch_size {batch_size} gives {batch_size / w:g} samples each; use a "
+                             f"batch_size divisible by {2 * w}")
         n_spk = len(torch.unique(split.y))
         if batch_size // 2 > n_spk:
             raise UsageError(f"voxceleb batches hold batch_size/2 distinct speakers: batch_size {batch_size} needs "
