@@ -26,9 +26,10 @@ class RunConfig:
     momentum: float = bounded(0.9, 0, 1)
     nesterov: bool = False
     weight_decay: float = bounded(5e-4, 0, None)
-    schedule: str = "onecycle"        # step | cosine | onecycle (linear warm-up then cosine)
+    schedule: str = "onecycle"        # step | multistep | cosine | onecycle (linear warm-up then cosine)
     lr_step_epochs: int = bounded(30, 1, None)
     lr_gamma: float = bounded(0.1, 0, None, lo_open=True)
+    lr_milestones: str = "150,180,210"  # multistep: epochs at which lr is multiplied by lr_gamma (RepDistiller)
     warmup_epochs: float = bounded(0.0, 0, None)
     compile: bool = False             # torch.compile the student's forward (inductor; first steps compile)
     sync_bn: bool = False             # under torchrun: BatchNorm statistics over the global batch (benchmark/distributed.py)
@@ -45,7 +46,13 @@ class RunConfig:
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)
     # speaker task (ignored elsewhere)
-    teacher_checkpoint: str = ""      # IR-50 checkpoint for --teacher ir50
+    teacher_checkpoint: str = ""      # IR-50 checkpoint for --teacher ir50; an image teacher's for img-checkpoint
+    # an image teacher the harness trains (cifar100-kd: --teacher img-trained) or loads (img-checkpoint)
+    teacher_arch: str = "resnet8"     # a student architecture of the registry, or tv:<torchvision model>
+    teacher_epochs: int = bounded(8, 1, None)
+    teacher_lr: float = bounded(0.1, 0, None, lo_open=True)
+    teacher_seed: int = bounded(0, 0, None)
+    teacher_data_fraction: float = bounded(1.0, 0, 1, lo_open=True)  # share of each class the trained teacher learns from
     noise_dir: str = ""               # noise folder (MUSAN 'noise' or any wav/flac); default <data-dir>/noise
     train_seconds: float = bounded(2.0, 0, None, lo_open=True)        # random training crop
     eval_seconds: float = bounded(4.0, 0, None, lo_open=True)         # each of the eval_crops test crops
@@ -86,7 +93,7 @@ def defining_fields() -> list[str]:
     return [f.name for f in fields(RunConfig) if f.name not in NOT_DEFINING]
 
 
-CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
            "teacher_logits": ("zeroshot", "probe", "own"), "match_proto": ("head_then_mean", "mean_then_head")}
 
 

@@ -58,6 +58,27 @@ def _small_resnet(widths: list[int], num_classes: int) -> Student:
     return Student(stem, stages, list(widths), num_classes)
 
 
+def _cifar_resnet(depth: int, filters: list[int], num_classes: int) -> Student:
+    """RepDistiller's CIFAR ResNet (depth 6n+2: a 3x3 stem of filters[0] channels, then three stages of n
+    BasicBlocks with filters[1:] channels, strides 1, 2, 2; global average pooling, a linear classifier)."""
+    n = (depth - 2) // 6
+    stem = nn.Sequential(nn.Conv2d(3, filters[0], 3, 1, 1, bias=False), nn.BatchNorm2d(filters[0]), nn.ReLU(inplace=True))
+    stages, cin = [], filters[0]
+    for i, w in enumerate(filters[1:]):
+        blocks = []
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            down = nn.Sequential(nn.Conv2d(cin, w, 1, stride, bias=False), nn.BatchNorm2d(w)) if stride != 1 or cin != w else None
+            blocks.append(BasicBlock(cin, w, stride, down))
+            cin = w
+        stages.append(nn.Sequential(*blocks))
+    return Student(stem, stages, list(filters[1:]), num_classes)
+
+
+STUDENTS.add("resnet8x4", lambda k: _cifar_resnet(8, [32, 64, 128, 256], k),
+             "RepDistiller's resnet8x4 (CIFAR, 32x32), 1.2M params, d_S=256: the standard KD student")
+STUDENTS.add("resnet32x4", lambda k: _cifar_resnet(32, [32, 64, 128, 256], k),
+             "RepDistiller's resnet32x4 (CIFAR, 32x32), 7.4M params, d_S=256: the standard KD teacher")
 STUDENTS.add("cifar_resnet18", lambda k: _from_torchvision(resnet18, k, True),
              "ResNet18 with the CIFAR 3x3 stem (32x32 input), 11.2M params, d_S=512")
 STUDENTS.add("cifar_resnet34", lambda k: _from_torchvision(resnet34, k, True),

@@ -16,6 +16,9 @@ class TeacherTables:
     logits: torch.Tensor | None = None      # [N_keys, V, K]
     params: dict = field(default_factory=dict)
     match_embedding: torch.Tensor | None = None  # the teacher's embeddings of a cross-modal matching set (CPU)
+    # a frozen model run on each augmented training batch (an image teacher): x -> (embedding, logits); the
+    # tables above then hold its outputs on the un-augmented rows (evaluation, matching)
+    live: torch.nn.Module | None = None
 
     @property
     def dim(self) -> int:
@@ -24,6 +27,7 @@ class TeacherTables:
     def to(self, device) -> "TeacherTables":
         self.embedding = self.embedding.to(device)
         self.logits = None if self.logits is None else self.logits.to(device)
+        self.live = None if self.live is None else self.live.to(device)
         return self
 
 

@@ -63,6 +63,9 @@ def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
             return (step + 1) / warm
         if cfg.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        if cfg.schedule == "multistep":
+            milestones = [int(m) for m in cfg.lr_milestones.split(",") if m.strip()]
+            return cfg.lr_gamma ** sum(step // steps_per_epoch >= m for m in milestones)
         return cfg.lr_gamma ** ((step // steps_per_epoch) // cfg.lr_step_epochs)
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
@@ -139,8 +142,13 @@ class Context:
             x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
-        teacher = TeacherOut(tables.embedding[key, variant],
-                             None if tables.logits is None else tables.logits[key, variant])
+        if tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
+            with torch.no_grad(), self.autocast():
+                emb_t, logits_t = tables.live(x)
+            teacher = TeacherOut(emb_t.float(), logits_t.float())
+        else:
+            teacher = TeacherOut(tables.embedding[key, variant],
+                                 None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
             s = self.forward(x)
         # bf16 autocast covers the student's forward only: every loss (the task's and the method's, with their

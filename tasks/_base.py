@@ -44,6 +44,14 @@ class TaskData:
     info: dict[str, Any] = field(default_factory=dict)   # logged as params (sizes, split rule, source)
     class_groups: torch.Tensor | None = None             # a group per class (CIFAR-100 superclass), figure colours
 
+    def train_digest(self) -> str:
+        """sha256 of the training split alone (what a teacher the harness trains learns from)."""
+        h = hashlib.sha256("\x1f".join(self.class_names).encode())
+        h.update(self.train.y.numpy().tobytes())
+        if isinstance(self.train.x, torch.Tensor):
+            h.update(self.train.x.numpy().tobytes())
+        return h.hexdigest()
+
     def digest(self) -> str:
         """sha256 of what a run trains and is tested on: class names, every split's labels, its images when
         they are tensors, and the source archive's hash when the task knows it (logged as the MLflow dataset)."""

@@ -29,4 +29,4 @@ def teacher_class(name: str) -> Any:
     return TEACHERS.get(name)
 
 
-from benchmark.teachers import face, text, vector  # noqa: E402,F401  (registers every teacher)
+from benchmark.teachers import face, image, text, vector  # noqa: E402,F401  (registers every teacher)
