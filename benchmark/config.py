@@ -68,7 +68,8 @@ class RunConfig:
     synth_classes: int = bounded(20, 2, None)
     synth_nuisance: int = bounded(8, 0, None)           # nuisance dimensions per modality
     synth_separation: float = bounded(1.0, 0, None, lo_open=True)  # s, scale of the class means
-    synth_noise: float = bounded(0.5, 0, None)          # sigma, observation noise on each input
+    synth_noise: float = bounded(0.5, 0, None)          # sigma, observation noise on the student's input
+    synth_teacher_noise: float = bounded(0.1, 0, None)  # sigma_T, on the teacher's input (a cleaner, privileged view)
     synth_per_class: str = "100,50,100"                 # train,val,test samples per class
     synth_teacher_per_class: int = bounded(1000, 2, None)  # the teacher's own pretraining draw (never the student's rows)
     synth_data: str = choice("per_seed", "fixed", help="per_seed: a new draw of the generator for every seed "

@@ -41,7 +41,7 @@ def per_class_counts(cfg) -> tuple[int, int, int]:
 def spec_of(cfg) -> SyntheticSpec:
     return SyntheticSpec(classes=cfg.synth_classes, factors=cfg.synth_factors, gamma=cfg.synth_gamma,
                          beta=cfg.synth_beta, nuisance=cfg.synth_nuisance, separation=cfg.synth_separation,
-                         noise=cfg.synth_noise)
+                         noise=cfg.synth_noise, teacher_noise=cfg.synth_teacher_noise)
 
 
 def data_seed(cfg) -> np.random.SeedSequence:

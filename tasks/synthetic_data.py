@@ -12,10 +12,12 @@ dimensions per modality, class separation s and observation noise sigma (all fro
     (z_sh, z_to) = mu_y + eps,  z_so = nu_y + eps',  eps, eps' ~ N(0, I)
     u_T, u_S ~ N(0, I_n)                           nuisance, independent of y and of each other
     h_T = (z_sh, z_to, u_T) / c,  h_S = (z_sh, z_so, u_S) / c,   c = sqrt(1 + s^2)
-    x_m = g_m(h_m) + sigma * xi_m,  xi_m ~ N(0, I_{d_m}),   m in {T, S}
+    x_m = g_m(h_m) + sigma_m * xi_m,  xi_m ~ N(0, I_{d_m}),   m in {T, S}   (sigma_S = sigma; sigma_T = teacher_noise)
     g_m(h) = W2_m tanh(W1_m h) / sqrt(H),  W1_m ~ N(0, 1/dim h) [H x dim h], W2_m ~ N(0, 1) [d_m x H]
 
-with H = 4 * d_m hidden units and different input widths d_T != d_S; g_T, g_S and the class means are
+with H = 4 * d_m hidden units and different input widths d_T != d_S; the teacher's view is the cleaner one
+(sigma_T = 0.1 against sigma = 0.5 by default: a privileged modality, so that a teacher trained on its own
+draw reaches about 90% where the student's modality allows about 75%); g_T, g_S and the class means are
 fixed per data seed and shared by the train, validation and test draws. The teacher's side (mu, g_T
 and every draw of the teacher's modality) comes first from the seed and does not depend on gamma or beta:
 for one seed, a sweep changes only what the student's modality sees, never the teacher. The label depends on z only
@@ -50,7 +52,8 @@ class SyntheticSpec:
     beta: float = 0.25
     nuisance: int = 8          # n, per modality
     separation: float = 1.0    # s
-    noise: float = 0.5         # sigma
+    noise: float = 0.5         # sigma, the student's modality
+    teacher_noise: float | None = None  # sigma_T, the teacher's modality (None: sigma)
     teacher_dim: int = 64      # d_T
     student_dim: int = 48      # d_S
 
@@ -126,7 +129,8 @@ class Generator:
         z_t = self.means_t[y] + torch.randn(n, sp.factors, generator=g, dtype=torch.float64)
         u_t = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
         x_t = self._apply(self.map_t, torch.cat([z_t, u_t], 1) / c) + \
-            sp.noise * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
+            (sp.noise if sp.teacher_noise is None else sp.teacher_noise) * \
+            torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
         g = torch_generator(child(seed, 1))  # the student's own draws
         z_so = self.means_s[y] + torch.randn(n, sp.d_so, generator=g, dtype=torch.float64)
         u_s = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
