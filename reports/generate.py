@@ -36,6 +36,10 @@ BASELINE = "baseline"
 # facts of a run beside its configuration that change what it computes: runs that differ in one never share
 # a cell or pair (bf16 against fp32, a torchrun world size against one process, two code versions)
 SETTING_FACTS = ["params.precision_resolved", "params.world_size", "params.code_version"]
+# the teacher's own accuracy, as each kind of teacher records it (image/vector teachers on the test split; a
+# text teacher classifying its own prompts; a linear probe on the teacher's training embeddings)
+TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_prompt_top1", "top-1 on its own prompts"),
+                    ("params.teacher_probe_train_acc", "probe train top-1")]
 
 
 def load_runs(tracking_uri: str, experiment: str | None) -> pd.DataFrame:
@@ -230,7 +234,16 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
                 out.append(paired_cell(method, s, pool[pool["_setting"] == setting], spec.paired))
         return out
 
-    lines = [f"## {spec.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"## {spec.title}", ""]
+    if not pool.empty:  # how strong the teacher was, per setting: a reader must see it before the numbers
+        for setting, lab in labels.items():
+            runs_s = pool[pool["_setting"] == setting]
+            facts = [f"{name} {describe(per_seed(runs_s[col], runs_s['params.seed']))}"
+                     for col, name in TEACHER_ACCURACY if col in runs_s and runs_s[col].notna().any()]
+            lines.append(f"Teacher [{lab}]: {runs_s['params.teacher_id'].iloc[0] if 'params.teacher_id' in runs_s else '?'}"
+                         + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded"))
+        lines.append("")
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     body: list[list] = []  # rows of cells; Δ cells stay Paired until their column (one family) is adjusted
     matched = pd.Series(False, index=pool.index) if not pool.empty else None
     for _, row in paper.iterrows():
@@ -578,8 +591,12 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None) ->
              + f" ({len(runs)} finished training runs). Paper values are copied from the paper. Ours: mean ± sample "
              "std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its footnote; one "
              "column block per setting, one row per method configuration. Δ: paired difference against the "
-             "baseline over matched seeds of the same setting, with a t-based 95% confidence interval; `*` marks "
-             "an interval that excludes zero.", "", "## Runs shown", "", header_section(runs)]
+             "baseline over matched seeds of the same setting, with its raw t-based 95% confidence interval and "
+             "the paired t-test's p-value adjusted with Holm's method across the comparisons of one column (one "
+             "family: every method against the baseline in that setting); `*` marks an adjusted p below 0.05, and "
+             "a difference with no spread over its seeds reads `no spread` and never gets a star. Runs of another "
+             "resolved precision (bf16/fp32), world size or code version are another setting: they never share a "
+             "cell or pair.", "", "## Runs shown", "", header_section(runs)]
     for spec in TABLES:
         parts.append(table_section(spec, runs, notes))
     sweeps, sweep_figs = synthetic_sweeps(runs, out)

@@ -179,6 +179,9 @@ class Cifar100(Task):
         else:
             logits, acc = linear_probe_logits(emb, torch.arange(data.num_classes), data.num_classes)
             params["teacher_probe_train_acc"] = acc
+        # the text teacher's own accuracy: each prompt's logits over the classes, argmax = its class
+        params["teacher_prompt_top1"] = round((logits.argmax(-1) == torch.arange(data.num_classes)[:, None]).float()
+                                              .mean().item() * 100, 2)
         single = [t("{}") for t in templates].index("a photo of a {}.")
         return TeacherTables(teacher.id, key, emb, logits, params | {"single_template_index": single})
 

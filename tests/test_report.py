@@ -136,7 +136,7 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     # a run off its profile's values is its own setting, and the header names the deviation
     _log_run(client, exp, "baseline", 0, {"test_top1": 70.0}, params={"epochs": 2})
     table7 = _section(build_report(uri, tmp_path / "r").read_text(), 7)
-    assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in table7.splitlines()[2] and "70.00 ± n/a (n=1)" in table7
+    assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in _header(table7) and "70.00 ± n/a (n=1)" in table7
     kd_rows = [line for line in table7.splitlines() if line.startswith("| kd")]
     assert len(kd_rows) == 2, kd_rows
     t4 = next(r for r in kd_rows if "temperature=4.0" in r)
@@ -145,7 +145,7 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     assert "+1.50" in t4  # paired with the baseline's seeds 0, 1: (31 - 30, 34 - 32)
     base = next(line for line in table7.splitlines() if line.startswith("| baseline"))
     assert "31.00 ± 1.41 (n=2)" in base and "60.00 ± n/a (n=1)" in base
-    assert "teacher_id=open_clip/ViT-B-16/openai" in table7.splitlines()[2]
+    assert "teacher_id=open_clip/ViT-B-16/openai" in _header(table7)
     assert "10.00" not in table7 and "1 finished runs at a data fraction other than their profile's (0.25)" in table7
 
 
@@ -189,6 +189,10 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     assert kd_row.split("|")[2:-1][1].strip() == "—" and "99" not in beta
 
 
+def _header(section: str) -> str:
+    return next(line for line in section.splitlines() if line.startswith("| method"))
+
+
 def test_holm_adjustment_and_no_spread():
     """Holm's step-down by hand: p = (0.01, 0.04, 0.03) in a family of 3 -> 0.03, 0.06, 0.06; a comparison
     with the same difference on every seed has no interval, no p-value, no star, and is not counted."""
@@ -219,7 +223,7 @@ def test_runs_of_another_precision_world_size_or_code_version_never_pair(tmp_pat
     table7 = _section(_two_settings_store(tmp_path, other), 7)
     assert "+20.00" not in table7
     key = next(iter(other))
-    assert f"{key}={other[key]}" in table7.splitlines()[2]  # the setting is named by what differs
+    assert f"{key}={other[key]}" in _header(table7)  # the setting is named by what differs
 
 
 def test_sweep_rows_are_method_configurations(tmp_path):
@@ -238,3 +242,19 @@ def test_sweep_rows_are_method_configurations(tmp_path):
     kd = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| kd")}
     assert set(kd) == {"kd (temperature=2.0)", "kd (temperature=4.0)"}
     assert "+1.10 [" in kd["kd (temperature=2.0)"] and "-4.90 [" in kd["kd (temperature=4.0)"]
+
+
+def test_each_table_names_its_teacher_and_how_accurate_it_was(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'kd.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100-kd", artifact_location=(tmp_path / "artifacts").as_uri())
+    for seed, acc in ((0, 61.0), (1, 63.0)):
+        for method in ("baseline", "kd"):
+            _log_run(client, exp, method, seed, {"test_top1": 20.0 + seed + (method == "kd")},
+                     params={"task": "cifar100-kd", "teacher_id": "img-trained/resnet8/abc", "teacher_test_acc": acc,
+                             "data_fraction": 0.2})
+    report = build_report(uri, tmp_path / "r").read_text()
+    section = report.split("## Same-modality control")[1].split("\n## ")[0]
+    assert "Teacher [resnet8_w16, quick]: img-trained/resnet8/abc; test top-1 62.00 ± 1.41 (n=2) (over seeds)" in section
+    assert "| kd | RepDistiller README | 73.33 |" in section and "| dkd | mdistiller README | 76.32 |" in section
+    assert "+1.00 (n=2, no spread)" in section  # kd - baseline is +1 on both seeds
