@@ -33,7 +33,8 @@ def check_contract(name: str, d_t: int) -> None:
     cls = METHODS.get(name)
     torch.manual_seed(0)
     student = STUDENTS.get("resnet8_w16")(K)
-    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), train_size=4 * B, total_steps=10)
+    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), train_size=4 * B, total_steps=10,
+                train_labels=torch.arange(4 * B) % K)
     method = cls(dims, cls.Hparams())
     kw = {"index": torch.arange(B)} if cls.wants_index else {}
     x, y, teacher = _batch(d_t)
