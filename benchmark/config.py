@@ -74,6 +74,9 @@ class RunConfig:
     synth_teacher_per_class: int = bounded(1000, 2, None)  # the teacher's own pretraining draw (never the student's rows)
     synth_data: str = choice("per_seed", "fixed", help="per_seed: a new draw of the generator for every seed "
                              "(intervals cover the data too); fixed: one draw from split_seed for all seeds")
+    # mfh task (ignored elsewhere; tasks/mfh_data.py states the generator)
+    mfh_mode: str = choice("increase_gamma", "increase_alpha", help="their experiment 1 (sliding overlap) or 2 (teacher-only features)")
+    mfh_dim: int = bounded(4, 0, None)                  # increase_gamma: overlap 0..10; increase_alpha: teacher-only 0..40
     # operations
     stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = bounded(0, 0, None)              # 0: torch default

@@ -117,6 +117,21 @@ _mlp.vector_input = True  # built with the input width too (build_student)
 STUDENTS.add("mlp", _mlp, "3-stage MLP 128/128/64 for vector inputs (the synthetic task), d_S=64")
 
 
+class LinearStudent(MLPStudent):
+    """A linear classifier on the raw vector (the MFH setting's models): F_S = x, z = W x + c."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        Student.__init__(self, nn.Identity(), [nn.Identity()], [in_dim], num_classes)
+
+
+def _linear(k: int, d_in: int) -> LinearStudent:
+    return LinearStudent(d_in, k)
+
+
+_linear.vector_input = True
+STUDENTS.add("linear", _linear, "a linear classifier on vector inputs (the MFH task), d_S = the input width")
+
+
 def check_student(name: str, data) -> bool:
     """Whether the named student takes vector inputs; UsageError when it does not fit the task's data."""
     vector_data = isinstance(data.train.x, torch.Tensor) and data.train.x.ndim == 2
