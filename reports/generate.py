@@ -604,7 +604,8 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None) ->
     notes = Footnotes()
     parts = ["# Cross-modal distillation benchmark: report", "",
              f"Rebuilt from the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
-             + f" ({len(runs)} finished training runs). Paper values are copied from the paper. Ours: mean ± sample "
+             + f" ({len(runs)} finished training runs; every param and metric of each in `runs.csv` beside this "
+             "file, so each footnoted run id can be looked up). Paper values are copied from the paper. Ours: mean ± sample "
              "std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its footnote; one "
              "column block per setting, one row per method configuration. Δ: paired difference against the "
              "baseline over matched seeds of the same setting, with its raw t-based 95% confidence interval and "
@@ -625,6 +626,11 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None) ->
     for title, path in figs:
         parts.append(f"### {title}\n\n" + (f"![{title}]({path.name})\n" if path else "not run (no runs with the data it needs)\n"))
     parts.append(notes.render())
+    export = runs[["run_id"] + sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))] \
+        if not runs.empty else runs
+    tmp_csv = out / ".runs.csv.tmp"
+    export.to_csv(tmp_csv, index=False)
+    tmp_csv.replace(out / "runs.csv")
     report = out / "report.md"
     tmp = out / f".report.md.tmp{hashlib.sha1(str(out).encode()).hexdigest()[:6]}"
     tmp.write_text("\n".join(parts) + "\n")

@@ -258,3 +258,16 @@ def test_each_table_names_its_teacher_and_how_accurate_it_was(tmp_path):
     assert "Teacher [resnet8_w16, quick]: img-trained/resnet8/abc; test top-1 62.00 ± 1.41 (n=2) (over seeds)" in section
     assert "| kd | RepDistiller README | 73.33 |" in section and "| dkd | mdistiller README | 76.32 |" in section
     assert "+1.00 (n=2, no spread)" in section  # kd - baseline is +1 on both seeds
+
+
+def test_the_report_exports_every_run_beside_it(fixture_store, tmp_path):
+    """runs.csv beside report.md: one row per finished run with its params and metrics, so every footnoted
+    run id can be looked up without the store."""
+    uri, ids = fixture_store
+    out = tmp_path / "report"
+    report = build_report(uri, out).read_text()
+    runs = pd.read_csv(out / "runs.csv")
+    footnoted = set(re.findall(r"`([0-9a-f]{32})`", report))
+    assert footnoted and footnoted <= set(runs["run_id"])
+    assert {"params.method", "params.seed", "metrics.test_top1"} <= set(runs.columns)
+    assert pd.api.types.is_numeric_dtype(runs["metrics.test_top1"])
