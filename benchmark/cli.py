@@ -262,10 +262,24 @@ def common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", dest="cache_dir", help="cache of teacher embeddings and decoded datasets (default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated options (`--seed 3` must never be read as `--seeds 3`), and a hint where an option is
+    unknown: run settings go through --set."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, allow_abbrev=False, **k)
+
+    def error(self, message):
+        if "unrecognized arguments" in message or "ambiguous option" in message:
+            message += ("; run settings (seed, epochs, lr, batch_size, ...) are given as --set KEY=VALUE, e.g. "
+                        "--set seed=3 (python -m benchmark list shows the keys)")
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark", description="Cross-modal distillation benchmark")
+    parser = Parser(prog="python -m benchmark", description="Cross-modal distillation benchmark")
     parser.add_argument("--debug", action="store_true", help="show the traceback of foreseen errors too")
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub = parser.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     ls = sub.add_parser("list", help="methods, tasks, students, teachers and profiles")
     ls.add_argument("--profiles", action="store_true", help="every task's profile values as a Markdown table")
     ls.set_defaults(fn=cmd_list)

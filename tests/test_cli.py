@@ -82,3 +82,10 @@ def test_gpu_check_script_dry_run_lists_its_steps():
     for step in ("cuda tests: ", "-m pytest -m cuda", "perf, paper students: ", "--profile paper",
                  "one paper epoch, timed: ", "epochs=1", "torchrun NCCL smoke: ", "--nproc_per_node 1"):
         assert step in res.stdout, step
+
+
+def test_an_abbreviated_option_is_refused_with_a_hint(tmp_path):
+    """`run --seed 3` was read as `--seeds 3` (argparse prefix matching) and trained seeds 0-2."""
+    res = run_cli_inprocess(["run", "--task", "synthetic", "--methods", "baseline", "--seed", "3"], tmp_path)
+    assert res.returncode == 2 and "unrecognized arguments: --seed 3" in res.stderr and "--set seed=3" in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
