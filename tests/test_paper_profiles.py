@@ -16,7 +16,13 @@ METHODS = ["ours_classifier", "crd"]  # a projection head and shared classifier;
 
 
 def _few(split: Split, n: int) -> Split:
-    keep = torch.arange(min(n, len(split.y)))
+    """n samples, of distinct classes where the split has them (CRD draws its negatives from other classes)."""
+    first = {}
+    for i, c in enumerate(split.y.tolist()):
+        first.setdefault(c, i)
+        if len(first) == n:
+            break
+    keep = torch.tensor(sorted(first.values())[:n]) if len(first) >= n else torch.arange(min(n, len(split.y)))
     x = split.x[keep] if isinstance(split.x, torch.Tensor) else split.x
     return replace(split, x=x, y=split.y[keep], key=split.key[keep], trials=None)
 
