@@ -128,6 +128,7 @@ def test_smoke_run_logs_speaker_metrics(tmp_path, vox_dir):
             assert k in m, k
         assert 0 <= m["eer_o"] <= 100 and 0 <= m["mindcf_o"] <= 1.0 + 1e-9
         assert r.data.params["teacher_logits"] == "probe" and r.data.params["teacher_id"].startswith("dlib-face")
+        assert 0 <= float(r.data.params["teacher_test_acc"]) <= 100  # leave-one-out 1-NN over unseen identities
         if r.data.params["method"] == "ours_feature_quality":
             assert r.data.params["hp.feat_dist"] == "cos" and r.data.params["hp.margin_deg"] == "30.0"
         assert "features.npz" in {a.path for a in client.list_artifacts(r.info.run_id)}
