@@ -192,17 +192,11 @@ def profiles_markdown() -> str:
                 and (k in set().union(*(task.profiles[n] for n in names)))]
         out += [f"#### `{e.name}`", "", "| field | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         out += [f"| {k} | " + " | ".join(str(resolved[n][k]) for n in names) + " |" for k in keys]
-        hp = [task.hparam_defaults(_Cfg(resolved[n]["student"])) for n in names]
+        hp = [task.hparam_defaults(RunConfig(**{**resolved[n], "task": e.name, "profile": n})) for n in names]
         for k in sorted(set().union(*hp)):
             out.append(f"| method default: {k} | " + " | ".join(str(h.get(k, "")) for h in hp) + " |")
         out.append("")
     return "\n".join(out).rstrip()
-
-
-class _Cfg:
-    """The fields hparam_defaults reads (the student), for listing without a full config."""
-    def __init__(self, student: str):
-        self.student = student
 
 
 def cmd_perf(args) -> int:

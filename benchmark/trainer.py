@@ -46,7 +46,10 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
     """Method defaults <- task defaults (by field name) <- user overrides; returns the Hparams instance."""
     cls = METHODS.get(method_name)
     known = hparam_fields(cls)
-    values = {k: v for k, v in task.hparam_defaults(cfg).items() if k in known}
+    defaults = task.hparam_defaults(cfg)  # "field" applies to every method with it; "method.field" to one
+    values = {k: v for k, v in defaults.items() if k in known}
+    values.update({k.split(".", 1)[1]: v for k, v in defaults.items()
+                   if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
     values.update({k: v for k, v in overrides.items() if k in known})
     return cls, cls.Hparams(**values)
 

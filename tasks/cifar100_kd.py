@@ -62,6 +62,13 @@ class Cifar100KD(Cifar100):
                       val_fraction=0.1),
     }
 
+    def hparam_defaults(self, cfg):
+        # KD's temperature on the CPU track: T = 1, selected on validation (study over T = 1, 2, 4 with 3 seeds:
+        # 11.57 / 11.49 / 10.62 mean best val top-1); a briefly trained teacher's logits are flat already.
+        # The paper profile keeps the reference T = 4 (teachers trained 240 epochs).
+        extra = {"kd.temperature": 1.0} if cfg.profile in ("smoke", "quick") else {}
+        return {**super().hparam_defaults(cfg), **extra}
+
     def load(self, cfg) -> TaskData:
         return by_row(super().load(cfg))
 
