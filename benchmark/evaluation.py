@@ -49,3 +49,26 @@ def feature_dump(method, e_t: torch.Tensor, f_s: torch.Tensor, label: np.ndarray
                 "teacher_common": method.teacher_reference(e_t).float().cpu().numpy(),
                 "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
                 "student_embedding": f_s.float().cpu().numpy(), "label": np.asarray(label), "group": np.asarray(group)}
+
+
+def match_per_sample_teacher(ev, sp, emb: torch.Tensor, groups: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    """Matching accuracy and t-SNE arrays for a teacher with one embedding per sample (tables keyed by row):
+    each test sample's student feature against class prototypes built from the teacher's training rows
+    (match_proto: per row through the method's head, normalised, averaged per class; or the class mean
+    placed in the shared space), and the features of a fixed random subset."""
+    data, method, table = ev.data, ev.method, ev.tables.embedding
+    with torch.no_grad():
+        e = table[data.train.key.to(table.device), 0].float()
+        y_tr = data.train.y.to(e.device)
+        classes = range(data.num_classes)
+        if ev.cfg.match_proto == "head_then_mean":
+            f = method.teacher_features(e)
+            proto = F.normalize(torch.stack([F.normalize(f[y_tr == c], dim=-1).mean(0) for c in classes]), dim=-1)
+        else:
+            proto = teacher_in_shared_space(method, torch.stack([e[y_tr == c].mean(0) for c in classes]))
+        f_s = student_in_teacher_space(method, emb, ev.device)
+        acc = float("nan") if f_s is None else ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
+        pick = torch.randperm(len(sp.y), generator=torch.Generator().manual_seed(0))[: ev.cfg.tsne_samples]
+        e_t = table[sp.key[pick].to(table.device), 0]
+        arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), groups[pick.numpy()])
+    return acc, arrays

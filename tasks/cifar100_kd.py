@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
+from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
 from tasks._base import Split, TaskData
@@ -114,28 +114,12 @@ class Cifar100KD(Cifar100):
         return torch.cat(embs), torch.cat(logits)
 
     def evaluate(self, ev, split):
-        data, method = ev.data, ev.method
+        data = ev.data
         sp = getattr(data, split)
         logits, emb = self._predict(ev, sp.x)
         metrics = {f"{split}_top1": (logits.argmax(1) == sp.y).float().mean().item() * 100}
         if split != "test":
             return metrics, {}
-        with torch.no_grad():  # matching: the student's feature against class prototypes of the teacher's features
-            e = ev.tables.embedding[data.train.key.to(ev.tables.embedding.device), 0].float()
-            k = data.num_classes
-            y_tr = data.train.y.to(e.device)
-            if ev.cfg.match_proto == "head_then_mean":
-                f = method.teacher_features(e)
-                proto = torch.stack([torch.nn.functional.normalize(f[y_tr == c], dim=-1).mean(0) for c in range(k)])
-                proto = torch.nn.functional.normalize(proto, dim=-1)
-            else:
-                proto = teacher_in_shared_space(method, torch.stack([e[y_tr == c].mean(0) for c in range(k)]))
-            f_s = student_in_teacher_space(method, emb, ev.device)
-            metrics["match_acc"] = (float("nan") if f_s is None else
-                                    ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100)
-            g = torch.Generator().manual_seed(0)
-            pick = torch.randperm(len(sp.y), generator=g)[: ev.cfg.tsne_samples]
-            e_t = ev.tables.embedding[sp.key[pick].to(ev.tables.embedding.device), 0]
-            groups = sp.y[pick] if data.class_groups is None else data.class_groups[sp.y[pick]]
-            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), groups.numpy())
+        groups = (sp.y if data.class_groups is None else data.class_groups[sp.y]).numpy()
+        metrics["match_acc"], arrays = match_per_sample_teacher(ev, sp, emb, groups)
         return metrics, arrays

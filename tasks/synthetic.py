@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
+from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import TASKS, UsageError
-from benchmark.teacher_tables import TeacherTables, class_prototypes
+from benchmark.teacher_tables import TeacherTables
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
 from tasks._base import Split, Task, TaskData
 from tasks.synthetic_data import Generator, SyntheticSpec, child
@@ -126,7 +126,7 @@ class Synthetic(Task):
         return x.float()
 
     def evaluate(self, ev, split):
-        data, method = ev.data, ev.method
+        data = ev.data
         sp = getattr(data, split)
         logits, emb = [], []
         for i in range(0, len(sp.y), ev.cfg.eval_batch_size):
@@ -136,20 +136,5 @@ class Synthetic(Task):
         metrics = {f"{split}_top1": (logits.argmax(1) == sp.y).float().mean().item() * 100}
         if split != "test":
             return metrics, {}
-        with torch.no_grad():
-            e = ev.tables.embedding[data.train.key.to(ev.tables.embedding.device), 0].float()
-            k = data.num_classes
-            order = torch.argsort(data.train.y, stable=True).to(e.device)  # [K, n per class, d]: balanced classes
-            by_class = e[order].reshape(k, -1, e.shape[-1])
-            if ev.cfg.match_proto == "head_then_mean":
-                proto = class_prototypes(method.teacher_features(by_class.reshape(-1, e.shape[-1])).reshape(k, by_class.shape[1], -1))
-            else:
-                proto = teacher_in_shared_space(method, by_class.mean(1))
-            f_s = student_in_teacher_space(method, emb, ev.device)
-            metrics["match_acc"] = (float("nan") if f_s is None else
-                                    ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100)
-            g = torch.Generator().manual_seed(0)
-            pick = torch.randperm(len(sp.y), generator=g)[: ev.cfg.tsne_samples]
-            e_t = ev.tables.embedding[sp.key[pick].to(ev.tables.embedding.device), 0]
-            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), sp.y[pick].numpy())
+        metrics["match_acc"], arrays = match_per_sample_teacher(ev, sp, emb, sp.y.numpy())
         return metrics, arrays
