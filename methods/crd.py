@@ -97,18 +97,20 @@ class CRD(Method):
         """Negative indices ([B, k] per sample, or [k] shared) and, when shared, a [B, k] mask of the draws
         each anchor keeps (never itself; with other_class never its class). Per-sample draws are exact: every
         one of the k lies in the anchor's pool."""
-        index = index.cpu()
         b, k, pool = len(index), self.k, self.hp.crd_negative_pool
-        if self.hp.crd_negatives == "shared":
-            neg = torch.randint(0, self.n, (k,), generator=self.gen)
-            keep = (self.labels[neg][None, :] != self.labels[index][:, None]) if pool == "other_class" \
-                else neg[None, :] != index[:, None]
-            return neg, keep
+        if self.hp.crd_negatives == "shared":  # the [B, k] mask is built where the batch lives (no host copy)
+            neg = torch.randint(0, self.n, (k,), generator=self.gen).to(index.device)
+            if pool != "other_class":
+                return neg, neg[None, :] != index[:, None]
+            if self.labels.device != index.device:  # moved once, then kept beside the batch
+                self.labels = self.labels.to(index.device)
+            return neg, self.labels[neg][None, :] != self.labels[index][:, None]
+        index = index.cpu()
         u = torch.rand((b, k), generator=self.gen, dtype=torch.float64)
         if pool == "uniform_no_self":
             r = (u * (self.n - 1)).long().clamp_max(self.n - 2)
             return r + (r >= index[:, None]).long(), None
-        c = self.labels[index]
+        c = self.labels.cpu()[index]  # the per-sample draw runs on the CPU generator
         size = (self.n - self.count[c])[:, None]
         r = torch.minimum((u * size).long(), size - 1)
         r = r + self.count[c][:, None] * (r >= self.start[c][:, None]).long()
