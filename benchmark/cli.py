@@ -111,13 +111,13 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from dataclasses import replace
 
     from benchmark import distributed
-    from benchmark.results import write_table
+    from benchmark.results import to_markdown, write_table
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
     from benchmark.trainer import Diverged, run_one
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
-    out = Path(args.out or f"runs/{cfg.task}-{cfg.profile}")
+    out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
     cache = TeacherCache(args.cache_dir)
     tables = task.teacher_tables(cfg, data, cache)  # ranks starting together: one encodes, the others read
     tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}") if main else NullTracker()
@@ -140,7 +140,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
                 results.append({"method": m, "seed": seed, "failure": str(e)})
                 failed += 1
-                write_table(results, out, task.summary_metrics)
+                write_table(results, tables_dir, task.summary_metrics)
                 continue
             if not main:
                 continue
@@ -148,17 +148,30 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
             results.append(r)
-            write_table(results, out, task.summary_metrics)  # after every run: a later failure loses nothing
+            write_table(results, tables_dir, task.summary_metrics)  # after every run: a later failure loses nothing
             shown = ", ".join(f"{label} {r.get(k, float('nan')):.2f}" for k, label in task.summary_metrics)
             print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
     if results:
-        table = write_table(results, out, task.summary_metrics)
-        print(table.to_markdown(index=False))
-        print(f"total wall time {time.time() - t0:.0f}s; tables in {out}/results.md and results.csv")
+        table = write_table(results, tables_dir, task.summary_metrics)
+        print(to_markdown(table, task.summary_metrics))
+        print(f"total wall time {time.time() - t0:.0f}s; tables in {tables_dir}/results.md, results.csv and results.json")
     if failed:
         print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
         return EXIT_RUNS_FAILED
     return 0
+
+
+def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
+    """(checkpoint folder, tables folder). With --out both are that folder. Without it, checkpoints go to
+    runs/<task>-<profile>/checkpoints (stable, so --resume finds them) and the tables of this invocation to
+    a folder of its own, runs/<task>-<profile>/<UTC time>-<pid>, with the link `latest` beside it: two
+    processes never overwrite each other's results."""
+    if out:
+        return Path(out), Path(out)
+    from benchmark.results import fresh_dir
+    base = Path(f"runs/{cfg.task}-{cfg.profile}")
+    mine = fresh_dir(base)
+    return base, mine
 
 
 def cmd_list(args) -> int:
@@ -235,11 +248,33 @@ def cmd_fixture(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from benchmark.results import fresh_dir
     from benchmark.tracking import resolve_uri
+    if args.compare:
+        from reports.compare import compare
+        a, b = (_store(x, args) for x in args.compare)
+        path = compare(a, b, Path(args.out) if args.out else fresh_dir(Path("reports/compare")))
+        print(f"comparison written to {path}")
+        return 0
     from reports.generate import build_report
-    path = build_report(resolve_uri(args.tracking_uri), Path(args.out), args.experiment)
+    from reports.runs import load_runs, require_runs
+    uri = resolve_uri(args.tracking_uri)
+    require_runs(load_runs(uri, args.experiment), uri, args.experiment)  # before any folder is made
+    out = Path(args.out) if args.out else fresh_dir(Path("reports/generated"))
+    path = build_report(uri, out, args.experiment, with_paper=args.with_paper)
     print(f"report written to {path}")
     return 0
+
+
+def _store(spec: str, args) -> tuple[str, str | None]:
+    """A --compare side: a tracking URI or the path of a sqlite store (optionally `#experiment`), or the name
+    of an experiment in --tracking-uri's store."""
+    from benchmark.tracking import resolve_uri
+    where, _, exp = spec.partition("#")
+    if "://" in where or where.endswith(".db") or Path(where).exists():
+        uri = where if "://" in where else f"sqlite:///{Path(where).absolute()}"
+        return resolve_uri(uri), exp or args.experiment
+    return resolve_uri(args.tracking_uri), spec
 
 
 def common_run_args(p: argparse.ArgumentParser) -> None:
@@ -281,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     common_run_args(run)
     run.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     run.add_argument("--experiment", help="MLflow experiment name (default xkd-<task>)")
-    run.add_argument("--out", help="output folder for tables and checkpoints (default runs/<task>-<profile>)")
+    run.add_argument("--out", help="output folder for tables and checkpoints (default: checkpoints in runs/<task>-<profile>/checkpoints, "
+                     "this invocation's tables in runs/<task>-<profile>/<time>-<pid>, linked as .../latest)")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     run.set_defaults(fn=cmd_run)
     perf = sub.add_parser("perf", help="training images/s: bare PyTorch loop vs harness baseline vs each method")
@@ -320,8 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     fx.add_argument("--noise-dir", dest="noise_dir")
     fx.set_defaults(fn=cmd_fixture)
     rep = sub.add_parser("report", help="rebuild the paper's tables and figures from MLflow runs (report.md + PNGs)")
-    rep.add_argument("--out", default="reports/generated")
+    rep.add_argument("--out", help="output folder (default: a new folder under reports/generated, linked as "
+                     "reports/generated/latest)")
     rep.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")
+    rep.add_argument("--with-paper", dest="with_paper", action="store_true",
+                     help="also render the paper's tables (and ablation figures) that have no runs in the store")
+    rep.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                     help="compare two stores (tracking URI or path to a .db, optionally #experiment) or two "
+                     "experiments of --tracking-uri's store: per method and metric, B - A with its CI")
     rep.add_argument("--tracking-uri", dest="tracking_uri")
     rep.set_defaults(fn=cmd_report)
     return parser

@@ -1,45 +1,84 @@
-"""The results table of one `run` command: per method, mean ± std over distinct seeds and the paired
-95% CI against the baseline on the task's primary metric; printed and written as CSV and Markdown."""
+"""The results table of one `run` command: per method, mean / std / n over distinct seeds of each summary
+metric and the paired 95% CI against the baseline on the task's primary metric, as numbers
+(results.csv, results.json) and, formatted from those numbers, as Markdown (results.md)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.stats import describe, holm, paired_difference, per_seed
+from benchmark.stats import Paired, holm, paired_difference, per_seed, summary
+
+NOTE = ("\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
+        "p-value adjusted with Holm's method across the methods of this table; `*`: p_Holm < 0.05. "
+        "With one seed no spread or interval exists (`n/a`). The same numbers, one column each: results.csv / "
+        "results.json.\n")
 
 
 def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
-    """Failed runs (a 'failure' entry) count in no statistic; they are named in a 'failed' column."""
+    """One row per method, numeric columns `<metric>_mean/_std/_n`, `wall_s_mean`, and for the primary metric
+    `delta`, `delta_ci_low`, `delta_ci_high`, `delta_n`, `p`, `p_holm`, `significant` (Holm over the methods
+    of this table). Failed runs (a 'failure' entry) count in no statistic; they are named in `failed`."""
     everything = pd.DataFrame(results)
     failures = everything[everything["failure"].notna()] if "failure" in everything else everything.iloc[:0]
     df = everything[everything["failure"].isna()] if "failure" in everything else everything
-    cols = [*columns, ("wall_s", "wall time (s)")]
     order = list(dict.fromkeys(everything["method"]))
-    primary, primary_label = columns[0]
+    primary = columns[0][0]
     base = per_seed(df.loc[df["method"] == "baseline", primary], df.loc[df["method"] == "baseline", "seed"]) \
         if "baseline" in order and primary in df else None
     rows, family = [], []
-    delta = f"Δ {primary_label} vs baseline, 95% CI"
     for m in order:
         g = df[df["method"] == m]
-        row = {"method": m, "seeds": g["seed"].nunique()}
-        for c, label in cols:
-            row[label] = describe(per_seed(g[c], g["seed"])) if c in g and len(g) else "n/a"
-        if base is not None:
-            p = None if m == "baseline" else paired_difference(per_seed(g[primary], g["seed"]), base)
-            row[delta] = "—" if m == "baseline" else (p or "no matched seed")
+        row: dict = {"method": m, "seeds": int(g["seed"].nunique()) if len(g) else 0}
+        for c, _ in [*columns, ("wall_s", "")]:
+            s = summary(per_seed(g[c], g["seed"]) if c in g and len(g) else pd.Series(dtype=float))
+            row.update({f"{c}_mean": s["mean"], f"{c}_std": s["std"], f"{c}_n": s["n"]})
+        if base is not None and m != "baseline":
+            p = paired_difference(per_seed(g[primary], g["seed"]), base) if primary in g and len(g) else None
             family.append(p)
+            row["_paired"] = p
         if len(failures):
             row["failed"] = "; ".join(f"seed {f.seed}: {f.failure.split(': ', 1)[-1]}"
-                                      for f in failures[failures["method"] == m].itertuples()) or "—"
+                                      for f in failures[failures["method"] == m].itertuples())
         rows.append(row)
     holm(family)  # the methods of this table are one family: stars only where Holm's adjusted p < 0.05
+    empty = Paired(math.nan, math.nan, math.nan, 0).as_dict()
     for row in rows:
-        if delta in row:
-            row[delta] = str(row[delta])
+        p = row.pop("_paired", None)
+        row.update(p.as_dict() if p else {**empty, "significant": False})
     return pd.DataFrame(rows)
+
+
+def fmt_mean_std(mean: float, std: float, n: int) -> str:
+    if not n:
+        return "n/a"
+    return f"{mean:.2f} ± n/a (n=1)" if n == 1 else f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+def fmt_delta(row: pd.Series | dict) -> str:
+    n = int(row.get("delta_n", 0) or 0)
+    if not n:
+        return "—"
+    p = Paired(row["delta"], row["delta_ci_low"], row["delta_ci_high"], n, row["p"],
+               None if pd.isna(row["p_holm"]) else row["p_holm"])
+    return str(p)
+
+
+def to_markdown(table: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
+    """The numeric table formatted for reading: 'mean ± std (n=k)' per metric and the Δ column."""
+    shown = pd.DataFrame({"method": table["method"], "seeds": table["seeds"]})
+    for c, label in [*columns, ("wall_s", "wall time (s)")]:
+        shown[label] = [fmt_mean_std(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_n"]) for _, r in table.iterrows()]
+    if "delta_n" in table and (table["method"] == "baseline").any():
+        shown[f"Δ {columns[0][1]} vs baseline, 95% CI"] = [
+            "—" if r["method"] == "baseline" else (fmt_delta(r) if r["delta_n"] else "no matched seed")
+            for _, r in table.iterrows()]
+    if "failed" in table:
+        shown["failed"] = table["failed"].replace("", "—")
+    return shown.to_markdown(index=False)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -53,8 +92,20 @@ def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "runs.csv", pd.DataFrame(results).to_csv(index=False))
     _write_atomic(out_dir / "results.csv", table.to_csv(index=False))
-    note = ("\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
-            "p-value adjusted with Holm's method across the methods of this table; `*`: p_Holm < 0.05. "
-            "With one seed no spread or interval exists (`n/a`).\n")
-    _write_atomic(out_dir / "results.md", table.to_markdown(index=False) + "\n" + note)
+    records = json.loads(table.to_json(orient="records"))  # NaN -> null
+    _write_atomic(out_dir / "results.json", json.dumps({"metrics": dict(columns), "methods": records}, indent=1))
+    _write_atomic(out_dir / "results.md", to_markdown(table, columns) + "\n" + NOTE)
     return table
+
+
+def fresh_dir(base: Path) -> Path:
+    """A folder of this invocation's own under `base` (UTC time and pid), and `base/latest` pointing at it
+    (replaced atomically): two processes writing with the default folder never overwrite each other."""
+    import time
+    mine = base / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+    mine.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(mine.name)
+    os.replace(tmp, base / "latest")
+    return mine

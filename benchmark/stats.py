@@ -54,6 +54,11 @@ class Paired:
         p = self.p if self.p_adj is None else self.p_adj
         return self.n >= 2 and not math.isnan(p) and p < ALPHA
 
+    def as_dict(self, prefix: str = "delta") -> dict[str, float | bool | int]:
+        """The comparison as numbers: mean, CI bounds, n, raw and Holm-adjusted p, the star."""
+        return {prefix: self.mean, f"{prefix}_ci_low": self.lo, f"{prefix}_ci_high": self.hi, f"{prefix}_n": self.n,
+                "p": self.p, "p_holm": math.nan if self.p_adj is None else self.p_adj, "significant": self.significant}
+
     def __str__(self) -> str:
         if self.n < 2:
             return f"{self.mean:+.2f} (n=1, no CI)"
@@ -61,6 +66,20 @@ class Paired:
             return f"{self.mean:+.2f} (n={self.n}, no spread)"
         adj = "" if self.p_adj is None else f" p_Holm={self.p_adj:.2g}"
         return f"{self.mean:+.2f} [{self.lo:+.2f}, {self.hi:+.2f}] (n={self.n}){adj}{' *' if self.significant else ''}"
+
+
+def summary(v: pd.Series) -> dict[str, float]:
+    """mean, sample std (nan with one seed), n and the t-based 95% CI of the mean, as numbers."""
+    v = v.dropna().astype(float)
+    n = len(v)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0, "ci_low": math.nan, "ci_high": math.nan}
+    mean, sd = float(v.mean()), float(v.std(ddof=1)) if n > 1 else math.nan
+    half = math.nan
+    if n > 1:
+        from scipy import stats
+        half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "std": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
 
 
 def holm(family: list[Paired | None]) -> None:

@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -387,8 +388,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
              "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
     tracker.log_metrics(run_id, final, step=cfg.epochs)
     tracker.log_dict(run_id, history, "history.json")
-    if arrays:
-        tracker.log_arrays(run_id, arrays, "features.npz")
+    if arrays:  # with the class names, so that a figure can name the classes it colours
+        tracker.log_arrays(run_id, {**arrays, "class_names": np.array(data.class_names)}, "features.npz")
     if cfg.log_model:
         ctx.student.eval()
         tracker.log_model(run_id, ctx.student, data.class_names, weights=f"best-validation epoch {best['epoch']}")

@@ -83,8 +83,13 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     uri, ids = fixture_store
     out = tmp_path / "report"
     report = build_report(uri, out).read_text()
+    for n in range(1, 13):  # only the paper's tables with runs: 7, 8 (cifar100) and the table12 study
+        assert bool(re.search(rf"^## Table {n}:", report, re.M)) == (n in (7, 8, 12)), n
+    assert "for want of runs (rebuild with `--with-paper` to see them): Table 1, Table 2" in report
+    assert "table05_ablation.png" not in report
+    everything = build_report(uri, tmp_path / "all", with_paper=True).read_text()
     for n in range(1, 13):
-        assert re.search(rf"^## Table {n}:", report, re.M), f"Table {n} heading missing"
+        assert re.search(rf"^## Table {n}:", everything, re.M), f"Table {n} heading missing with --with-paper"
     table7 = _section(report, 7)
     assert "| baseline | Baseline (w/o dist.) | 75.43 | 77.07 |" in table7
     assert "| ours_classifier | Ours (classifier) | 77.44 | 79.14 | not run" in table7
@@ -106,14 +111,14 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     assert "best validation val_top1" in table12 and "25.00 ± n/a (n=1)" in table12  # objective from the task
     assert "0.1^2" in table12 and table12.count("not run") >= 3
     assert "31.00" not in table12  # the main runs are not mixed into the ablation
-    table1 = _section(report, 1)
+    table1 = _section(everything, 1)
     assert "1.71" in table1 and "no finished runs of task `voxceleb`" in table1
     # every cell is traceable: footnotes name the fixture runs
     for key in (("baseline", 0), ("ours_feature", 1), ("t12", 0.04)):
         assert ids[key] in report
     figures = sorted(out.glob("*.png"))
     names = {p.name for p in figures}
-    assert {"fig6_training_curves_cifar100.png", "fig8_tsne.png", "table12_ablation.png"} <= names
+    assert {"curves_cifar100.png", "tsne.png", "table12_ablation.png"} <= names
     for p in figures:
         assert p.read_bytes()[:8] == PNG and plt.imread(p).shape[0] > 100
         assert f"]({p.name})" in report

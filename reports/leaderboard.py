@@ -1,0 +1,110 @@
+"""The leaderboard, first in every report: per task and setting, every method configuration with its
+summary metrics (mean ± std over distinct seeds), Δ vs the baseline on the primary metric (paired over
+matched seeds, raw 95% CI, Holm-adjusted p over the table), the teacher's accuracy and what the run cost;
+sorted by the primary metric. The same numbers go to report.csv; a forest plot of the Δs goes beside it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.results import fmt_mean_std
+from benchmark.stats import describe, holm, paired_difference, per_seed, summary
+from reports import figures
+from reports.grouping import baseline_of, configurations, setting_labels, with_keys
+from reports.markdown import Footnotes, slug, table
+from reports.runs import lower_is_better, task_info
+
+BASELINE = "baseline"
+# the teacher's own accuracy, as each kind of teacher records it
+TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_prompt_top1", "top-1 on its own prompts"),
+                    ("params.teacher_probe_train_acc", "probe train top-1")]
+COST = [("params.n_params_student", "student params"), ("metrics.mean_train_images_per_s", "train samples/s"),
+        ("metrics.wall_s", "wall s/run"), ("metrics.gflop_per_step", "GFLOP/step")]
+
+
+def teacher_line(runs: pd.DataFrame, label: str) -> str:
+    facts = [f"{name} {describe(per_seed(runs[col], runs['params.seed']))}"
+             for col, name in TEACHER_ACCURACY if col in runs and runs[col].notna().any()]
+    tid = runs["params.teacher_id"].iloc[0] if "params.teacher_id" in runs else "?"
+    return f"Teacher [{label}]: {tid}" + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded")
+
+
+def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, list[dict], list[tuple[str, Path]]]:
+    """(Markdown, report.csv records, figures) for every task and setting with finished non-study runs."""
+    parts, records, figs = [], [], []
+    main = runs[runs["tags.xkd.study"] == ""] if not runs.empty else runs
+    for task_name in sorted(main["params.task"].unique()) if not main.empty else []:
+        task = task_info(task_name)
+        pool = with_keys(main[main["params.task"] == task_name])
+        labels = setting_labels(pool, task)
+        order = pool["_setting"].value_counts().index  # the most populated setting first
+        for setting in order:
+            md, recs, fig = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], out, notes, pool)
+            parts.append(md), records.extend(recs)
+            if fig:
+                figs.append(fig)
+    return "\n".join(parts), records, figs
+
+
+def _metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
+    ms = list(task.summary_metrics) if task else [(c.removeprefix("metrics."), c.removeprefix("metrics."))
+                                                 for c in ("metrics.test_top1",) if c in runs]
+    return [(m, lab) for m, lab in ms if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]
+
+
+def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame):
+    metrics = _metrics(task, sel)
+    if not metrics:
+        return f"### {task_name} [{label}]\n\nNo summary metric recorded by these {len(sel)} runs.\n", [], None
+    primary, primary_label = metrics[0]
+    col = f"metrics.{primary}"
+    base = baseline_of(sel)
+    b = per_seed(base[col], base["params.seed"]) if not base.empty else None
+    rows = []
+    for row_label, method, g in configurations(sel, context=context):
+        s = {m: summary(per_seed(g[f"metrics.{m}"], g["params.seed"])) for m, _ in metrics}
+        p = paired_difference(per_seed(g[col], g["params.seed"]), b) if b is not None and method != BASELINE else None
+        rows.append((row_label, method, g, s, p))
+    holm([r[4] for r in rows])
+    lower = lower_is_better(task)
+    rows.sort(key=lambda r: (pd.isna(r[3][primary]["mean"]), r[3][primary]["mean"] * (1 if lower else -1)))
+    header = ["rank", "method", *[lab for _, lab in metrics], f"Δ {primary_label} vs baseline, 95% CI",
+              *[lab for c, lab in COST if c in sel]]
+    body, records = [], []
+    for rank, (row_label, method, g, s, p) in enumerate(rows, start=1):
+        keep = g.drop_duplicates("params.seed", keep="last")
+        ref = notes.add(list(keep["run_id"]))
+        cost = {lab: summary(pd.to_numeric(keep[c], errors="coerce"))["mean"] for c, lab in COST if c in sel}
+        delta = "—" if method == BASELINE else (str(p) if p else "no baseline of this setting")
+        body.append([rank, row_label + ref, *[fmt_mean_std(s[m]["mean"], s[m]["std"], s[m]["n"]) for m, _ in metrics],
+                     delta, *[_num(v) for v in cost.values()]])
+        rec = {"task": task_name, "setting": label, "method": method, "configuration": row_label, "rank": rank,
+               "primary_metric": primary, "lower_is_better": lower}
+        for m, _ in metrics:
+            rec.update({f"{m}_{k}": v for k, v in s[m].items()})
+        rec.update(p.as_dict() if p else {"delta": float("nan"), "delta_ci_low": float("nan"),
+                                          "delta_ci_high": float("nan"), "delta_n": 0, "p": float("nan"),
+                                          "p_holm": float("nan"), "significant": False})
+        rec.update({lab.replace(" ", "_").replace("/", "_per_"): v for lab, v in cost.items()})
+        rec["run_ids"] = " ".join(keep["run_id"])
+        records.append(rec)
+    fig = None
+    forest_rows = [(r[0], r[4]) for r in rows if r[4] is not None]
+    heading = f"{task_name}: {label}"
+    if forest_rows:
+        path = figures.forest(forest_rows, f"Δ {primary_label} vs baseline", f"Δ vs baseline, {heading}",
+                              out / f"forest_{slug(task_name + '_' + label)}.png")
+        fig = (f"Δ vs baseline, {heading}", path)
+    lines = [f"### {heading}", "", teacher_line(sel, label), "", table(header, body), ""]
+    if fig:
+        lines += [f"![{fig[0]}]({fig[1].name})", ""]
+    return "\n".join(lines), records, fig
+
+
+def _num(v: float) -> str:
+    if pd.isna(v):
+        return "n/a"
+    return f"{v / 1e6:.2f}M" if v >= 1e4 else f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+

@@ -1,0 +1,261 @@
+"""The paper's tables (Tables 1-12 and the same-modality control) with our runs beside the published numbers.
+
+How runs become cells: one column block per setting (reports/grouping.py), one row per method configuration
+(the union of the paper's rows and ours; "-" in the paper columns for ours only); a cell is mean ± sample
+std over distinct seeds; Δ pairs each seed with the baseline's run of the same seed in the same setting (t-based
+95% CI, Holm over the column). Study runs appear only in the ablation of their `--paper` study; runs left out
+are counted in a note under the table. Only tables with runs are rendered unless `with_paper` is set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
+from reports import figures
+from reports.grouping import (differing, key_of as _key, label_of, setting_columns, setting_labels, variant_columns)
+from reports.leaderboard import teacher_line
+from reports.markdown import Footnotes
+from reports.runs import is_method, task_info
+from reports.specs import AMBIGUITY_PARAMS, TABLES, TableSpec
+
+PAPER_DIR = Path(__file__).parent / "paper_tables"
+BASELINE = "baseline"
+
+
+def _match(series: pd.Series, value, scale: float) -> pd.Series:
+    try:
+        target = float(value) * scale
+    except ValueError:
+        return series.astype(str) == value
+    return pd.to_numeric(series, errors="coerce").sub(target).abs() < 1e-9
+
+
+def select_pool(spec: TableSpec, runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The runs this table shows, and a note for each kind of run of the same task it leaves out."""
+    if runs.empty:
+        return runs, []
+    same_task = runs[runs["params.task"] == spec.task]
+    notes, pool = [], same_task
+    if spec.study:
+        pool = same_task[same_task["tags.xkd.paper_table"] == spec.id]
+        other = same_task[same_task["tags.xkd.paper_table"] != spec.id]
+        if len(other):
+            notes.append(f"{len(other)} finished {spec.task} runs outside the `--paper {spec.id}` study are not shown")
+        return pool, notes
+    in_study = same_task["tags.xkd.study"] != ""
+    if in_study.any():
+        notes.append(f"{int(in_study.sum())} finished {spec.task} runs of Optuna studies are not shown (see the ablation tables)")
+    pool = same_task[~in_study]
+    if "data_fraction" not in {p for p, _ in spec.row_params.values()} and not pool.empty:
+        task = task_info(spec.task)
+        default = {p: float(v.get("data_fraction", 1.0)) for p, v in (task.profiles.items() if task else [])}
+        full = pd.to_numeric(pool["params.data_fraction"]) - pool["params.profile"].map(default).fillna(1.0)
+        keep = full.abs() < 1e-9
+        if (~keep).any():
+            fr = sorted(pool.loc[~keep, "params.data_fraction"].astype(float).unique())
+            notes.append(f"{int((~keep).sum())} finished runs at a data fraction other than their profile's "
+                         f"({', '.join(f'{f:g}' for f in fr)}) are not shown (Fig. 9 analogue)")
+        pool = pool[keep]
+    return pool, notes
+
+
+def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
+    paper = pd.read_csv(PAPER_DIR / spec.csv, dtype=str, keep_default_na=False)  # values exactly as printed
+    pool, left_out = select_pool(spec, runs)
+    task = task_info(spec.task)
+    ours = list(spec.ours)
+    if spec.study and task is not None:
+        ours.append(("best validation " + task.selection_metric, f"best_{task.selection_metric}"))
+    row_param_cols = {f"params.{p}" for p, _ in spec.row_params.values()}
+    if not pool.empty:
+        pool = pool.copy()
+        scols = setting_columns(pool, row_param_cols)
+        vcols = variant_columns(pool, row_param_cols)
+        pool["_setting"] = _key(pool, scols)
+        pool["_variant"] = _key(pool, vcols)
+        labels = setting_labels(pool, task, row_param_cols)
+    else:
+        scols, vcols, labels = [], [], {}
+    header = list(paper.columns)
+    for lab in labels.values():
+        header += [f"ours {m_label} [{lab}]" for m_label, _ in ours]
+        if spec.paired:
+            header.append(f"Δ {spec.paired} vs baseline, 95% CI [{lab}]")
+
+    def rows_for(method: str, match) -> list[tuple[str, pd.DataFrame]]:
+        """(variant label, runs) of one table row; several when the method ran in several configurations."""
+        sel = pool[(pool["params.method"] == method) & match(pool)] if not pool.empty else pool
+        if sel.empty:
+            return [("", sel)]
+        variants = sel.drop_duplicates("_variant")
+        named = differing(pool[pool["params.method"] == method].drop_duplicates("_variant"), vcols)
+        return [(label_of(v, named), sel[sel["_variant"] == v["_variant"]]) for _, v in variants.iterrows()]
+
+    def cells(method: str, sel: pd.DataFrame) -> list[str]:
+        out = []
+        for setting in labels:
+            s = sel[sel["_setting"] == setting] if not sel.empty else sel
+            for _, metric in ours:
+                col = f"metrics.{metric}"
+                if s.empty:
+                    out.append("not run")
+                    continue
+                if col not in s or s[col].dropna().empty:  # the runs exist; the metric is undefined for them
+                    space = s["params.match_space"].iloc[0] if "params.match_space" in s else ""
+                    out.append(f"n/a ({len(s)} runs; {space})" if str(space).startswith("undefined") else
+                               f"n/a ({len(s)} runs without this metric)")
+                    continue
+                v = per_seed(s[col], s["params.seed"])
+                keep = s.drop_duplicates("params.seed", keep="last")
+                out.append(describe(v) + notes.add(list(keep["run_id"])))
+            if spec.paired:
+                out.append(paired_cell(method, s, pool[pool["_setting"] == setting], spec.paired))
+        return out
+
+    lines = [f"## {spec.title}", ""]
+    if not pool.empty:  # how strong the teacher was, per setting: a reader must see it before the numbers
+        lines += [teacher_line(pool[pool["_setting"] == setting], lab) for setting, lab in labels.items()] + [""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body: list[list] = []  # rows of cells; Δ cells stay Paired until their column (one family) is adjusted
+    matched = pd.Series(False, index=pool.index) if not pool.empty else None
+    for _, row in paper.iterrows():
+        method = spec.method_alias.get(row["method"], row["method"])
+
+        def match(df, row=row):
+            ok = pd.Series(True, index=df.index)
+            for col, (param, scale) in spec.row_params.items():
+                if row[col] == "":  # e.g. Table 2's baseline rows name no teacher: no restriction
+                    continue
+                ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
+            return ok
+        if not is_method(method):  # a reference row of the paper (chance level): nothing of ours belongs there
+            n_ours = len(labels) * (len(ours) + (1 if spec.paired else 0))
+            body.append([str(row[c]) for c in paper.columns] + ["—"] * n_ours)
+            continue
+        for variant, sel in rows_for(method, match):
+            if matched is not None and not sel.empty:
+                matched.loc[sel.index] = True
+            first = [str(row[c]) for c in paper.columns]
+            if variant:
+                first[0] = f"{first[0]} ({variant})"
+            body.append(first + cells(method, sel))
+    # rows we ran that the paper's table lacks (a method it did not run, or another grid value)
+    extra = pool[~matched] if matched is not None else pool
+    if not extra.empty:
+        keys = ["params.method"] + [f"params.{p}" for p, _ in spec.row_params.values() if f"params.{p}" in extra]
+        for _, first_run in extra.drop_duplicates(keys).iterrows():
+            same = (extra[keys].fillna("").astype(str) == first_run[keys].fillna("").astype(str)).all(axis=1)
+            method = first_run["params.method"]
+            by_row = extra[same]
+            for variant, sel in rows_for(method, lambda df, idx=by_row.index: df.index.isin(idx)):
+                first = []
+                for c in paper.columns:
+                    if c == "method":
+                        first.append(method + (f" ({variant})" if variant else ""))
+                    elif c in spec.row_params:
+                        param, scale = spec.row_params[c]
+                        val = first_run.get(f"params.{param}")
+                        try:
+                            first.append(f"{float(val) / scale:g}")
+                        except (TypeError, ValueError):
+                            first.append(str(val))
+                    else:
+                        first.append("-")
+                body.append(first + cells(method, sel))
+    for col in range(len(header)):  # each Δ column (one setting) is one family of comparisons against the baseline
+        holm([r[col] for r in body if isinstance(r[col], Paired)])
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+    lines.append("")
+    if not labels:
+        lines.append(f"Ours: no finished runs of task `{spec.task}`" + (f" in a `--paper {spec.id}` study" if spec.study else "")
+                     + " in this store.")
+    for n in left_out:
+        lines.append(f"Note: {n}.")
+    return "\n".join(lines) + "\n"
+
+
+def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str | Paired:
+    if method == BASELINE:
+        return "—"
+    col = f"metrics.{metric}"
+    base = setting_runs[setting_runs["params.method"] == BASELINE] if not setting_runs.empty else setting_runs
+    if sel.empty or base.empty or col not in sel:
+        return "—"
+    # the baseline configuration with the most seeds (the baseline has no method hyperparameters to vary)
+    biggest = base.groupby("_variant")["params.seed"].nunique().idxmax()
+    base = base[base["_variant"] == biggest]
+    p = paired_difference(per_seed(sel[col], sel["params.seed"]), per_seed(base[col], base["params.seed"]))
+    return p if p else "no matched seeds"
+
+
+def header_section(runs: pd.DataFrame) -> str:
+    """What the runs are, one column per task (so each size or teacher sits under its own task)."""
+    tasks = sorted(runs["params.task"].unique())
+    fields = [("profiles", "params.profile"), ("students", "params.student"), ("teachers", "params.teacher_id"),
+              ("seeds", "params.seed"), ("data layout", "params.data_layout"), ("train/val/test sizes", None),
+              ("split rule", "params.split_rule"), ("selection rule", "params.selection_rule"),
+              ("device", "params.device_resolved"), ("torch", "params.torch_version"), ("code version", "params.code_version"),
+              *[(p, f"params.{p}") for p in AMBIGUITY_PARAMS]]
+    rows = []
+    for label, col in fields:
+        cells = []
+        for t in tasks:
+            r = runs[runs["params.task"] == t]
+            if col is None:
+                vals = sorted({f"{a}/{b}/{c}" for a, b, c in zip(r.get("params.n_train", []), r.get("params.n_val", []),
+                                                                  r.get("params.n_test", []))})
+            else:
+                vals = sorted(r[col].dropna().astype(str).unique()) if col in r else []
+            cells.append(", ".join(vals))
+        if any(cells):
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(["| what | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks), *rows]) + "\n"
+
+
+def has_runs(spec: TableSpec, runs: pd.DataFrame) -> bool:
+    return not select_pool(spec, runs)[0].empty
+
+
+def fig_ablations(runs: pd.DataFrame, out: Path, with_paper: bool = False) -> list[tuple[str, Path]]:
+    """The paper's ablation curves (its points on the right axis) with ours, for ablations we ran (all of
+    them with `with_paper`)."""
+    paths = []
+    for spec in TABLES:
+        if not spec.study or not (with_paper or has_runs(spec, runs)):
+            continue
+        col, (param, scale) = next(iter(spec.row_params.items()))
+        paper = pd.read_csv(PAPER_DIR / spec.csv)
+        pool, _ = select_pool(spec, runs)
+        metric = f"metrics.{spec.ours[0][1]}"
+        fig, ax = figures.plt.subplots(figsize=(5.5, 4))
+        ax2 = ax.twinx()
+        for pc in spec.paper_cols[:2]:
+            if "mindcf" in pc:
+                continue
+            ax2.plot(pd.to_numeric(paper[col]).fillna(0) * scale, pd.to_numeric(paper[pc]), "s--", alpha=0.7,
+                     label=f"paper {pc}")
+        if not pool.empty and metric in pool and f"params.{param}" in pool:
+            pool = pool.assign(_setting=_key(pool, setting_columns(pool, {f"params.{param}"})))
+            for _, g in pool.groupby("_setting"):
+                x = pd.to_numeric(g[f"params.{param}"])
+                stats = [(v, per_seed(h[metric], h["params.seed"])) for v, h in g.assign(x=x).groupby("x")]
+                xs = [v for v, _ in stats]
+                mean = [s.mean() for _, s in stats]
+                sd = [s.std(ddof=1) if len(s) > 1 else 0.0 for _, s in stats]
+                first = g.iloc[0]
+                ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3,
+                            label=f"ours [{first['params.student']}, {first['params.profile']}] (± std)")
+        ax.set_xlabel(param.replace("hp.", "")), ax.set_ylabel(f"ours: {spec.ours[0][1]}"), ax2.set_ylabel("paper")
+        who = "; ".join(sorted({f"{r['params.student']}, {r['params.profile']}" for _, r in pool.iterrows()})) \
+            if not pool.empty else "no runs of ours"
+        figures.title(fig, f"{spec.title.split(':')[0]} ablation ({spec.task}; {who})")
+        for a, where in ((ax, "lower left"), (ax2, "lower right")):
+            if a.get_legend_handles_labels()[0]:
+                a.legend(loc=where, fontsize=7)
+        paths.append((f"Ablation curve {spec.id} (ours, paper points on the right axis)",
+                      figures.save(fig, out / f"{spec.id}_ablation.png")))
+    return paths
+
+

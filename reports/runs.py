@@ -1,0 +1,80 @@
+"""Loading runs: the finished training runs of an MLflow store as one flat DataFrame, their metric
+histories, the export written beside every report (runs.csv), and the registered task behind a run."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.registry import UsageError
+
+
+def load_runs(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame:
+    """Finished training runs (one per method x seed x config) of the harness, oldest first."""
+    import mlflow
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).expanduser().is_file():
+        raise UsageError(f"no MLflow store at {tracking_uri} (the file does not exist); nothing to report")
+    client = mlflow.MlflowClient(tracking_uri)
+    exps = [e for e in client.search_experiments() if (e.name == experiment if experiment else e.name.startswith("xkd-"))]
+    if experiment and not exps:
+        raise UsageError(f"no experiment '{experiment}' in {tracking_uri}; its experiments: "
+                         + ", ".join(e.name for e in client.search_experiments()))
+    if not exps:
+        return pd.DataFrame()
+    mlflow.set_tracking_uri(tracking_uri)
+    df = mlflow.search_runs(experiment_ids=[e.experiment_id for e in exps], output_format="pandas",
+                            filter_string="tags.`xkd.kind` = 'train' and attributes.status = 'FINISHED'")
+    if df.empty:
+        return df
+    for col in ("tags.xkd.study", "tags.xkd.paper_table"):
+        if col not in df:
+            df[col] = None
+        df[col] = df[col].fillna("")
+    from benchmark.config import RunConfig
+    for k, v in asdict(RunConfig()).items():  # a field added after some runs were made: they ran with its default
+        if f"params.{k}" in df:
+            df[f"params.{k}"] = df[f"params.{k}"].fillna(str(v))
+    return df.sort_values("start_time").reset_index(drop=True)
+
+
+def require_runs(runs: pd.DataFrame, tracking_uri: str, experiment: str | None) -> None:
+    if runs.empty:
+        raise UsageError(f"no finished training runs in {tracking_uri}"
+                         + (f", experiment '{experiment}'" if experiment else " (experiments named xkd-*)")
+                         + "; nothing to report")
+
+
+def history(tracking_uri: str, run_id: str, metric: str) -> pd.Series:
+    """A metric's per-epoch values of one run (index: epoch)."""
+    import mlflow
+    hist = mlflow.MlflowClient(tracking_uri).get_metric_history(run_id, metric)
+    return pd.Series({h.step: h.value for h in sorted(hist, key=lambda h: (h.step, h.timestamp))}, dtype=float)
+
+
+def export(runs: pd.DataFrame, path: Path) -> None:
+    """Every param, metric and xkd tag of each run: the store's content a reader needs to check each cell."""
+    cols = ["run_id"] + sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))
+    tmp = path.with_name(f".{path.name}.tmp")
+    (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def task_info(name: str):
+    """The registered task class (its metrics and profiles), or None for a task this harness lacks."""
+    from benchmark.plugins import load_plugins
+    from benchmark.registry import TASKS
+    load_plugins()
+    return TASKS.get(name) if name in TASKS else None
+
+
+def is_method(name: str) -> bool:
+    from benchmark.plugins import load_plugins
+    from benchmark.registry import METHODS
+    load_plugins()
+    return name in METHODS
+
+
+def lower_is_better(task) -> bool:
+    """A task's primary metric goes the way of its selection metric (speaker: EER, lower is better)."""
+    return task is not None and task.selection_mode == "min"

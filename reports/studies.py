@@ -1,0 +1,96 @@
+"""Every Optuna study in the store (a `--grid` or TPE study of any method on any task, the paper's
+`--paper` ablations included): the swept values, per value the validation objective and the test metric
+with their 95% CI over seeds, the value that is best on validation and its test result; a table and a
+figure each."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.results import fmt_mean_std
+from benchmark.stats import per_seed, summary
+from reports import figures
+from reports.grouping import differing, setting_columns, setting_labels, variant_columns, with_keys
+from reports.markdown import Footnotes, slug, table
+from reports.runs import lower_is_better, task_info
+
+
+def _ci(s: dict) -> str:
+    if not s["n"]:
+        return "n/a"
+    if s["n"] < 2:
+        return f"{s['mean']:.2f} (n=1, no CI)"
+    return f"{s['mean']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] (n={s['n']})"
+
+
+def studies(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, list[dict], list[tuple[str, Path]]]:
+    parts, records, figs = [], [], []
+    if runs.empty:
+        return "", records, figs
+    for name in sorted(n for n in runs["tags.xkd.study"].unique() if n):
+        sel = runs[runs["tags.xkd.study"] == name]
+        md, recs, fig = _study(name, sel, out, notes)
+        parts.append(md), records.extend(recs), figs.append(fig)
+    return "\n".join(parts), records, figs
+
+
+def _value(v):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in str(v) else f
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
+    task_name = sel["params.task"].iloc[0]
+    task = task_info(task_name)
+    sel = with_keys(sel)
+    swept = differing(sel, variant_columns(sel) + setting_columns(sel))
+    swept = [c for c in swept if c != "params.seed"]
+    objective = f"best_{task.selection_metric}" if task else "best_val_top1"
+    primary, primary_label = (task.summary_metrics[0] if task else ("test_top1", "test top-1"))
+    lower = lower_is_better(task)
+    groups = list(sel.groupby(swept, sort=True)) if swept else [((), sel)]
+    rows, records, xs, val_stats, test_stats = [], [], [], [], []
+    for values, g in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        v = summary(per_seed(g.get(f"metrics.{objective}", pd.Series(dtype=float)), g["params.seed"]))
+        t = summary(per_seed(g.get(f"metrics.{primary}", pd.Series(dtype=float)), g["params.seed"]))
+        keep = g.drop_duplicates("params.seed", keep="last")
+        rows.append([*[str(x) for x in values], _ci(v) + notes.add(list(keep["run_id"])), _ci(t)])
+        xs.append(_value(values[0]) if len(values) == 1 else ", ".join(map(str, values)))
+        val_stats.append(v), test_stats.append(t)
+        records.append({"study": name, "task": task_name, "method": ",".join(sorted(g["params.method"].unique())),
+                        **{c.removeprefix("params.").removeprefix("hp."): x for c, x in zip(swept, values)},
+                        **{f"val_{k}": x for k, x in v.items()}, **{f"test_{k}": x for k, x in t.items()}})
+    means = [s["mean"] for s in val_stats]
+    valid = [i for i, m in enumerate(means) if pd.notna(m)]
+    best = (min if task and task.selection_mode == "min" else max)(valid, key=lambda i: means[i]) if valid else None
+    for i, r in enumerate(records):
+        r["best_on_validation"] = i == best
+    if best is not None:
+        rows[best][0] = f"**{rows[best][0]}** (best on validation)"
+    methods = ", ".join(sorted(sel["params.method"].unique()))
+    label = next(iter(setting_labels(sel, task, set(swept)).values()))
+    heading = f"study `{name}`: {methods} on {task_name} [{label}]"
+    swept_names = [c.removeprefix("params.").removeprefix("hp.") for c in swept] or ["(nothing swept)"]
+    header = [*swept_names, f"validation {objective} (mean, 95% CI over seeds)", f"{primary_label} (mean, 95% CI)"]
+    lines = [f"### {heading}", "",
+             f"Swept: {', '.join(swept_names)}; {len(groups)} values x {sel['params.seed'].nunique()} seed(s); "
+             f"objective: {objective} ({'lower' if task and task.selection_mode == 'min' else 'higher'} is better), "
+             f"chosen on validation only; the test column is shown, never used to choose. "
+             f"({'lower' if lower else 'higher'} {primary} is better.)", "", table(header, rows), ""]
+    if best is not None:
+        b = records[best]
+        lines.append(f"Best on validation: {', '.join(f'{k}={b[k]}' for k in swept_names if k in b) or 'the only value'}; "
+                     f"its {primary_label}: {fmt_mean_std(b['test_mean'], b['test_std'], b['test_n'])}.")
+        lines.append("")
+    path = figures.values_plot(xs, [(f"validation {objective}", val_stats), (primary_label, test_stats)],
+                               " / ".join(swept_names), heading, out / f"study_{slug(name)}.png")
+    lines += [f"![{heading}]({path.name})", ""]
+    return "\n".join(lines), records, (heading, path)
+
+
+
