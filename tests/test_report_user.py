@@ -1,0 +1,142 @@
+"""The report about the user's own runs: leaderboard first, every study, numbers as numbers, --compare,
+an empty store refused; and `run`'s own results files (numeric, never overwritten by another process)."""
+import json
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli, run_cli_inprocess
+from tests.test_report import _log_run
+
+from reports.generate import build_report
+
+
+def _store(tmp_path, name="s.db", shift=0.0):
+    """cifar100 runs: baseline 30, 32, 31 (seeds 0-2); kd +3, +4, +2 over it; pkt -1, 0, -2; plus a `--grid`
+    study of KD's temperature (a method the paper never ablated) at T = 1 (val 41, 43) and T = 4 (val 45, 44)."""
+    uri = f"sqlite:///{tmp_path / name}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / f"art-{name}").as_uri())
+    base = {0: 30.0, 1: 32.0, 2: 31.0}
+    for seed, b in base.items():
+        _log_run(client, exp, "baseline", seed, {"test_top1": b, "wall_s": 10.0, "mean_train_images_per_s": 500.0},
+                 params={"n_params_student": 83892}, history=[(4.0, 5.0), (3.0, 9.0)])
+        _log_run(client, exp, "kd", seed, {"test_top1": b + {0: 3, 1: 4, 2: 2}[seed] + shift, "wall_s": 12.0},
+                 params={"hp.temperature": 4.0}, history=[(4.1, 6.0), (2.9, 11.0)])
+        _log_run(client, exp, "pkt", seed, {"test_top1": b + {0: -1, 1: 0, 2: -2}[seed]}, history=[(4.2, 5.0), (3.5, 8.0)])
+    for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
+        for seed, v in enumerate(vals):
+            _log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
+                     tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
+    return uri
+
+
+def test_leaderboard_first_sorted_with_numeric_csv(tmp_path):
+    uri = _store(tmp_path)
+    out = tmp_path / "r"
+    report = build_report(uri, out).read_text()
+    assert report.index("## Leaderboards") < report.index("## Studies") < report.index("## The paper's tables")
+    board = report.split("## Leaderboards")[1].split("## Studies")[0]
+    rows = [line for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [r.split("|")[2].split("[^")[0].strip() for r in rows] == ["kd", "baseline", "pkt"]
+    # kd - baseline: 3, 4, 2 -> +3.00, sd 1, CI +-2.48; pkt: -1, 0, -2 -> -1.00 [-3.48, +1.48]
+    assert "+3.00 [+0.52, +5.48] (n=3)" in rows[0] and "-1.00 [-3.48, +1.48] (n=3)" in rows[2]
+    assert "![Δ vs baseline, cifar100: resnet8_w16, quick](forest_cifar100_resnet8_w16__quick.png)" in board
+    csv = pd.read_csv(out / "report.csv")
+    for col in ("test_top1_mean", "test_top1_std", "test_top1_n", "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm"):
+        assert pd.api.types.is_numeric_dtype(csv[col]), col
+    kd = csv.set_index("method").loc["kd"]
+    assert kd["rank"] == 1 and kd["test_top1_mean"] == pytest.approx(34.0) and kd["delta"] == pytest.approx(3.0)
+    assert kd["delta_ci_low"] == pytest.approx(3 - 4.302653 / np.sqrt(3), abs=1e-5)
+    # Holm over kd and pkt: p_kd = 0.0377 (t = 5.196), p_pkt = 0.2254 -> 2 x 0.0377 = 0.0754, max(0.0754, 0.2254)
+    assert kd["p_holm"] == pytest.approx(2 * kd["p"]) and not kd["significant"]
+    assert "train_samples_per_s" in csv and csv.set_index("method").loc["baseline", "wall_s_per_run"] == 10.0
+    # the paper's tables appear only with runs: Table 7 (cifar100) yes, Table 1 (speaker) no
+    assert "## Table 7:" in report and "## Table 1:" not in report
+
+
+def test_a_grid_study_of_any_method_gets_its_table_and_figure(tmp_path):
+    uri = _store(tmp_path)
+    out = tmp_path / "r"
+    report = build_report(uri, out).read_text()
+    section = report.split("### study `kd-temperature`")[1].split("\n## ")[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ") and "---" not in line}
+    # T = 1: val 41, 43 -> 42.00, sd 1.414, CI 42 +- 12.706 * 1 = [29.29, 54.71]; T = 4: 44.50 [38.15, 50.85]
+    assert "42.00 [29.29, 54.71] (n=2)" in rows["1.0"]
+    assert "44.50 [38.15, 50.85] (n=2)" in rows["**4.0** (best on validation)"]
+    assert "Best on validation: temperature=4.0; its test top-1 (last epoch): 34.50 ± 0.71 (n=2)." in section
+    assert (out / "study_kd-temperature.png").read_bytes()[:4] == b"\x89PNG"
+    studies = pd.read_csv(out / "studies.csv")
+    best = studies[studies["best_on_validation"]]
+    assert list(best["temperature"]) == [4.0] and pd.api.types.is_numeric_dtype(studies["val_ci_low"])
+    # study runs stay out of the leaderboard
+    assert "45.00" not in report.split("## Studies")[0]
+
+
+def test_fourteen_methods_are_distinguishable_and_keep_their_style():
+    from benchmark.plugins import load_plugins
+    from benchmark.registry import METHODS
+    from reports.figures import styles
+    load_plugins()
+    names = METHODS.names()
+    assert len(names) >= 14
+    st = styles(names)
+    pairs = {(tuple(s["color"]), s["marker"]) for s in st.values()}
+    assert len(pairs) == len(names) and len({tuple(s["color"]) for s in st.values()}) == len(names)
+    assert styles(["pkt", "kd"])["kd"] == st["kd"]  # the same style whatever else the figure shows
+
+
+def test_compare_two_stores_shows_an_injected_change(tmp_path):
+    a = _store(tmp_path, "a.db")
+    b = _store(tmp_path, "b.db", shift=2.0)  # B: kd is 2 points better on every seed, nothing else changed
+    res = run_cli_inprocess(["report", "--compare", a, b, "--out", str(tmp_path / "cmp")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    kd = next(line for line in text.splitlines() if line.startswith("| kd"))
+    base = next(line for line in text.splitlines() if line.startswith("| baseline"))
+    assert "+2.00 (n=3, no spread)" in kd and "+0.00 (n=3, no spread)" in base
+    csv = pd.read_csv(tmp_path / "cmp" / "compare.csv").set_index("configuration")
+    assert csv.loc["kd", "test_top1_change"] == pytest.approx(2.0) and csv.loc["pkt", "test_top1_change"] == 0
+
+
+def test_a_store_without_finished_runs_is_one_line_and_exit_2(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    mlflow.MlflowClient(uri).create_experiment("xkd-cifar100", artifact_location=(tmp_path / "a").as_uri())
+    res = run_cli_inprocess(["report", "--tracking-uri", uri, "--out", str(tmp_path / "r")], tmp_path)
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "no finished training runs" in res.stderr
+    assert not (tmp_path / "r").exists()
+    res = run_cli_inprocess(["report", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"], tmp_path)
+    assert res.returncode == 2 and "no MLflow store" in res.stderr and not (tmp_path / "none.db").exists()
+    assert not (tmp_path / "reports").exists()
+
+
+def test_run_results_are_numbers_and_two_default_runs_keep_both(tmp_path):
+    """results.csv read with pandas has numeric mean/std/n/CI/p columns; two `run`s at once with the default
+    --out each keep their own tables (a folder per invocation, `latest` naming one of them)."""
+    args = [sys.executable, "-m", "benchmark", "run", "--task", "synthetic", "--methods", "baseline,kd",
+            "--profile", "smoke", "--seeds", "2"]
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    procs = [subprocess.Popen([*args, "--set", f"synth_gamma={g}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for g in (0.5, 1.0)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    base = tmp_path / "runs" / "synthetic-smoke"
+    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "checkpoints")
+    assert len(folders) == 2 and (base / "latest").resolve() in [f.resolve() for f in folders]
+    for f in folders:
+        table = pd.read_csv(f / "results.csv")
+        assert list(table["method"]) == ["baseline", "kd"]
+        for col in ("test_top1_mean", "test_top1_std", "test_top1_n", "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm"):
+            assert pd.api.types.is_numeric_dtype(table[col]), col
+        kd = table.set_index("method").loc["kd"]
+        assert kd["test_top1_n"] == 2 and kd["delta_n"] == 2
+        js = json.loads((f / "results.json").read_text())
+        assert js["methods"][1]["method"] == "kd" and isinstance(js["methods"][1]["test_top1_mean"], float)
+        assert "± " in (f / "results.md").read_text()
+    # the two invocations ran different settings: their tables differ
+    assert pd.read_csv(folders[0] / "results.csv")["test_top1_mean"].tolist() != \
+        pd.read_csv(folders[1] / "results.csv")["test_top1_mean"].tolist()
