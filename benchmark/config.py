@@ -83,7 +83,30 @@ class RunConfig:
     log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
 
     def as_params(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields this run's task and teacher use (a Tiny-ImageNet run does not log the synthetic or the
+        speaker fields); every field still counts in the checkpoint key."""
+        return {k: v for k, v in asdict(self).items() if uses(self, k)}
+
+
+# Fields only some tasks or teachers read: (task names, teacher names); a field absent here is everyone's.
+_SPEAKER = ("voxceleb",)
+OWNERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    **{f: (_SPEAKER, ()) for f in ("noise_dir", "train_seconds", "eval_seconds", "eval_crops", "noise_snrs",
+                                   "match_triplets", "val_utts_per_speaker", "val_trials_per_speaker")},
+    "teacher_checkpoint": ((), ("ir50", "img-checkpoint")),
+    **{f: ((), ("img-trained", "img-checkpoint")) for f in ("teacher_arch", "teacher_epochs", "teacher_lr",
+                                                            "teacher_seed", "teacher_data_fraction")},
+    **{f.name: (("synthetic",), ()) for f in fields(RunConfig) if f.name.startswith("synth_")},
+    **{f.name: (("mfh",), ()) for f in fields(RunConfig) if f.name.startswith("mfh_")},
+}
+
+
+def uses(cfg: RunConfig, field_name: str) -> bool:
+    """Does a run of cfg's task and teacher read this field?"""
+    if field_name not in OWNERS:
+        return True
+    tasks, teachers = OWNERS[field_name]
+    return cfg.task in tasks or cfg.teacher in teachers
 
 
 # Fields that do not change what a run computes (excluded from the checkpoint key).

@@ -1,16 +1,49 @@
-"""Import every module that registers an entry (each registers itself once, on import)."""
+"""Import every module that registers an entry (each registers itself once, on import): the harness's own
+methods and tasks, the packages that declare the `xkd_bench.plugins` entry point group, and modules named
+with `--plugin` (or `plugins = [...]` in an experiment file). Only the command-line entry point (and tests)
+call this: the rest of the harness imports no plugin package."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
+from importlib.metadata import entry_points
+
+from benchmark.registry import UsageError
+
+GROUP = "xkd_bench.plugins"
+_external: list[str] = []
+_builtin_loaded = False
 
 
-def load_plugins() -> None:
-    import methods
-    import tasks
-    for module in ("benchmark.nets", "benchmark.teachers"):
-        importlib.import_module(module)
-    for pkg in (methods, tasks):
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{pkg.__name__}.{info.name}")
+def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> None:
+    global _builtin_loaded
+    if not _builtin_loaded:
+        _builtin_loaded = True
+        import methods
+        import tasks
+        for module in ("benchmark.nets", "benchmark.teachers"):
+            importlib.import_module(module)
+        for pkg in (methods, tasks):
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for ep in entry_points(group=GROUP):  # installed packages: [project.entry-points."xkd_bench.plugins"]
+            _import(ep.value.split(":")[0], f"entry point '{ep.name}' of group {GROUP}")
+    for name in extra:
+        _import(name, "--plugin")
+
+
+def _import(name: str, how: str) -> None:
+    if name in _external:
+        return
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"{how} {name}: cannot import it ({e}); is its package installed or on PYTHONPATH?") from None
+    _external.append(name)
+
+
+def external_plugins() -> list[str]:
+    """Modules loaded from outside the harness (entry points and --plugin), in load order: every run records
+    them so that its experiment file loads them again."""
+    return list(_external)

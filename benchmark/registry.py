@@ -53,3 +53,13 @@ METHODS = Registry("method")
 TASKS = Registry("task")
 STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")
+FIXTURES = Registry("fixture")    # entries: build(sources folder, out folder, noise folder or None) -> folder
+DATASETS = Registry("dataset")  # entries: (fetch(root) -> folder, folder name under the data root)
+
+
+def register_dataset(name: str, folder: str, description: str):
+    """Decorator for a task module's fetcher `fn(root) -> folder`: `data fetch <name>` runs it into root/folder."""
+    def deco(fn):
+        DATASETS.add(name, (fn, folder), description)
+        return fn
+    return deco

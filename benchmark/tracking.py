@@ -164,6 +164,9 @@ class Tracker:
         if items:
             self.client.log_batch(run_id, metrics=items)
 
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
     def log_dict(self, run_id: str, obj: Any, name: str) -> None:
         self.client.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
 

@@ -23,7 +23,7 @@ from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
 from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
-from methods._base import hparam_fields
+from benchmark.method import hparam_fields
 
 
 class Diverged(FloatingPointError):
@@ -52,6 +52,8 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
     values.update({k.split(".", 1)[1]: v for k, v in defaults.items()
                    if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
     values.update({k: v for k, v in overrides.items() if k in known})
+    values.update({k.split(".", 1)[1]: v for k, v in overrides.items()  # `--set kd.temperature=2`: this method only
+                   if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
     return cls, cls.Hparams(**values)
 
 
@@ -335,6 +337,9 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
                                parent_run_id=parent_run_id)
         tracker.log_params(run_id, params)
         tracker.log_dict(run_id, params, "config.json")
+        from benchmark import experiment
+        from benchmark.plugins import external_plugins
+        tracker.log_text(run_id, experiment.dump(cfg, method_name, asdict(ctx.hparams), external_plugins()), "experiment.toml")
         tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),
                             {k: v for k, v in data.info.items() if k.startswith(("n_", "data_", "split", "train_"))})
         start, history, best, wall = 0, [], None, 0.0
@@ -368,6 +373,9 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             return {"method": method_name, "seed": cfg.seed, "run_id": "", "rank": distributed.rank()}
         t0 = time.perf_counter()
         final, arrays = ctx.evaluate("test")
+        last = {k: {n: t.detach().cpu().clone() if torch.is_tensor(t) else copy.deepcopy(t)  # what `eval` loads
+                    for n, t in m.state_dict().items()}
+                for k, m in (("student", ctx.student), ("method", ctx.method), ("task_loss", ctx.task_loss))}
         if best["epoch"] == cfg.epochs:  # the best-validation weights are the last ones: nothing to re-evaluate
             at_best = final
         else:
@@ -395,6 +403,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
         tracker.log_model(run_id, ctx.student, data.class_names, weights=f"best-validation epoch {best['epoch']}")
     tracker.end(run_id)
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
-    _save_atomic({"done": True, "final": final}, ckpt_path)  # weights dropped: the run is complete
+    # the run is complete: optimiser state dropped, the last epoch's weights kept for `eval`
+    _save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
     ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
     return final

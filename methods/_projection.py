@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, choice, fp, l2n
+from benchmark.method import Hparams, Method, choice, fp, l2n
 
 
 class ProjectionHead(nn.Module):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from benchmark import distributed
-from methods._base import fp
+from benchmark.method import fp
 
 
 class QualityWeights(nn.Module):

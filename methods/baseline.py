@@ -1,4 +1,4 @@
-from methods._base import Method, register
+from benchmark.method import Method, register
 
 
 @register("baseline", "no distillation: the task loss only (the paper's 'w/o dist.' rows)")

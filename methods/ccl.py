@@ -7,7 +7,7 @@ from torch import nn
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, fp, l2n, register
+from benchmark.method import Hparams, Method, fp, l2n, register
 
 
 def _nce_rows(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

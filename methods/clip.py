@@ -8,7 +8,7 @@ from torch import nn
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, choice, fp, l2n, register
+from benchmark.method import Hparams, Method, choice, fp, l2n, register
 
 
 @dataclass

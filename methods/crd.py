@@ -32,7 +32,7 @@ from benchmark import distributed
 from benchmark.fields import bounded, choice
 from benchmark.registry import UsageError
 from benchmark.types import Term
-from methods._base import Hparams, Method, fp, l2n, register
+from benchmark.method import Hparams, Method, fp, l2n, register
 
 
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,

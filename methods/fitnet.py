@@ -6,7 +6,7 @@ from torch import nn
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, choice, register
+from benchmark.method import Hparams, Method, choice, register
 
 
 @dataclass

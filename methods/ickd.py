@@ -7,7 +7,7 @@ from torch import nn
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, choice, fp, register
+from benchmark.method import Hparams, Method, choice, fp, register
 
 
 def ickd_batch_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from benchmark.registry import UsageError
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, fp, register
+from benchmark.method import Hparams, Method, fp, register
 
 
 @dataclass

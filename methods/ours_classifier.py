@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import choice, fp, l2n, register
+from benchmark.method import choice, fp, l2n, register
 from methods._projection import OursBase, OursHparams
 
 

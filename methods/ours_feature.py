@@ -1,5 +1,5 @@
 from benchmark.types import Term
-from methods._base import register
+from benchmark.method import register
 from methods._projection import OursBase
 
 

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import choice, register
+from benchmark.method import choice, register
 from methods._projection import OursBase, OursHparams
 from methods._quality import QualityWeights
 

@@ -5,7 +5,7 @@ import torch
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, fp, register
+from benchmark.method import Hparams, Method, fp, register
 
 
 def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from benchmark.fields import bounded
 from benchmark.types import Term
-from methods._base import Hparams, Method, fp, register
+from benchmark.method import Hparams, Method, fp, register
 
 
 def _distances(e: torch.Tensor) -> torch.Tensor:

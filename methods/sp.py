@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from methods._base import Hparams, Method, choice, fp, register
+from benchmark.method import Hparams, Method, choice, fp, register
 
 
 def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:

@@ -71,11 +71,11 @@ def alpha_warning(task, cfg, grid: dict | None, method: str, hp_obj, data) -> st
 
 
 def cmd_study(args) -> int:
-    from benchmark.cli import prepare
+    from benchmark.commands.common import prepare
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import Tracker, resolve_uri
     from benchmark.trainer import resolve_hparams
-    from methods._base import hparam_fields
+    from benchmark.method import hparam_fields
     fixed: dict[str, Any] = {}
     if args.heartbeat < 1:
         raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")

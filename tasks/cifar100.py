@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
-from benchmark.registry import TASKS, UsageError
+from benchmark.datasets import _complete
+from benchmark.registry import TASKS, UsageError, register_dataset
 from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_probe_logits, zeroshot_logits
 from benchmark.teachers import build_teacher
-from tasks._base import Split, Task, TaskData
+from benchmark.task import Split, Task, TaskData
 
 
 def prompt_templates() -> list:
@@ -242,3 +243,23 @@ class Cifar100(Task):
             groups = sp.y[pick] if data.class_groups is None else data.class_groups[sp.y[pick]]
             arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), groups.numpy())
         return metrics, arrays
+
+
+@register_dataset("cifar100", "cifar100", "CIFAR-100, official split (torchvision)")
+def fetch_cifar100(root: Path) -> Path:
+    def build(tmp: Path) -> None:
+        try:
+            from torchvision.datasets import CIFAR100
+            CIFAR100(str(tmp), train=True, download=True)  # downloads and md5-checks the archive
+        except Exception as e:
+            raise UsageError(f"cifar100: the torchvision download (https://www.cs.toronto.edu/~kriz/"
+                             f"cifar-100-python.tar.gz) failed ({type(e).__name__}: {e}); without a network, put "
+                             "cifar-100-python/ or cifar100_uint8.npz + meta.json in the folder") from None
+        (tmp / "cifar-100-python.tar.gz").unlink(missing_ok=True)
+        xtr, ytr, xte, yte, names, f2c, coarse, _ = _read_torchvision(tmp)
+        np.savez(tmp / "cifar100_uint8.npz", x_train=xtr, y_train=ytr.astype(np.int64), x_test=xte,
+                 y_test=yte.astype(np.int64), fine_to_coarse=f2c)
+        (tmp / "meta.json").write_text(json.dumps({"fine_label_names": list(names), "coarse_label_names": list(coarse),
+                                                   "fine_to_coarse": f2c.tolist()}))
+        read_cifar100(str(tmp))  # what the loader reads, checked
+    return _complete(root / "cifar100", build)

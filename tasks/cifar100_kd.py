@@ -22,7 +22,7 @@ import torch
 from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
-from tasks._base import Split, TaskData
+from benchmark.task import Split, TaskData
 from tasks.cifar100 import Cifar100
 
 IMAGE_TEACHERS = ("img-trained", "img-checkpoint")

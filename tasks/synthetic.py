@@ -16,7 +16,7 @@ from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from tasks._base import Split, Task, TaskData
+from benchmark.task import Split, Task, TaskData
 from tasks.synthetic_data import Generator, SyntheticSpec, child
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.registry import TASKS, UsageError
+from benchmark.datasets import _complete
+from benchmark.registry import TASKS, UsageError, register_dataset
 from benchmark.teacher_cache import default_cache_dir
 from tasks.cifar100 import Cifar100
 
@@ -252,3 +253,8 @@ class TinyImageNet(Cifar100):
         a, info = read_tinyimagenet(cfg.data_dir)
         return (a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(n) for n in a["class_names"]],
                 None, info)
+
+
+@register_dataset("tinyimagenet", "tiny-imagenet", "Tiny-ImageNet 200 (CS231n archive)")
+def fetch_tinyimagenet(root: Path) -> Path:
+    return _complete(root / "tiny-imagenet", download)  # md5 and every member's CRC checked

@@ -7,11 +7,11 @@ from dataclasses import dataclass, fields
 import pytest
 import torch
 
-from benchmark.cli import split_sets
+from benchmark.commands.common import split_sets
 from benchmark.plugins import load_plugins
 from benchmark.registry import METHODS, STUDENTS
 from benchmark.types import Dims, TeacherOut, Term
-from methods._base import Hparams, Method
+from benchmark.method import Hparams, Method
 
 load_plugins()
 B, K = 8, 5

@@ -10,7 +10,7 @@ import torch
 from benchmark.config import build_config
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
-from tasks._base import Split
+from benchmark.task import Split
 
 METHODS = ["ours_classifier", "crd"]  # a projection head and shared classifier; memory banks with sample indices
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from benchmark.registry import UsageError
-from tasks._base import Split, TaskData, Trials
+from benchmark.task import Split, TaskData, Trials
 from tasks.voxceleb.audio import AUDIO, AudioBank, audio_files, read_audio
 from tasks.voxceleb.scoring import TrialSet, balanced_trials, load_trials
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from benchmark.registry import UsageError
+from benchmark.registry import FIXTURES, UsageError
 
 TRAIN_SPEAKERS = ["george", "jackson", "lucas", "nicolas"]
 TEST_SPEAKERS = ["theo", "yweweler"]
@@ -111,3 +111,7 @@ def build_fixture(shared_data: Path, out: Path, noise_dir: Path = NOISE_DIR) -> 
         out.rmdir()
     tmp.rename(out)  # only a complete fixture appears under its name
     return out
+
+
+FIXTURES.add("voxceleb", lambda sources, out, noise_dir: build_fixture(sources, out, noise_dir or NOISE_DIR),
+             "small real speaker fixture: FSDD speech + ORL faces + sonic-pi noise (no cross-modal signal)")

@@ -13,7 +13,7 @@ from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables, linear_probe_logits
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from tasks._base import Task
+from benchmark.task import Task
 from tasks.voxceleb.audio import AUDIO, AudioBank, audio_files, read_audio
 from tasks.voxceleb.data import MatchSet, SpeakerData, load_speaker_data, read_images
 from tasks.voxceleb.sampler import AngularPrototypical, pair_batches

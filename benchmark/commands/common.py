@@ -1,0 +1,165 @@
+"""What the training commands (run, perf, study, eval) share: their options, --set parsing, method selection
+and `prepare`, which validates everything and loads the data before anything is written."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from benchmark.registry import METHODS, STUDENTS, TASKS, TEACHERS, UsageError
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise UsageError(f"--set expects key=value, got '{item}'")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def select_methods(spec: str) -> list[str]:
+    if spec == "all":
+        return METHODS.names()
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    if not names:
+        raise UsageError(f"--methods is empty; use 'all' or a comma list of: {', '.join(METHODS.names())}")
+    for n in names:
+        METHODS.get(n)
+    return names
+
+
+def split_sets(sets: dict[str, str], methods: list[str]) -> tuple[dict[str, str], dict[str, object]]:
+    """--set keys go to the run config, to the hyperparameters of every selected method that has the key
+    (`temperature=2`), or to one method's (`kd.temperature=2`); an unknown key or method is refused."""
+    from benchmark.config import config_fields, convert
+    from benchmark.method import hparam_fields
+    cfg_types = config_fields()
+    cfg_sets, hp = {}, {}
+    for k, raw in sets.items():
+        if k in cfg_types:
+            cfg_sets[k] = raw
+            continue
+        if "." in k:
+            method, field = k.split(".", 1)
+            if method not in METHODS:
+                raise UsageError(f"--set {k}: unknown method '{method}'; known: {', '.join(METHODS.names())}")
+            if method not in methods:
+                raise UsageError(f"--set {k}: method '{method}' is not among the selected methods ({', '.join(methods)})")
+            known = hparam_fields(METHODS.get(method))
+            if field not in known:
+                raise UsageError(f"--set {k}: '{method}' has no hyperparameter '{field}'; its hyperparameters: "
+                                 f"{', '.join(known)}")
+            hp[k] = convert(k, raw, known[field].type)
+            continue
+        owners = [hparam_fields(METHODS.get(m))[k] for m in methods if k in hparam_fields(METHODS.get(m))]
+        if not owners:
+            hp_keys = sorted({f for m in methods for f in hparam_fields(METHODS.get(m))})
+            raise UsageError(f"unknown --set key '{k}'; run config keys: {', '.join(cfg_types)}; "
+                             f"hyperparameters of the selected methods: {', '.join(hp_keys)} (one method's: METHOD.KEY)")
+        hp[k] = convert(k, raw, owners[0].type)
+    return cfg_sets, hp
+
+
+def prepare(args):
+    """Validate everything and load the data before anything is written."""
+    from benchmark.config import build_config
+    task = TASKS.get(args.task)()
+    methods = select_methods(args.methods)
+    file_sets = [x for x in getattr(args, "method_sets", []) if x.split(".", 1)[0] in methods]
+    cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods)
+    flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
+    if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
+        from benchmark.datasets import data_root
+        flags["data_dir"] = str(data_root() / task.data_folder)
+    cfg = build_config(task, args.profile, flags, cfg_sets)
+    STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
+    from benchmark.trainer import resolve_device, resolve_hparams
+    from benchmark.method import validate_hparams
+    resolve_device(cfg.device)
+    for m in methods:  # instantiate hyperparameters now so a bad choice fails before any run starts
+        validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
+    if args.seeds < 1:
+        raise UsageError("--seeds must be >= 1")
+    if getattr(args, "tracking_uri", "unused") != "unused":
+        from benchmark.tracking import resolve_uri
+        resolve_uri(args.tracking_uri)
+    if getattr(args, "out", None):
+        check_out_dir(Path(args.out))
+    if getattr(args, "cache_dir", None):  # one cache root: teacher embeddings and decoded datasets
+        os.environ["XKD_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().absolute())
+    data = task.load(cfg)
+    from benchmark.nets import check_student
+    check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
+    return task, methods, hp, cfg, data
+
+
+def check_out_dir(out: Path) -> None:
+    """--out must be a folder we can create or write into; checked before anything is written."""
+    p = out.expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {parent} is not writable")
+
+
+RUN_DEFAULTS = {"task": "cifar100", "methods": "all", "profile": "quick", "seeds": 1}
+SHORTCUTS = {"epochs": int, "lr": float, "batch_size": int}  # never --seed: it would read as a typo of --seeds
+
+
+def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
+    """Options of run, perf, study and eval. Defaults are applied after an experiment file is merged
+    (apply_defaults), so that a flag given on the command line always wins over the file."""
+    from benchmark.registry import TASKS
+    p.add_argument("--config", metavar="FILE.toml", help="experiment file (benchmark/experiment.py shows the keys); "
+                   "flags given here override it")
+    p.add_argument("--task", choices=TASKS.names(), help=f"the task (default {RUN_DEFAULTS['task']})")
+    if methods:
+        p.add_argument("--methods", metavar="all|M1,M2,...",
+                       help="'all' or a comma list of: " + ", ".join(METHODS.names()) + " (default all)")
+    p.add_argument("--profile", help="the task's profile (smoke, quick, paper, ...; `list --profiles`; default quick)")
+    p.add_argument("--seeds", type=int, help="number of seeds, from the config seed (default 0) up (default 1)")
+    p.add_argument("--student", metavar="STUDENT",
+                   help="student network (default: the task profile's): " + ", ".join(STUDENTS.names())
+                   + ", or tv:<torchvision model> where the task takes images")
+    p.add_argument("--teacher", choices=TEACHERS.names(), help="teacher (default: the task profile's)")
+    p.add_argument("--data-dir", dest="data_dir", help="the dataset's folder (default: its folder under the data "
+                   "root $XKD_DATA or ~/.cache/xkd-bench/data, fetched there when missing; speaker task: required)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when present")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run-config field (epochs=2), a hyperparameter of every selected method that has it "
+                   "(temperature=2) or of one method (kd.temperature=2); repeatable")
+    for name, typ in SHORTCUTS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=f"short_{name}", type=typ, metavar=name.upper(),
+                       help=f"short for --set {name}=...")
+    p.add_argument("--cache-dir", dest="cache_dir", help="cache of teacher embeddings and decoded datasets "
+                   "(default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
+
+
+def apply_config(args) -> None:
+    """Merge an experiment file under the command line, then the defaults; shortcuts become --set entries."""
+    from benchmark import experiment
+    if getattr(args, "config", None):
+        doc = experiment.read(args.config)
+        for k, v in doc.items():
+            if k in ("set", "plugins", "method_sets"):
+                continue
+            if k == "methods" and not hasattr(args, "methods"):
+                k = "method"
+            if getattr(args, k, None) is None:
+                setattr(args, k, v)
+        args.set = doc["set"] + list(args.set)  # the command line's --set after the file's: it wins
+        args.method_sets = doc["method_sets"]
+    for k, v in RUN_DEFAULTS.items():
+        if getattr(args, k, "absent") is None:
+            setattr(args, k, v)
+    for name in SHORTCUTS:
+        v = getattr(args, f"short_{name}", None)
+        if v is not None:
+            args.set.append(f"{name}={v}")

@@ -1,0 +1,71 @@
+"""`eval`: a trained run's last-epoch weights evaluated on its task's test split, printing the same metrics as
+`run` (top-1, matching, the task's own). The run is named by its MLflow run id (its experiment.toml artifact
+gives task, method, seed and every setting) or by an experiment file; the weights come from the checkpoint
+`run` keeps (runs/<task>-<profile>/checkpoints/<method>-seed<seed>-<run key>.pt, or --checkpoint)."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from benchmark.commands.common import apply_config, common_run_args, prepare
+from benchmark.registry import UsageError
+
+
+def cmd_eval(args) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run_id:
+            if args.config:
+                raise UsageError("give --run-id or --config, not both")
+            args.config = _experiment_file(args, Path(tmp))
+        if not args.config and not args.checkpoint:
+            raise UsageError("eval needs --run-id RUN (an MLflow run of `run`) or --config FILE.toml with --checkpoint")
+        apply_config(args)
+        task, methods, hp, cfg, data = prepare(args)
+    if len(methods) != 1:
+        raise UsageError(f"eval evaluates one method's run; got {', '.join(methods)}")
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.trainer import Context, load_checkpoint, run_key
+    cache = TeacherCache(args.cache_dir)
+    tables = task.teacher_tables(cfg, data, cache)
+    data, tables = task.data_for_seed(cfg, data, tables, cache)
+    ctx = Context(cfg, task, data, tables, methods[0], hp)
+    path = Path(args.checkpoint) if args.checkpoint else (
+        Path(args.out or f"runs/{cfg.task}-{cfg.profile}") / "checkpoints"
+        / f"{methods[0]}-seed{cfg.seed}-{run_key(cfg, methods[0], ctx.hparams)}.pt")
+    ck = load_checkpoint(path, ctx.device) if path.exists() else None
+    if ck is None or "weights" not in ck and "state" not in ck:
+        raise UsageError(f"no trained weights at {path} (a run keeps them in --out/checkpoints; a run made before "
+                         "this version, or with another --out, needs --checkpoint)")
+    w = ck.get("weights") or ck["state"]
+    ctx.student.load_state_dict(w["student"]), ctx.method.load_state_dict(w["method"])
+    ctx.task_loss.load_state_dict(w["task_loss"])
+    metrics, _ = ctx.evaluate(args.split)
+    shown = ", ".join(f"{label} {metrics[k]:.2f}" for k, label in task.summary_metrics if k in metrics)
+    print(f"{methods[0]} seed {cfg.seed} on {cfg.task} {args.split} ({path.name}): {shown}")
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1, sort_keys=True))
+    return 0
+
+
+def _experiment_file(args, tmp: Path) -> str:
+    import mlflow
+
+    from benchmark.tracking import resolve_uri
+    uri = resolve_uri(args.tracking_uri)
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="experiment.toml",
+                                                   tracking_uri=uri, dst_path=str(tmp))
+    except Exception as e:  # noqa: BLE001 - unknown run, or a run without the file
+        raise UsageError(f"--run-id {args.run_id}: no experiment.toml in {uri} ({type(e).__name__})") from None
+
+
+def add(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run's weights on its task's test split (same metrics as run)")
+    common_run_args(p)
+    p.add_argument("--run-id", dest="run_id", help="the MLflow run to evaluate (its experiment.toml and checkpoint)")
+    p.add_argument("--checkpoint", help="the checkpoint file (default: where `run` kept it)")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="default test")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI of --run-id (default $MLFLOW_TRACKING_URI "
+                   "or sqlite:///mlflow.db)")
+    p.add_argument("--out", help="the --out of the run (default runs/<task>-<profile>)")
+    p.set_defaults(fn=cmd_eval, late_config=True, interrupted="evaluation stopped; nothing was written")

@@ -1,0 +1,50 @@
+"""`report`: the Markdown report (leaderboards, studies, figures, the paper's tables) from MLflow runs, or
+`--compare A B` of two stores or experiments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_report(args) -> int:
+    from benchmark.results import fresh_dir
+    from benchmark.tracking import resolve_uri
+    if args.compare:
+        from reports.compare import compare
+        a, b = (_store(x, args) for x in args.compare)
+        path = compare(a, b, Path(args.out) if args.out else fresh_dir(Path("reports/compare")))
+        print(f"comparison written to {path}")
+        return 0
+    from reports.generate import build_report
+    from reports.runs import load_runs, require_runs
+    uri = resolve_uri(args.tracking_uri)
+    require_runs(load_runs(uri, args.experiment), uri, args.experiment)  # before any folder is made
+    out = Path(args.out) if args.out else fresh_dir(Path("reports/generated"))
+    path = build_report(uri, out, args.experiment, with_paper=args.with_paper)
+    print(f"report written to {path}")
+    return 0
+
+
+def _store(spec: str, args) -> tuple[str, str | None]:
+    """A --compare side: a tracking URI or the path of a sqlite store (optionally `#experiment`), or the name
+    of an experiment in --tracking-uri's store."""
+    from benchmark.tracking import resolve_uri
+    where, _, exp = spec.partition("#")
+    if "://" in where or where.endswith(".db") or Path(where).exists():
+        uri = where if "://" in where else f"sqlite:///{Path(where).absolute()}"
+        return resolve_uri(uri), exp or args.experiment
+    return resolve_uri(args.tracking_uri), spec
+
+
+def add(sub) -> None:
+    p = sub.add_parser("report", help="report.md + figures + report.csv from the MLflow runs (or --compare A B)")
+    p.add_argument("--out", help="output folder (default: a new folder under reports/generated, linked as "
+                   "reports/generated/latest)")
+    p.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlflow.db)")
+    p.add_argument("--with-paper", dest="with_paper", action="store_true",
+                   help="also render the paper's tables (and ablation figures) that have no runs in the store")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="compare two stores (tracking URI or path to a .db, optionally #experiment) or two "
+                   "experiments of --tracking-uri's store: per method and metric, B - A with its CI")
+    p.set_defaults(fn=cmd_report, interrupted="the report was not finished; nothing was replaced: run it again")

@@ -1,0 +1,101 @@
+"""`run`: train and evaluate methods on a task, over seeds; results table after every run."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from benchmark.commands.common import common_run_args, prepare
+
+EXIT_RUNS_FAILED = 3
+
+
+def cmd_run(args) -> int:
+    from benchmark import distributed
+    task, methods, hp, cfg, data = prepare(args)
+    distributed.init(cfg.device)
+    try:
+        return _run_all(args, task, methods, hp, cfg, data)
+    finally:
+        distributed.shutdown()
+
+
+def _run_all(args, task, methods, hp, cfg, data) -> int:
+    from dataclasses import replace
+
+    from benchmark import distributed
+    from benchmark.results import to_markdown, write_table
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.tracking import NullTracker, Tracker, resolve_uri
+    from benchmark.trainer import Diverged, run_one
+    main = distributed.is_main()
+    say = print if main else (lambda *a, **k: None)
+    out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
+    cache = TeacherCache(args.cache_dir)
+    tables = task.teacher_tables(cfg, data, cache)  # ranks starting together: one encodes, the others read
+    tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}") if main else NullTracker()
+    if distributed.world_size() > 1:
+        distributed.shard(cfg.batch_size)  # divisible, checked before any run starts
+        say(f"distributed: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} "
+            f"samples each of every global batch of {cfg.batch_size}", flush=True)
+    say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
+        f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
+        flush=True)
+    results, failed, t0 = [], 0, time.time()
+    for seed in range(cfg.seed, cfg.seed + args.seeds):
+        data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
+        for m in methods:
+            try:
+                r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
+            except Diverged as e:  # that run stops (FAILED in MLflow, last good checkpoint kept); the others go on
+                if not main:
+                    continue
+                print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
+                results.append({"method": m, "seed": seed, "failure": str(e)})
+                failed += 1
+                write_table(results, tables_dir, task.summary_metrics)
+                continue
+            if not main:
+                continue
+            if "interrupted_at_epoch" in r:
+                print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
+                continue
+            results.append(r)
+            write_table(results, tables_dir, task.summary_metrics)  # after every run: a later failure loses nothing
+            shown = ", ".join(f"{label} {r.get(k, float('nan')):.2f}" for k, label in task.summary_metrics)
+            print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
+    if results:
+        table = write_table(results, tables_dir, task.summary_metrics)
+        print(to_markdown(table, task.summary_metrics))
+        print(f"total wall time {time.time() - t0:.0f}s; tables in {tables_dir}/results.md, results.csv and results.json")
+    if failed:
+        print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
+        return EXIT_RUNS_FAILED
+    return 0
+
+
+def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
+    """(checkpoint folder, tables folder). With --out both are that folder. Without it, checkpoints go to
+    runs/<task>-<profile>/checkpoints (stable, so --resume finds them) and the tables of this invocation to
+    a folder of its own, runs/<task>-<profile>/<UTC time>-<pid>, with the link `latest` beside it: two
+    processes never overwrite each other's results."""
+    if out:
+        return Path(out), Path(out)
+    from benchmark.results import fresh_dir
+    base = Path(f"runs/{cfg.task}-{cfg.profile}")
+    mine = fresh_dir(base)
+    return base, mine
+
+
+def add(sub) -> None:
+    p = sub.add_parser("run", help="train and evaluate methods on a task (over seeds); results table per invocation")
+    common_run_args(p)
+    p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
+                   "sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment name (default xkd-<task>)")
+    p.add_argument("--out", help="output folder for tables and checkpoints (default: checkpoints in "
+                   "runs/<task>-<profile>/checkpoints, this invocation's tables in runs/<task>-<profile>/<time>-<pid>, "
+                   "linked as .../latest)")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    p.set_defaults(fn=cmd_run, interrupted="the current run ended KILLED, its last epoch checkpoint kept; rerun "
+                   "the same command with --resume to continue")
