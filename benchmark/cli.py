@@ -34,8 +34,7 @@ class Parser(argparse.ArgumentParser):
         elif "unrecognized arguments" in message or "ambiguous option" in message:
             message += ("; other run settings are given as --set KEY=VALUE (e.g. --set weight_decay=0; one method's: "
                         "--set kd.temperature=2); `python -m benchmark list --profiles` shows the keys")
-        self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message} ({self.prog} --help lists the options)", file=sys.stderr)  # one line
         sys.exit(EXIT_USAGE)
 
 

@@ -132,10 +132,64 @@ _linear.vector_input = True
 STUDENTS.add("linear", _linear, "a linear classifier on vector inputs (the MFH task), d_S = the input width")
 
 
+class HookedStudent(nn.Module):
+    """Any torchvision classification model as a student, unmodified but for its last Linear (resized to the
+    task's classes): F_S is that Linear's input and the stage maps are the outputs of named layers, both
+    taken by forward hooks. Layers: `tv:NAME@a,b` names them; by default layer1..layer4 where the model has
+    them (ResNet family), else the 4-D output of the module that feeds the classifier's pooling."""
+    channels_last = True
+
+    def __init__(self, name: str, num_classes: int, layers: list[str] | None = None):
+        super().__init__()
+        import torchvision
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise UsageError(f"student 'tv:{name}': torchvision has no classification model '{name}'")
+        self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        modules = dict(self.net.named_modules())
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise UsageError(f"student 'tv:{name}': no Linear classifier to take F_S from")
+        self.classifier = modules[linears[-1]]
+        if layers is None:
+            layers = [f"layer{i}" for i in range(1, 5)] if all(f"layer{i}" in modules for i in range(1, 5)) else \
+                [n for n in ("features", "trunk_output", "encoder") if n in modules][:1]
+        missing = [n for n in layers if n not in modules]
+        if missing or not layers:
+            raise UsageError(f"student 'tv:{name}': no layer named {', '.join(missing) or '(none found)'}; name "
+                             "the stage layers as tv:NAME@layer_a,layer_b (module names of the torchvision model)")
+        self._maps: dict[str, torch.Tensor] = {}
+        self.layers = layers
+        for n in layers:
+            modules[n].register_forward_hook(lambda m, i, o, n=n: self._maps.__setitem__(n, o))
+        self.classifier.register_forward_pre_hook(lambda m, i: self._maps.__setitem__("_embedding", i[0]))
+        self.embed_dim = self.classifier.in_features
+        was = self.net.training
+        self.net.eval()
+        with torch.no_grad():  # the stage maps' channels, from one small forward pass
+            self.net(torch.zeros(1, 3, 64, 64))
+        self.map_channels = [int(self._maps[n].shape[1]) for n in layers]
+        self.net.train(was)
+
+    def forward(self, x: torch.Tensor) -> StudentOut:
+        self._maps = {}
+        logits = self.net(x)
+        maps = [self._maps[n] for n in self.layers]
+        return StudentOut(maps=maps, embedding=torch.flatten(self._maps["_embedding"], 1), logits=logits,
+                          classifier=self.classifier)
+
+
+def student_builder(name: str):
+    """`builder(num_classes)` of a registered student, or of `tv:NAME[@layer,...]` (any torchvision model)."""
+    if name.startswith("tv:"):
+        model, _, layers = name[3:].partition("@")
+        return lambda num_classes: HookedStudent(model, num_classes, [x for x in layers.split(",") if x] or None)
+    return STUDENTS.get(name)
+
+
 def check_student(name: str, data) -> bool:
     """Whether the named student takes vector inputs; UsageError when it does not fit the task's data."""
     vector_data = isinstance(data.train.x, torch.Tensor) and data.train.x.ndim == 2
-    vector_net = getattr(STUDENTS.get(name), "vector_input", False)
+    vector_net = getattr(student_builder(name), "vector_input", False)
     if vector_data != vector_net:
         kind = "vector inputs [N, d]" if vector_data else "images or audio"
         raise UsageError(f"student '{name}' does not fit this task's {kind}; "
@@ -145,7 +199,7 @@ def check_student(name: str, data) -> bool:
 
 def build_student(name: str, data) -> Student:
     """The named student for a task's data: vector students (MLP) are sized to the input width."""
-    builder = STUDENTS.get(name)
+    builder = student_builder(name)
     return builder(data.num_classes, int(data.train.x.shape[1])) if check_student(name, data) else builder(data.num_classes)
 
 

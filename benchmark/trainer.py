@@ -60,7 +60,11 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
 def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+        if total < 2:
+            raise UsageError(f"onecycle needs at least 2 optimiser steps; this run has {total} (more data, more "
+                             "epochs or a smaller batch_size)")
+        # a warm-up of a quarter of the steps, but at least 1.5 (torch divides by the phase's length)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=max(0.25, 1.5 / total),
                                                    cycle_momentum=cfg.optimizer == "sgd")
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 

@@ -25,10 +25,14 @@ from benchmark.method import Hparams, Method, fp, register
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), each times tau^2."""
     gt = F.one_hot(y, z_s.shape[1]).bool()
-    p_s, p_t = F.softmax(z_s / tau, dim=1), F.softmax(z_t / tau, dim=1)
-    b_s = torch.stack([p_s[gt], 1 - p_s[gt]], 1)
-    b_t = torch.stack([p_t[gt], 1 - p_t[gt]], 1)
-    tckd = (b_t * (torch.log(b_t) - torch.log(b_s))).sum(1)
+    # binary (target, non-target) distributions in log space: log(1 - p) as a log-sum-exp over the non-target
+    # classes, so a teacher (or student) sure of the target gives 0 * log 0 = 0, never nan (mdistiller: log(0))
+    def binary(z):
+        logp = F.log_softmax(z / tau, dim=1)
+        return torch.stack([logp[gt], torch.logsumexp(logp.masked_fill(gt, float("-inf")), dim=1)], 1)
+    lb_s, lb_t = binary(z_s), binary(z_t)
+    b_t = lb_t.exp()
+    tckd = (b_t * (lb_t.masked_fill(b_t == 0, 0.0) - lb_s)).sum(1)
     # non-target distributions: the target logit masked out (mdistiller subtracts 1000; -inf is exact)
     log_q_s = F.log_softmax((z_s / tau).masked_fill(gt, float("-inf")), dim=1)
     log_q_t = F.log_softmax((z_t / tau).masked_fill(gt, float("-inf")), dim=1)

@@ -56,12 +56,13 @@ def apply_fixed(args, spec: dict) -> dict[str, Any]:
 
 def alpha_warning(task, cfg, grid: dict | None, method: str, hp_obj, data) -> str | None:
     """The paper's alpha weights the frozen E_T; with d_T != d_S that path is a learned map instead."""
-    from benchmark.registry import STUDENTS
+
     from benchmark.teachers import teacher_class
     varies_alpha = "alpha" in (grid or {}) or (not grid and "alpha" in METHODS.get(method).tunable(hp_obj))
     if not varies_alpha:
         return None
-    d_s = STUDENTS.get(cfg.student)(data.num_classes).embed_dim
+    from benchmark.nets import student_builder
+    d_s = student_builder(cfg.student)(data.num_classes).embed_dim
     d_t = getattr(teacher_class(cfg.teacher), "dim", None)
     if d_t is None or d_t == d_s:
         return None

@@ -14,10 +14,10 @@ def _assert_refused(res, tmp_path, *needles):
 
 @pytest.mark.parametrize("args,needles", [
     (["--methods", "pktt"], ["unknown method 'pktt'", "known: baseline"]),
-    (["--task", "imagenet"], ["unknown task 'imagenet'", "cifar100"]),
+    (["--task", "imagenet"], ["invalid choice: 'imagenet'", "cifar100"]),
     (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
     (["--student", "vgg"], ["unknown student 'vgg'", "resnet8"]),
-    (["--teacher", "bert"], ["unknown teacher 'bert'", "minilm"]),
+    (["--teacher", "bert"], ["invalid choice: 'bert'", "minilm"]),
     (["--set", "margn=0.1"], ["unknown --set key 'margn'", "margin"]),
     (["--set", "epochs=two"], ["epochs=two: expected a int"]),
     (["--set", "feat_dist=l1", "--methods", "ours_feature"], ["feat_dist='l1' is not valid", "l2sq_norm_sum"]),
@@ -87,5 +87,5 @@ def test_gpu_check_script_dry_run_lists_its_steps():
 def test_an_abbreviated_option_is_refused_with_a_hint(tmp_path):
     """`run --seed 3` was read as `--seeds 3` (argparse prefix matching) and trained seeds 0-2."""
     res = run_cli_inprocess(["run", "--task", "synthetic", "--methods", "baseline", "--seed", "3"], tmp_path)
-    assert res.returncode == 2 and "unrecognized arguments: --seed 3" in res.stderr and "--set seed=3" in res.stderr
+    assert res.returncode == 2 and "unrecognized arguments: --seed 3" in res.stderr and "--set seed=VALUE" in res.stderr
     assert not (tmp_path / "mlflow.db").exists()

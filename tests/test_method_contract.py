@@ -29,10 +29,11 @@ def _set_value(f, value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_contract(name: str, d_t: int) -> None:
+def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16") -> None:
+    from benchmark.nets import student_builder
     cls = METHODS.get(name)
     torch.manual_seed(0)
-    student = STUDENTS.get("resnet8_w16")(K)
+    student = student_builder(student_name)(K)
     dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), train_size=4 * B, total_steps=10,
                 train_labels=torch.arange(4 * B) % K)
     method = cls(dims, cls.Hparams())
@@ -81,6 +82,29 @@ def check_contract(name: str, d_t: int) -> None:
         value = getattr(cls.Hparams(), f.name)
         _, hp = split_sets({f.name: _set_value(f, value)}, [name])
         assert f.name in hp and hp[f.name] == value and type(hp[f.name]) is type(value), f"{name}: --set {f.name}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_torchvision_student_by_name_keeps_the_contract(name):
+    """tv:resnet18, unmodified but for its classifier: F_S and the stage maps come from forward hooks."""
+    check_contract(name, 48, "tv:resnet18")
+
+
+def test_a_torchvision_student_exposes_hooked_features():
+    from benchmark.nets import student_builder
+    from benchmark.registry import UsageError
+    s = student_builder("tv:resnet18")(K)
+    out = s(torch.randn(2, 3, 32, 32))
+    assert out.embedding.shape == (2, 512) and out.logits.shape == (2, K)
+    assert [m.shape[1] for m in out.maps] == s.map_channels == [64, 128, 256, 512]
+    assert torch.allclose(out.logits, s.classifier(out.embedding), atol=1e-5)  # F_S is the classifier's input
+    m = student_builder("tv:mobilenet_v3_small")(K)
+    assert m.layers == ["features"] and m(torch.randn(2, 3, 32, 32)).embedding.shape[1] == m.embed_dim
+    picked = student_builder("tv:resnet18@layer2,layer3")(K)
+    assert picked.map_channels == [128, 256]
+    for bad, needle in (("tv:nosuchnet", "no classification model"), ("tv:resnet18@layer9", "no layer named layer9")):
+        with pytest.raises(UsageError, match=needle):
+            student_builder(bad)(K)
 
 
 @pytest.mark.parametrize("d_t", [48, 64], ids=["dS!=dT", "dS==dT"])

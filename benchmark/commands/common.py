@@ -74,7 +74,8 @@ def prepare(args):
         from benchmark.datasets import data_root
         flags["data_dir"] = str(data_root() / task.data_folder)
     cfg = build_config(task, args.profile, flags, cfg_sets)
-    STUDENTS.get(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
+    from benchmark.nets import student_builder
+    student_builder(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.trainer import resolve_device, resolve_hparams
     from benchmark.method import validate_hparams
     resolve_device(cfg.device)

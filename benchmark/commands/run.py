@@ -30,7 +30,6 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from benchmark.trainer import Diverged, run_one
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
-    out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
     cache = TeacherCache(args.cache_dir)
     tables = task.teacher_tables(cfg, data, cache)  # ranks starting together: one encodes, the others read
     tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}") if main else NullTracker()
@@ -41,6 +40,8 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
         flush=True)
+    # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind
+    out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
     results, failed, t0 = [], 0, time.time()
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)

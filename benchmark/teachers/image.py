@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmark.registry import STUDENTS, TEACHERS, UsageError
+from benchmark.registry import TEACHERS, UsageError
 
 
 class ImageTeacher(nn.Module):
@@ -56,7 +56,8 @@ def build_arch(arch: str, num_classes: int) -> nn.Module:
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise UsageError(f"teacher_arch '{arch}': torchvision has no classification model '{name}'")
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    return STUDENTS.get(arch)(num_classes)
+    from benchmark.nets import student_builder
+    return student_builder(arch)(num_classes)
 
 
 def load_checkpoint_teacher(path: str, arch: str, num_classes: int) -> tuple[ImageTeacher, str]:

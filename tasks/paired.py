@@ -1,0 +1,173 @@
+"""Your own paired data of two modalities, one file per split: DATA_DIR/train.npz, DATA_DIR/test.npz and
+optionally DATA_DIR/val.npz (else a stratified `val_fraction` of train), each holding
+
+    x                  the student's inputs: float vectors [N, d], or uint8 images [N, 3, H, W]
+    y                  int labels [N] (0..K-1)
+    teacher_embedding  the frozen teacher's embedding of each sample [N, d_T] (precomputed), or
+    teacher_x          the teacher modality's inputs [N, d] for a registered vector teacher that the harness
+                       trains on the training split (--teacher mlp-teacher)
+    teacher_logits     optional [N, K]; else a logistic-regression probe on the training embeddings gives them
+    class_names        optional [K] strings
+
+Evaluation as the synthetic task: top-1, cross-modal matching against the per-sample teacher table, t-SNE."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.registry import TASKS, TEACHERS, UsageError
+from benchmark.task import Split, TaskData
+from benchmark.teacher_tables import TeacherTables
+from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
+from tasks.synthetic import Synthetic
+
+
+class Precomputed:
+    """Not a network: the teacher embeddings stored in the paired task's files."""
+    modality = "precomputed"
+
+    def __init__(self, options=None):
+        raise UsageError("teacher 'precomputed' is read from the paired task's files (teacher_embedding)")
+
+
+TEACHERS.add("precomputed", Precomputed, "the teacher embeddings stored in your files (paired task)")
+
+
+@dataclass
+class PairedData(TaskData):
+    teacher_embedding: torch.Tensor | None = None  # rows indexed by Split.key (train, then val, then test)
+    teacher_logits: torch.Tensor | None = None
+    teacher_x: torch.Tensor | None = None
+    digest_hex: str = ""
+
+
+def _load(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"paired: {path} cannot be read as .npz ({e})") from None
+
+
+@TASKS.register("paired", "your paired data (npz per split: student inputs, labels, teacher embeddings or teacher "
+                          "inputs); top-1 and matching")
+class Paired(Synthetic):
+    name = "paired"
+    data_folder = None
+    profile_notes = {"smoke": "seconds per method: 3 epochs, MLP student on vectors (tests)",
+                     "quick": "20 epochs, MLP student on vectors"}
+    profiles = {
+        "smoke": dict(student="mlp", teacher="precomputed", teacher_logits="own", epochs=3, batch_size=32, lr=0.02,
+                      val_fraction=0.2, schedule="onecycle", weight_decay=5e-4),
+        "quick": dict(student="mlp", teacher="precomputed", teacher_logits="own", epochs=20, batch_size=64, lr=0.02,
+                      val_fraction=0.1, schedule="onecycle", weight_decay=5e-4, nesterov=True),
+    }
+
+    def load(self, cfg) -> TaskData:
+        root = Path(cfg.data_dir).expanduser()
+        if not cfg.data_dir or not (root / "train.npz").is_file() or not (root / "test.npz").is_file():
+            raise UsageError(f"paired: --data-dir must hold train.npz and test.npz (and optionally val.npz); got "
+                             f"'{cfg.data_dir}'")
+        parts = {"train": _load(root / "train.npz"), "test": _load(root / "test.npz")}
+        if (root / "val.npz").is_file():
+            parts["val"] = _load(root / "val.npz")
+        else:
+            from sklearn.model_selection import train_test_split
+            tr = parts["train"]
+            idx_tr, idx_val = train_test_split(np.arange(len(tr["y"])), test_size=cfg.val_fraction, stratify=tr["y"],
+                                               random_state=cfg.split_seed)
+            parts["train"], parts["val"] = ({k: v[np.sort(i)] for k, v in tr.items() if k != "class_names"}
+                                            | ({"class_names": tr["class_names"]} if "class_names" in tr else {})
+                                            for i in (idx_tr, idx_val))
+        side = "teacher_embedding" if all("teacher_embedding" in p for p in parts.values()) else "teacher_x"
+        for name, p in parts.items():
+            missing = [k for k in ("x", "y", side) if k not in p]
+            if missing:
+                raise UsageError(f"paired: {name}.npz lacks {', '.join(missing)} (each split needs x, y and "
+                                 "teacher_embedding, or teacher_x for a registered teacher)")
+            if not len(p["y"]) == len(p["x"]) == len(p[side]):
+                raise UsageError(f"paired: {name}.npz: x, y and {side} differ in length")
+        k = int(max(p["y"].max() for p in parts.values())) + 1
+        names = [str(n) for n in parts["train"]["class_names"]] if "class_names" in parts["train"] else \
+            [f"class {c}" for c in range(k)]
+        offset, splits, h = 0, [], hashlib.sha256()
+        for name in ("train", "val", "test"):
+            p = parts[name]
+            x = torch.from_numpy(np.ascontiguousarray(p["x"]))
+            x = x.float() if x.dtype != torch.uint8 else x
+            n = len(p["y"])
+            splits.append(Split(x, torch.from_numpy(p["y"].astype(np.int64)), torch.arange(offset, offset + n)))
+            offset += n
+            for key in ("x", "y", side):
+                h.update(np.ascontiguousarray(p[key]).tobytes())
+
+        def cat(key):
+            return torch.from_numpy(np.concatenate([parts[s][key] for s in ("train", "val", "test")])).float() \
+                if all(key in parts[s] for s in ("train", "val", "test")) else None
+        info = {"n_train": len(splits[0].y), "n_val": len(splits[1].y), "n_test": len(splits[2].y),
+                "data_layout": f"paired npz ({side})", "data_source": str(root),
+                "split_rule": "the given val.npz" if (root / "val.npz").is_file() else
+                f"stratified {cfg.val_fraction:g} of train.npz (seed {cfg.split_seed})"}
+        return PairedData(*splits, names, k, info, teacher_embedding=cat("teacher_embedding"),
+                          teacher_logits=cat("teacher_logits"), teacher_x=cat("teacher_x"), digest_hex=h.hexdigest())
+
+    def teacher_tables(self, cfg, data: PairedData, cache) -> TeacherTables:
+        n_train = len(data.train.y)
+        if data.teacher_embedding is not None:
+            if cfg.teacher != "precomputed":
+                raise UsageError(f"paired: the files hold precomputed teacher embeddings; use --teacher precomputed "
+                                 f"(not {cfg.teacher})")
+            emb, tid, key = data.teacher_embedding, f"precomputed/{data.digest_hex[:12]}", data.digest_hex
+        else:
+            if getattr(teacher_class(cfg.teacher), "modality", "") != "vector":
+                raise UsageError(f"paired: teacher_x needs a vector teacher the harness trains (mlp-teacher), not "
+                                 f"'{cfg.teacher}'")
+            teacher = build_teacher(cfg.teacher, TeacherOptions(train_labels=tuple(int(v) for v in data.train.y)))
+            rows = list(data.teacher_x[:n_train].numpy()) + list(data.teacher_x.numpy())
+            out, key = cache.embeddings(teacher, rows, extra={"train_labels": data.train.y.tolist()})
+            out = out[n_train:]
+            emb, tid = out[:, :teacher.dim], teacher.id
+            if data.teacher_logits is None:
+                data.teacher_logits = out[:, teacher.dim:]
+        logits = data.teacher_logits if data.teacher_logits is not None else _probe(emb, data.train)
+        acc = {f"teacher_{s}_acc": round((logits[sp.key].argmax(1) == sp.y).float().mean().item() * 100, 2)
+               for s, sp in (("train", data.train), ("test", data.test))}
+        params = {"teacher_id": tid, "teacher_cache_key": key, **acc,
+                  "teacher_logits_source": "file" if data.teacher_logits is not None else "probe (logistic regression)",
+                  "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)}
+        return TeacherTables(tid, key, emb.unsqueeze(1), logits.float().unsqueeze(1), params)
+
+    def data_for_seed(self, cfg, data, tables, cache):
+        return data, tables
+
+    def augment(self, x, gen, train, cfg):
+        if x.dtype == torch.uint8:  # images: [0, 1] then per-batch standardisation of the channels
+            x = x.float().div_(255.0)
+            return (x - 0.5) / 0.25
+        return x.float()
+
+    def evaluate(self, ev, split):
+        sp = getattr(ev.data, split)
+        if sp.x.dtype == torch.uint8:
+            sp = Split(self.augment(sp.x, None, False, ev.cfg), sp.y, sp.key)
+            ev = type(ev)(**{**ev.__dict__, "data": _with(ev.data, split, sp)})
+        return super().evaluate(ev, split)
+
+
+def _with(data, split, sp):
+    from dataclasses import replace
+    return replace(data, **{split: sp})
+
+
+def _probe(emb: torch.Tensor, train: Split) -> torch.Tensor:
+    """Teacher logits from a logistic regression fitted on the training rows' embeddings (scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+    clf = LogisticRegression(max_iter=1000).fit(emb[train.key].numpy(), train.y.numpy())
+    full = np.full((len(emb), int(train.y.max()) + 1), -1e4, dtype=np.float32)
+    full[:, clf.classes_] = clf.decision_function(emb.numpy()) if len(clf.classes_) > 2 else \
+        np.stack([-clf.decision_function(emb.numpy()), clf.decision_function(emb.numpy())], 1)
+    return torch.from_numpy(full)
