@@ -51,11 +51,12 @@ def test_list_names_every_kind(tmp_path):
 
 
 def test_readme_profile_tables_are_the_listed_ones(tmp_path):
-    """README shows each task's profiles as `list --profiles` prints them: one home for the values."""
+    """docs/tasks.md shows each task's profiles as `list --profiles` prints them: one home for the values."""
     from conftest import ROOT
     res = run_cli(["list", "--profiles"], tmp_path)
     assert res.returncode == 0 and "#### `cifar100`" in res.stdout
-    assert res.stdout.strip() in (ROOT / "README.md").read_text(), "README's profile tables are stale: paste `list --profiles`"
+    assert res.stdout.strip() in (ROOT / "docs" / "tasks.md").read_text(), \
+        "docs/tasks.md's profile tables are stale: paste `list --profiles`"
 
 
 def test_paper_profile_uses_the_papers_teacher_and_says_when_it_cannot_load(tmp_path, cifar_dir):
