@@ -93,9 +93,11 @@ def forest(rows: list[tuple[str, object]], xlabel: str, heading: str, path: Path
     return save(fig, path)
 
 
-def values_plot(x: list, panels: list[tuple[str, list[dict]]], xlabel: str, heading: str, path: Path) -> Path:
+def values_plot(x: list, panels: list[tuple[str, list[dict]]], xlabel: str, heading: str, path: Path,
+                best: int | None = None) -> Path:
     """A study's swept values: per panel (y label, one summary dict per x: mean, ci_low, ci_high), points with
-    their 95% CI over seeds; categorical x when the values are not all numbers."""
+    their 95% CI over seeds; categorical x when the values are not all numbers; a star on the value chosen on
+    validation (`best`)."""
     numeric = all(isinstance(v, (int, float)) for v in x)
     pos = list(x) if numeric else list(range(len(x)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
@@ -105,7 +107,10 @@ def values_plot(x: list, panels: list[tuple[str, list[dict]]], xlabel: str, head
         hi = np.array([s["ci_high"] for s in stats], dtype=float)
         err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
         ax.errorbar(pos, mean, yerr=err, marker="o", capsize=4)
-        ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+        if best is not None:
+            ax.plot([pos[best]], [mean[best]], marker="*", ms=16, color="tab:red", ls="", label="best on validation")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(xlabel), ax.set_ylabel(f"{ylabel} (mean, 95% CI over seeds)", fontsize=8), ax.grid(alpha=0.3)
         if not numeric:
             ax.set_xticks(pos, [str(v) for v in x], rotation=30, fontsize=7)
     title(fig, heading)

@@ -88,7 +88,7 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
                      f"its {primary_label}: {fmt_mean_std(b['test_mean'], b['test_std'], b['test_n'])}.")
         lines.append("")
     path = figures.values_plot(xs, [(f"validation {objective}", val_stats), (primary_label, test_stats)],
-                               " / ".join(swept_names), heading, out / f"study_{slug(name)}.png")
+                               " / ".join(swept_names), heading, out / f"study_{slug(name)}.png", best)
     lines += [f"![{heading}]({path.name})", ""]
     return "\n".join(lines), records, (heading, path)
 
