@@ -61,17 +61,14 @@ def export(runs: pd.DataFrame, path: Path) -> None:
 
 
 def task_info(name: str):
-    """The registered task class (its metrics and profiles), or None for a task this harness lacks."""
-    from benchmark.plugins import load_plugins
+    """The registered task class (its metrics and profiles), or None for a task not registered in this
+    process (the entry point loads the plugins; a run of a plugin's task needs `report --plugin`)."""
     from benchmark.registry import TASKS
-    load_plugins()
     return TASKS.get(name) if name in TASKS else None
 
 
 def is_method(name: str) -> bool:
-    from benchmark.plugins import load_plugins
     from benchmark.registry import METHODS
-    load_plugins()
     return name in METHODS
 
 
