@@ -29,7 +29,7 @@ class VoxCeleb(Task):
     _common = dict(optimizer="adam", lr=1e-3, weight_decay=5e-5, schedule="step", lr_step_epochs=3, lr_gamma=0.75,
                    teacher="dlib-face", teacher_logits="probe", val_fraction=0.1)
     profile_notes = {"smoke": "seconds: 1 epoch on the fixture, small ResNet with attentive pooling (tests, CI)",
-                     "quick": "CPU: 6 epochs on the fixture (2 training speakers)",
+                     "quick": "CPU: 6 epochs on the fixture (4 training speakers)",
                      "paper": "the paper's recipe: ResNetSE34V2, 36 epochs, batches of 100 speakers x 2, IR-50; GPU"}
     profiles = {
         # the fixture trains 2 speakers (2 more are held out for validation): batches of 2 speakers x 2
