@@ -138,7 +138,7 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
              f"Rebuilt from the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
              + f": {len(runs)} finished training runs of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
-             "(leaderboards), `studies.csv` (studies) and `runs.csv` (every param and metric of each run).", "",
+             "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
              INTRO, "", "## Leaderboards", "",
              "Per task and setting (the most populated first), sorted by the primary metric; the forest plot under "
              "each shows every Δ with its CI.", "", board]
@@ -156,7 +156,8 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
                   if skipped else ".")), "", paper_md]
     parts += ["## Appendix: what the runs are", "", header_section(runs), notes.render()]
     _write(out / "report.csv", pd.DataFrame(board_records).to_csv(index=False))
-    _write(out / "studies.csv", pd.DataFrame(study_records).to_csv(index=False))
+    if study_records:
+        _write(out / "studies.csv", pd.DataFrame(study_records).to_csv(index=False))
     export(runs, out / "runs.csv")
     report = out / "report.md"
     _write(report, "\n".join(parts) + "\n")
