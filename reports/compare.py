@@ -10,7 +10,7 @@ import pandas as pd
 
 from benchmark.results import fmt_mean_std
 from benchmark.stats import holm, paired_difference, per_seed, summary
-from reports.grouping import configurations, differing, setting_columns, with_keys
+from reports.grouping import configurations, differing, key_of, setting_columns, variant_columns, with_keys
 from reports.markdown import table
 from reports.runs import load_runs, require_runs, task_info
 
@@ -45,7 +45,8 @@ def compare(a: tuple[str, str | None], b: tuple[str, str | None], out: Path) -> 
             continue
         task = task_info(task_name)
         ra, rb = sides[0][task_name], sides[1][task_name]
-        both = pd.concat([ra.assign(_side="A"), rb.assign(_side="B")])
+        both = pd.concat([ra.assign(_side="A"), rb.assign(_side="B")], ignore_index=True)
+        both["_variant"] = key_of(both, variant_columns(both))  # one key over both sides' columns
         changed = [c for c in differing(both.drop_duplicates("_side"), setting_columns(both)) if c != "params.seed"]
         what = "; ".join(f"{c.removeprefix('params.')}: {ra[c].iloc[0]} -> {rb[c].iloc[0]}" for c in changed) or "none"
         metrics = [(m, lab) for m, lab in (task.summary_metrics if task else [("test_top1", "test top-1")])

@@ -140,3 +140,22 @@ def test_run_results_are_numbers_and_two_default_runs_keep_both(tmp_path):
     # the two invocations ran different settings: their tables differ
     assert pd.read_csv(folders[0] / "results.csv")["test_top1_mean"].tolist() != \
         pd.read_csv(folders[1] / "results.csv")["test_top1_mean"].tolist()
+
+
+def test_compare_two_experiments_of_one_store(tmp_path):
+    """`--compare A B` with experiment names reads both from --tracking-uri's store."""
+    uri = _store(tmp_path, "one.db")
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100-v2", artifact_location=(tmp_path / "art-v2").as_uri())
+    for seed, b in {0: 30.0, 1: 32.0, 2: 31.0}.items():
+        _log_run(client, exp, "baseline", seed, {"test_top1": b - 1.0})  # the new recipe: 1 point lower each seed
+    res = run_cli_inprocess(["report", "--tracking-uri", uri, "--compare", "xkd-cifar100", "xkd-cifar100-v2",
+                             "--out", str(tmp_path / "cmp")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    base = next(line for line in text.splitlines() if line.startswith("| baseline"))
+    assert "-1.00 (n=3, no spread)" in base
+    kd = next(line for line in text.splitlines() if line.startswith("| kd"))
+    assert "no matched seed" in kd  # B has no kd runs: nothing is invented
+    res = run_cli_inprocess(["report", "--tracking-uri", uri, "--compare", "xkd-cifar100", "nosuch"], tmp_path)
+    assert res.returncode == 2 and "no experiment 'nosuch'" in res.stderr
