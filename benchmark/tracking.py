@@ -170,6 +170,12 @@ class Tracker:
     def log_dict(self, run_id: str, obj: Any, name: str) -> None:
         self.client.log_text(run_id, json.dumps(obj, indent=2, default=str), name)
 
+    def log_torch(self, run_id: str, obj: Any, name: str) -> None:
+        import torch
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(obj, Path(d) / name)
+            self.client.log_artifact(run_id, str(Path(d) / name))
+
     def log_arrays(self, run_id: str, arrays: dict[str, np.ndarray], name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name

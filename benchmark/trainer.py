@@ -405,6 +405,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     if cfg.log_model:
         ctx.student.eval()
         tracker.log_model(run_id, ctx.student, data.class_names, weights=f"best-validation epoch {best['epoch']}")
+        tracker.log_torch(run_id, {"method": ctx.method.state_dict()}, "method_state.pt")  # for `eval --model-uri`
     tracker.end(run_id)
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     # the run is complete: optimiser state dropped, the last epoch's weights kept for `eval`

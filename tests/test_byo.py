@@ -106,7 +106,10 @@ def test_run_config_reproduces_a_run_from_its_logged_file(tmp_path):
 
 
 def test_eval_reproduces_the_runs_test_metrics(tmp_path):
-    res = run_cli(["run", "--task", "synthetic", "--methods", "ours_feature", "--profile", "smoke"], tmp_path)
+    """From the checkpoint (last epoch: the run's test metrics) and from the logged MLflow model (best-validation
+    epoch: the run's *_at_best_val metrics)."""
+    res = run_cli(["run", "--task", "synthetic", "--methods", "ours_feature", "--profile", "smoke",
+                   "--set", "log_model=true"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     _, runs = _runs(tmp_path, "xkd-synthetic")
     r = runs[0]
@@ -116,6 +119,11 @@ def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1"], abs=1e-9)
     assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc"], abs=1e-9)
+    ev = run_cli(["eval", "--model-uri", r.data.tags["xkd.model_uri"]], tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
+    assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1_at_best_val"], abs=1e-9)
+    assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc_at_best_val"], abs=1e-9)
     bad = run_cli_inprocess(["eval", "--run-id", "0" * 32], tmp_path)
     assert bad.returncode == 2 and "no experiment.toml" in bad.stderr
 
