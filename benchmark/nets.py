@@ -141,10 +141,7 @@ class HookedStudent(nn.Module):
 
     def __init__(self, name: str, num_classes: int, layers: list[str] | None = None):
         super().__init__()
-        import torchvision
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise UsageError(f"student 'tv:{name}': torchvision has no classification model '{name}'")
-        self.net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        self.net = torchvision_model(name, num_classes, f"student 'tv:{name}'")
         modules = dict(self.net.named_modules())
         linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
         if not linears:
@@ -176,6 +173,14 @@ class HookedStudent(nn.Module):
         maps = [self._maps[n] for n in self.layers]
         return StudentOut(maps=maps, embedding=torch.flatten(self._maps["_embedding"], 1), logits=logits,
                           classifier=self.classifier)
+
+
+def torchvision_model(name: str, num_classes: int, what: str) -> nn.Module:
+    """An untrained torchvision classification model by name (students `tv:NAME`, teachers `teacher_arch=tv:NAME`)."""
+    import torchvision
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UsageError(f"{what}: torchvision has no classification model '{name}'")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def student_builder(name: str):

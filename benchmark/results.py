@@ -4,13 +4,12 @@ metric and the paired 95% CI against the baseline on the task's primary metric, 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.stats import Paired, holm, paired_difference, per_seed, summary
+from benchmark.stats import Paired, comparison_record, fmt_mean_std, holm, paired_difference, per_seed, summary
 
 NOTE = ("\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
         "p-value adjusted with Holm's method across the methods of this table; `*`: p_Holm < 0.05. "
@@ -45,17 +44,9 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
                                       for f in failures[failures["method"] == m].itertuples())
         rows.append(row)
     holm(family)  # the methods of this table are one family: stars only where Holm's adjusted p < 0.05
-    empty = Paired(math.nan, math.nan, math.nan, 0).as_dict()
     for row in rows:
-        p = row.pop("_paired", None)
-        row.update(p.as_dict() if p else {**empty, "significant": False})
+        row.update(comparison_record(row.pop("_paired", None)))
     return pd.DataFrame(rows)
-
-
-def fmt_mean_std(mean: float, std: float, n: int) -> str:
-    if not n:
-        return "n/a"
-    return f"{mean:.2f} ± n/a (n=1)" if n == 1 else f"{mean:.2f} ± {std:.2f} (n={n})"
 
 
 def fmt_delta(row: pd.Series | dict) -> str:

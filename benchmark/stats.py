@@ -17,14 +17,17 @@ def per_seed(values: pd.Series, seeds: pd.Series) -> pd.Series:
     return s[~s.index.duplicated(keep="last")]
 
 
-def describe(v: pd.Series) -> str:
-    """'m ± s (n=k)' over distinct seeds; one seed has no spread: 'm ± n/a (n=1)'."""
-    v = v.dropna().astype(float)
-    if v.empty:
+def fmt_mean_std(mean: float, std: float, n: int) -> str:
+    """'m ± s (n=k)'; one seed has no spread: 'm ± n/a (n=1)'; none: 'n/a'."""
+    if not n:
         return "n/a"
-    if len(v) == 1:
-        return f"{v.iloc[0]:.2f} ± n/a (n=1)"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f} (n={len(v)})"
+    return f"{mean:.2f} ± n/a (n=1)" if n == 1 else f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+def describe(v: pd.Series) -> str:
+    """'m ± s (n=k)' over distinct seeds."""
+    s = summary(v)
+    return fmt_mean_std(s["mean"], s["std"], s["n"])
 
 
 ALPHA = 0.05
@@ -80,6 +83,11 @@ def summary(v: pd.Series) -> dict[str, float]:
         from scipy import stats
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "std": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def comparison_record(p: "Paired | None") -> dict[str, float | bool | int]:
+    """A comparison's numeric columns (delta, its CI, n, p, p_holm, significant); NaN / 0 / False without one."""
+    return (p or Paired(math.nan, math.nan, math.nan, 0)).as_dict()
 
 
 def holm(family: list[Paired | None]) -> None:

@@ -47,14 +47,14 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
     """Method defaults <- task defaults (by field name) <- user overrides; returns the Hparams instance."""
     cls = METHODS.get(method_name)
     known = hparam_fields(cls)
-    defaults = task.hparam_defaults(cfg)  # "field" applies to every method with it; "method.field" to one
-    values = {k: v for k, v in defaults.items() if k in known}
-    values.update({k.split(".", 1)[1]: v for k, v in defaults.items()
-                   if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
-    values.update({k: v for k, v in overrides.items() if k in known})
-    values.update({k.split(".", 1)[1]: v for k, v in overrides.items()  # `--set kd.temperature=2`: this method only
-                   if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
-    return cls, cls.Hparams(**values)
+    def mine(d: dict[str, Any]) -> dict[str, Any]:
+        """"field" applies to every method that has it; "method.field" (`--set kd.temperature=2`) to this one only,
+        and wins over the bare key."""
+        out = {k: v for k, v in d.items() if k in known}
+        out.update({k.split(".", 1)[1]: v for k, v in d.items()
+                    if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
+        return out
+    return cls, cls.Hparams(**{**mine(task.hparam_defaults(cfg)), **mine(overrides)})
 
 
 def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
@@ -377,8 +377,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             return {"method": method_name, "seed": cfg.seed, "run_id": "", "rank": distributed.rank()}
         t0 = time.perf_counter()
         final, arrays = ctx.evaluate("test")
-        last = {k: {n: t.detach().cpu().clone() if torch.is_tensor(t) else copy.deepcopy(t)  # what `eval` loads
-                    for n, t in m.state_dict().items()}
+        last = {k: copy.deepcopy(m.state_dict())  # what `eval` loads
                 for k, m in (("student", ctx.student), ("method", ctx.method), ("task_loss", ctx.task_loss))}
         if best["epoch"] == cfg.epochs:  # the best-validation weights are the last ones: nothing to re-evaluate
             at_best = final

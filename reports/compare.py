@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import fmt_mean_std
-from benchmark.stats import holm, paired_difference, per_seed, summary
+from benchmark.stats import fmt_mean_std, holm, paired_difference, per_seed, summary
 from reports.grouping import configurations, differing, key_of, setting_columns, variant_columns, with_keys
 from reports.markdown import table
 from reports.runs import load_runs, require_runs, task_info

@@ -40,9 +40,10 @@ def title(fig, text: str) -> None:
     fig.suptitle("\n".join(textwrap.wrap(text, 110)), fontsize=9)
 
 
-def save(fig, path: Path) -> Path:
+def save(fig, path: Path, outside_legend: bool = False) -> Path:
+    """tight layout, 110 dpi; `outside_legend`: the saved area grows to hold a legend beside the axes."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, **({"bbox_inches": "tight"} if outside_legend else {}))
     plt.close(fig)
     return path
 
@@ -68,10 +69,7 @@ def curves(series: dict[str, dict[str, list[pd.Series]]], panels: list[tuple[str
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     title(fig, heading)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path, outside_legend=True)
 
 
 def forest(rows: list[tuple[str, object]], xlabel: str, heading: str, path: Path) -> Path:
@@ -145,7 +143,4 @@ def tsne(z: dict[str, np.ndarray], class_names: list[str] | None, heading: str, 
                 for k, c in enumerate(shown)]
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     title(fig, heading)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save(fig, path, outside_legend=True)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import fmt_mean_std
-from benchmark.stats import describe, holm, paired_difference, per_seed, summary
+from benchmark.stats import comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed, summary
 from reports import figures
 from reports.grouping import baseline_of, configurations, setting_labels, with_keys
 from reports.markdown import Footnotes, slug, table
@@ -83,9 +82,7 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
                "primary_metric": primary, "lower_is_better": lower}
         for m, _ in metrics:
             rec.update({f"{m}_{k}": v for k, v in s[m].items()})
-        rec.update(p.as_dict() if p else {"delta": float("nan"), "delta_ci_low": float("nan"),
-                                          "delta_ci_high": float("nan"), "delta_n": 0, "p": float("nan"),
-                                          "p_holm": float("nan"), "significant": False})
+        rec.update(comparison_record(p))
         rec.update({lab.replace(" ", "_").replace("/", "_per_"): v for lab, v in cost.items()})
         rec["run_ids"] = " ".join(keep["run_id"])
         records.append(rec)

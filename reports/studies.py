@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.results import fmt_mean_std
-from benchmark.stats import per_seed, summary
+from benchmark.stats import fmt_mean_std, per_seed, summary
 from reports import figures
 from reports.grouping import differing, setting_columns, setting_labels, variant_columns, with_keys
 from reports.markdown import Footnotes, slug, table

@@ -50,13 +50,9 @@ class ImageTeacher(nn.Module):
 
 def build_arch(arch: str, num_classes: int) -> nn.Module:
     """A student architecture of the registry, or `tv:<name>` for a torchvision classification model."""
-    if arch.startswith("tv:"):
-        import torchvision
-        name = arch[3:]
-        if name not in torchvision.models.list_models(module=torchvision.models):
-            raise UsageError(f"teacher_arch '{arch}': torchvision has no classification model '{name}'")
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    from benchmark.nets import student_builder
+    from benchmark.nets import student_builder, torchvision_model
+    if arch.startswith("tv:"):  # the plain model (its checkpoints' keys), features by the teacher's own hook
+        return torchvision_model(arch[3:], num_classes, f"teacher_arch '{arch}'")
     return student_builder(arch)(num_classes)
 
 
