@@ -1,4 +1,5 @@
 """The frozen teacher: cached once per key, never run or optimised in the training loop."""
+import pytest
 import torch
 
 from benchmark.config import build_config
@@ -34,10 +35,17 @@ def test_encoder_runs_once_per_cache_key(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
+@pytest.fixture
+def counting_teacher():
+    """The test double is registered for this test only: a later `list` in the same worker must not see it."""
+    from benchmark.registry import TEACHERS
+    TEACHERS.add("test-counting", CountingTeacher, "test double that counts encoder calls")
+    yield
+    TEACHERS._entries.pop("test-counting")
+
+
 def _context(cifar_dir, tmp_path, method):
     from benchmark.registry import TEACHERS
-    if "test-counting" not in TEACHERS:
-        TEACHERS.add("test-counting", CountingTeacher, "test double that counts encoder calls")
     teacher = TEACHERS.get("test-counting")
     task = Cifar100()
     cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir), "teacher": "test-counting"},
@@ -47,7 +55,7 @@ def _context(cifar_dir, tmp_path, method):
     return Context(cfg, task, data, tables, method, {}), teacher
 
 
-def test_teacher_not_optimised_and_not_run_in_the_loop(cifar_dir, tmp_path):
+def test_teacher_not_optimised_and_not_run_in_the_loop(cifar_dir, tmp_path, counting_teacher):
     for method in ("ours_feature", "clip", "kd"):
         ctx, teacher = _context(cifar_dir, tmp_path, method)
         calls = teacher.calls
