@@ -37,7 +37,8 @@ def test_encoder_runs_once_per_cache_key(tmp_path):
 
 @pytest.fixture
 def counting_teacher():
-    """The test double is registered for this test only: a later `list` in the same worker must not see it."""
+    """The test double is registered for the tests that ask for it only: a later `list` in the same worker
+    must not see it."""
     from benchmark.registry import TEACHERS
     TEACHERS.add("test-counting", CountingTeacher, "test double that counts encoder calls")
     yield
