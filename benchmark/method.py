@@ -35,6 +35,17 @@ class Method(nn.Module):
     # (a memory bank over the training set, e.g. CRD). Any state kept across steps must live in the
     # module's state_dict (buffers, or get_extra_state) so that --resume is exact.
     wants_index: bool = False
+    # What terms() reads of the teacher: any of "embedding", "logits", "maps". The trainer fills only these
+    # fields of TeacherOut and runs no live teacher at all when the set is empty (the baseline). An instance may
+    # set its own in __init__ (a method whose form depends on whether the teacher has maps). The default
+    # reads the embedding and the logits: a method that does not declare keeps working.
+    teacher_reads: frozenset[str] = frozenset({"embedding", "logits"})
+
+    @classmethod
+    def needs_teacher_maps(cls, hp: Hparams) -> bool:
+        """True when these hyperparameters need the teacher's stage maps: such a method is refused before any
+        run on a task whose teacher has none (Task.teacher_maps)."""
+        return False
 
     def __init__(self, dims: Dims, hp: Hparams):
         super().__init__()
@@ -102,3 +113,23 @@ def hparam_fields(cls: type[Method]) -> dict[str, Any]:
 def fp(x: torch.Tensor) -> torch.Tensor:
     """Upcast half/bfloat16 (autocast) to float32 for loss arithmetic; float32/float64 pass through."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+FORMS = ("auto", "maps", "vector")
+
+
+def form_field(help_extra: str = "") -> Any:
+    """The `<method>_form` hyperparameter of a method with a published map form and a vector adaptation."""
+    return choice("auto", "maps", "vector", help="maps: the published form on the teacher's stage maps; vector: the "
+                  "adaptation to a teacher embedding; auto: maps when the task's teacher has them" + help_extra)
+
+
+def resolve_form(method: str, form: str, dims: Dims) -> str:
+    """`auto` -> `maps` when the teacher gives stage maps, else `vector`; `maps` without them is refused."""
+    if form == "auto":
+        return "maps" if dims.teacher_map_shapes else "vector"
+    if form == "maps" and not dims.teacher_map_shapes:
+        from benchmark.registry import UsageError
+        raise UsageError(f"method '{method}': {method}_form=maps needs a teacher with stage maps; this task's "
+                         f"teacher gives none (use {method}_form=vector, or a task whose teacher has maps)")
+    return form

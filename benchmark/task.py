@@ -72,6 +72,9 @@ class Task:
     profiles: dict[str, dict[str, Any]] = {}
     profile_notes: dict[str, str] = {}
     data_folder: str | None = None       # its folder under the data root when --data-dir is absent (None: required)
+    # True when the task's teacher gives its stage maps in the loop (TeacherOut.maps): methods that need them
+    # (at; fitnet/sp/ickd with *_form=maps) are refused before any run on a task without them
+    teacher_maps: bool = False
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table

@@ -19,6 +19,8 @@ class TeacherTables:
     # a frozen model run on each augmented training batch (an image teacher): x -> (embedding, logits); the
     # tables above then hold its outputs on the un-augmented rows (evaluation, matching)
     live: torch.nn.Module | None = None
+    # (C, H, W) of each stage map the live teacher gives (TeacherOut.maps); empty: it gives none
+    map_shapes: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def dim(self) -> int:

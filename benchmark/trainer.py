@@ -104,9 +104,15 @@ class Context:
         if self.steps_per_epoch < 1:
             raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
         dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels),
+                    map_shapes=self._student_map_shapes(task, data) if tables.map_shapes else [],
+                    teacher_map_shapes=list(tables.map_shapes),
                     train_size=len(data.train.y), train_labels=data.train.y, total_steps=cfg.epochs * self.steps_per_epoch)
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
+        self.teacher_reads = frozenset(self.method.teacher_reads)
+        if "maps" in self.teacher_reads and not tables.map_shapes:
+            raise UsageError(f"method '{method_name}' reads the teacher's stage maps, but teacher "
+                             f"{tables.teacher_id} gives none (an image teacher with stages, on --task cifar100-kd)")
         self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
         # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
         distributed.broadcast_state(self.student, self.method, self.task_loss)
@@ -119,6 +125,17 @@ class Context:
         self.train_split, self.data_on_device = self._resident(data.train)
         self.train_y = data.train.y.to(self.device)
         self.train_key = data.train.key.to(self.device)
+
+    def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
+        """(C, H, W) of the student's stage maps for one un-augmented training input (eval mode, no gradients:
+        no BatchNorm statistic and no random number is touched)."""
+        x = task.augment(data.train.x[:1], None, False, self.cfg).to(self.device)
+        was = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            maps = self.student(x).maps
+        self.student.train(was)
+        return [tuple(int(d) for d in m.shape[1:]) for m in maps]
 
     def _resident(self, split):
         """On CUDA, a tensor training set that fits in a quarter of the free memory moves to the device once
@@ -152,10 +169,12 @@ class Context:
             x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
-        if tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
+        if tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
+            teacher = TeacherOut()
+        elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
             with torch.no_grad(), self.autocast():
-                emb_t, logits_t = tables.live(x)
-            teacher = TeacherOut(emb_t.float(), logits_t.float())
+                emb_t, logits_t, maps_t = tables.live(x)
+            teacher = TeacherOut(emb_t.float(), logits_t.float(), maps_t if "maps" in self.teacher_reads else None)
         else:
             teacher = TeacherOut(tables.embedding[key, variant],
                                  None if tables.logits is None else tables.logits[key, variant])

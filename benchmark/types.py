@@ -23,8 +23,13 @@ class StudentOut:
 
 @dataclass
 class TeacherOut:
-    embedding: torch.Tensor                   # E_T, raw frozen teacher embedding, [B, d_T]
+    """What the frozen teacher gives a method for one batch. The trainer fills only what the method declares in
+    `Method.teacher_reads` (a field it did not declare may be None), and runs no live teacher for a method that
+    reads nothing (the baseline)."""
+    embedding: torch.Tensor | None = None     # E_T, raw frozen teacher embedding, [B, d_T]
     logits: torch.Tensor | None = None        # teacher logits over the K classes (KD), [B, K]
+    maps: list[torch.Tensor] | None = None    # the teacher's stage maps [B, C_l, H_l, W_l], shallow to deep, on
+    #                                           the student's augmented batch (image teachers in the loop only)
 
 
 @dataclass
@@ -34,6 +39,10 @@ class Dims:
     teacher: int          # d_T
     num_classes: int      # K
     map_channels: list[int] = field(default_factory=list)  # C_l of each stage map
+    map_shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (C_l, H_l, W_l) of the student's stage
+    #   maps for one input (filled when the teacher has maps; a map-to-map regressor is sized from them)
+    teacher_map_shapes: list[tuple[int, int, int]] = field(default_factory=list)  # (C, H, W) of the teacher's
+    #   stage maps; empty: this task's teacher has none (a vector teacher: text, faces, a cached table)
     train_size: int = 0   # N, training samples (a memory bank over the training set; 0: unknown)
     total_steps: int = 0  # optimiser steps of the whole run (a warm-up in steps; 0: unknown)
     train_labels: torch.Tensor | None = None  # [N] class of each training sample (CRD's other-class negatives; None: unknown)

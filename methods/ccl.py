@@ -45,6 +45,7 @@ class CCLHparams(Hparams):
 
 @register("ccl", "compositional contrastive learning: composition module + NCE + symmetric KL, tau 0.1 (text)")
 class CCL(Method):
+    teacher_reads = frozenset({"embedding"})
     Hparams = CCLHparams
     search_space = {"ccl_tau": ("log", 0.05, 1.0)}
 

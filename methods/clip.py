@@ -19,6 +19,7 @@ class CLIPHparams(Hparams):
 
 @register("clip", "CLIP symmetric InfoNCE between F_S and E_T, learnable temperature init 1/0.07, clamp at 100")
 class CLIP(Method):
+    teacher_reads = frozenset({"embedding"})
     Hparams = CLIPHparams
     search_space = {"clip_weight": ("log", 0.1, 10.0)}
 

@@ -62,6 +62,7 @@ class CRDHparams(Hparams):
 
 @register("crd", "contrastive representation distillation: 128-d heads, memory banks, 16384 NCE negatives, tau 0.07")
 class CRD(Method):
+    teacher_reads = frozenset({"embedding"})
     Hparams = CRDHparams
     wants_index = True
     search_space = {"crd_weight": ("log", 0.1, 2.0), "crd_tau": ("log", 0.03, 0.3)}

@@ -52,6 +52,7 @@ class DKDHparams(Hparams):
 
 @register("dkd", "decoupled KD: target (alpha 1) and non-target (beta 8) KL terms on teacher logits, T=4, warm-up")
 class DKD(Method):
+    teacher_reads = frozenset({"logits"})
     Hparams = DKDHparams
     search_space = {"dkd_beta": ("float", 1.0, 10.0), "temperature": ("float", 1.0, 8.0)}
 

@@ -18,6 +18,7 @@ class KDHparams(Hparams):
 
 @register("kd", "Hinton KD on teacher logits (zero-shot or linear-probe teacher logits, see the task), T=4, 0.1/0.9")
 class KD(Method):
+    teacher_reads = frozenset({"logits"})
     Hparams = KDHparams
     search_space = {"temperature": ("float", 1.0, 8.0), "kd_weight": ("float", 0.1, 1.0)}
 

@@ -19,6 +19,7 @@ class ClassifierHparams(OursHparams):
 
 @register("ours_classifier", "proposed: projection head + shared-classifier CE on [F_S; F_T] + beta * logit MSE")
 class OursClassifier(OursBase):
+    teacher_reads = frozenset({"embedding"})
     Hparams = ClassifierHparams
     search_space = {"alpha": ("float", 0.0, 1.0), "beta": ("float", 0.0, 3.0)}
 

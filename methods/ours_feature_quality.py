@@ -19,6 +19,7 @@ class QualityHparams(OursHparams):
 
 @register("ours_feature_quality", "proposed: margin feature loss weighted per sample by feature-norm quality")
 class OursFeatureQuality(OursBase):
+    teacher_reads = frozenset({"embedding"})
     Hparams = QualityHparams
     search_space = {"alpha": ("float", 0.0, 1.0), "margin": ("float", 0.0, 0.25), "quality_h": ("float", 0.1, 1.0)}
 

@@ -25,6 +25,7 @@ class PKTHparams(Hparams):
 
 @register("pkt", "PKT probabilistic knowledge transfer on pooled features (relational, B x B), lambda=30000")
 class PKT(Method):
+    teacher_reads = frozenset({"embedding"})
     Hparams = PKTHparams
     search_space = {"pkt_weight": ("log", 1e3, 1e5)}
 

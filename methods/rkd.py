@@ -56,6 +56,7 @@ class RKDHparams(Hparams):
 
 @register("rkd", "relational KD: distance (25) and angle (50) relations inside each modality, smooth L1")
 class RKD(Method):
+    teacher_reads = frozenset({"embedding"})
     Hparams = RKDHparams
     search_space = {"rkd_distance_weight": ("log", 1.0, 100.0), "rkd_angle_weight": ("log", 1.0, 100.0)}
 

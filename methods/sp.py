@@ -1,4 +1,9 @@
-"""SP (Tung & Mori 2019): ||rownorm(G_T) - rownorm(G_S)||_F^2 / B^2 with G = X X^T; lambda=3000."""
+"""SP (Tung & Mori 2019): ||rownorm(G_T) - rownorm(G_S)||_F^2 / B^2 with G = X X^T; lambda=3000.
+
+maps (the published form, chosen when the teacher has stage maps): X is each network's last stage map,
+flattened over C*H*W (RepDistiller `feat[-2]`). vector (the adaptation for a teacher that is an embedding):
+the teacher side is E_T; the student side the last stage map (`sp_input=last_map`) or F_S.
+"""
 from dataclasses import dataclass
 
 import torch
@@ -6,7 +11,7 @@ import torch.nn.functional as F
 
 from benchmark.types import Term
 from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, fp, register
+from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
 
 
 def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -20,14 +25,31 @@ def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SPHparams(Hparams):
     sp_weight: float = bounded(3000.0, 0, None)
-    sp_input: str = choice("last_map", "embedding", help="student side: last stage map (reference) or pooled F_S")
+    sp_form: str = form_field()
+    sp_input: str = choice("last_map", "embedding", help="vector form, student side: last stage map (reference) "
+                           "or pooled F_S")
 
 
-@register("sp", "similarity-preserving KD on the B x B similarity of the last stage map vs E_T, lambda=3000")
+@register("sp", "similarity-preserving KD: B x B similarity of the last stage maps (maps), or of the student's "
+                "last map vs E_T (vector teachers), lambda=3000")
 class SP(Method):
     Hparams = SPHparams
     search_space = {"sp_weight": ("log", 100.0, 1e4)}
 
+    @classmethod
+    def needs_teacher_maps(cls, hp):
+        return hp.sp_form == "maps"
+
+    def __init__(self, dims, hp):
+        super().__init__(dims, hp)
+        self.form = resolve_form("sp", hp.sp_form, dims)
+        self.teacher_reads = frozenset({"maps" if self.form == "maps" else "embedding"})
+
     def terms(self, s, t, y):
+        if self.form == "maps":
+            return {"sp": Term(sp_loss(s.maps[-1], t.maps[-1]), self.hp.sp_weight)}
         x_s = s.maps[-1] if self.hp.sp_input == "last_map" else s.embedding
         return {"sp": Term(sp_loss(x_s, t.embedding), self.hp.sp_weight)}
+
+    def run_params(self):
+        return {"sp_form": self.form}

@@ -41,6 +41,7 @@ def by_row(data: TaskData) -> TaskData:
                                 "distilled into a smaller image student; the positive control")
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
+    teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"
     profile_notes = {
         "smoke": "seconds: a ResNet8-w16 teacher trained 1 epoch on 4% of each class, the same for the student",
@@ -100,8 +101,10 @@ class Cifar100KD(Cifar100):
                        "teacher_val_acc": acc(slice(n_tr, n_tr + n_val), data.val.y),
                        "teacher_test_acc": acc(slice(n_tr + n_val, None), data.test.y),
                        "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)})
+        shapes = teacher.map_shapes(self.augment(data.train.x[:1], None, False, cfg))
+        params["teacher_map_shapes"] = ", ".join("x".join(map(str, s)) for s in shapes) or "none"
         return TeacherTables(tid, params["teacher_cache_key"], emb.unsqueeze(1), logits.unsqueeze(1), params,
-                             live=teacher)
+                             live=teacher, map_shapes=shapes)
 
     def _teacher_outputs(self, teacher, cfg, data) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's features and logits on every un-augmented row (train, validation, test), CPU."""
@@ -109,7 +112,7 @@ class Cifar100KD(Cifar100):
         with torch.no_grad():
             for sp in (data.train, data.val, data.test):
                 for i in range(0, len(sp.y), cfg.eval_batch_size):
-                    e, z = teacher(self.augment(sp.x[i:i + cfg.eval_batch_size], None, False, cfg))
+                    e, z, _ = teacher(self.augment(sp.x[i:i + cfg.eval_batch_size], None, False, cfg))
                     embs.append(e.float()), logits.append(z.float())
         return torch.cat(embs), torch.cat(logits)
 

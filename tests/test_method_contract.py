@@ -17,11 +17,21 @@ load_plugins()
 B, K = 8, 5
 
 
-def _batch(d_t: int, seed: int = 0):
+def _teacher_net(name: str = "resnet8"):
+    from benchmark.nets import student_builder
+    torch.manual_seed(1)
+    return student_builder(name)(K).eval()  # a map teacher (resnet8: 3 stages of 32/64/128 channels)
+
+
+def _batch(d_t: int, seed: int = 0, maps: bool | str = False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, 3, 32, 32, generator=g)
     y = torch.arange(B) % K
-    teacher = TeacherOut(torch.randn(B, d_t, generator=g) * 2, torch.randn(B, K, generator=g))
+    t_maps = None
+    if maps:
+        with torch.no_grad():
+            t_maps = _teacher_net(maps if isinstance(maps, str) else "resnet8")(x).maps
+    teacher = TeacherOut(torch.randn(B, d_t, generator=g) * 2, torch.randn(B, K, generator=g), t_maps)
     return x, y, teacher
 
 
@@ -29,16 +39,29 @@ def _set_value(f, value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16") -> None:
+def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16", maps: bool | str = False) -> None:
+    """maps: the teacher gives its stage maps (an image teacher: resnet8, or the architecture named); otherwise it
+    is an embedding (text, faces), and a method that needs maps must refuse in one UsageError at construction."""
     from benchmark.nets import student_builder
+    from benchmark.registry import UsageError
     cls = METHODS.get(name)
     torch.manual_seed(0)
     student = student_builder(student_name)(K)
-    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), train_size=4 * B, total_steps=10,
-                train_labels=torch.arange(4 * B) % K)
+    shape = lambda ms: [tuple(m.shape[1:]) for m in ms]  # noqa: E731
+    probe = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        s_shapes = shape(student.eval()(probe).maps) if maps else []
+        t_shapes = shape(_teacher_net(maps if isinstance(maps, str) else "resnet8")(probe).maps) if maps else []
+    student.train()
+    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), map_shapes=s_shapes, teacher_map_shapes=t_shapes,
+                train_size=4 * B, total_steps=10, train_labels=torch.arange(4 * B) % K)
+    if not maps and cls.needs_teacher_maps(cls.Hparams()):
+        with pytest.raises(UsageError, match="stage maps"):
+            cls(dims, cls.Hparams())
+        return
     method = cls(dims, cls.Hparams())
     kw = {"index": torch.arange(B)} if cls.wants_index else {}
-    x, y, teacher = _batch(d_t)
+    x, y, teacher = _batch(d_t, maps=maps)
     frozen = (teacher.embedding.clone(), teacher.logits.clone())
     params = [*student.parameters(), *method.parameters()]
     assert all(p is not teacher.embedding for p in params), "the teacher must not be a parameter"
@@ -69,7 +92,7 @@ def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16") -> No
     again = cls(dims, cls.Hparams())
     again.load_state_dict(torch.load(buf))
     method.eval(), again.eval(), student.eval()
-    x2, y2, t2 = _batch(d_t, seed=1)
+    x2, y2, t2 = _batch(d_t, seed=1, maps=maps)
     with torch.no_grad():
         s2 = student(x2)
         a, b = method.terms(s2, t2, y2, **kw), again.terms(s2, t2, y2, **kw)
@@ -107,10 +130,16 @@ def test_a_torchvision_student_exposes_hooked_features():
             student_builder(bad)(K)
 
 
+@pytest.mark.parametrize("maps", [False, True], ids=["vector-teacher", "map-teacher"])
 @pytest.mark.parametrize("d_t", [48, 64], ids=["dS!=dT", "dS==dT"])
 @pytest.mark.parametrize("name", METHODS.names())
-def test_every_registered_method_keeps_the_contract(name, d_t):
-    check_contract(name, d_t)  # resnet8_w16: d_S = 64
+def test_every_registered_method_keeps_the_contract(name, d_t, maps):
+    check_contract(name, d_t, maps=maps)  # resnet8_w16: d_S = 64; the map teacher: resnet8 (32/64/128 channels)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_torchvision_student_keeps_the_contract_with_a_map_teacher(name):
+    check_contract(name, 48, "tv:resnet18", maps="tv:resnet18")  # hooked maps on both sides (4 stages each)
 
 
 @dataclass

@@ -79,6 +79,8 @@ def prepare(args):
     from benchmark.trainer import resolve_device, resolve_hparams
     from benchmark.method import validate_hparams
     resolve_device(cfg.device)
+    methods = check_teacher_maps(task, methods, [resolve_hparams(m, task, cfg, hp) for m in methods],
+                                 args.methods == "all")
     for m in methods:  # instantiate hyperparameters now so a bad choice fails before any run starts
         validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
     if args.seeds < 1:
@@ -94,6 +96,21 @@ def prepare(args):
     from benchmark.nets import check_student
     check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
     return task, methods, hp, cfg, data
+
+
+def check_teacher_maps(task, methods: list[str], resolved: list, all_selected: bool) -> list[str]:
+    """Methods that need the teacher's stage maps on a task whose teacher has none: refused in one line when
+    named, left out of `--methods all` with one line saying so."""
+    needy = [m for m, (cls, h) in zip(methods, resolved) if cls.needs_teacher_maps(h)]
+    if not needy or task.teacher_maps:
+        return methods
+    having = ", ".join(n for n in TASKS.names() if TASKS.get(n).teacher_maps) or "none registered"
+    why = f"need{'s' if len(needy) == 1 else ''} the teacher's stage maps, which the teacher of task " \
+          f"'{task.name}' does not give (tasks whose teachers have maps: {having})"
+    if not all_selected:
+        raise UsageError(f"method{'s' if len(needy) > 1 else ''} {', '.join(needy)} {why}")
+    print(f"--methods all: {', '.join(needy)} left out: {why}", flush=True)
+    return [m for m in methods if m not in needy]
 
 
 def check_out_dir(out: Path) -> None:

@@ -24,7 +24,9 @@ from benchmark.registry import TEACHERS, UsageError
 
 
 class ImageTeacher(nn.Module):
-    """A frozen classifier: x -> (penultimate features, logits)."""
+    """A frozen classifier: x -> (penultimate features, logits, stage maps). The stage maps are the stage
+    outputs of a registry architecture (its StudentOut.maps) or, for a torchvision model, the outputs of its
+    `layer1`..`layer4` read by forward hooks (an empty list for a model without them)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -36,16 +38,27 @@ class ImageTeacher(nn.Module):
             raise UsageError("an image teacher needs a final nn.Linear classifier (its input is the teacher's feature)")
         self.head = last[-1]
         self.dim = self.head.in_features
-        self._feat = None
+        self._feat, self._maps = None, {}
         self.head.register_forward_hook(lambda m, inp, out: setattr(self, "_feat", inp[0]))
+        modules = dict(net.named_modules())
+        self.map_layers = [] if hasattr(net, "stages") else [f"layer{i}" for i in range(1, 5) if f"layer{i}" in modules]
+        for n in self.map_layers:
+            modules[n].register_forward_hook(lambda m, i, o, n=n: self._maps.__setitem__(n, o))
 
     def train(self, mode: bool = True):  # always frozen: BatchNorm keeps its running statistics
         return super().train(False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        self._maps = {}
         out = self.net(x)
         logits = out.logits if hasattr(out, "logits") else out
-        return torch.flatten(self._feat, 1), logits
+        maps = list(out.maps) if hasattr(out, "maps") else [self._maps[n] for n in self.map_layers]
+        return torch.flatten(self._feat, 1), logits, maps
+
+    def map_shapes(self, x: torch.Tensor) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each stage map for inputs like x (one no-grad forward pass)."""
+        with torch.no_grad():
+            return [tuple(int(d) for d in m.shape[1:]) for m in self(x[:1])[2]]
 
 
 def build_arch(arch: str, num_classes: int) -> nn.Module:
