@@ -1,7 +1,7 @@
 """The resolved configuration of one run: profile values, then CLI flags, then --set overrides."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from benchmark.fields import bounded, choice, check_fields
@@ -81,11 +81,19 @@ class RunConfig:
     stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = bounded(0, 0, None)              # 0: torch default
     log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
+    # the fields a task declares itself (Task.Fields: a plugin task's own settings), resolved; read as attributes
+    task_fields: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:  # only reached for names that are not RunConfig fields
+        extra = self.__dict__.get("task_fields") or {}
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"run config has no field '{name}'")
 
     def as_params(self) -> dict[str, Any]:
         """The fields this run's task and teacher use (a Tiny-ImageNet run does not log the synthetic or the
-        speaker fields); every field still counts in the checkpoint key."""
-        return {k: v for k, v in asdict(self).items() if uses(self, k)}
+        speaker fields), the task's own fields among them; every field still counts in the checkpoint key."""
+        return {**{k: v for k, v in asdict(self).items() if k != "task_fields" and uses(self, k)}, **self.task_fields}
 
 
 # Fields only some tasks or teachers read: (task names, teacher names); a field absent here is everyone's.
@@ -117,7 +125,19 @@ NOT_DEFINING = (*OPERATIONAL, "data_dir", "seed")
 
 
 def defining_fields() -> list[str]:
-    return [f.name for f in fields(RunConfig) if f.name not in NOT_DEFINING]
+    """RunConfig's fields that define a setting, then every registered task's own fields (Task.Fields)."""
+    own = [f.name for f in fields(RunConfig) if f.name not in NOT_DEFINING and f.name != "task_fields"]
+    return own + [k for k in task_field_names() if k not in own]
+
+
+def task_field_types(task) -> dict[str, Any]:
+    """The fields a task declares (its `Fields` dataclass): name -> type."""
+    return {f.name: f.type for f in fields(task.Fields)} if getattr(task, "Fields", None) else {}
+
+
+def task_field_names() -> list[str]:
+    from benchmark.registry import TASKS
+    return list(dict.fromkeys(k for e in TASKS.entries() for k in task_field_types(e.obj)))
 
 
 CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
@@ -139,8 +159,10 @@ def convert(key: str, raw: str, typ: Any) -> Any:
         raise UsageError(f"--set {key}={raw}: expected a {t.__name__}") from None
 
 
-def config_fields() -> dict[str, Any]:
-    return {f.name: f.type for f in fields(RunConfig)}
+def config_fields(task=None) -> dict[str, Any]:
+    """Run-config fields (name -> type), with the task's own fields when a task is given."""
+    own = {f.name: f.type for f in fields(RunConfig) if f.name != "task_fields"}
+    return {**own, **(task_field_types(task) if task is not None else {})}
 
 
 def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]) -> RunConfig:
@@ -148,10 +170,14 @@ def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]
         raise UsageError(f"unknown profile '{profile}' for task {task.name}; known: {', '.join(task.profiles)}")
     values = dict(task.profiles[profile])
     values.update({k: v for k, v in flags.items() if v is not None})
-    types = config_fields()
+    types = config_fields(task)
     for k, raw in sets.items():
         values[k] = convert(k, raw, types[k])
-    cfg = replace(RunConfig(), task=task.name, profile=profile, **values)
+    mine = task_field_types(task)
+    extra = {k: values.pop(k) for k in list(values) if k in mine}
+    if mine:  # the task's own fields: its defaults <- profile <- --set, checked like every field
+        extra = asdict(check_fields(task.Fields(**extra)))
+    cfg = replace(RunConfig(), task=task.name, profile=profile, task_fields=extra, **values)
     for k, allowed in CHOICES.items():
         if getattr(cfg, k) not in allowed:
             raise UsageError(f"{k}={getattr(cfg, k)!r} is not valid; choose one of {', '.join(allowed)}")

@@ -69,6 +69,10 @@ class Task:
     set (hparam_defaults), and the methods below. A task's module states all of its defaults in one place."""
     name: str = ""
     description: str = ""
+    # The task's own run-config fields, beside RunConfig's: a dataclass (benchmark.fields.bounded / choice for
+    # ranges and options), or None. Profiles may set them; `--set`, experiment files, the logged parameters,
+    # `list --profiles` and the report's setting headings see them; the task reads them as `cfg.<name>`.
+    Fields: type | None = None
     profiles: dict[str, dict[str, Any]] = {}
     profile_notes: dict[str, str] = {}
     data_folder: str | None = None       # its folder under the data root when --data-dir is absent (None: required)

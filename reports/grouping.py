@@ -45,10 +45,11 @@ def off_profile(run: pd.Series, task) -> list[str]:
     from benchmark.config import RunConfig
     if task is None or run.get("params.profile") not in task.profiles:
         return []
-    expected = {**asdict(RunConfig()), **task.profiles[run["params.profile"]]}
+    own = asdict(task.Fields()) if getattr(task, "Fields", None) else {}
+    expected = {**asdict(RunConfig()), **own, **task.profiles[run["params.profile"]]}
     return [f"params.{k}" for k in defining_fields()
-            if f"params.{k}" in run and pd.notna(run[f"params.{k}"]) and str(run[f"params.{k}"]) != str(expected[k])
-            and k not in ("task", "profile")]
+            if k in expected and f"params.{k}" in run and pd.notna(run[f"params.{k}"])
+            and str(run[f"params.{k}"]) != str(expected[k]) and k not in ("task", "profile")]
 
 
 def with_keys(pool: pd.DataFrame, exclude: set[str] = frozenset()) -> pd.DataFrame:

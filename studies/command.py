@@ -23,7 +23,7 @@ from studies.paper import PAPER_STUDIES
 
 def study_definition(cfg, method: str, hp: dict[str, Any], seeds: int, grid: dict | None, paper: str | None,
                      fixed: dict[str, Any]) -> dict[str, Any]:
-    config = {k: getattr(cfg, k) for k in defining_fields()}
+    config = {k: getattr(cfg, k) for k in defining_fields() if hasattr(cfg, k)}  # another task's fields: absent
     return {"paper_table": paper or "", "method": method, "config": config, "hparams": dict(sorted(hp.items())),
             "fixed": dict(sorted(fixed.items())), "first_seed": cfg.seed, "seeds": seeds,
             "grid": grid or {}, "search": "grid" if grid else "tpe"}

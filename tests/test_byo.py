@@ -82,6 +82,52 @@ def test_an_external_package_registers_a_method_and_a_task(tmp_path, how):
     assert "### toy: mlp, smoke" in report and "| logit_mse[^" in report.replace(" (", "[").replace("[^", "[^")
 
 
+def _contributing_block(first_line: str) -> str:
+    """The ```python block of CONTRIBUTING.md that starts with `first_line`, as written there."""
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
+    for block in text.split("```python\n")[1:]:
+        code = block.split("```", 1)[0]
+        if code.startswith(first_line):
+            return code
+    raise AssertionError(f"CONTRIBUTING.md has no python block starting with {first_line!r}")
+
+
+def test_the_from_scratch_task_of_contributing_runs_as_written_with_its_own_fields(tmp_path):
+    """CONTRIBUTING's complete task (a Task subclass of nothing built-in) with its own config fields: they are
+    listed by `list --profiles`, set with --set and from an experiment file, checked (range, unknown key), logged
+    with every run and in its experiment.toml, and the report's setting heading names them."""
+    pkg = tmp_path / "ext" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "blobs.py").write_text(_contributing_block("# mypkg/blobs.py"))
+    env, plug = _env(tmp_path), ["--plugin", "mypkg.blobs"]
+    listing = run_cli([*plug, "list", "--profiles"], tmp_path, extra_env=env)
+    assert listing.returncode == 0 and "#### `blobs`" in listing.stdout and "| blob_noise | 3.0 |" in listing.stdout
+    res = run_cli([*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "2",
+                   "--set", "blob_noise=4", "--out", "o"], tmp_path, extra_env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client, runs = _runs(tmp_path, "xkd-blobs")
+    assert len(runs) == 4 and {(r.data.params["blob_noise"], r.data.params["blob_dim"]) for r in runs} == {("4.0", "16")}
+    toml = open(client.download_artifacts(runs[0].info.run_id, "experiment.toml", str(tmp_path))).read()
+    assert "blob_noise = 4.0" in toml and "blob_dim = 16" in toml
+    exp = tmp_path / "exp.toml"
+    exp.write_text('task = "blobs"\nprofile = "smoke"\nmethods = ["baseline"]\nplugins = ["mypkg.blobs"]\n'
+                   '[set]\nblob_dim = 8\n')
+    res = run_cli(["run", "--config", str(exp), "--out", "e"], tmp_path, extra_env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, runs = _runs(tmp_path, "xkd-blobs")
+    assert any(r.data.params["blob_dim"] == "8" for r in runs)
+    for bad, needle in (("blob_noise=-1", "blob_noise=-1.0 is out of range"), ("blob_nois=1", "unknown --set key 'blob_nois'")):
+        res = run_cli([*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline", "--set", bad,
+                       "--out", "x"], tmp_path, extra_env=env)
+        assert res.returncode == 2 and needle in res.stderr and not (tmp_path / "x").exists(), res.stderr
+    rep = run_cli([*plug, "report", "--out", "r"], tmp_path, extra_env=env)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "### blobs: mlp, smoke, blob_noise=4.0" in report and "blob_dim=8" in report
+
+
 def test_run_config_reproduces_a_run_from_its_logged_file(tmp_path):
     cfg = tmp_path / "exp.toml"
     cfg.write_text('task = "synthetic"\nprofile = "smoke"\nmethods = ["kd", "pkt"]\nseeds = 1\n'

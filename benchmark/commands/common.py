@@ -30,12 +30,13 @@ def select_methods(spec: str) -> list[str]:
     return names
 
 
-def split_sets(sets: dict[str, str], methods: list[str]) -> tuple[dict[str, str], dict[str, object]]:
-    """--set keys go to the run config, to the hyperparameters of every selected method that has the key
-    (`temperature=2`), or to one method's (`kd.temperature=2`); an unknown key or method is refused."""
+def split_sets(sets: dict[str, str], methods: list[str], task=None) -> tuple[dict[str, str], dict[str, object]]:
+    """--set keys go to the run config (the task's own fields included), to the hyperparameters of every
+    selected method that has the key (`temperature=2`), or to one method's (`kd.temperature=2`); an unknown
+    key or method is refused."""
     from benchmark.config import config_fields, convert
     from benchmark.method import hparam_fields
-    cfg_types = config_fields()
+    cfg_types = config_fields(task)
     cfg_sets, hp = {}, {}
     for k, raw in sets.items():
         if k in cfg_types:
@@ -68,7 +69,7 @@ def prepare(args):
     task = TASKS.get(args.task)()
     methods = select_methods(args.methods)
     file_sets = [x for x in getattr(args, "method_sets", []) if x.split(".", 1)[0] in methods]
-    cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods)
+    cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods, task)
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
     if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
         from benchmark.datasets import data_root

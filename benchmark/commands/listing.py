@@ -29,16 +29,19 @@ def profiles_markdown() -> str:
 
     from benchmark.config import RunConfig
     out = []
-    base = asdict(RunConfig())
     for e in TASKS.entries():
         task = e.obj()
+        own = asdict(task.Fields()) if task.Fields else {}  # the task's own fields: always listed
+        base = {**{k: v for k, v in asdict(RunConfig()).items() if k != "task_fields"}, **own}
         names = list(task.profiles)
         resolved = {n: {**base, **task.profiles[n]} for n in names}
         keys = [k for k in base if k not in ("task", "profile", "data_dir", "seed")
-                and (k in set().union(*(task.profiles[n] for n in names)))]
+                and (k in own or k in set().union(*(task.profiles[n] for n in names)))]
         out += [f"#### `{e.name}`", "", "| field | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         out += [f"| {k} | " + " | ".join(str(resolved[n][k]) for n in names) + " |" for k in keys]
-        hp = [task.hparam_defaults(RunConfig(**{**resolved[n], "task": e.name, "profile": n})) for n in names]
+        hp = [task.hparam_defaults(RunConfig(**{**{k: v for k, v in resolved[n].items() if k not in own}, "task": e.name,
+                                                 "profile": n, "task_fields": {k: resolved[n][k] for k in own}}))
+              for n in names]
         for k in sorted(set().union(*hp)):
             out.append(f"| method default: {k} | " + " | ".join(str(h.get(k, "")) for h in hp) + " |")
         out.append("")
