@@ -69,18 +69,23 @@ def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
                 kind = "bf16" if bf16 else "fp32"
                 return peaks[kind] * 1e12, f"{name}: {peaks[kind]} TFLOP/s dense {kind} (nominal, data sheet)"
         return None, f"{name}: peak unknown (pass --peak-tflops)"
-    return measured_cpu_peak()
+    return measured_cpu_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def device_peaks(device: torch.device) -> dict[str, tuple[float | None, str]]:
+    """The fp32 and the bf16 peak of the device (each: FLOP/s and how it was obtained)."""
+    return {p: device_peak(device, p == "bf16") for p in ("fp32", "bf16")}
 
 
 @functools.lru_cache(maxsize=None)
-def measured_cpu_peak(n: int = 2048, reps: int = 5) -> tuple[float, str]:
+def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
     """The CPU's fp32 peak as this process can reach it now: the best of `reps` n x n x n matrix products with
     the current thread count (measured once per process). The nominal formula (cores x FLOP/cycle x clock)
     is shown beside it, but not used: these CPUs boost above the nominal clock and two vCPUs may share FMA
     units, so the formula can sit below what one thread reaches or far above what two do."""
     import os
     import time
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up (thread pool, caches)
     best = float("inf")
     for _ in range(reps):
@@ -88,17 +93,26 @@ def measured_cpu_peak(n: int = 2048, reps: int = 5) -> tuple[float, str]:
         a @ b
         best = min(best, time.perf_counter() - t0)
     peak = 2 * n ** 3 / best
-    note = f"measured: best of {reps} {n}^3 fp32 matmuls on {torch.get_num_threads()} thread(s) = {peak / 1e9:.1f} GFLOP/s"
+    kind = "bf16" if dtype == torch.bfloat16 else "fp32"
+    note = f"measured: best of {reps} {n}^3 {kind} matmuls on {torch.get_num_threads()} thread(s) = {peak / 1e9:.1f} GFLOP/s"
     try:
         mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
         flags = open("/proc/cpuinfo").read()
         per_cycle = 64 if " avx512f" in flags else 32 if " avx2" in flags and " fma" in flags else 8
         cores = len(os.sched_getaffinity(0))
-        note += f" (nominal formula, not used: {cores} cores x {per_cycle} FLOP/cycle x {mhz:.0f} MHz = " \
-                f"{cores * per_cycle * mhz / 1e3:.1f} GFLOP/s)"
+        if kind == "fp32":
+            note += f" (nominal formula, not used: {cores} cores x {per_cycle} FLOP/cycle x {mhz:.0f} MHz = " \
+                    f"{cores * per_cycle * mhz / 1e3:.1f} GFLOP/s)"
     except (OSError, ValueError):
         pass
     return peak, note
+
+
+def teacher_forward(ctx, idx: torch.Tensor) -> None:
+    """The in-loop teacher's forward on one augmented training batch (no_grad, the run's precision)."""
+    x = ctx.task.augment(ctx.task.train_inputs(ctx.train_split, idx, ctx.gen, ctx.cfg).to(ctx.device), ctx.gen, True, ctx.cfg)
+    with torch.no_grad(), ctx.autocast():
+        ctx.tables.live(x)
 
 
 def step_flops(fn) -> int:
@@ -130,12 +144,18 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
         names.append(m)
         fns.append(lambda i, ctx=ctx, batches=batches: ctx.train_step(batches[i]))
         counts.append(len(batches))
+    if tables.live is not None:  # the in-loop teacher's forward alone, on the same augmented batches
+        batches = task.epoch_batches(data.train, b, torch.Generator().manual_seed(0))
+        names.append("(live teacher forward alone)")
+        fns.append(lambda i, ctx=ctx0, batches=batches: teacher_forward(ctx, batches[i]))
+        counts.append(len(batches))
     flops = [step_flops(fn) * world for fn in fns]  # each rank's shard; the global step is world times that
     rows = list(zip(names, _interleaved_throughput(fns, counts, b, args.steps)))
     bare, base = rows[0][1], rows[0 if world > 1 else 1][1]
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx0.device.type == "cuda")
+    precision = ctx0.precision_resolved
+    peaks = device_peaks(ctx0.device)
     peak, peak_note = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)") if args.peak_tflops else \
-        device_peak(ctx0.device, bf16)
+        peaks[precision]
     achieved = [f / b * r[1] for f, r in zip(flops, rows)]  # FLOP per image x images/s
     df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
                        "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
@@ -149,7 +169,19 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
             peak_note += f" per GPU, x {world} GPUs" if peak else ""
             df["% of peak"] = [f"{100 * a / (peak * world):.1f}%" if peak else "n/a" for a in achieved]
     if distributed.is_main():
+        from benchmark.trainer import cpu_bf16_native
         print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
-              f"{torch.get_num_threads()}, {args.steps} steps x 5 interleaved rounds (median); peak: {peak_note}")
+              f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
+              f"{args.steps} steps x 5 interleaved rounds (median)")
+        for p, (value, note) in peaks.items():
+            print(f"peak {p}: {note}" + ("  <- the % of peak column" if p == precision and not args.peak_tflops else ""))
+        if args.peak_tflops:
+            print(f"peak: {peak_note}  <- the % of peak column")
         print(df.to_markdown(index=False))
+        if tables.live is not None:
+            t = dict(rows)["(live teacher forward alone)"]
+            reader = next((r for r in rows if r[0] not in ("bare PyTorch loop", "baseline", "(live teacher forward alone)")), None)
+            if reader:
+                print(f"live teacher: {100 * reader[1] / t:.0f}% of a {reader[0]} step is the teacher's forward "
+                      f"(the baseline reads no teacher output and runs none)")
     return df

@@ -57,6 +57,32 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
     return cls, cls.Hparams(**{**mine(task.hparam_defaults(cfg)), **mine(overrides)})
 
 
+def cpu_bf16_native() -> str:
+    """The CPU feature that computes bf16 matrix products natively ('amx_bf16' or 'avx512_bf16'), or '' when
+    there is none (bf16 would then be emulated, slower than fp32). Read from /proc/cpuinfo, not assumed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return next((x for x in ("amx_bf16", "avx512_bf16") if x in flags), "")
+
+
+# `precision=auto` on a CPU with native bf16 matmul: bf16 autocast of the student's forward (losses stay fp32).
+# Decided by a paired comparison of fp32 and bf16 runs (docs/results.md, "bf16 on the CPU").
+CPU_AUTO_BF16 = False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What `precision` means on this device: `auto` is bf16 autocast on CUDA, and on a CPU with native bf16
+    matmul when CPU_AUTO_BF16 says so; fp32 elsewhere. Runs record the result (`precision_resolved`)."""
+    if precision == "bf16":
+        return "bf16"
+    if precision == "auto" and (device.type == "cuda" or (CPU_AUTO_BF16 and device.type == "cpu" and cpu_bf16_native())):
+        return "bf16"
+    return "fp32"
+
+
 def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
@@ -149,9 +175,7 @@ class Context:
 
     @property
     def precision_resolved(self) -> str:
-        """What `precision` means on this device: `auto` is bf16 autocast on CUDA and fp32 elsewhere."""
-        p = self.cfg.precision
-        return "bf16" if p == "bf16" or (p == "auto" and self.device.type == "cuda") else "fp32"
+        return resolve_precision(self.cfg.precision, self.device)
 
     def autocast(self):
         if self.precision_resolved == "bf16":
@@ -342,7 +366,8 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
               "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
               "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device,
-              "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version()}
+              "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version(),
+              "cpu_bf16_native": cpu_bf16_native() or "none"}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     if ck is not None:
         ctx.load_state(ck["state"])

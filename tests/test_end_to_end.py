@@ -69,8 +69,23 @@ def test_perf_command_reports_every_method(tmp_path, cifar_dir):
     res = run_cli(["perf", "--methods", "baseline,ours_feature,pkt", "--data-dir", str(cifar_dir), "--profile", "smoke",
                    "--steps", "3"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    for name in ("bare PyTorch loop", "baseline", "ours_feature", "pkt", "achieved GFLOP/s", "% of peak", "peak: "):
+    for name in ("bare PyTorch loop", "baseline", "ours_feature", "pkt", "achieved GFLOP/s", "% of peak",
+                 "peak fp32: measured", "2048^3 fp32 matmuls", "peak bf16: measured", "2048^3 bf16 matmuls"):
         assert name in res.stdout
+    # the % of peak column is against the peak of the precision the loop runs (fp32 here)
+    assert [line for line in res.stdout.splitlines() if "<- the % of peak column" in line][0].startswith("peak fp32")
+
+
+def test_perf_shows_the_live_teachers_share_and_the_baseline_runs_none(tmp_path, cifar_dir):
+    res = run_cli(["perf", "--task", "cifar100-kd", "--methods", "baseline,kd", "--data-dir", str(cifar_dir), "--profile",
+                   "smoke", "--set", "teacher_data_fraction=0.02", "--steps", "2"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| (live teacher forward alone)" in res.stdout and "of a kd step is the teacher's forward" in res.stdout
+    gflop = {line.split("|")[1].strip(): float(line.split("|")[5]) for line in res.stdout.splitlines()
+             if line.startswith("| ") and "GFLOP" not in line and "---" not in line}
+    # the baseline's step counts the student's FLOPs only (no teacher forward); KD's adds the teacher's
+    assert gflop["baseline"] == pytest.approx(gflop["bare PyTorch loop"], rel=0.02)
+    assert gflop["kd"] == pytest.approx(gflop["baseline"] + gflop["(live teacher forward alone)"], rel=0.02)
 
 
 def test_runs_carry_tags_a_dataset_input_and_optionally_the_model(tmp_path, cifar_dir):
@@ -120,6 +135,8 @@ def test_perf_counts_the_flops_of_a_training_step_by_hand():
     # measured (a large matmul), never the nominal formula: a step of the matmul itself reaches it
     assert peak > 1e9 and note.startswith("measured: best of 5 2048^3 fp32 matmuls") and f"{peak / 1e9:.1f} GFLOP/s" in note
     assert device_peak(torch.device("cpu"), bf16=False) == (peak, note)  # measured once per process
+    peak16, note16 = device_peak(torch.device("cpu"), bf16=True)  # bf16 runs: a bf16 matmul's peak, measured too
+    assert peak16 > 1e9 and note16.startswith("measured: best of 5 2048^3 bf16 matmuls")
 
 
 def test_compile_gives_the_eager_step(tmp_path):
