@@ -18,6 +18,16 @@ def _nce_rows(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return (l_pos + l_neg).mean()
 
 
+def _nce_rows_stacked(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """`_nce_rows` of each [B, B] slice of logits [S, B, B] with one label mask: [S] (the same per-slice
+    numbers; one pass of each operation instead of S)."""
+    q = F.softmax(logits, dim=2)
+    neg = 1.0 - pos
+    l_pos = -(torch.log(q + 1e-10) * pos).sum(2) / pos.sum(1)
+    l_neg = -(torch.log(1 - q + 1e-10) * neg).sum(2) / neg.sum(1).clamp(min=1.0)
+    return (l_pos + l_neg).mean(1)
+
+
 def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """Multi-positive NCE N(a, b): positives are same-label columns (incl. j=i), negatives the rest."""
     logits = l2n(fp(a)) @ l2n(fp(b)).t() / tau
@@ -59,12 +69,34 @@ class CCL(Method):
         self.fc_u = nn.Linear(d_t, dims.num_classes)
 
     def terms(self, s, t, y):
+        """The five terms of `reference_terms` with the same values, each normalisation, the label mask and
+        its row counts computed once, and the eight NCE directions as one stacked [8, B, B] computation."""
+        tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
+        v, e = self.v_proj(s.embedding), fp(t.embedding)
+        z_s_d = s.logits.detach()
+        v_n, e_n = l2n(fp(v)), l2n(e)
+        v_dn = v_n.detach()                            # = l2n(v.detach())
+        u, z_u = self._compose(e, e_n, v_n)
+        u_d, z_u_d = self._compose(e, e_n, v_dn)       # L_u' path: student inputs detached, module trainable
+        u_n, u_dn = l2n(fp(u)), l2n(fp(u_d))
+        sims = [v_n @ u_n.t() / tau, v_n @ e_n.t() / tau, v_dn @ u_dn.t() / tau, u_dn @ e_n.t() / tau]
+        nce = _nce_rows_stacked(torch.stack([x for m in sims for x in (m, m.t())]), (y[:, None] == y[None, :]).to(v_n.dtype))
+        # L_v trains the student (and the module); L_u' trains only the composition module.
+        return {
+            "nce_student": Term((nce[0] + nce[1]) + (nce[2] + nce[3])),
+            "symkl_student": Term(sym_kl(s.logits, z_u, w)),
+            "ce_composed": Term(F.cross_entropy(fp(z_u_d), y, reduction="none")),
+            "nce_composed": Term((nce[4] + nce[5]) + (nce[6] + nce[7])),
+            "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
+        }
+
+    def reference_terms(self, s, t, y):
+        """The terms as defined (yanbeic/CCL): what `terms` computes, written plainly (the tests compare them)."""
         tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
         v, e = self.v_proj(s.embedding), fp(t.embedding)
         v_d, z_s_d = v.detach(), s.logits.detach()
-        u, z_u = self._compose(e, v)
-        u_d, z_u_d = self._compose(e, v_d)  # L_u' path: student inputs detached, module trainable
-        # L_v trains the student (and the module); L_u' trains only the composition module.
+        u, z_u = self._compose(e, l2n(e), l2n(v))
+        u_d, z_u_d = self._compose(e, l2n(e), l2n(v_d))
         return {
             "nce_student": Term(sup_nce_both(v, u, y, tau) + sup_nce_both(v, e, y, tau)),
             "symkl_student": Term(sym_kl(s.logits, z_u, w)),
@@ -73,6 +105,7 @@ class CCL(Method):
             "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
         }
 
-    def _compose(self, e, v):
-        u = e + self.compose(torch.cat([l2n(e), l2n(v)], dim=1))
+    def _compose(self, e, e_n, v_n):
+        """u = E_T + C([n(E_T); n(v)]) and its logits (n: L2 normalisation, given)."""
+        u = e + self.compose(torch.cat([e_n, v_n], dim=1))
         return u, self.fc_u(u)

@@ -141,7 +141,8 @@ def test_ccl_gradient_routing():
     s = student_out(fs=rng.normal(size=(B, DT)))
     terms = m.terms(s, TeacherOut(t(ET)), torch.tensor(Y))
     for name in ("ce_composed", "nce_composed", "symkl_composed"):
-        g = torch.autograd.grad(terms[name].value.mean(), [s.embedding, s.logits], allow_unused=True)
+        g = torch.autograd.grad(terms[name].value.mean(), [s.embedding, s.logits], allow_unused=True,
+                                retain_graph=True)  # the NCE terms share one stacked graph
         assert all(x is None or float(x.abs().sum()) == 0 for x in g), name
     g = torch.autograd.grad(terms["nce_student"].value, s.embedding)[0]
     assert float(g.abs().sum()) > 0
@@ -408,3 +409,45 @@ def test_rkd_under_bf16_autocast_matches_float64():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = [float(v) for v in rkd_terms(torch.tensor(fs, dtype=torch.float32), torch.tensor(ft, dtype=torch.float32))]
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("with_keep", [False, True])
+def test_crd_fused_negative_term_gives_the_same_numbers_and_gradients(with_keep):
+    """negative_nce (the training step's fused form) against nce_loss's negative term, written plainly: the same
+    values bit for bit in float32, and the same gradient (autograd through the plain form) to rounding."""
+    from methods.crd import negative_nce
+    g = torch.Generator().manual_seed(3)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
+        c = (torch.randn(16, 300, generator=g, dtype=dtype) * 0.3).requires_grad_()
+        z = torch.tensor(4000.0, dtype=dtype)
+        keep = torch.rand(16, 300, generator=g) > 0.2 if with_keep else None
+        pn, tau = 300 / 5000, 0.07
+        plain = torch.log(pn / (torch.exp(c / tau) / z + pn + 1e-7))
+        plain = (plain * keep if keep is not None else plain).sum(1)
+        fused = negative_nce(c, z, tau, 300, 5000, keep)
+        assert torch.equal(plain, fused)
+        w = torch.randn(16, generator=g, dtype=dtype)
+        (ga,) = torch.autograd.grad((plain * w).sum(), c)
+        (gb,) = torch.autograd.grad((fused * w).sum(), c)
+        torch.testing.assert_close(gb, ga, rtol=tol, atol=tol * float(ga.abs().max()))
+
+
+def test_ccl_step_gives_the_reference_terms_and_gradients():
+    """CCL's deduplicated step (stacked NCE directions, each normalisation once) against its plain definition:
+    every term bit for bit in float32, gradients to rounding."""
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        m = make("ccl", ds=DS, dt=DT).to(dtype)
+        g = torch.Generator().manual_seed(4)
+        f, z = torch.randn(12, DS, generator=g, dtype=dtype), torch.randn(12, K, generator=g, dtype=dtype)
+        e, y = torch.randn(12, DT, generator=g, dtype=dtype), torch.randint(0, K, (12,), generator=g)
+        out = []
+        for fn in (m.reference_terms, m.terms):
+            fa, za = f.clone().requires_grad_(), z.clone().requires_grad_()
+            terms = fn(StudentOut([], fa, za, None), TeacherOut(e), y)
+            params = list(m.parameters())
+            grads = torch.autograd.grad(sum(t.weighted_mean() for t in terms.values()), [fa, za, *params])
+            out.append(({k: t.value for k, t in terms.items()}, grads))
+        (a, ga), (b, gb) = out
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        for x, y_ in zip(ga, gb):
+            torch.testing.assert_close(y_, x, rtol=tol, atol=tol * float(x.abs().max()))
