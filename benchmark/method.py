@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -95,6 +96,17 @@ class Method(nn.Module):
         if self.teacher_feature_dim == self.dims.student:
             return "raw_student"
         return "connector" if getattr(self, "match_connector", None) is not None else "undefined(d_S!=d_T, no connector)"
+
+
+# Named random streams of one run seed: numpy SeedSequence children, so that no two share numbers.
+STREAMS = {"init": 0, "data": 1, "crd_bank": 2, "crd_negatives": 3}
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent seed for one named random stream of the run seed `seed` (the weight initialisation, the
+    data order and augmentation, CRD's memory banks and its negatives)."""
+    state = np.random.SeedSequence(seed, spawn_key=(STREAMS[stream],)).generate_state(1, np.uint64)[0]
+    return int(state & np.uint64(2 ** 63 - 1))
 
 
 def register(name: str, description: str):

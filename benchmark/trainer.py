@@ -23,7 +23,7 @@ from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
 from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
-from benchmark.method import hparam_fields
+from benchmark.method import hparam_fields, stream_seed
 
 
 class Diverged(FloatingPointError):
@@ -120,7 +120,7 @@ class Context:
         self.cfg, self.task, self.data, self.method_name = cfg, task, data, method_name
         self.device = resolve_device(cfg.device)
         self.tables = tables.to(self.device)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stream_seed(cfg.seed, "init"))  # weights (student, method, task loss): their own stream
         self.student = build_student(cfg.student, data).to(self.device)
         if cfg.sync_bn:
             self.student = distributed.convert_sync_batchnorm(self.student)
@@ -132,7 +132,8 @@ class Context:
         dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels),
                     map_shapes=self._student_map_shapes(task, data) if tables.map_shapes else [],
                     teacher_map_shapes=list(tables.map_shapes),
-                    train_size=len(data.train.y), train_labels=data.train.y, total_steps=cfg.epochs * self.steps_per_epoch)
+                    train_size=len(data.train.y), train_labels=data.train.y, total_steps=cfg.epochs * self.steps_per_epoch,
+                    seed=cfg.seed)
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
         self.teacher_reads = frozenset(self.method.teacher_reads)
@@ -145,7 +146,7 @@ class Context:
         self.params = [*self.student.parameters(), *self.method.parameters(), *self.task_loss.parameters()]
         self.opt = build_optimizer(self.params, cfg)
         self.sched = build_scheduler(self.opt, cfg, self.steps_per_epoch)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "data"))  # data order, crops, variants
         # the student's forward, compiled on request (the module itself stays as is: state_dict keys unchanged)
         self.forward = torch.compile(self.student) if cfg.compile else self.student
         self.train_split, self.data_on_device = self._resident(data.train)
@@ -312,7 +313,9 @@ def check_finite(who: str, epoch: int, i: int, loss_sum, term_sums, step_loss) -
 
 
 def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
-    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {"method": method_name, "hp": asdict(hparams)}
+    # the code version too: a finished checkpoint of other code never feeds its old metrics into a new table
+    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {"method": method_name, "hp": asdict(hparams),
+                                                                              "code_version": code_version()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -46,6 +46,7 @@ class Dims:
     train_size: int = 0   # N, training samples (a memory bank over the training set; 0: unknown)
     total_steps: int = 0  # optimiser steps of the whole run (a warm-up in steps; 0: unknown)
     train_labels: torch.Tensor | None = None  # [N] class of each training sample (CRD's other-class negatives; None: unknown)
+    seed: int = 0         # the run seed: a method's own random streams derive from it (benchmark.method.stream_seed)
 
 
 @dataclass

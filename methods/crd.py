@@ -9,13 +9,13 @@ RepDistiller), or one draw of m indices shared by the batch with `shared`, in wh
 draws outside its pool (itself, or its class) from its own sum:
 
     s_T(i, j) = exp(<M_S[j], v_T(i)> / tau) / Z_T       s_S(i, j) = exp(<M_T[j], v_S(i)> / tau) / Z_S
-    h(s) = s / (s + m / N)
+    h(s) = s / (s + m_i / N)           (m_i: the negatives anchor i keeps; all m unless shared draws drop some)
     L_side(i) = -log h(s(i, i)) - sum_k log(1 - h(s(i, j_k)))          (NCE, positive = the sample's own slot)
     L_CRD = L_S + L_T, weight 0.8, cross-entropy weight 1
 
 Z_S and Z_T are fixed on the first batch as mean(s) * N (RepDistiller) and kept. After each step the
 banks move towards the batch: M[i] <- normalise(0.5 M[i] + 0.5 v(i)) (momentum 0.5). Banks start uniform in
-[-a, a], a = 1/sqrt(128/3). Everything that carries across steps (banks, Z, negative-sampling generator) is
+[-a, a], a = 1/sqrt(128/3), drawn from a stream of the run seed (as are the negatives). Everything that carries across steps (banks, Z, negative-sampling generator) is
 module state, so --resume continues exactly. m = min(16384, N - 1).
 Why the anchor is never its own negative: with uniform draws a sample is among its own m negatives with
 probability 1 - (1 - 1/N)^m (0.31 for N = 45,000, m = 16384), and a self-negative pushes the positive
@@ -32,15 +32,18 @@ from benchmark import distributed
 from benchmark.fields import bounded, choice
 from benchmark.registry import UsageError
 from benchmark.types import Term
-from benchmark.method import Hparams, Method, fp, l2n, register
+from benchmark.method import Hparams, Method, fp, l2n, register, stream_seed
 
 
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,
              eps: float = 1e-7) -> torch.Tensor:
     """Per-sample NCE loss from normalised scores pos [B] and neg [B, m] (noise probability 1/n); `keep`
-    [B, m] drops the negatives outside an anchor's pool from its sum. (The training step computes the same
-    numbers through `negative_nce`, fused; this plain form is the definition the tests compare it with.)"""
-    pn = m / n
+    [B, m] drops the negatives outside an anchor's pool from its sum, and then m counts the kept draws of each
+    anchor. (The training step computes the same numbers through `negative_nce`, fused; this plain form is the
+    definition the tests compare it with.)"""
+    pn = m / n if keep is None else keep.sum(1).to(pos.dtype) / n
+    if keep is not None:
+        return -(torch.log(pos / (pos + pn + eps)) + (torch.log(pn[:, None] / (neg + pn[:, None] + eps)) * keep).sum(1))
     neg_term = torch.log(pn / (neg + pn + eps))
     if keep is not None:
         neg_term = neg_term * keep
@@ -73,10 +76,11 @@ class NegativeNCE(torch.autograd.Function):
         return g, None, None, None, None, None
 
 
-def negative_nce(c: torch.Tensor, z: torch.Tensor, tau: float, m: int, n: int, keep: torch.Tensor | None = None,
+def negative_nce(c: torch.Tensor, z: torch.Tensor, tau: float, pn, keep: torch.Tensor | None = None,
                  eps: float = 1e-7) -> torch.Tensor:
-    """[B]: sum over the m negatives of log(pn / (exp(c / tau) / z + pn + eps)), fused (NegativeNCE)."""
-    return NegativeNCE.apply(c, z, tau, m / n, eps, keep)
+    """[B]: sum over the negatives of log(pn / (exp(c / tau) / z + pn + eps)), fused (NegativeNCE); pn = m / N,
+    a number or one per anchor ([B, 1]: its kept draws m_i / N)."""
+    return NegativeNCE.apply(c, z, tau, pn, eps, keep)
 
 
 @dataclass
@@ -107,12 +111,13 @@ class CRD(Method):
         n, d = dims.train_size, hp.crd_dim
         self.n, self.k = n, min(hp.crd_negatives_k, n - 1)
         self.embed_s, self.embed_t = nn.Linear(dims.student, d), nn.Linear(dims.teacher, d)
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator().manual_seed(stream_seed(dims.seed, "crd_bank"))
         a = 1.0 / math.sqrt(d / 3)
         self.register_buffer("bank_s", torch.rand(n, d, generator=g) * 2 * a - a)
         self.register_buffer("bank_t", torch.rand(n, d, generator=g) * 2 * a - a)
         self.register_buffer("z", torch.full((2,), -1.0))  # (Z_S, Z_T); < 0: not set yet
-        self.gen = torch.Generator().manual_seed(1)  # negatives; its state is checkpointed (extra state)
+        # negatives: a stream of the run seed; its state is checkpointed (extra state)
+        self.gen = torch.Generator().manual_seed(stream_seed(dims.seed, "crd_negatives"))
         self._z_ready = False
         labels = dims.train_labels
         if hp.crd_negative_pool == "other_class":
@@ -172,12 +177,15 @@ class CRD(Method):
                         self.z[i] = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean()) / distributed.world_size() * self.n
             self._z_ready = True
         keep = None if keep is None else keep.to(index.device)
-        pn, eps = self.k / self.n, 1e-7
+        # the noise probability m / N with m the draws an anchor keeps: all k, or its kept share of a shared draw
+        pn = self.k / self.n if keep is None else keep.sum(1, keepdim=True).to(v_s.dtype) / self.n
+        eps = 1e-7
         # nce_loss(pos / z, exp(c / tau) / z, ...), its negative sum fused (negative_nce: the same values)
         loss = 0
         for i, (pos, c) in enumerate(scores):
             p = pos / self.z[i]
-            loss = loss + -(torch.log(p / (p + pn + eps)) + negative_nce(c, self.z[i], tau, self.k, self.n, keep))
+            pn_pos = pn if keep is None else pn[:, 0]
+            loss = loss + -(torch.log(p / (p + pn_pos + eps)) + negative_nce(c, self.z[i], tau, pn, keep))
         if self.training:
             with torch.no_grad():
                 m = self.hp.crd_momentum

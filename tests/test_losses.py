@@ -370,11 +370,11 @@ def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives, pool):
     for side, bank, v in (("S", bank_t, v_s), ("T", bank_s, v_t)):
         raw[side] = [(np.exp(bank[idx[i]] @ v[i] / tau), np.exp(bank[neg[i]] @ v[i] / tau)) for i in range(B)]
     ref = np.zeros(B)
-    pn = k / n
     for side in ("S", "T"):
         z = np.mean([np.concatenate([[p], ng]) for p, ng in raw[side]]) * n  # fixed on this first batch
         for i, (p, ng) in enumerate(raw[side]):
             p, ng = p / z, ng / z
+            pn = keep[i].sum() / n  # m counts the draws this anchor keeps (all k unless shared draws drop some)
             ref[i] -= np.log(p / (p + pn + 1e-7)) + sum(np.log(pn / (x + pn + 1e-7)) for x in ng[keep[i]])
     np.testing.assert_allclose(terms["crd"].value.detach().numpy(), ref, rtol=1e-9)
     assert terms["crd"].weight == 0.8 and m.ce_weight == 1.0
@@ -424,7 +424,7 @@ def test_crd_fused_negative_term_gives_the_same_numbers_and_gradients(with_keep)
         pn, tau = 300 / 5000, 0.07
         plain = torch.log(pn / (torch.exp(c / tau) / z + pn + 1e-7))
         plain = (plain * keep if keep is not None else plain).sum(1)
-        fused = negative_nce(c, z, tau, 300, 5000, keep)
+        fused = negative_nce(c, z, tau, pn, keep)
         assert torch.equal(plain, fused)
         w = torch.randn(16, generator=g, dtype=dtype)
         (ga,) = torch.autograd.grad((plain * w).sum(), c)
@@ -451,3 +451,36 @@ def test_ccl_step_gives_the_reference_terms_and_gradients():
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         for x, y_ in zip(ga, gb):
             torch.testing.assert_close(y_, x, rtol=tol, atol=tol * float(x.abs().max()))
+
+
+def test_crd_banks_and_negatives_follow_the_run_seed():
+    """Each run seed its own bank initialisation and negative draws; the same seed the same ones."""
+    from benchmark.registry import METHODS
+    cls = METHODS.get("crd")
+
+    def build(seed):
+        return cls(Dims(DS, DT, K, [DS] * 3, train_size=10, train_labels=CRD_LABELS[:10], seed=seed),
+                   cls.Hparams(crd_dim=3, crd_negatives_k=4))
+    a, b, c = build(0), build(0), build(1)
+    assert torch.equal(a.bank_s, b.bank_s) and not torch.equal(a.bank_s, c.bank_s)
+    assert not torch.equal(a.bank_s, a.bank_t)
+    idx = torch.arange(6)
+    assert torch.equal(a.draw_negatives(idx)[0], b.draw_negatives(idx)[0])
+    assert not torch.equal(build(0).draw_negatives(idx)[0], c.draw_negatives(idx)[0])
+
+
+def test_weight_init_and_data_order_draw_from_separate_streams_of_the_seed():
+    from benchmark.method import STREAMS, stream_seed
+    seeds = {(s, name): stream_seed(s, name) for s in range(3) for name in STREAMS}
+    assert len(set(seeds.values())) == len(seeds)  # no two streams of any seed share a seed
+    assert all(v != s for (s, _), v in seeds.items())
+    assert stream_seed(0, "data") == stream_seed(0, "data")
+
+
+def test_the_resume_key_includes_the_code_version(monkeypatch):
+    from benchmark import trainer
+    from benchmark.config import RunConfig
+    from methods.kd import KDHparams
+    a = trainer.run_key(RunConfig(), "kd", KDHparams())
+    monkeypatch.setattr(trainer, "code_version", lambda: "0.0+gdeadbeef")
+    assert trainer.run_key(RunConfig(), "kd", KDHparams()) != a
