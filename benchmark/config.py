@@ -156,7 +156,8 @@ def convert(key: str, raw: str, typ: Any) -> Any:
             raise ValueError
         return t(raw)
     except ValueError:
-        raise UsageError(f"--set {key}={raw}: expected a {t.__name__}") from None
+        want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, t.__name__)
+        raise UsageError(f"--set {key}={raw}: expected {want}") from None
 
 
 def config_fields(task=None) -> dict[str, Any]:

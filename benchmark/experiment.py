@@ -37,10 +37,14 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         doc = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"--config {path}: not valid TOML ({e})") from None
+        import re
+        slip = re.search(r"^\s*\[methods\.([^\]]+)\]", p.read_text(errors="replace"), re.M)
+        hint = f"; one method's hyperparameters go in [method.{slip.group(1)}] (singular)" if slip else ""
+        raise UsageError(f"--config {path}: not valid TOML ({e}){hint}") from None
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+    check_types(path, doc)
     sets, method_sets = [], []
     for k, v in doc.get("set", {}).items():
         sets.append(f"{k}={_text(path, k, v)}")
@@ -51,10 +55,38 @@ def read(path: str | Path) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if k not in ("set", "method")}
     if isinstance(out.get("methods"), list):
         out["methods"] = ",".join(out["methods"])
-    if "plugins" in out and not (isinstance(out["plugins"], list) and all(isinstance(x, str) for x in out["plugins"])):
-        raise UsageError(f"--config {path}: plugins must be a list of module names")
     out["set"], out["method_sets"] = sets, method_sets  # a method's table applies when the method is selected
     return out
+
+
+def _kind(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def check_types(path, doc: dict[str, Any]) -> None:
+    """Each top-level value of the right type, in one line naming the file and the key."""
+    def bad(key: str, want: str, hint: str = "") -> UsageError:
+        return UsageError(f"--config {path}: {key} must be {want}, not {_kind(doc[key])} ({doc[key]!r}){hint}")
+    for k, v in doc.items():
+        if k in ("set", "method"):
+            if not isinstance(v, dict):
+                raise bad(k, f"a table ([{k}])")
+        elif k == "seeds":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad(k, "an integer (seeds = 3)")
+        elif k == "methods":
+            if isinstance(v, dict):
+                first = next(iter(v), "kd")
+                raise bad(k, 'a list of method names or "all"', f"; one method's hyperparameters go in [method.{first}] "
+                          f"(singular), not [methods.{first}]")
+            if not (v == "all" or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+                raise bad(k, 'a list of method names or "all"')
+        elif k == "plugins":
+            if not (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+                raise bad(k, "a list of module names")
+        elif not isinstance(v, str):
+            raise bad(k, 'a string (task = "synthetic")' if k == "task" else "a string")
 
 
 def _text(path, key: str, v: Any) -> str:

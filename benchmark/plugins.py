@@ -20,6 +20,7 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> None:
     if not _builtin_loaded:
         _builtin_loaded = True
         import methods
+        import methods.baseline  # noqa: F401  (first: the reference of every table and the first colour)
         import tasks
         for module in ("benchmark.nets", "benchmark.teachers"):
             importlib.import_module(module)

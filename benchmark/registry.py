@@ -36,7 +36,10 @@ class Registry:
 
     def get(self, name: str) -> Any:
         if name not in self._entries:
-            raise UsageError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+            import difflib
+            near = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.6)
+            hint = ("did you mean " + " or ".join(f"'{x}'" for x in near) + "? ") if near else ""
+            raise UsageError(f"unknown {self.kind} '{name}'; {hint}known: {', '.join(self.names())}")
         return self._entries[name].obj
 
     def names(self) -> list[str]:

@@ -13,13 +13,13 @@ def _assert_refused(res, tmp_path, *needles):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--methods", "pktt"], ["unknown method 'pktt'", "known: baseline"]),
+    (["--methods", "pktt"], ["unknown method 'pktt'; did you mean 'pkt'?", "known: baseline"]),
     (["--task", "imagenet"], ["invalid choice: 'imagenet'", "cifar100"]),
     (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
     (["--student", "vgg"], ["unknown student 'vgg'", "resnet8"]),
     (["--teacher", "bert"], ["invalid choice: 'bert'", "minilm"]),
     (["--set", "margn=0.1"], ["unknown --set key 'margn'", "margin"]),
-    (["--set", "epochs=two"], ["epochs=two: expected a int"]),
+    (["--set", "epochs=two"], ["epochs=two: expected an integer"]),
     (["--set", "feat_dist=l1", "--methods", "ours_feature"], ["feat_dist='l1' is not valid", "l2sq_norm_sum"]),
     (["--set", "schedule=linear"], ["schedule='linear' is not valid"]),
     (["--set", "noequals"], ["--set expects key=value"]),
@@ -90,3 +90,20 @@ def test_an_abbreviated_option_is_refused_with_a_hint(tmp_path):
     res = run_cli_inprocess(["run", "--task", "synthetic", "--methods", "baseline", "--seed", "3"], tmp_path)
     assert res.returncode == 2 and "unrecognized arguments: --seed 3" in res.stderr and "--set seed=VALUE" in res.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("body,needles", [
+    ('seeds = "2"', ["seeds must be an integer", "not a string ('2')"]),
+    ("seeds = 1.5", ["seeds must be an integer", "not a number (1.5)"]),
+    ("methods = 3", ['methods must be a list of method names or "all"', "not an integer (3)"]),
+    ("[methods.kd]\ntemperature = 2.0", ["[method.kd] (singular), not [methods.kd]"]),
+    ('methods = ["kd"]\n[methods.kd]\ntemperature = 2.0', ["not valid TOML", "[method.kd] (singular)"]),
+    ('methods = ["kd"]\n[method.kdd]\ntemperature = 2.0', ["[method.kdd]: unknown method 'kdd'", "did you mean 'kd'"]),
+    ("task = 5", ['task must be a string (task = "synthetic")']),
+])
+def test_experiment_file_slips_are_refused_naming_the_file(tmp_path, body, needles):
+    """Each in one line with the file's name, exit 2, nothing written (no store, no folder)."""
+    exp = tmp_path.parent / f"{tmp_path.name}-exp.toml"
+    exp.write_text('task = "synthetic"\nprofile = "smoke"\n' + body + "\n" if not body.startswith("task") else body + "\n")
+    res = run_cli_inprocess(["run", "--config", str(exp)], tmp_path)
+    _assert_refused(res, tmp_path, str(exp), *needles)

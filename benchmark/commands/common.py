@@ -68,7 +68,7 @@ def prepare(args):
     from benchmark.config import build_config
     task = TASKS.get(args.task)()
     methods = select_methods(args.methods)
-    file_sets = [x for x in getattr(args, "method_sets", []) if x.split(".", 1)[0] in methods]
+    file_sets = method_tables(args, methods)
     cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods, task)
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
     if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
@@ -97,6 +97,25 @@ def prepare(args):
     from benchmark.nets import check_student
     check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
     return task, methods, hp, cfg, data
+
+
+def method_tables(args, methods: list[str]) -> list[str]:
+    """The experiment file's [method.X] entries of the selected methods; a table naming no known method is
+    refused (a typo would otherwise be ignored silently), with the closest names."""
+    entries = getattr(args, "method_sets", [])
+    for name in dict.fromkeys(x.split(".", 1)[0] for x in entries):
+        if name not in METHODS:
+            raise UsageError(f"{args.config} [method.{name}]: unknown method '{name}'{closest(name, METHODS.names())}")
+    return [x for x in entries if x.split(".", 1)[0] in methods]
+
+
+def closest(name: str, known: list[str]) -> str:
+    """'; did you mean 'x'?' for the nearest known names, else the list of known names."""
+    import difflib
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if near:
+        return "; did you mean " + " or ".join(f"'{x}'" for x in near) + "?"
+    return f"; known: {', '.join(known)}"
 
 
 def check_teacher_maps(task, methods: list[str], resolved: list, all_selected: bool) -> list[str]:
