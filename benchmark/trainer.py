@@ -412,8 +412,9 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             if best is None or better(m[sel], best["value"], task.selection_mode):
                 best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
                         "method": copy.deepcopy(ctx.method.state_dict())}
-            _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
-                          "run_id": run_id, "wall_s": wall, "done": False}, ckpt_path, keep_previous=True)
+            _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best, "run_id": run_id,
+                          "method": method_name, "seed": cfg.seed, "wall_s": wall, "done": False}, ckpt_path,
+                         keep_previous=True)
             distributed.barrier()
             if on_epoch is not None:
                 on_epoch(epoch + 1, m)

@@ -172,6 +172,18 @@ def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc_at_best_val"], abs=1e-9)
     bad = run_cli_inprocess(["eval", "--run-id", "0" * 32], tmp_path)
     assert bad.returncode == 2 and "no experiment.toml" in bad.stderr
+    assert "(best-validation weights)" in ev.stdout and "(last epoch)" not in ev.stdout  # --model-uri's weights
+
+
+def test_eval_refuses_another_runs_checkpoint(tmp_path):
+    res = run_cli(["run", "--task", "synthetic", "--methods", "kd,pkt", "--profile", "smoke"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, runs = _runs(tmp_path, "xkd-synthetic")
+    kd = next(r for r in runs if r.data.params["method"] == "kd")
+    (pkt_ckpt,) = (tmp_path / "runs" / "synthetic-smoke" / "checkpoints").glob("pkt-*.pt")
+    bad = run_cli_inprocess(["eval", "--run-id", kd.info.run_id, "--checkpoint", str(pkt_ckpt)], tmp_path)
+    assert bad.returncode == 2 and "is another run's: method pkt (not kd)" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_per_method_settings_target_one_method(tmp_path):

@@ -44,15 +44,33 @@ def cmd_eval(args) -> int:
     if ck is None or "weights" not in ck and "state" not in ck:
         raise UsageError(f"no trained weights at {path} (a run keeps them in --out/checkpoints; a run made before "
                          "this version, or with another --out, needs --checkpoint)")
+    _check_checkpoint(ck, path, methods[0], cfg.seed, args.run_id)
     w = ck.get("weights") or ck["state"]
-    ctx.student.load_state_dict(w["student"]), ctx.method.load_state_dict(w["method"])
-    ctx.task_loss.load_state_dict(w["task_loss"])
+    try:
+        ctx.student.load_state_dict(w["student"]), ctx.method.load_state_dict(w["method"])
+        ctx.task_loss.load_state_dict(w["task_loss"])
+    except (RuntimeError, KeyError) as e:
+        raise UsageError(f"checkpoint {path} does not fit {methods[0]} on {cfg.task} with student {cfg.student}: "
+                         f"{str(e).splitlines()[0]}") from None
     return _report(ctx, task, methods[0], cfg, args.split, path.name)
 
 
-def _report(ctx, task, method: str, cfg, split: str, source: str) -> int:
+def _check_checkpoint(ck: dict, path: Path, method: str, seed: int, run_id: str | None) -> None:
+    """The checkpoint must be this run's: its method, seed and (when named) MLflow run id."""
+    own = ck.get("final") or ck
+    theirs = {"method": own.get("method"), "seed": own.get("seed"), "run id": own.get("run_id")}
+    wanted = {"method": method, "seed": seed, "run id": run_id}
+    wrong = [f"{k} {theirs[k]} (not {wanted[k]})" for k in wanted
+             if wanted[k] is not None and theirs[k] is not None and str(theirs[k]) != str(wanted[k])]
+    if wrong:
+        raise UsageError(f"checkpoint {path} is another run's: {', '.join(wrong)}")
+
+
+def _report(ctx, task, method: str, cfg, split: str, source: str, best_val: bool = False) -> int:
     metrics, _ = ctx.evaluate(split)
-    shown = ", ".join(f"{label} {metrics[k]:.2f}" for k, label in task.summary_metrics if k in metrics)
+    labels = [(k, label.replace("(last epoch)", "(best-validation weights)") if best_val else label)
+              for k, label in task.summary_metrics]
+    shown = ", ".join(f"{label} {metrics[k]:.2f}" for k, label in labels if k in metrics)
     print(f"{method} seed {cfg.seed} on {cfg.task} {split} ({source}): {shown}")
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1, sort_keys=True))
     return 0
@@ -90,7 +108,8 @@ def _eval_model(args, ctx, task, method: str, cfg) -> int:
                              f"({type(e).__name__}); log both with `run --set log_model=true`") from None
         ctx.student.load_state_dict(student.state_dict())
         ctx.method.load_state_dict(torch.load(state, map_location="cpu", weights_only=False)["method"])
-    return _report(ctx, task, method, cfg, args.split, f"{args.model_uri}: the best-validation epoch's weights")
+    return _report(ctx, task, method, cfg, args.split, f"{args.model_uri}: the best-validation epoch's weights",
+                   best_val=True)
 
 
 def _experiment_file(args, tmp: Path) -> str:
