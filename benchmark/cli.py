@@ -115,5 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark.trainer import Terminated
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         done = getattr(locals().get("args"), "interrupted", "stopped before it finished")
+        done = done() if callable(done) else done  # a command may say what exactly was interrupted
         print(f"{what}: {done}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED

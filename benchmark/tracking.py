@@ -94,6 +94,67 @@ def process_alive(owner: str) -> bool | None:
     return True
 
 
+def _schema_state(path: Path) -> tuple[str | None, int]:
+    """(the store's MLflow schema revision or None, its number of runs; -1 when it has no runs table)."""
+    import sqlite3
+    con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        rev = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+        runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else -1
+    finally:
+        con.close()
+    return (rev[0] if rev else None), runs
+
+
+def _forget_engine(db_uri: str) -> None:
+    """Drop MLflow's cached database engine of a URI (its file was moved or replaced): the process's next
+    client opens the file now at that path. Defensive: the cache is MLflow's internal."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+        engine = SqlAlchemyStore._engine_map.pop(db_uri, None)
+    except (ImportError, AttributeError):
+        return
+    if engine is not None:
+        engine.dispose()
+
+
+def ensure_sqlite_store(uri: str, say=print) -> None:
+    """A new sqlite store is built whole in a temporary file beside it and moved into place, so an interrupt
+    during its first creation (MLflow's schema migrations take seconds and are not transactional) leaves no
+    half-made store. One that an older version left half-made (its schema never reached MLflow's head and it
+    holds no run) is moved aside, said in one line, and built anew. Called under store_lock."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    if path.is_file() and path.stat().st_size > 0:
+        from mlflow.store.db.utils import _get_latest_schema_revision
+        rev, runs = _schema_state(path)
+        if rev == _get_latest_schema_revision() or runs > 0:
+            return  # complete (or an older schema holding runs: MLflow's own upgrade path, untouched)
+        aside = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
+        os.replace(path, aside)
+        _forget_engine(uri)
+        say(f"tracking store {path} was left half-created by an interrupted first command (schema {rev or 'none'}, "
+            f"no runs); moved aside to {aside.name} and created anew", flush=True)
+    for stale in path.parent.glob(f".{path.name}.new-*"):  # a creation killed outright (SIGKILL) left this
+        owner = stale.name.split(".new-", 1)[1].split("-", 1)[0]
+        if owner.isdigit() and process_alive(f"{socket.gethostname()}:{owner}") is False:
+            stale.unlink(missing_ok=True)
+    # a name of its own per attempt: MLflow caches a database engine per URI, and a retry in the same process
+    # must not reach the engine of a file deleted by the attempt before
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        import mlflow
+        mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # builds the whole schema
+        _forget_engine(f"sqlite:///{tmp}")
+        os.replace(tmp, path)
+        _forget_engine(uri)
+    finally:
+        _forget_engine(f"sqlite:///{tmp}")
+        tmp.unlink(missing_ok=True)
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         import logging
@@ -105,6 +166,7 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         self.uri = uri
         with store_lock(uri):
+            ensure_sqlite_store(uri)
             self.client = mlflow.MlflowClient(uri)
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(

@@ -204,6 +204,7 @@ def test_sigterm_and_ctrl_c_end_the_run_killed_and_resumable(tmp_path, cifar_dir
     assert proc.returncode == code, err[-2000:]
     lines = [line for line in err.strip().splitlines() if line.strip() and "ep" not in line[:12]]
     assert lines[-1].startswith(word) and "Traceback" not in err, err[-2000:]
+    assert "ccl seed 0 ended KILLED, its last epoch checkpoint kept" in lines[-1], lines[-1]
     (run,) = _train_runs(tmp_path)
     assert run.info.status == "KILLED"
     if sig == signal.SIGINT:

@@ -46,6 +46,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
         for m in methods:
+            args.interrupted = lambda m=m, seed=seed: interrupted_message(out, m, seed, len(results))
             try:
                 r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
             except Diverged as e:  # that run stops (FAILED in MLflow, last good checkpoint kept); the others go on
@@ -75,6 +76,16 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     return 0
 
 
+def interrupted_message(ckpt_dir: Path, method: str, seed: int, finished: int) -> str:
+    """What an interrupt during `run` stopped: the run in progress, whether it has a checkpoint, what is kept."""
+    kept = f"{finished} finished run(s) and their tables kept; " if finished else ""
+    if any((ckpt_dir / "checkpoints").glob(f"{method}-seed{seed}-*.pt")):
+        return (f"{method} seed {seed} ended KILLED, its last epoch checkpoint kept; {kept}rerun the same command "
+                "with --resume to continue")
+    return (f"{method} seed {seed} ended KILLED before its first epoch finished (no checkpoint); {kept}rerun the "
+            "same command (with --resume to skip finished runs)")
+
+
 def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
     """(checkpoint folder, tables folder). With --out both are that folder. Without it, checkpoints go to
     runs/<task>-<profile>/checkpoints (stable, so --resume finds them) and the tables of this invocation to
@@ -98,5 +109,5 @@ def add(sub) -> None:
                    "runs/<task>-<profile>/checkpoints, this invocation's tables in runs/<task>-<profile>/<time>-<pid>, "
                    "linked as .../latest)")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
-    p.set_defaults(fn=cmd_run, interrupted="the current run ended KILLED, its last epoch checkpoint kept; rerun "
-                   "the same command with --resume to continue")
+    p.set_defaults(fn=cmd_run, interrupted="stopped before any run started: nothing was trained, the tracking "
+                   "store (if one was being created) is complete or absent; rerun the same command")

@@ -1,0 +1,78 @@
+"""A new sqlite store is created whole or not at all (issue 29): an interrupt at any step of its first creation
+leaves no store and no temporary file, and the next command creates it; a store that an older version left
+half-made (no runs) is moved aside and created anew instead of failing every later command."""
+import sqlite3
+
+import pytest
+
+from benchmark.tracking import Tracker, ensure_sqlite_store
+
+
+def _interrupt_after(monkeypatch, k: int):
+    """KeyboardInterrupt at the k-th schema operation of MLflow's migrations (k = 0: in the initial create_all)."""
+    import alembic.operations.base as ops
+    import mlflow.store.db.utils as dbu
+    calls = {"n": 0}
+    real_invoke = ops.Operations.invoke
+
+    def invoke(self, operation):
+        calls["n"] += 1
+        if calls["n"] >= k:
+            raise KeyboardInterrupt()
+        return real_invoke(self, operation)
+    monkeypatch.setattr(ops.Operations, "invoke", invoke)
+    if k == 0:
+        monkeypatch.setattr(dbu.InitialBase.metadata, "create_all",
+                            lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+@pytest.mark.parametrize("k", [0, 1, 7, 40])
+def test_an_interrupt_during_first_creation_leaves_nothing_and_the_next_command_creates_it(tmp_path, monkeypatch, k):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, k)
+        with pytest.raises(KeyboardInterrupt):
+            Tracker(uri, "xkd-test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a half-made store or a temporary file was left"
+    t = Tracker(uri, "xkd-test")  # the next command: a complete store
+    run = t.client.create_run(t.experiment_id)
+    t.client.set_terminated(run.info.run_id)
+    assert [r.info.status for r in t.client.search_runs([t.experiment_id])] == ["FINISHED"]
+
+
+def test_a_half_made_store_of_an_older_version_is_moved_aside_and_recreated(tmp_path, monkeypatch, capsys):
+    import mlflow
+    path = tmp_path / "mlflow.db"
+    with monkeypatch.context() as m:  # what older versions did: MLflow's creation in place, interrupted
+        _interrupt_after(m, 7)
+        with pytest.raises(KeyboardInterrupt):
+            mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    assert path.is_file()
+    ensure_sqlite_store(f"sqlite:///{path}")
+    out = capsys.readouterr().out
+    assert "left half-created by an interrupted first command" in out and "moved aside" in out
+    aside = [p for p in tmp_path.iterdir() if ".incomplete-" in p.name]
+    assert len(aside) == 1  # kept, never deleted
+    t = Tracker(f"sqlite:///{path}", "xkd-test")
+    assert t.client.get_experiment_by_name("xkd-test") is not None
+
+
+def test_a_complete_store_with_runs_is_never_moved(tmp_path):
+    path = tmp_path / "mlflow.db"
+    t = Tracker(f"sqlite:///{path}", "xkd-test")
+    t.client.create_run(t.experiment_id)
+    stamp = path.stat().st_mtime_ns
+    ensure_sqlite_store(f"sqlite:///{path}")
+    assert path.stat().st_mtime_ns == stamp and sorted(p.name for p in tmp_path.iterdir() if p.name != "mlruns") == ["mlflow.db"]
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_the_interrupt_message_says_what_was_interrupted(tmp_path):
+    from benchmark.commands.run import interrupted_message
+    msg = interrupted_message(tmp_path, "kd", 1, 0)
+    assert "kd seed 1 ended KILLED before its first epoch finished (no checkpoint)" in msg and "kept" not in msg
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "kd-seed1-abc.pt").write_bytes(b"x")
+    msg = interrupted_message(tmp_path, "kd", 1, 2)
+    assert "its last epoch checkpoint kept" in msg and "2 finished run(s) and their tables kept" in msg
