@@ -173,7 +173,27 @@ def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
                      + " in this store.")
     for n in left_out:
         lines.append(f"Note: {n}.")
+    forms = form_note(pool)
+    if forms:
+        lines.append(forms)
     return "\n".join(lines) + "\n"
+
+
+def form_note(pool: pd.DataFrame) -> str:
+    """Which form each method with a published map form and a vector adaptation ran in (its `*_form` run
+    parameter): a row is the published method only in its map form."""
+    cols = [c for c in pool.columns if c.startswith("params.") and c.endswith("_form") and not c.startswith("params.hp.")]
+    found = []
+    for c in sorted(cols):
+        method = c.removeprefix("params.").removesuffix("_form")
+        vals = sorted(pool.loc[pool["params.method"] == method, c].dropna().astype(str).unique())
+        if vals:
+            found.append(f"{method}: {'/'.join(vals)}")
+    if not found:
+        return ""
+    return ("Form of the methods that have a published map form and a vector adaptation, as these runs record it "
+            f"(`*_form`): {'; '.join(found)}. `maps` is the published method (comparable with a published row); "
+            "`vector` is the adaptation to a teacher embedding.")
 
 
 def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str | Paired:
