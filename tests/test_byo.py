@@ -225,7 +225,8 @@ def test_command_line_guard_rails(tmp_path):
         for a in p._actions:
             assert a.help, f"{name} {a.option_strings or a.dest} has no help"
     messages = {name: p.get_default("interrupted") or "" for name, p in sub.items()}
-    assert "--resume" in messages["run"] and all("--resume" not in messages[n] for n in ("report", "study", "data"))
+    # run's message before any run starts; once one runs, it names that run and whether --resume continues it
+    assert "rerun the same command" in messages["run"] and all("--resume" not in messages[n] for n in ("report", "study", "data"))
 
 
 def test_a_run_logs_only_its_own_tasks_fields(tmp_path):
