@@ -52,7 +52,7 @@ TABLES = [
     TableSpec("table09", "Table 9: Tiny-ImageNet top-1 accuracy (%; the paper column is its ResNet34, ours the student named in each column block)", "table09_tinyimagenet_accuracy_r34.csv",
               "tinyimagenet", ["acc_pct"], [("top-1", "test_top1")], paired="test_top1"),
     TableSpec("kd_cifar100", "Same-modality control: CIFAR-100, image teacher -> image student (published: resnet32x4 -> "
-              "resnet8x4, 240 epochs; RepDistiller and mdistiller READMEs)", "kd_cifar100_resnet32x4_resnet8x4.csv",
+              "resnet8x4, 240 epochs; RepDistiller, mdistiller and ICKD READMEs)", "kd_cifar100_resnet32x4_resnet8x4.csv",
               "cifar100-kd", ["acc_pct"], [("top-1 (last ep)", "test_top1"), ("top-1 (best-val ep)", "test_top1_at_best_val")],
               paired="test_top1"),
     TableSpec("table10", "Table 10: ablation of alpha, CIFAR-100 (%)", "table10_cifar100_ablation_alpha_r34.csv", "cifar100",
