@@ -102,3 +102,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def vector_teacher_methods() -> list[str]:
+    """Every registered method that runs against a teacher without stage maps (text, faces, vectors): what
+    `--methods all` selects on such a task (the map-only ones, such as `at`, are left out with a line)."""
+    from benchmark.registry import METHODS
+    return [m for m in METHODS.names() if not METHODS.get(m).needs_teacher_maps(METHODS.get(m).Hparams())]
