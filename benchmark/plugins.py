@@ -40,7 +40,18 @@ def _import(name: str, how: str) -> None:
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as e:
-        raise UsageError(f"{how} {name}: cannot import it ({e}); is its package installed or on PYTHONPATH?") from None
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise UsageError(f"{how} {name}: cannot import it ({e}); is its package installed or on PYTHONPATH?") from None
+        raise UsageError(f"{how} {name}: importing it failed: {e} (a module it imports is missing)") from None
+    except SyntaxError as e:
+        raise UsageError(f"{how} {name}: syntax error in {e.filename}, line {e.lineno}: {e.msg}") from None
+    except UsageError as e:
+        raise UsageError(f"{how} {name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the plugin's own code raised while being imported
+        import traceback
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise UsageError(f"{how} {name}: importing it raised {type(e).__name__}: {e} ({where.filename}, line "
+                         f"{where.lineno}); run with --debug for the traceback") from e
     _external.append(name)
 
 

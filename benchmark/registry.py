@@ -31,7 +31,9 @@ class Registry:
 
     def add(self, name: str, obj: Any, description: str) -> None:
         if name in self._entries:
-            raise KeyError(f"{self.kind} '{name}' registered twice")
+            owner = getattr(self._entries[name].obj, "__module__", "?")
+            raise UsageError(f"{self.kind} '{name}' is registered already (by {owner}); a plugin must choose "
+                             "another name")
         self._entries[name] = Entry(name, obj, description)
 
     def get(self, name: str) -> Any:

@@ -72,20 +72,31 @@ def to_markdown(table: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
     return shown.to_markdown(index=False)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_atomic(path: Path, content) -> None:
+    """Write a file whole or not at all: `content` (text, or a function writing to the path it is given) goes
+    to a temporary name of this process's own beside it, then replaces the file; on any failure (a full disk)
+    the temporary file is removed and the error goes on."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{os.urandom(3).hex()}")
+    try:
+        if callable(content):
+            content(tmp)
+        else:
+            tmp.write_text(content)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 
 
 def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str]]) -> pd.DataFrame:
     table = summarise(results, columns)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "runs.csv", pd.DataFrame(results).to_csv(index=False))
-    _write_atomic(out_dir / "results.csv", table.to_csv(index=False))
+    write_atomic(out_dir / "runs.csv", pd.DataFrame(results).to_csv(index=False))
+    write_atomic(out_dir / "results.csv", table.to_csv(index=False))
     records = json.loads(table.to_json(orient="records"))  # NaN -> null
-    _write_atomic(out_dir / "results.json", json.dumps({"metrics": dict(columns), "methods": records}, indent=1))
-    _write_atomic(out_dir / "results.md", to_markdown(table, columns) + "\n" + NOTE)
+    write_atomic(out_dir / "results.json", json.dumps({"metrics": dict(columns), "methods": records}, indent=1))
+    write_atomic(out_dir / "results.md", to_markdown(table, columns) + "\n" + NOTE)
     return table
 
 

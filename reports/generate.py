@@ -8,7 +8,6 @@ CI bounds, p, p_Holm per method configuration), studies.csv (every study value a
 (every param and metric of each run, so each footnoted run id can be looked up without the store)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +164,5 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from benchmark.results import write_atomic
+    write_atomic(path, text)

@@ -55,9 +55,8 @@ def history(tracking_uri: str, run_id: str, metric: str) -> pd.Series:
 def export(runs: pd.DataFrame, path: Path) -> None:
     """Every param, metric and xkd tag of each run: the store's content a reader needs to check each cell."""
     cols = ["run_id"] + sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))
-    tmp = path.with_name(f".{path.name}.tmp")
-    (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False)
-    tmp.replace(path)
+    from benchmark.results import write_atomic
+    write_atomic(path, lambda tmp: (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False))
 
 
 def task_info(name: str):

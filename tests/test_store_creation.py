@@ -76,3 +76,24 @@ def test_the_interrupt_message_says_what_was_interrupted(tmp_path):
     (tmp_path / "checkpoints" / "kd-seed1-abc.pt").write_bytes(b"x")
     msg = interrupted_message(tmp_path, "kd", 1, 2)
     assert "its last epoch checkpoint kept" in msg and "2 finished run(s) and their tables kept" in msg
+
+
+def test_tables_are_written_whole_or_not_at_all_under_names_of_their_own(tmp_path, monkeypatch):
+    """A failing write (a full disk) leaves the old file and no temporary file; two writers never share a
+    temporary name (two `report`s into one --out raced on `.runs.csv.tmp`)."""
+    import errno
+
+    from benchmark.results import write_atomic
+    target = tmp_path / "runs.csv"
+    write_atomic(target, "old\n")
+
+    def full(tmp):
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, full)
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]
+    names = set()
+    monkeypatch.setattr("os.replace", lambda a, b: names.add(a.name))
+    write_atomic(target, "a"), write_atomic(target, "b")
+    assert len(names) == 2
