@@ -45,8 +45,9 @@ class Method(nn.Module):
     @classmethod
     def needs_teacher_maps(cls, hp: Hparams) -> bool:
         """True when these hyperparameters need the teacher's stage maps: such a method is refused before any
-        run on a task whose teacher has none (Task.teacher_maps)."""
-        return False
+        run on a task whose teacher has none (Task.teacher_maps). By default: its `<name>_form` field
+        (form_field) asks for `maps`; a method that always needs maps overrides this."""
+        return getattr(hp, f"{getattr(cls, 'name', '')}_form", None) == "maps"
 
     def __init__(self, dims: Dims, hp: Hparams):
         super().__init__()

@@ -15,8 +15,8 @@ draws outside its pool (itself, or its class) from its own sum:
 
 Z_S and Z_T are fixed on the first batch as mean(s) * N (RepDistiller) and kept. After each step the
 banks move towards the batch: M[i] <- normalise(0.5 M[i] + 0.5 v(i)) (momentum 0.5). Banks start uniform in
-[-a, a], a = 1/sqrt(128/3), drawn from a stream of the run seed (as are the negatives). Everything that carries across steps (banks, Z, negative-sampling generator) is
-module state, so --resume continues exactly. m = min(16384, N - 1).
+[-a, a], a = 1/sqrt(128/3), drawn from a stream of the run seed (as are the negatives). Everything that
+carries across steps (banks, Z, negative-sampling generator) is module state, so --resume continues exactly. m = min(16384, N - 1).
 Why the anchor is never its own negative: with uniform draws a sample is among its own m negatives with
 probability 1 - (1 - 1/N)^m (0.31 for N = 45,000, m = 16384), and a self-negative pushes the positive
 pair apart more than the positive term pulls it together, so positive pairs stop aligning.
@@ -41,13 +41,11 @@ def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.T
     [B, m] drops the negatives outside an anchor's pool from its sum, and then m counts the kept draws of each
     anchor. (The training step computes the same numbers through `negative_nce`, fused; this plain form is the
     definition the tests compare it with.)"""
-    pn = m / n if keep is None else keep.sum(1).to(pos.dtype) / n
-    if keep is not None:
-        return -(torch.log(pos / (pos + pn + eps)) + (torch.log(pn[:, None] / (neg + pn[:, None] + eps)) * keep).sum(1))
-    neg_term = torch.log(pn / (neg + pn + eps))
-    if keep is not None:
-        neg_term = neg_term * keep
-    return -(torch.log(pos / (pos + pn + eps)) + neg_term.sum(1))
+    if keep is None:
+        pn = m / n
+        return -(torch.log(pos / (pos + pn + eps)) + torch.log(pn / (neg + pn + eps)).sum(1))
+    pn = keep.sum(1).to(pos.dtype) / n
+    return -(torch.log(pos / (pos + pn + eps)) + (torch.log(pn[:, None] / (neg + pn[:, None] + eps)) * keep).sum(1))
 
 
 class NegativeNCE(torch.autograd.Function):

@@ -51,10 +51,6 @@ class FitNet(Method):
     Hparams = FitNetHparams
     search_space = {"fitnet_weight": ("log", 1.0, 1000.0)}
 
-    @classmethod
-    def needs_teacher_maps(cls, hp):
-        return hp.fitnet_form == "maps"
-
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("fitnet", hp.fitnet_form, dims)

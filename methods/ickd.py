@@ -56,10 +56,6 @@ class ICKD(Method):
     Hparams = ICKDHparams
     search_space = {"ickd_weight": ("log", 0.1, 10.0)}
 
-    @classmethod
-    def needs_teacher_maps(cls, hp):
-        return hp.ickd_form == "maps"
-
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("ickd", hp.ickd_form, dims)

@@ -36,10 +36,6 @@ class SP(Method):
     Hparams = SPHparams
     search_space = {"sp_weight": ("log", 100.0, 1e4)}
 
-    @classmethod
-    def needs_teacher_maps(cls, hp):
-        return hp.sp_form == "maps"
-
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("sp", hp.sp_form, dims)
