@@ -42,6 +42,12 @@ class RunConfig:
     eval_batch_size: int = bounded(500, 1, None)
     # teacher-side options recorded with every run
     teacher_logits: str = "zeroshot"  # zeroshot | probe (A11 in methods/README.md) | own (a trained teacher's classifier)
+    # a negative control in place of the real teacher (docs/methods.md): random = the same architecture untrained
+    # (seeded by teacher_seed; cifar100-kd, synthetic); shuffled = each training sample gets another sample's
+    # teacher outputs (a permutation of the training set fixed per run seed; every task)
+    teacher_control: str = choice("none", "random", "shuffled", help="none: the real teacher; random: the same "
+                                  "teacher architecture untrained; shuffled: each training sample gets another "
+                                  "sample's teacher outputs (a permutation fixed per seed)")
     zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)

@@ -100,12 +100,13 @@ class Method(nn.Module):
 
 
 # Named random streams of one run seed: numpy SeedSequence children, so that no two share numbers.
-STREAMS = {"init": 0, "data": 1, "crd_bank": 2, "crd_negatives": 3}
+STREAMS = {"init": 0, "data": 1, "crd_bank": 2, "crd_negatives": 3, "teacher_shuffle": 4, "teacher_shuffle_augment": 5,
+           "random_teacher": 6}
 
 
 def stream_seed(seed: int, stream: str) -> int:
     """An independent seed for one named random stream of the run seed `seed` (the weight initialisation, the
-    data order and augmentation, CRD's memory banks and its negatives)."""
+    data order and augmentation, CRD's memory banks and its negatives, the teacher controls)."""
     state = np.random.SeedSequence(seed, spawn_key=(STREAMS[stream],)).generate_state(1, np.uint64)[0]
     return int(state & np.uint64(2 ** 63 - 1))
 

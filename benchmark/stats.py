@@ -41,6 +41,7 @@ class Paired:
     n: int
     p: float = math.nan        # two-sided paired t-test against zero (nan: n < 2 or no spread)
     p_adj: float | None = None  # Holm-adjusted within its family (None: not adjusted)
+    sd: float = math.nan       # sample SD of the paired differences (power, benchmark.stats.mde)
 
     @property
     def no_spread(self) -> bool:
@@ -113,4 +114,67 @@ def paired_difference(method: pd.Series, baseline: pd.Series) -> Paired | None:
         return Paired(float(d.mean()), float(d.mean()), float(d.mean()), len(d))
     half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
     p = float(2 * stats.t.sf(abs(float(d.mean())) / (sd / math.sqrt(len(d))), len(d) - 1))
-    return Paired(float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d), p)
+    return Paired(float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d), p, sd=sd)
+
+
+# Power of the two-sided paired t-test (one sample of n differences, SD sd): under an effect delta the
+# statistic follows a noncentral t with n - 1 degrees of freedom and noncentrality delta * sqrt(n) / sd.
+POWER = 0.8
+
+
+def paired_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """The probability that a two-sided paired t-test at level alpha rejects under a true mean difference delta."""
+    from scipy import stats
+    if n < 2 or not sd > 0:
+        return math.nan
+    df, nc = n - 1, abs(delta) * math.sqrt(n) / sd
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The minimum detectable paired effect: the smallest |delta| the test finds with the given power (nan
+    without an SD or with n < 2)."""
+    from scipy import optimize
+    if n < 2 or not sd > 0:
+        return math.nan
+    hi = sd
+    while paired_power(hi, sd, n, alpha) < power:
+        hi *= 2
+    return float(optimize.brentq(lambda d: paired_power(d, sd, n, alpha) - power, 0.0, hi, xtol=1e-10 * sd))
+
+
+def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, power: float = POWER, limit: int = 10000) -> float:
+    """The fewest seeds (paired differences) for which the test finds delta with the given power (nan
+    without an SD or an effect; inf beyond `limit`)."""
+    if not sd > 0 or not abs(delta) > 0:
+        return math.nan
+    n = 2
+    while paired_power(delta, sd, n, alpha) < power:
+        n += 1
+        if n > limit:
+            return math.inf
+    return n
+
+
+def pooled_sd(comparisons: list["Paired | None"]) -> tuple[float, int]:
+    """The root mean square of the comparisons' paired SDs and the smallest n among them (a table's
+    typical spread of a difference; nan, 0 without one)."""
+    sds = [(c.sd, c.n) for c in comparisons if c is not None and c.n >= 2 and c.sd > 0]
+    if not sds:
+        return math.nan, 0
+    return math.sqrt(sum(s * s for s, _ in sds) / len(sds)), min(n for _, n in sds)
+
+
+def power_line(comparisons: list["Paired | None"], family: int, effect: float = 1.0) -> str:
+    """One sentence: what the table could detect (80% power) at alpha and at Holm's strictest step
+    alpha/m, and the seeds a paired effect of `effect` points would need at alpha."""
+    sd, n = pooled_sd(comparisons)
+    if n < 2:
+        return "Power: not computable (fewer than two paired seeds, or no spread)."
+    need = seeds_needed(effect, sd)
+    strict = f"; at Holm's strictest step (α/{family} = {ALPHA / family:.3g}) {mde(sd, n, ALPHA / family):.2f}" \
+        if family > 1 else ""
+    return (f"Power: with n = {n} seeds and a paired SD of {sd:.2f} points (root mean square over the table's "
+            f"comparisons), the minimum detectable paired effect at 80% power is {mde(sd, n):.2f} points at "
+            f"α = {ALPHA}{strict}; a {effect:g}-point effect would need {need:.0f} seeds at α = {ALPHA}.")

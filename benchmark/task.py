@@ -64,6 +64,23 @@ class TaskData:
         return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class Primary:
+    """A task's pre-registered primary comparison: `method` with the hyperparameters `hparams` against the
+    baseline, in the settings whose run parameters include `setting` (all of them when empty). It is tested
+    alone at 0.05 and reported apart from the exploratory family (which keeps Holm); `declared` says when
+    and before which tables it was fixed, so that a reader can see it never moved after a look."""
+    method: str
+    hparams: tuple[tuple[str, Any], ...] = ()
+    setting: tuple[tuple[str, Any], ...] = ()
+    declared: str = ""
+
+    @property
+    def label(self) -> str:
+        hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.hparams)
+        return f"{self.method}" + (f" ({hp})" if hp else "") + " vs baseline"
+
+
 class Task:
     """Subclasses: name, profiles {profile: RunConfig values} with a note each, the method defaults they
     set (hparam_defaults), and the methods below. A task's module states all of its defaults in one place."""
@@ -79,6 +96,12 @@ class Task:
     # True when the task's teacher gives its stage maps in the loop (TeacherOut.maps): methods that need them
     # (at; fitnet/sp/ickd with *_form=maps) are refused before any run on a task without them
     teacher_maps: bool = False
+    # the negative controls this task's teachers can stand in for (RunConfig.teacher_control): every task can give
+    # each training sample another sample's teacher outputs; `random` needs a teacher with an untrained form
+    teacher_controls: tuple[str, ...] = ("shuffled",)
+    # the comparison declared before the task's tables are run (Primary, above), tested alone at 0.05 and
+    # reported apart from the exploratory family; None: every comparison is exploratory
+    primary: Primary | None = None
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table

@@ -152,6 +152,15 @@ class Context:
         self.train_split, self.data_on_device = self._resident(data.train)
         self.train_y = data.train.y.to(self.device)
         self.train_key = data.train.key.to(self.device)
+        # the shuffled-teacher control: training sample i is given the teacher's outputs for sample shuffle[i]
+        # (a permutation of the training set fixed per run seed, drawn from a stream of its own; the teacher's
+        # outputs for evaluation are its own rows'); a live teacher sees sample shuffle[i]'s input, augmented
+        # with a generator of its own so that the student's data stream is the real-teacher run's
+        self.shuffle = self.shuffle_gen = None
+        if cfg.teacher_control == "shuffled":
+            g = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle"))
+            self.shuffle = torch.randperm(len(data.train.y), generator=g).to(self.device)
+            self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
         """(C, H, W) of the student's stage maps for one un-augmented training input (eval mode, no gradients:
@@ -197,10 +206,15 @@ class Context:
         if tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
             teacher = TeacherOut()
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
+            x_t = x if self.shuffle is None else self.task.augment(
+                self.task.train_inputs(self.train_split, self.shuffle[idx_d].cpu(), self.shuffle_gen, cfg)
+                .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
             with torch.no_grad(), self.autocast():
-                emb_t, logits_t, maps_t = tables.live(x)
+                emb_t, logits_t, maps_t = tables.live(x_t)
             teacher = TeacherOut(emb_t.float(), logits_t.float(), maps_t if "maps" in self.teacher_reads else None)
         else:
+            if self.shuffle is not None:
+                key = self.train_key[self.shuffle[idx_d]]
             teacher = TeacherOut(tables.embedding[key, variant],
                                  None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():

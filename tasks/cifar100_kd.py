@@ -22,10 +22,23 @@ import torch
 from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
-from benchmark.task import Split, TaskData
+from benchmark.task import Primary, Split, TaskData
 from tasks.cifar100 import Cifar100
 
 IMAGE_TEACHERS = ("img-trained", "img-checkpoint")
+
+
+def random_teacher(arch: str, seed: int, num_classes: int):
+    """The random-teacher control: `arch` at its initialisation from the seed (teacher_seed), never trained,
+    frozen like a trained teacher (BatchNorm at its initial running statistics)."""
+    from benchmark.method import stream_seed
+    from benchmark.teachers.image import ImageTeacher, build_arch
+    with torch.random.fork_rng():
+        torch.manual_seed(stream_seed(seed, "random_teacher"))
+        net = build_arch(arch, num_classes)
+    if getattr(net, "channels_last", False):
+        net = net.to(memory_format=torch.channels_last)
+    return ImageTeacher(net), f"random-init/{arch}/seed{seed}"
 
 
 def by_row(data: TaskData) -> TaskData:
@@ -41,13 +54,17 @@ def by_row(data: TaskData) -> TaskData:
                                 "distilled into a smaller image student; the positive control")
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
+    teacher_controls = ("random", "shuffled")  # random: teacher_arch at its seeded initialisation, untrained
+    primary = Primary("kd", (("temperature", 4.0),), declared="2026-12-03, at the reference temperature, before "
+                      "the 4-epoch quick tables were run")
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"
     profile_notes = {
         "smoke": "seconds: a ResNet8-w16 teacher trained 1 epoch on 4% of each class, the same for the student",
         "quick": "CPU: ResNet8 teacher (0.3M) trained once, 6 epochs on the whole training split (about 15 min on "
-                 "2 cores, cached); ResNet8-w16 student on a fifth of each class, 2 epochs (measured: 17 s a "
-                 "baseline run, which runs no teacher; 27-36 s a run of a method that reads the teacher)",
+                 "2 cores, cached); the student budget of cifar100:quick (ResNet8-w16, the whole training split, "
+                 "4 epochs), so that the image and the text teacher compare at equal cost (docs/tasks.md: the rule "
+                 "and the measured time of a run)",
         "paper": "RepDistiller/mdistiller's recipe on a GPU: resnet32x4 teacher -> resnet8x4 student, 240 epochs, "
                  "batch 64, SGD lr 0.05 x0.1 at 150/180/210, wd 5e-4 (teacher trained with the same recipe)"}
     _common = dict(teacher="img-trained", teacher_logits="own")
@@ -56,20 +73,13 @@ class Cifar100KD(Cifar100):
                       teacher_data_fraction=0.04, epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
                       val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
         "quick": dict(_common, student="resnet8_w16", teacher_arch="resnet8", teacher_epochs=6, teacher_lr=0.1,
-                      teacher_data_fraction=1.0, epochs=2, batch_size=128, lr=0.1, data_fraction=0.2,
+                      teacher_data_fraction=1.0, epochs=4, batch_size=128, lr=0.1, data_fraction=1.0,
                       schedule="onecycle", weight_decay=5e-4, nesterov=True),
         "paper": dict(_common, student="resnet8x4", teacher_arch="resnet32x4", teacher_epochs=240, teacher_lr=0.05,
                       teacher_data_fraction=1.0, epochs=240, batch_size=64, lr=0.05, momentum=0.9,
                       weight_decay=5e-4, schedule="multistep", lr_milestones="150,180,210", lr_gamma=0.1,
                       val_fraction=0.1),
     }
-
-    def hparam_defaults(self, cfg):
-        # KD's temperature on the CPU track: T = 1, selected on validation (study over T = 1, 2, 4 with 3 seeds:
-        # 11.57 / 11.49 / 10.62 mean best val top-1); a briefly trained teacher's logits are flat already.
-        # The paper profile keeps the reference T = 4 (teachers trained 240 epochs).
-        extra = {"kd.temperature": 1.0} if cfg.profile in ("smoke", "quick") else {}
-        return {**super().hparam_defaults(cfg), **extra}
 
     def load(self, cfg) -> TaskData:
         return by_row(super().load(cfg))
@@ -81,7 +91,9 @@ class Cifar100KD(Cifar100):
         if cfg.teacher_logits != "own":
             raise UsageError(f"{self.name}: teacher_logits must be 'own' (the image teacher's classifier)")
         params = {"teacher_in_loop": True, "teacher_arch": cfg.teacher_arch}
-        if cfg.teacher == "img-trained":
+        if cfg.teacher_control == "random":  # the negative control: the same architecture, untrained
+            teacher, tid = random_teacher(cfg.teacher_arch, cfg.teacher_seed, data.num_classes)
+        elif cfg.teacher == "img-trained":
             if cfg.teacher_arch not in STUDENTS:
                 raise UsageError(f"img-trained trains a registry architecture ({', '.join(STUDENTS.names())}); "
                                  f"'{cfg.teacher_arch}' can serve through img-checkpoint")

@@ -57,6 +57,8 @@ def _load(path: Path) -> dict[str, np.ndarray]:
                           "inputs); top-1 and matching")
 class Paired(Synthetic):
     name = "paired"
+    primary = None  # your data: no comparison is declared for you
+    teacher_controls = ("shuffled",)  # precomputed embeddings have no untrained form
     data_folder = None
     profile_notes = {"smoke": "seconds per method: 3 epochs, MLP student on vectors (tests)",
                      "quick": "20 epochs, MLP student on vectors"}

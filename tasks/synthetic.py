@@ -16,7 +16,7 @@ from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from benchmark.task import Split, Task, TaskData
+from benchmark.task import Primary, Split, Task, TaskData
 from tasks.synthetic_data import Generator, SyntheticSpec, child
 
 
@@ -58,6 +58,8 @@ def seed_label(ss: np.random.SeedSequence) -> str:
                              "MLP teacher and student, CPU minutes")
 class Synthetic(Task):
     name = "synthetic"
+    teacher_controls = ("random", "shuffled")  # random: the MLP teacher at its initialisation, untrained
+    primary = Primary("kd", setting=(("synth_gamma", 1.0),), declared="2026-12-03, before the tables at this commit were run")
     profile_notes = {"smoke": "seconds per method: 20 per class, 3 epochs (tests, CI)",
                      "quick": "100 per class, 8 epochs (validation accuracy still rising at the end), MLP student: all 14 methods x 5 seeds in a few minutes"}
     profiles = {
@@ -100,7 +102,8 @@ class Synthetic(Task):
         if cfg.teacher_logits != "own":
             raise UsageError("synthetic: teacher_logits must be 'own' (the trained teacher's classifier)")
         labels = data.pretrain_y  # the teacher learns from its own draw only, never from the student's rows
-        teacher = build_teacher(cfg.teacher, TeacherOptions(train_labels=tuple(int(v) for v in labels)))
+        teacher = build_teacher(cfg.teacher, TeacherOptions(train_labels=tuple(int(v) for v in labels),
+                                                            untrained=cfg.teacher_control == "random"))
         n_pre = len(labels)
         rows = list(data.pretrain_x.numpy()) + list(data.teacher_x.numpy())
         out, key = cache.embeddings(teacher, rows, extra={"train_labels": labels.tolist()})

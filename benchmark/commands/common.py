@@ -75,6 +75,11 @@ def prepare(args):
         from benchmark.datasets import data_root
         flags["data_dir"] = str(data_root() / task.data_folder)
     cfg = build_config(task, args.profile, flags, cfg_sets)
+    if cfg.teacher_control != "none" and cfg.teacher_control not in task.teacher_controls:
+        having = ", ".join(n for n in TASKS.names() if cfg.teacher_control in TASKS.get(n).teacher_controls)
+        raise UsageError(f"teacher_control={cfg.teacher_control}: the teacher of task '{task.name}' has no such "
+                         f"control (its controls: {', '.join(task.teacher_controls)}; tasks with "
+                         f"{cfg.teacher_control}: {having or 'none'})")
     from benchmark.nets import student_builder
     student_builder(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.trainer import resolve_device, resolve_hparams

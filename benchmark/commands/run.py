@@ -37,7 +37,8 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         distributed.shard(cfg.batch_size)  # divisible, checked before any run starts
         say(f"distributed: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} "
             f"samples each of every global batch of {cfg.batch_size}", flush=True)
-    say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id} | "
+    control = "" if cfg.teacher_control == "none" else f" (negative control: teacher_control={cfg.teacher_control})"
+    say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id}{control} | "
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
         flush=True)
     # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind

@@ -18,6 +18,7 @@ class TeacherOptions:
     """What a run may tell a teacher: a checkpoint file, and the training identities (weak face teacher)."""
     checkpoint: str = ""
     train_labels: tuple[int, ...] = field(default_factory=tuple)
+    untrained: bool = False  # the negative control teacher_control=random: the architecture at its seeded init
 
 
 def build_teacher(name: str, options: TeacherOptions | None = None) -> Any:

@@ -23,6 +23,9 @@ class MLPTeacher:
 
     def __init__(self, options=None):
         self.labels = (np.asarray(options.train_labels) if options is not None and len(options.train_labels) else None)
+        self.untrained = bool(options is not None and options.untrained)
+        if self.untrained:  # the random-teacher control: the same MLP at its seeded initialisation, never trained
+            self.id = "mlp-teacher/128-64/untrained/seed0"
 
     def encode(self, inputs: list) -> torch.Tensor:
         if self.labels is None:
@@ -40,7 +43,7 @@ class MLPTeacher:
         n_val = int(round(self.holdout * n)) if n >= 20 else 0
         val, fit = perm[:n_val], perm[n_val:]
         best, best_acc = None, -1.0
-        for _ in range(self.epochs):
+        for _ in range(0 if self.untrained else self.epochs):
             body.train()
             with torch.enable_grad():  # the teacher cache calls encode() under no_grad
                 for idx in fit[torch.randperm(len(fit), generator=g)].split(self.batch_size):
