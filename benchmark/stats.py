@@ -129,7 +129,8 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float
         return math.nan
     df, nc = n - 1, abs(delta) * math.sqrt(n) / sd
     crit = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    return power if power == power else float(nc > crit)  # scipy's nct gives nan far in the tails: 0 or 1 there
 
 
 def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from reports import figures
 from reports.grouping import configurations, off_profile, setting_labels, with_keys
+from reports.controls import control_tables, split_controls
 from reports.leaderboard import leaderboards
 from reports.markdown import Footnotes
 from reports.paper import fig_ablations, has_runs, header_section, select_pool, table_section
@@ -123,11 +124,17 @@ def paper_tables(runs: pd.DataFrame, notes: Footnotes, with_paper: bool) -> tupl
 
 
 def build_report(tracking_uri: str, out: Path, experiment: str | None = None, with_paper: bool = False) -> Path:
-    runs = load_runs(tracking_uri, experiment)
-    require_runs(runs, tracking_uri, experiment)  # nothing is written for a store without finished runs
-    out.mkdir(parents=True, exist_ok=True)
+    everything = load_runs(tracking_uri, experiment)
+    require_runs(everything, tracking_uri, experiment)  # nothing is written for a store without finished runs
     notes = Footnotes()
+    runs, _ = split_controls(everything)  # runs with a control teacher appear in their own section only
+    if runs.empty:
+        from benchmark.registry import UsageError
+        raise UsageError(f"every finished run in {tracking_uri} used a control teacher (teacher_control); a report "
+                         "compares them with runs of the real teacher (the baseline at least): run those first")
+    out.mkdir(parents=True, exist_ok=True)
     board, board_records, forest_figs = leaderboards(runs, out, notes)
+    control_md, control_records = control_tables(everything, notes)
     study_md, study_records, _ = studies(runs, out, notes)
     sweeps, sweep_figs = synthetic_sweeps(runs, out)
     paper_md, skipped = paper_tables(runs, notes, with_paper)
@@ -135,12 +142,16 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
     figs += fig_ablations(runs, out, with_paper)
     parts = ["# Cross-modal distillation benchmark: report", "",
              f"Rebuilt from the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
-             + f": {len(runs)} finished training runs of {runs['params.task'].nunique()} task(s) "
+             + f": {len(everything)} finished training runs"
+             + (f" ({len(everything) - len(runs)} of them with a control teacher)" if len(everything) > len(runs) else "")
+             + f" of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
              "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
              INTRO, "", "## Leaderboards", "",
              "Per task and setting (the most populated first), sorted by the primary metric; the forest plot under "
              "each shows every Δ with its CI.", "", board]
+    if control_md:
+        parts += ["## Negative controls: knowledge of the teacher, or regularisation?", "", control_md]
     if study_md:
         parts += ["## Studies", "", study_md]
     if sweeps:
@@ -157,7 +168,9 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
     _write(out / "report.csv", pd.DataFrame(board_records).to_csv(index=False))
     if study_records:
         _write(out / "studies.csv", pd.DataFrame(study_records).to_csv(index=False))
-    export(runs, out / "runs.csv")
+    if control_records:
+        _write(out / "controls.csv", pd.DataFrame(control_records).to_csv(index=False))
+    export(everything, out / "runs.csv")
     report = out / "report.md"
     _write(report, "\n".join(parts) + "\n")
     return report

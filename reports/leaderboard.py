@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.stats import comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed, summary
+from benchmark.stats import (ALPHA, comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed,
+                             power_line, seeds_needed, summary)
 from reports import figures
 from reports.grouping import baseline_of, configurations, setting_labels, with_keys
 from reports.markdown import Footnotes, slug, table
@@ -65,7 +66,12 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         s = {m: summary(per_seed(g[f"metrics.{m}"], g["params.seed"])) for m, _ in metrics}
         p = paired_difference(per_seed(g[col], g["params.seed"]), b) if b is not None and method != BASELINE else None
         rows.append((row_label, method, g, s, p))
-    holm([r[4] for r in rows])
+    prim = primary_row(task, rows)
+    family = [r[4] for i, r in enumerate(rows) if i != prim and r[4] is not None]
+    holm(family)  # the exploratory family; the pre-registered primary comparison is tested alone
+    verdict = _verdict(task, rows, prim, family, primary_label)
+    if prim is not None:
+        rows[prim] = (rows[prim][0] + " — primary (pre-registered)", *rows[prim][1:])
     lower = lower_is_better(task)
     rows.sort(key=lambda r: (pd.isna(r[3][primary]["mean"]), r[3][primary]["mean"] * (1 if lower else -1)))
     header = ["rank", "method", *[lab for _, lab in metrics], f"Δ {primary_label} vs baseline, 95% CI",
@@ -79,7 +85,8 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         body.append([rank, row_label + ref, *[fmt_mean_std(s[m]["mean"], s[m]["std"], s[m]["n"]) for m, _ in metrics],
                      delta, *[_num(v) for v in cost.values()]])
         rec = {"task": task_name, "setting": label, "method": method, "configuration": row_label, "rank": rank,
-               "primary_metric": primary, "lower_is_better": lower}
+               "primary_metric": primary, "lower_is_better": lower,
+               "primary_comparison": row_label.endswith("— primary (pre-registered)")}
         for m, _ in metrics:
             rec.update({f"{m}_{k}": v for k, v in s[m].items()})
         rec.update(comparison_record(p))
@@ -93,10 +100,66 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         path = figures.forest(forest_rows, f"Δ {primary_label} vs baseline", f"Δ vs baseline, {heading}",
                               out / f"forest_{slug(task_name + '_' + label)}.png")
         fig = (f"Δ vs baseline, {heading}", path)
-    lines = [f"### {heading}", "", teacher_line(sel, label), "", table(header, body), ""]
+    lines = [f"### {heading}", "", *verdict, teacher_line(sel, label), "", table(header, body), ""]
     if fig:
         lines += [f"![{fig[0]}]({fig[1].name})", ""]
     return "\n".join(lines), records, fig
+
+
+def _same(value, wanted) -> bool:
+    try:
+        return abs(float(value) - float(wanted)) < 1e-9
+    except (TypeError, ValueError):
+        return str(value) == str(wanted)
+
+
+def primary_row(task, rows) -> int | None:
+    """The index of the row that is the task's pre-registered primary comparison in this setting, if any: the
+    declared method with the declared hyperparameters, in a setting whose runs have the declared parameters."""
+    prim = getattr(task, "primary", None)
+    if prim is None:
+        return None
+    for i, (_, method, g, _, p) in enumerate(rows):
+        first = g.iloc[0]
+        if method == prim.method and p is not None \
+                and all(_same(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) \
+                and all(_same(first.get(f"params.{k}"), v) for k, v in prim.setting):
+            return i
+    return None
+
+
+def _verdict(task, rows, prim, family, metric_label) -> list[str]:
+    """The lines that open a setting's table: the primary test, the exploratory family after Holm, its power."""
+    out = []
+    if prim is not None:
+        p = rows[prim][4]
+        test = "not testable (fewer than two paired seeds)" if p.n < 2 or p.no_spread else \
+            f"p = {p.p:.2g}, tested alone at α = {ALPHA}: " + ("**resolved**" if p.p < ALPHA else "not resolved")
+        line = (f"**Primary (pre-registered, {task.primary.declared})**: {task.primary.label}, Δ {metric_label} "
+                f"{p.mean:+.2f} points [{p.lo:+.2f}, {p.hi:+.2f}] (n = {p.n}), {test}.")
+        need = seeds_needed(p.mean, p.sd)
+        if p.n >= 2 and need == need and p.n < need:
+            line += (f" Note: {p.n} seeds are fewer than the {need:.0f} this test would need to find an effect "
+                     f"of the observed size with 80% power.")
+        out += [line, ""]
+    tested = [c for c in family if c.n >= 2 and not c.no_spread]
+    if tested:
+        lower = lower_is_better(task)
+        best = max(((r[0], r[4]) for i, r in enumerate(rows) if i != prim and r[4] is not None and r[4] in tested),
+                   key=lambda x: -x[1].mean if lower else x[1].mean)
+        survive = sum(c.significant for c in tested)
+        raw_only = sum(c.raw_significant and not c.significant for c in tested)
+        line = (f"**Exploratory** ({len(tested)} comparison{'s' if len(tested) > 1 else ''} with the baseline, Holm): "
+                f"{survive} survive{'s' if survive == 1 else ''} the correction; the best is {best[0]}, Δ "
+                f"{best[1].mean:+.2f} [{best[1].lo:+.2f}, {best[1].hi:+.2f}], p_Holm = {best[1].p_adj:.2g}.")
+        if raw_only:
+            line += (f" {raw_only} raw 95% CI{'s' if raw_only > 1 else ''} exclude{'s' if raw_only == 1 else ''} 0 "
+                     f"without surviving: with {len(tested)} comparisons, some raw intervals exclude 0 by chance, "
+                     "and Holm's correction keeps the chance of any false claim in the table under 5%.")
+        out += [line, "", power_line(family, len(tested)), ""]
+    elif prim is not None:
+        out += [power_line([rows[prim][4]], 1), ""]
+    return out
 
 
 def _num(v: float) -> str:

@@ -1,0 +1,200 @@
+"""What makes a table citable: the power of the paired test (against a textbook value), the pre-registered
+primary comparison tested apart from the Holm family, and the negative-control teachers (shuffled: a
+permutation of the teacher's outputs, fixed per seed; random: the teacher's architecture untrained, seeded)."""
+import math
+from dataclasses import replace
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_cli_inprocess
+from reports.generate import build_report
+from test_report import _log_run
+
+
+def test_power_of_the_paired_t_test_matches_gpower():
+    """G*Power 3.1 (t tests, means, difference from constant (one sample case), two tails): effect size
+    d = 0.5, alpha 0.05, power 0.80 -> total sample size 34, actual power 0.8077775."""
+    from benchmark.stats import mde, paired_power, seeds_needed
+    assert seeds_needed(0.5, 1.0) == 34
+    assert paired_power(0.5, 1.0, 34) == pytest.approx(0.8077775, abs=1e-6)
+    assert paired_power(0.5, 1.0, 33) < 0.8
+    # d = 0.8 -> n = 15 (G*Power: actual power 0.8213105); the MDE is the inverse of the power curve
+    assert seeds_needed(0.8, 1.0) == 15 and paired_power(0.8, 1.0, 15) == pytest.approx(0.8213105, abs=1e-6)
+    assert paired_power(mde(2.0, 5), 2.0, 5) == pytest.approx(0.8, abs=1e-9)
+    assert mde(2.0, 5, alpha=0.01) > mde(2.0, 5) > mde(2.0, 10)  # stricter alpha or fewer seeds: larger MDE
+    assert math.isnan(mde(1.0, 1)) and math.isnan(seeds_needed(1.0, 0.0))
+
+
+def _store(tmp_path, rows):
+    uri = f"sqlite:///{tmp_path / 'e.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    for method, seed, acc, params in rows:
+        _log_run(client, exp, method, seed, {"test_top1": acc}, params=params)
+    return uri
+
+
+def test_the_primary_comparison_is_tested_alone_and_the_rest_keep_holm(tmp_path):
+    """cifar100's pre-registered primary is ours_classifier vs baseline. Hand values, t-test with 2 df
+    (two-sided p = 1 - t / sqrt(t^2 + 2)): ours_classifier - baseline = 2, 3, 1 -> t = 2 sqrt 3, p = 0.0742
+    (alone: no Holm); kd = 4, 5, 6 -> t = 5 sqrt 3, p = 0.01307; pkt = 0, 1, 2 -> t = sqrt 3, p = 0.2254.
+    Holm over the exploratory family of two: kd 2 x 0.01307 = 0.0261 (with the primary inside it would be
+    3 x 0.01307 = 0.0392), pkt 0.2254."""
+    base = [30.0, 31.0, 32.0]
+    diffs = {"ours_classifier": [2, 3, 1], "kd": [4, 5, 6], "pkt": [0, 1, 2]}
+    rows = [("baseline", s, base[s], {}) for s in range(3)]
+    rows += [(m, s, base[s] + d[s], {}) for m, d in diffs.items() for s in range(3)]
+    out = tmp_path / "r"
+    report = build_report(_store(tmp_path, rows), out).read_text()
+    csv = pd.read_csv(out / "report.csv").set_index("method")
+    assert bool(csv.loc["ours_classifier", "primary_comparison"]) and not csv.loc["kd", "primary_comparison"]
+    assert csv.loc["ours_classifier", "p"] == pytest.approx(1 - 12 ** 0.5 / 14 ** 0.5, rel=1e-9)
+    assert math.isnan(csv.loc["ours_classifier", "p_holm"])
+    p_kd = 1 - 75 ** 0.5 / 77 ** 0.5
+    assert csv.loc["kd", "p_holm"] == pytest.approx(2 * p_kd, rel=1e-9)
+    assert csv.loc["pkt", "p_holm"] == pytest.approx(1 - 3 ** 0.5 / 5 ** 0.5, rel=1e-9)
+    assert "**Primary (pre-registered, " in report and "ours_classifier vs baseline, Δ" in report
+    assert "p = 0.074, tested alone at α = 0.05: not resolved" in report
+    assert "| ours_classifier — primary (pre-registered)" in report
+    assert "**Exploratory** (2 comparisons with the baseline, Holm): 1 survives the correction; the best is kd" in report
+    assert "Power: with n = 3 seeds" in report and "minimum detectable paired effect at 80% power" in report
+
+
+def test_control_runs_leave_the_leaderboard_and_show_their_transfer(tmp_path):
+    """kd with a shuffled teacher is not a leaderboard row (never pooled with kd, never paired with the
+    baseline there); the control table gives, per seed, real gain 5, 6, 7, control gain 1, 1, 4 and their
+    transfer 4, 5, 3 (mean 4, sd 1), paired by seed, from the real setting's baseline."""
+    base = [30.0, 31.0, 32.0]
+    rows = [("baseline", s, base[s], {}) for s in range(3)]
+    rows += [("kd", s, base[s] + (5, 6, 7)[s], {"hp.temperature": 4.0}) for s in range(3)]
+    rows += [("kd", s, base[s] + (1, 1, 4)[s], {"hp.temperature": 4.0, "teacher_control": "shuffled"})
+             for s in range(3)]
+    out = tmp_path / "r"
+    report = build_report(_store(tmp_path, rows), out).read_text()
+    board = report.split("## Leaderboards")[1].split("\n## ")[0]
+    assert board.count("| kd") == 1 and "teacher_control" not in board
+    controls = report.split("## Negative controls")[1].split("\n## ")[0]
+    row = next(line for line in controls.splitlines() if line.startswith("| kd"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "shuffled" and cells[2].startswith("+6.00 [") and cells[3].startswith("+2.00 [")
+    half = 4.302653 * 1.0 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    assert cells[4].startswith(f"+4.00 [{4 - half:+.2f}, {4 + half:+.2f}] (n=3)")
+    rec = pd.read_csv(out / "controls.csv").iloc[0]
+    assert rec["transfer"] == pytest.approx(4.0) and rec["control_gain"] == pytest.approx(2.0) and rec["gain"] == 6.0
+
+
+def test_a_store_of_control_runs_alone_is_refused_before_writing(tmp_path):
+    from benchmark.registry import UsageError
+    uri = _store(tmp_path, [("kd", 0, 30.0, {"teacher_control": "random"})])
+    with pytest.raises(UsageError, match="used a control teacher"):
+        build_report(uri, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, sets=None):
+    from benchmark.config import build_config
+    from benchmark.registry import TASKS
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.trainer import Context
+    task = TASKS.get(task_name)()
+    cfg = build_config(task, profile, {"data_dir": data_dir} if data_dir else {},
+                       {"teacher_control": control, "seed": str(seed), **(sets or {})})
+    data = task.load(cfg)
+    tables = task.teacher_tables(cfg, data, TeacherCache(cache))
+    return Context(cfg, task, data, tables, "kd", {})
+
+
+def _teacher_logits_of_one_epoch(ctx):
+    """(sample index, the teacher logits KD was given for it) over one epoch of training steps."""
+    seen, terms = {}, ctx.method.terms
+
+    def spy(s, t, y, **kw):
+        seen.setdefault("logits", []).append(t.logits.detach().clone())
+        return terms(s, t, y, **kw)
+    ctx.method.terms = spy
+    order = []
+    for idx in ctx.task.epoch_batches(ctx.data.train, ctx.cfg.batch_size, ctx.gen):
+        order.append(idx)
+        ctx.train_step(idx)
+    return torch.cat(order), torch.cat(seen["logits"])
+
+
+def test_a_shuffled_table_teacher_gives_a_permutation_of_its_outputs_fixed_per_seed(tmp_path):
+    """synthetic (a cached table teacher): under teacher_control=shuffled each training sample i is given the
+    teacher's logits of sample shuffle[i]; the shuffle is a permutation of the training set, the same for a
+    seed and another for another seed; the real teacher's outputs for evaluation are untouched."""
+    ctx = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c")
+    n = len(ctx.data.train.y)
+    assert sorted(ctx.shuffle.tolist()) == list(range(n))
+    assert (ctx.shuffle != torch.arange(n)).float().mean() > 0.9
+    idx, given = _teacher_logits_of_one_epoch(ctx)
+    table = ctx.tables.logits[:, 0]
+    torch.testing.assert_close(given, table[ctx.data.train.key[ctx.shuffle[idx]]])
+    assert not torch.allclose(given, table[ctx.data.train.key[idx]])
+    again = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c")
+    other = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c", seed=1)
+    assert torch.equal(again.shuffle, ctx.shuffle) and not torch.equal(other.shuffle[:n], ctx.shuffle)
+    real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
+    assert real.shuffle is None and torch.equal(real.tables.logits, ctx.tables.logits)
+
+
+def test_a_shuffled_live_teacher_sees_another_samples_image_and_the_student_its_own(tmp_path, cifar_dir):
+    """cifar100-kd (the image teacher runs in the loop): the teacher's input for sample i is sample
+    shuffle[i]'s image, augmented from a generator of its own; the student's batch is the one the
+    real-teacher run of that seed sees (the data stream is unchanged)."""
+    sets = {"teacher_data_fraction": "0.02"}
+    ctx = _context("cifar100-kd", "smoke", "shuffled", str(cifar_dir), cache=tmp_path / "c", sets=sets)
+    real = _context("cifar100-kd", "smoke", "none", str(cifar_dir), cache=tmp_path / "c", sets=sets)
+    seen = {}
+    for c, name in ((ctx, "shuffled"), (real, "real")):
+        live, fwd = c.tables.live, c.forward
+        c.tables.live = lambda x, live=live, name=name: seen.setdefault(name + "_teacher", x) is None or live(x)
+        c.forward = lambda x, fwd=fwd, name=name: seen.setdefault(name + "_student", x) is None or fwd(x)
+    idx = ctx.task.epoch_batches(ctx.data.train, ctx.cfg.batch_size, ctx.gen)[0]
+    g = torch.Generator()
+    g.set_state(ctx.shuffle_gen.get_state())
+    want = ctx.task.augment(ctx.task.train_inputs(ctx.train_split, ctx.shuffle[idx], g, ctx.cfg), g, True, ctx.cfg)
+    assert torch.equal(real.task.epoch_batches(real.data.train, real.cfg.batch_size, real.gen)[0], idx)
+    for c in (ctx, real):
+        c.train_step(idx)
+    assert torch.equal(seen["shuffled_teacher"], want)
+    assert torch.equal(seen["shuffled_student"], seen["real_student"])
+    assert torch.equal(seen["real_teacher"], seen["real_student"])
+    assert not torch.equal(seen["shuffled_teacher"], seen["shuffled_student"])
+
+
+def test_a_random_teacher_is_the_architecture_untrained_and_seeded(tmp_path, cifar_dir):
+    """teacher_control=random on cifar100-kd: teacher_arch at its initialisation from teacher_seed (the same
+    weights for one seed, others for another), never trained (nothing is written to the teacher cache), at
+    chance accuracy; on synthetic the MLP teacher untrained, under its own id."""
+    from benchmark.config import build_config
+    from benchmark.registry import TASKS
+    from benchmark.teacher_cache import TeacherCache
+    from tasks.cifar100_kd import random_teacher
+    a, tid = random_teacher("resnet8_w16", 0, 100)
+    b, _ = random_teacher("resnet8_w16", 0, 100)
+    c, _ = random_teacher("resnet8_w16", 1, 100)
+    sa, sb, sc = (m.state_dict() for m in (a, b, c))
+    assert tid == "random-init/resnet8_w16/seed0" and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+    task = TASKS.get("cifar100-kd")()
+    cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"teacher_control": "random"})
+    data = task.load(cfg)
+    tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "c"))
+    assert tables.teacher_id == "random-init/resnet8_w16/seed0" and not (tmp_path / "c" / "image-teachers").exists()
+    assert tables.params["teacher_test_acc"] < 5  # 100 classes: chance is 1%
+    syn = _context("synthetic", "smoke", "random", cache=tmp_path / "s")
+    assert syn.tables.teacher_id == "mlp-teacher/128-64/untrained/seed0"
+    assert syn.tables.params["teacher_test_acc"] < 25  # 20 classes: chance is 5%; the trained one is about 90%
+
+
+@pytest.mark.parametrize("task,control", [("cifar100", "random"), ("paired", "random")])
+def test_a_control_a_teacher_cannot_give_is_refused_before_writing(tmp_path, task, control):
+    r = run_cli_inprocess(["run", "--task", task, "--profile", "smoke", "--methods", "kd",
+                           "--set", f"teacher_control={control}"], tmp_path)
+    assert r.returncode == 2 and f"teacher_control={control}: the teacher of task '{task}' has no such control" \
+        in r.stderr and "tasks with random: cifar100-kd, synthetic" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
