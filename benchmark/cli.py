@@ -88,6 +88,19 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def say_store(args) -> None:
+    """Every command that reads or writes an MLflow store names it on its first line (rank 0 only), so that
+    runs never land in a store the user did not expect (a run from another folder makes its own mlflow.db)."""
+    import os
+    if hasattr(args, "tracking_uri") and not getattr(args, "compare", None) and os.environ.get("RANK", "0") == "0":
+        from benchmark.tracking import resolve_uri
+        uri = resolve_uri(args.tracking_uri)
+        if uri.startswith("sqlite:///"):
+            from pathlib import Path
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().absolute())
+        print(f"store: {uri}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 2 bad input (one line, nothing written); 3 some runs failed (diverged), the others
     finished and the tables are written; 130 Ctrl-C, 143 SIGTERM; 1 an unforeseen error (its traceback)."""
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
+        say_store(args)
         return args.fn(args)
     except UsageError as e:
         if debug:

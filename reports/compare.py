@@ -24,8 +24,40 @@ def _main(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
-def compare(a: tuple[str, str | None], b: tuple[str, str | None], out: Path) -> Path:
-    """a, b: (tracking URI, experiment or None). Writes compare.md and compare.csv into `out`."""
+def _changed(ra: pd.DataFrame, rb: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(column, A's value, B's value) of each setting field in which the two sides differ ('n/a': not logged)."""
+    both = pd.concat([ra.assign(_side="A"), rb.assign(_side="B")], ignore_index=True)
+    firsts = both.drop_duplicates("_side").set_index("_side")
+    return [(c, _value(firsts, "A", c), _value(firsts, "B", c)) for c in differing(firsts, setting_columns(both))
+            if c != "params.seed"]
+
+
+def _value(firsts: pd.DataFrame, side: str, col: str) -> str:
+    v = firsts.loc[side, col]
+    return "n/a" if pd.isna(v) else str(v)
+
+
+def _check_allowed(sides: list[dict[str, pd.DataFrame]], allow: tuple[str, ...]) -> None:
+    """A comparison of two different settings is a confound unless the user names each difference."""
+    from benchmark.registry import UsageError
+    bad = []
+    for task_name in sorted(set(sides[0]) & set(sides[1])):
+        ra, rb = sides[0][task_name], sides[1][task_name]
+        for c, x, y in _changed(ra, rb):
+            field = c.removeprefix("params.")
+            if field not in allow:
+                bad.append((task_name, field, x, y))
+    if bad:
+        what = "; ".join(f"{t} {f}: {x} -> {y}" for t, f, x, y in bad)
+        flags = " ".join(f"--allow {f}" for f in dict.fromkeys(f for _, f, _, _ in bad))
+        raise UsageError(f"report --compare: the two sides' settings differ ({what}); a difference you mean to "
+                         f"compare across must be named: {flags}")
+
+
+def compare(a: tuple[str, str | None], b: tuple[str, str | None], out, allow: tuple[str, ...] = ()) -> Path:
+    """a, b: (tracking URI, experiment or None). Writes compare.md and compare.csv into `out`. Sides whose
+    settings differ are refused (before anything is written) unless every differing field is in `allow`
+    (e.g. code_version after an upgrade, epochs after a change of recipe)."""
     sides = []
     for uri, exp in (a, b):
         runs = load_runs(uri, exp)
@@ -38,6 +70,9 @@ def compare(a: tuple[str, str | None], b: tuple[str, str | None], out: Path) -> 
              "seed) with its raw t-based 95% CI and Holm's adjusted p over the column (one family); `*`: p_Holm < 0.05.",
              ""]
     records = []
+    _check_allowed(sides, allow)
+    if allow:
+        lines += [f"Allowed to differ (`--allow`): {', '.join(allow)}.", ""]
     for task_name in sorted(set(sides[0]) | set(sides[1])):
         if task_name not in sides[0] or task_name not in sides[1]:
             lines += [f"## {task_name}", "", f"Only {'A' if task_name in sides[0] else 'B'} has runs of this task.", ""]
@@ -46,8 +81,7 @@ def compare(a: tuple[str, str | None], b: tuple[str, str | None], out: Path) -> 
         ra, rb = sides[0][task_name], sides[1][task_name]
         both = pd.concat([ra.assign(_side="A"), rb.assign(_side="B")], ignore_index=True)
         both["_variant"] = key_of(both, variant_columns(both))  # one key over both sides' columns
-        changed = [c for c in differing(both.drop_duplicates("_side"), setting_columns(both)) if c != "params.seed"]
-        what = "; ".join(f"{c.removeprefix('params.')}: {ra[c].iloc[0]} -> {rb[c].iloc[0]}" for c in changed) or "none"
+        what = "; ".join(f"{c.removeprefix('params.')}: {x} -> {y}" for c, x, y in _changed(ra, rb)) or "none"
         metrics = [(m, lab) for m, lab in (task.summary_metrics if task else [("test_top1", "test top-1")])
                    if f"metrics.{m}" in both and both[f"metrics.{m}"].notna().any()]
         lines += [f"## {task_name}", "", f"Setting fields that differ between A and B: {what}.", ""]
@@ -79,6 +113,7 @@ def compare(a: tuple[str, str | None], b: tuple[str, str | None], out: Path) -> 
             m = k[1:]
             rec.update({f"{m}_change": p.mean, f"{m}_ci_low": p.lo, f"{m}_ci_high": p.hi, f"{m}_n_matched": p.n,
                         f"{m}_p_holm": p.p_adj} if p else {f"{m}_n_matched": 0})
+    out = out() if callable(out) else out  # the folder is made only now: a refusal above leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(records).to_csv(out / "compare.csv", index=False)
     path = out / "compare.md"

@@ -8,6 +8,7 @@ CI bounds, p, p_Holm per method configuration), studies.csv (every study value a
 (every param and metric of each run, so each footnoted run id can be looked up without the store)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
     sel = runs[runs["params.alpha_path"].notna()].sort_values("start_time", ascending=False)
     for _, r in sel.iterrows():
         try:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar in the report's output
             path = mlflow.artifacts.download_artifacts(run_id=r["run_id"], artifact_path="features.npz", tracking_uri=uri)
         except Exception:  # noqa: BLE001 - a run without the artifact: try the next one
             continue

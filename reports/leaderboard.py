@@ -83,7 +83,7 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         cost = {lab: summary(pd.to_numeric(keep[c], errors="coerce"))["mean"] for c, lab in COST if c in sel}
         delta = "—" if method == BASELINE else (str(p) if p else "no baseline of this setting")
         body.append([rank, row_label + ref, *[fmt_mean_std(s[m]["mean"], s[m]["std"], s[m]["n"]) for m, _ in metrics],
-                     delta, *[_num(v) for v in cost.values()]])
+                     delta, *[_num(v, lab) for lab, v in cost.items()]])
         rec = {"task": task_name, "setting": label, "method": method, "configuration": row_label, "rank": rank,
                "primary_metric": primary, "lower_is_better": lower,
                "primary_comparison": row_label.endswith("— primary (pre-registered)")}
@@ -162,9 +162,12 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
     return out
 
 
-def _num(v: float) -> str:
+def _num(v: float, column: str = "") -> str:
+    """One unit per column: parameters in millions, samples/s as a whole number, seconds and GFLOP to 3 digits."""
     if pd.isna(v):
         return "n/a"
-    return f"{v / 1e6:.2f}M" if v >= 1e4 else f"{v:.3g}" if v < 100 else f"{v:.0f}"
-
-
+    if column == "student params":
+        return f"{v / 1e6:.2f}M"
+    if column == "train samples/s":
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"

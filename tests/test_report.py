@@ -257,7 +257,7 @@ def test_each_table_names_its_teacher_and_how_accurate_it_was(tmp_path):
         for method in ("baseline", "kd"):
             _log_run(client, exp, method, seed, {"test_top1": 20.0 + seed + (method == "kd")},
                      params={"task": "cifar100-kd", "teacher_id": "img-trained/resnet8/abc", "teacher_test_acc": acc,
-                             "data_fraction": 0.2})
+                             "data_fraction": 1.0})
     report = build_report(uri, tmp_path / "r").read_text()
     section = report.split("## Same-modality control")[1].split("\n## ")[0]
     assert "Teacher [resnet8_w16, quick]: img-trained/resnet8/abc; test top-1 62.00 ± 1.41 (n=2) (over seeds)" in section

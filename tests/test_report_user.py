@@ -103,6 +103,28 @@ def test_compare_two_stores_shows_an_injected_change(tmp_path):
     assert csv.loc["kd", "test_top1_change"] == pytest.approx(2.0) and csv.loc["pkt", "test_top1_change"] == 0
 
 
+def test_compare_refuses_sides_of_different_settings_unless_allowed(tmp_path):
+    """A side whose runs ran another number of epochs (or code version) is a confound: refused in one line
+    naming each differing field and the --allow flags, nothing written; with those flags it is compared and
+    the allowed fields are named in compare.md."""
+    a = _store(tmp_path, "a.db")
+    b = f"sqlite:///{tmp_path / 'b.db'}"
+    client = mlflow.MlflowClient(b)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "art-b2").as_uri())
+    for seed, v in {0: 31.0, 1: 33.0, 2: 32.0}.items():
+        _log_run(client, exp, "baseline", seed, {"test_top1": v}, params={"epochs": 8, "code_version": "0.2"})
+    res = run_cli_inprocess(["report", "--compare", a, b], tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "cifar100 epochs: " in res.stderr and "--allow epochs" in res.stderr and "--allow code_version" in res.stderr
+    assert not (tmp_path / "reports").exists()
+    res = run_cli_inprocess(["report", "--compare", a, b, "--allow", "epochs", "--allow", "code_version",
+                             "--out", str(tmp_path / "cmp")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Allowed to differ (`--allow`): epochs, code_version." in text
+    assert "+1.00 (n=3, no spread)" in next(line for line in text.splitlines() if line.startswith("| baseline"))
+
+
 def test_a_store_without_finished_runs_is_one_line_and_exit_2(tmp_path):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     mlflow.MlflowClient(uri).create_experiment("xkd-cifar100", artifact_location=(tmp_path / "a").as_uri())

@@ -11,7 +11,9 @@ def cmd_report(args) -> int:
     if args.compare:
         from reports.compare import compare
         a, b = (_store(x, args) for x in args.compare)
-        path = compare(a, b, Path(args.out) if args.out else fresh_dir(Path("reports/compare")))
+        print("comparing A: " + " ".join(filter(None, a)) + " with B: " + " ".join(filter(None, b)), flush=True)
+        path = compare(a, b, (lambda: Path(args.out)) if args.out else (lambda: fresh_dir(Path("reports/compare"))),
+                       tuple(args.allow))
         print(f"comparison written to {path}")
         return 0
     from reports.generate import build_report
@@ -47,4 +49,7 @@ def add(sub) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="compare two stores (tracking URI or path to a .db, optionally #experiment) or two "
                    "experiments of --tracking-uri's store: per method and metric, B - A with its CI")
+    p.add_argument("--allow", action="append", default=[], metavar="FIELD",
+                   help="with --compare: a setting field the two sides may differ in (code_version, epochs, ...); "
+                   "repeatable. Without it, sides of different settings are refused")
     p.set_defaults(fn=cmd_report, interrupted="the report was not finished; nothing was replaced: run it again")

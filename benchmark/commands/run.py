@@ -65,7 +65,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 continue
             results.append(r)
             write_table(results, tables_dir, task.summary_metrics)  # after every run: a later failure loses nothing
-            shown = ", ".join(f"{label} {r.get(k, float('nan')):.2f}" for k, label in task.summary_metrics)
+            shown = ", ".join(f"{label} {_fmt(r.get(k))}" for k, label in task.summary_metrics)
             print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
     if results:
         table = write_table(results, tables_dir, task.summary_metrics)
@@ -75,6 +75,11 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
         return EXIT_RUNS_FAILED
     return 0
+
+
+def _fmt(v) -> str:
+    """A metric as printed per run: two decimals, or n/a when the run has none (as the tables print it)."""
+    return "n/a" if v is None or v != v else f"{v:.2f}"
 
 
 def interrupted_message(ckpt_dir: Path, method: str, seed: int, finished: int) -> str:
