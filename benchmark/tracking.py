@@ -27,6 +27,10 @@ def resolve_uri(cli_uri: str | None) -> str:
                          "(e.g. sqlite:///mlflow.db)")
     if scheme == "sqlite":
         path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        if path.is_dir():
+            from benchmark.registry import UsageError
+            raise UsageError(f"tracking URI '{uri}': {path} is a folder, not a store file (name a file in it, "
+                             f"e.g. sqlite:///{path / 'mlflow.db'})")
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             from benchmark.registry import UsageError
             raise UsageError(f"tracking URI '{uri}': folder {path.parent} does not exist or is not writable")

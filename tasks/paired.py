@@ -49,8 +49,41 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"paired: {path} cannot be read as .npz ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a truncated zip, a bad header, a pickled object: all one message
+        raise UsageError(f"paired: {path} cannot be read as .npz ({type(e).__name__}: {e})") from None
+
+
+ROW_ARRAYS = ("x", "y", "teacher_embedding", "teacher_x", "teacher_logits")
+
+
+def _validate(parts: dict[str, dict[str, np.ndarray]]) -> str:
+    """Every file checked before anything is split or written: the arrays each split needs, one length per
+    split, one width per array over the splits, integer labels from 0, finite numbers. Returns the teacher
+    side ('teacher_embedding' or 'teacher_x')."""
+    side = "teacher_embedding" if all("teacher_embedding" in p for p in parts.values()) else "teacher_x"
+    for name, p in parts.items():
+        missing = [k for k in ("x", "y", side) if k not in p]
+        if missing:
+            raise UsageError(f"paired: {name}.npz lacks {', '.join(missing)} (each split needs x, y and "
+                             "teacher_embedding, or teacher_x for a registered teacher)")
+        lengths = {k: len(p[k]) for k in ROW_ARRAYS if k in p}
+        if len(set(lengths.values())) > 1:
+            raise UsageError(f"paired: {name}.npz: its arrays differ in length ("
+                             + ", ".join(f"{k} {n}" for k, n in lengths.items()) + "); one row per sample in each")
+        y = p["y"]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+            raise UsageError(f"paired: {name}.npz: y must be integer class labels 0..K-1 of shape [N] "
+                             f"(got {y.dtype} {list(y.shape)})")
+        for k in ROW_ARRAYS:
+            if k in p and k != "y" and np.issubdtype(p[k].dtype, np.floating) and not np.isfinite(p[k]).all():
+                bad = int((~np.isfinite(p[k])).reshape(len(p[k]), -1).any(1).sum())
+                raise UsageError(f"paired: {name}.npz: {k} has NaN or infinite values in {bad} row(s)")
+    for k in ROW_ARRAYS:
+        shapes = {name: tuple(p[k].shape[1:]) for name, p in parts.items() if k in p and k != "y"}
+        if len(set(shapes.values())) > 1:
+            raise UsageError(f"paired: {k} has another width in each split ("
+                             + ", ".join(f"{n} {list(s)}" for n, s in shapes.items()) + "); it must be the same")
+    return side
 
 
 @TASKS.register("paired", "your paired data (npz per split: student inputs, labels, teacher embeddings or teacher "
@@ -77,7 +110,8 @@ class Paired(Synthetic):
         parts = {"train": _load(root / "train.npz"), "test": _load(root / "test.npz")}
         if (root / "val.npz").is_file():
             parts["val"] = _load(root / "val.npz")
-        else:
+        side = _validate(parts)
+        if "val" not in parts:
             from sklearn.model_selection import train_test_split
             tr = parts["train"]
             idx_tr, idx_val = train_test_split(np.arange(len(tr["y"])), test_size=cfg.val_fraction, stratify=tr["y"],
@@ -85,14 +119,6 @@ class Paired(Synthetic):
             parts["train"], parts["val"] = ({k: v[np.sort(i)] for k, v in tr.items() if k != "class_names"}
                                             | ({"class_names": tr["class_names"]} if "class_names" in tr else {})
                                             for i in (idx_tr, idx_val))
-        side = "teacher_embedding" if all("teacher_embedding" in p for p in parts.values()) else "teacher_x"
-        for name, p in parts.items():
-            missing = [k for k in ("x", "y", side) if k not in p]
-            if missing:
-                raise UsageError(f"paired: {name}.npz lacks {', '.join(missing)} (each split needs x, y and "
-                                 "teacher_embedding, or teacher_x for a registered teacher)")
-            if not len(p["y"]) == len(p["x"]) == len(p[side]):
-                raise UsageError(f"paired: {name}.npz: x, y and {side} differ in length")
         k = int(max(p["y"].max() for p in parts.values())) + 1
         names = [str(n) for n in parts["train"]["class_names"]] if "class_names" in parts["train"] else \
             [f"class {c}" for c in range(k)]

@@ -100,3 +100,61 @@ def test_paired_refuses_bad_files(tmp_path, paired_dir):
     np.savez(bad / "test.npz", x=z["x"], y=z["y"])
     res = run_cli_inprocess(["run", "--task", "paired", "--data-dir", str(bad), "--profile", "smoke"], tmp_path)
     assert res.returncode == 2 and "lacks teacher_x" in res.stderr
+
+
+def _bad_pair(z, case):
+    """(train arrays, test arrays, val arrays or None) for one malformed input."""
+    n, d = len(z["y"]), z["teacher_embedding"].shape[1]
+    tr, te = dict(z), dict(z)
+    if case == "x_longer":
+        tr["x"] = np.concatenate([z["x"], z["x"][:5]])
+    elif case == "x_shorter":
+        tr["x"] = z["x"][:-5]
+    elif case == "teacher_width":
+        te["teacher_embedding"] = np.zeros((n, d + 1), np.float32)
+    elif case == "x_width":
+        te["x"] = np.zeros((n, z["x"].shape[1] + 2), np.float32)
+    elif case == "nan_x":
+        tr["x"] = z["x"].copy()
+        tr["x"][3, 0] = np.nan
+    elif case == "nan_test_x":
+        te["x"] = z["x"].copy()
+        te["x"][0, 1] = np.inf
+    elif case == "nan_teacher":
+        tr["teacher_embedding"] = z["teacher_embedding"].copy()
+        tr["teacher_embedding"][7] = np.nan
+    elif case == "float_labels":
+        tr["y"] = z["y"].astype(np.float32)
+    return tr, te
+
+
+@pytest.mark.parametrize("case,message", [
+    ("x_longer", "train.npz: its arrays differ in length (x 325, y 320"),
+    ("x_shorter", "train.npz: its arrays differ in length (x 315, y 320"),
+    ("teacher_width", "teacher_embedding has another width in each split (train [32], test [33])"),
+    ("x_width", "x has another width in each split"),
+    ("nan_x", "train.npz: x has NaN or infinite values in 1 row(s)"),
+    ("nan_test_x", "test.npz: x has NaN or infinite values in 1 row(s)"),
+    ("nan_teacher", "train.npz: teacher_embedding has NaN or infinite values in 1 row(s)"),
+    ("float_labels", "y must be integer class labels"),
+    ("truncated", "cannot be read as .npz (BadZipFile"),
+])
+def test_paired_refuses_each_malformed_file_in_one_line_before_writing(tmp_path, paired_dir, case, message):
+    """Each malformed paired input (without val.npz, so the split would run on it) is one line and exit 2
+    before any store or folder is made (these were an IndexError, a BadZipFile, a ValueError, a crash at
+    test time, runs that "diverged", or rows silently dropped)."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    z = {k: v for k, v in np.load(paired_dir / "emb" / "train.npz").items() if k != "class_names"}
+    if case == "truncated":
+        raw = (paired_dir / "emb" / "train.npz").read_bytes()
+        (bad / "train.npz").write_bytes(raw[: len(raw) // 2])
+        np.savez(bad / "test.npz", **z)
+    else:
+        tr, te = _bad_pair(z, case)
+        np.savez(bad / "train.npz", **tr)
+        np.savez(bad / "test.npz", **te)
+    res = run_cli_inprocess(["run", "--task", "paired", "--data-dir", str(bad), "--profile", "smoke",
+                             "--methods", "baseline,kd"], tmp_path)
+    assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

@@ -97,3 +97,16 @@ def test_tables_are_written_whole_or_not_at_all_under_names_of_their_own(tmp_pat
     monkeypatch.setattr("os.replace", lambda a, b: names.add(a.name))
     write_atomic(target, "a"), write_atomic(target, "b")
     assert len(names) == 2
+
+
+def test_a_folder_where_the_store_file_should_be_is_one_line_and_exit_2(tmp_path):
+    """Was about 100 s of retries and a 186-line traceback."""
+    import time
+
+    from conftest import run_cli_inprocess
+    (tmp_path / "store.db").mkdir()
+    t0 = time.perf_counter()
+    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline",
+                             "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}"], tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is a folder, not a store file" in res.stderr
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "runs").exists()
