@@ -41,6 +41,34 @@ class MiniLMText:
             return self._model.encode(texts, batch_size=256, convert_to_tensor=True, normalize_embeddings=False)
 
 
+def check_weights_reachable(model: str, pretrained: str, timeout: float = 3.0) -> None:
+    """Pretrained weights that are neither in the Hugging Face cache nor downloadable from here are one
+    untruncated line, at once (open_clip would otherwise print its download retries before failing)."""
+    import os
+    import socket
+
+    from open_clip.pretrained import get_pretrained_cfg
+    cfg = get_pretrained_cfg(model, pretrained)
+    repo = (cfg.get("hf_hub") or "").strip("/")
+    if not repo:
+        return  # weights from a plain URL: open_clip's own error is short
+    from huggingface_hub import try_to_load_from_cache
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if isinstance(try_to_load_from_cache(repo, name), str):
+            return
+    reason = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") else ""
+    if not reason:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+            return
+        except OSError as e:
+            reason = f"huggingface.co cannot be reached from this machine ({type(e).__name__})"
+    raise UsageError(f"the {model} '{pretrained}' weights (huggingface.co/{repo}) are not in the Hugging Face cache "
+                     f"and {reason}: download them once where there is network (python -c \"import open_clip; "
+                     f"open_clip.create_model_and_transforms('{model}', pretrained='{pretrained}')\") and copy "
+                     "~/.cache/huggingface, or use a teacher that needs no download (--teacher minilm)")
+
+
 class OpenClipText:
     """open_clip ViT-B/16 text tower (512-d); the paper's teacher with pretrained='openai'."""
     modality = "text"
@@ -55,6 +83,8 @@ class OpenClipText:
         import open_clip
         if self._model is None:
             torch.manual_seed(0)  # random-init variant must give the same weights every time (cache key)
+            if self.pretrained:
+                check_weights_reachable("ViT-B-16", self.pretrained)
             try:
                 model, _, _ = open_clip.create_model_and_transforms("ViT-B-16", pretrained=self.pretrained)
             except Exception as e:
