@@ -121,10 +121,26 @@ def cmd_study(args) -> int:
         print(f"study '{name}' ready in {runner.safe_uri(storage)}" + (f" ({n} grid points)" if grid else ""))
     if args.create_only:
         return 0
+    recovered: list[str] = []
+    if grid and not args.join:  # a rerun of the command finishes what an interrupt left: its points again
+        import optuna
+        recovered += runner.requeue_unfinished(optuna.load_study(study_name=name, storage=storage))
+        for line in recovered:
+            print(line, flush=True)
     if args.workers > 1 and not args.join:
         argv = [a for a in args.argv if a != "--create-only"]
-        runner.spawn_workers(_without(_without(argv, "--workers"), "--study-name") +
-                             ["--study-name", name, "--storage", storage], args.workers)
+        study, storage_obj = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
+
+        def pending() -> int:
+            import optuna
+            return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) if grid else 0
+        lost = runner.spawn_workers(_without(_without(argv, "--workers"), "--study-name") +
+                                    ["--study-name", name, "--storage", storage], args.workers,
+                                    lambda pid, code: runner.recover_worker(study, storage_obj, tracker, pid, code),
+                                    pending)
+        for line in lost:
+            print(line, flush=True)
+        recovered += lost
     else:
         tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
         study, storage_obj = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
@@ -139,11 +155,21 @@ def cmd_study(args) -> int:
         df = study.trials_dataframe(attrs=("number", "params", "value", "state", "user_attrs"))
         df = df[[c for c in df if not c.startswith("user_attrs_") or c == "user_attrs_fail_reason"]]
         print(df.to_markdown(index=False))
+    if recovered and not args.join:
+        print(f"recovered: {len(recovered)} interrupted or lost trial(s) queued again and run in this command "
+              f"({'; '.join(recovered)})", flush=True)
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL and "fail_reason" in t.user_attrs]
     if failed:
-        print(f"error: {len(failed)} of {len(study.trials)} trials failed (diverged): "
+        print(f"error: {len(failed)} of {len(study.trials)} trials failed: "
               + "; ".join(f"trial {t.number}: {t.user_attrs['fail_reason']}" for t in failed), file=sys.stderr)
         return 3
+    if grid and not args.join:
+        left = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE
+                and not any(u.state == optuna.trial.TrialState.COMPLETE and u.params == t.params for u in study.trials)]
+        if left:
+            print(f"error: {len(left)} grid point(s) did not complete (trials "
+                  f"{', '.join(str(t.number) for t in left)}); rerun the same command to run them", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -98,6 +98,7 @@ def end_parent_if_done(study: optuna.Study, tracker) -> None:
     if {t.state for t in trials} & {optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING}:
         return
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried |= {t.user_attrs["rerun_of"] for t in trials if "rerun_of" in t.user_attrs}
     unresolved = [t for t in trials if t.state == optuna.trial.TrialState.FAIL and t.number not in retried]
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if parent:
@@ -116,10 +117,10 @@ def stale_trial_handler(tracker, max_retry: int = 3):
                 f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'"))
             for r in [*children, tracker.client.get_run(run)]:
                 if r.info.status == "RUNNING":
-                    tracker.set_tag(r.info.run_id, "xkd.failure", "its study worker stopped (no heartbeat)")
+                    tracker.set_tag(r.info.run_id, "xkd.failure", "its study worker stopped")
                     tracker.end(r.info.run_id, status="KILLED")
         retry(study, trial)
-        print(f"trial {trial.number} lost its worker (no heartbeat): its point is queued again", flush=True)
+        print(f"trial {trial.number} lost its worker: its point is queued again", flush=True)
     return handle
 
 
@@ -188,6 +189,29 @@ def load_study(name: str, storage_url: str, grid: dict | None, heartbeat_s: int,
     return study, storage
 
 
+def requeue_unfinished(study: optuna.Study) -> list[str]:
+    """A grid point is done only when one of its trials is COMPLETE: a point whose trials were interrupted
+    (FAIL without a fail_reason: Ctrl-C, SIGTERM, a worker gone) and that has none WAITING or RUNNING is
+    queued again. A point that failed with a reason (a diverging loss, an exception) fails the same way
+    again and is left as it is. Returns one line per point queued again."""
+    S = optuna.trial.TrialState
+    by_point: dict[str, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_point.setdefault(repr(sorted(t.params.items())), []).append(t)
+    lines = []
+    for trials in by_point.values():
+        states = {t.state for t in trials}
+        if states & {S.COMPLETE, S.WAITING, S.RUNNING, S.PRUNED}:
+            continue
+        interrupted = [t for t in trials if t.state == S.FAIL and "fail_reason" not in t.user_attrs]
+        if interrupted and len(interrupted) == len(trials):
+            last = max(interrupted, key=lambda t: t.number)
+            study.enqueue_trial(dict(last.params), user_attrs={"rerun_of": last.number})
+            lines.append(f"trial {last.number} ({', '.join(f'{k}={v}' for k, v in last.params.items())}) was "
+                         "interrupted: its point is queued again")
+    return lines
+
+
 def pop_queued_trial(study: optuna.Study, storage) -> optuna.trial.Trial | None:
     """Atomically claim a WAITING (enqueued) trial; None when the queue is empty. Never creates a trial."""
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -245,13 +269,15 @@ class Objective:
         except optuna.TrialPruned:
             self.tracker.end(run, "KILLED")
             raise
-        except Diverged as e:  # this trial fails with its reason; the study goes on (as `run` goes on)
-            trial.set_user_attr("fail_reason", str(e))
-            self.tracker.set_tag(run, "xkd.failure", str(e)[:5000])
+        except Exception as e:  # a diverging loss or any error fails this trial alone, with its reason
+            reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".splitlines()[0][:1000]
+            trial.set_user_attr("fail_reason", reason)
+            self.tracker.set_tag(run, "xkd.failure", reason[:5000])
             self.tracker.end(run, "FAILED")
-            print(f"error: trial {trial.number}: {e}; trial ended FAILED, the study goes on", file=sys.stderr, flush=True)
+            print(f"error: trial {trial.number}: {reason}; trial ended FAILED, the study goes on", file=sys.stderr,
+                  flush=True)
             raise
-        except BaseException:
+        except BaseException:  # interrupted: the trial is not a result; a rerun of the command queues it again
             self.tracker.end(run, "FAILED")
             raise
         value = mean(values)
@@ -275,20 +301,53 @@ def work(study: optuna.Study, storage, objective: Objective, n_trials: int | Non
                 study.tell(trial, value)
             except optuna.TrialPruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            except Diverged:
+            except Exception:  # failed alone, its reason recorded by the objective: the study goes on
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             except BaseException:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
             done += 1
         return done
-    study.optimize(objective, n_trials=n_trials or 10, catch=(Diverged,))
+    study.optimize(objective, n_trials=n_trials or 10, catch=(Exception,))
     return n_trials or 10
 
 
-def spawn_workers(argv: list[str], n: int) -> None:
-    """Start n worker processes that join the (already created) study, and wait for all of them."""
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"]) for _ in range(n)]
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"a study worker failed (exit codes {codes})")
+def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) -> list[str]:
+    """Start n worker processes that join the (already created) study and watch them: when one exits with an
+    error or a signal, on_exit(pid, code) fails its running trial and queues its point again at once (not
+    only once its heartbeat is stale). When every worker has ended and points are still queued
+    (pending() > 0), a new round of workers runs them. Returns one line per recovery."""
+    import time
+    account: list[str] = []
+    for _ in range(rounds):
+        procs = {p.pid: p for p in (subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"])
+                                    for _ in range(n))}
+        while procs:
+            for pid, p in list(procs.items()):
+                code = p.poll()
+                if code is None:
+                    continue
+                del procs[pid]
+                if code != 0:
+                    account += on_exit(pid, code)
+            time.sleep(0.2)
+        if not pending():
+            break
+    return account
+
+
+def recover_worker(study: optuna.Study, storage, tracker, pid: int, code: int) -> list[str]:
+    """A worker process that ended with `code`: its RUNNING trial (by the worker it recorded) fails and its
+    point is queued again, through the same handler as a stale heartbeat."""
+    worker = f"{socket.gethostname()}:{pid}"
+    how = f"signal {-code}" if code < 0 else f"exit {code}"
+    lines = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("worker") == worker:
+            try:
+                storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # its heartbeat went stale first: already failed and queued again
+            stale_trial_handler(tracker)(study, storage.get_trial(t._trial_id))
+            lines.append(f"worker {pid} ended ({how}) in trial {t.number}: its point was queued again")
+    return lines or [f"worker {pid} ended ({how}) outside a trial"]

@@ -164,7 +164,7 @@ def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path, search):
         args += ["--set", "lr=1e30"]
     res = run_cli(args, tmp_path)
     assert res.returncode == 3, res.stderr[-3000:]
-    assert "trial ended FAILED, the study goes on" in res.stderr and "trials failed (diverged)" in res.stderr
+    assert "trial ended FAILED, the study goes on" in res.stderr and "trials failed: trial" in res.stderr
     study = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}")
     states = sorted(t.state.name for t in study.get_trials())
     assert states == (["COMPLETE", "FAIL"] if search[0] == "--grid" else ["FAIL", "FAIL"])
@@ -175,3 +175,86 @@ def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path, search):
     trial_runs = [r for r in runs if r.data.tags.get("xkd.kind") == "trial"]
     assert sorted(r.info.status for r in trial_runs) == sorted("FINISHED" if s == "COMPLETE" else "FAILED" for s in states)
     assert all("not finite" in r.data.tags["xkd.failure"] for r in trial_runs if r.info.status == "FAILED")
+
+
+SLOW_GRID = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--set", "epochs=40",
+             "--seeds", "2", "--grid"]
+
+
+def _popen(args, tmp_path):
+    import sys
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _running_trial(tmp_path, proc, timeout=300):
+    """(study, a RUNNING trial that has recorded its worker), polled while the command runs."""
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        try:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+            study = optuna.load_study(study_name=names[0], storage=storage) if names else None
+        except Exception:  # noqa: BLE001 - the store is being created
+            study = None
+        if study is not None:
+            for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if "worker" in t.user_attrs and "mlflow_run_id" in t.user_attrs:
+                    return study, t
+        time.sleep(0.1)
+    raise AssertionError(f"no trial ran: {proc.communicate()[1][-2000:] if proc.poll() is not None else 'timeout'}")
+
+
+def _every_point_complete(study, points):
+    done = {t.params["temperature"] for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE}
+    return done == set(points)
+
+
+def _no_run_left_running(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+    return [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+
+
+def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
+    """Ctrl-C during a grid trial, then the same command: the interrupted point (FAIL without a reason) is
+    queued again and completes, the command says so and exits 0, the study's MLflow parent ends FINISHED
+    (it used to exit 0 with the point still FAIL and the parent FAILED)."""
+    import signal
+    args = [*SLOW_GRID, "temperature=1,4"]
+    proc = _popen(args, tmp_path)
+    study, trial = _running_trial(tmp_path, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    res = run_cli(args, tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"trial {trial.number} (temperature={trial.params['temperature']}) was interrupted: its point is queued " \
+           "again" in res.stdout and "recovered: 1 interrupted or lost trial(s)" in res.stdout
+    study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    assert _every_point_complete(study, [1.0, 4.0])
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+    assert _no_run_left_running(tmp_path) == []
+    again = run_cli(args, tmp_path)  # nothing left to do: nothing queued, nothing recovered
+    assert again.returncode == 0 and "recovered" not in again.stdout
+
+
+def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_path):
+    """study --workers 2, one worker killed (SIGKILL) mid-trial: detected when its process exits (the
+    heartbeat limit is 60 s, far away), its trial failed and its point queued again and run in the same
+    command, its MLflow runs KILLED (not RUNNING forever); the command ends with the study's table, a
+    one-line account of what was recovered, and exit 0."""
+    import signal
+    proc = _popen([*SLOW_GRID, "temperature=1,2,4,8", "--workers", "2"], tmp_path)
+    study, trial = _running_trial(tmp_path, proc)
+    pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert f"worker {pid} ended (signal 9) in trial {trial.number}: its point was queued again" in out
+    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out
+    study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    assert _every_point_complete(study, [1.0, 2.0, 4.0, 8.0])
+    assert _no_run_left_running(tmp_path) == []
