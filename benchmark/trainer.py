@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -28,6 +29,11 @@ from benchmark.method import hparam_fields, stream_seed
 
 class Diverged(FloatingPointError):
     """A non-finite training loss: that run stops (FAILED in MLflow, last good checkpoint kept); others go on."""
+
+
+class CheckpointNotWritten(OSError):
+    """A checkpoint could not be written (a full disk, a folder turned read-only): that run stops (FAILED in
+    MLflow, no temporary file left), the others go on, each saying why in one line."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -336,10 +342,19 @@ def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
 def _save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
     """Written whole or not at all (temporary file, then rename); keep_previous keeps the last one as .prev."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    if keep_previous and path.exists():
-        os.replace(path, path.with_suffix(".prev"))
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        if keep_previous and path.exists():
+            os.replace(path, path.with_suffix(".prev"))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        import errno
+        import shutil
+        full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
+        why = "no space left on its device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        raise CheckpointNotWritten(f"checkpoint {path} could not be written ({why}); nothing partial was left "
+                                   "behind") from None
 
 
 def load_checkpoint(path: Path, device) -> dict | None:
@@ -470,6 +485,9 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     tracker.end(run_id)
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     # the run is complete: optimiser state dropped, the last epoch's weights kept for `eval`
-    _save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
-    ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
+    try:
+        _save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
+        ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
+    except CheckpointNotWritten as e:  # the run is finished and logged; only `eval --checkpoint` loses its file
+        print(f"warning: {e}; the run itself is complete in MLflow", file=sys.stderr, flush=True)
     return final

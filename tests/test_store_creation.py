@@ -110,3 +110,30 @@ def test_a_folder_where_the_store_file_should_be_is_one_line_and_exit_2(tmp_path
                              "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}"], tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is a folder, not a store file" in res.stderr
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "runs").exists()
+
+
+def test_a_full_disk_under_out_fails_each_run_in_one_line_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    """A checkpoint write that fails with ENOSPC (a full --out filesystem, simulated): each run ends FAILED in
+    MLflow (not RUNNING), says "no space left" and the path in one line, leaves no temporary checkpoint, and
+    the other methods still run; the command exits 3 (some runs failed)."""
+    import errno
+
+    import mlflow
+    import torch
+
+    from conftest import run_cli_inprocess
+
+    def full(obj, f, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full)
+    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd",
+                             "--out", str(tmp_path / "out")], tmp_path)
+    assert res.returncode == 3, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error: checkpoint")]
+    assert len(lines) == 2 and all("no space left on its device" in line and str(tmp_path / "out") in line
+                                   for line in lines)
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
+    assert all("no space left" in r.data.tags["xkd.failure"] for r in runs)

@@ -27,7 +27,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from benchmark.results import to_markdown, write_table
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
-    from benchmark.trainer import Diverged, run_one
+    from benchmark.trainer import CheckpointNotWritten, Diverged, run_one
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
     cache = TeacherCache(args.cache_dir)
@@ -50,7 +50,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             args.interrupted = lambda m=m, seed=seed: interrupted_message(out, m, seed, len(results))
             try:
                 r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
-            except Diverged as e:  # that run stops (FAILED in MLflow, last good checkpoint kept); the others go on
+            except (Diverged, CheckpointNotWritten) as e:  # that run stops (FAILED in MLflow); the others go on
                 if not main:
                     continue
                 print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
