@@ -27,6 +27,9 @@ def teacher_line(runs: pd.DataFrame, label: str) -> str:
     facts = [f"{name} {describe(per_seed(runs[col], runs['params.seed']))}"
              for col, name in TEACHER_ACCURACY if col in runs and runs[col].notna().any()]
     tid = runs["params.teacher_id"].iloc[0] if "params.teacher_id" in runs else "?"
+    keys = runs["params.teacher_cache_key"].dropna().nunique() if "params.teacher_cache_key" in runs else 0
+    if keys > 1:  # the synthetic task draws its data per seed, and its teacher learns from each draw
+        tid += f" (one teacher per seed: {keys} of them, each trained on its seed's data)"
     return f"Teacher [{label}]: {tid}" + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded")
 
 

@@ -210,6 +210,14 @@ def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metr
     return p if p else "no matched seeds"
 
 
+def _once(vals: list[str]) -> list[str]:
+    """Values that differ only in their numbers (a data seed per run seed) are shown once, with a count."""
+    import re
+    if len(vals) > 1 and len({re.sub(r"\d+", "#", v) for v in vals}) == 1:
+        return [f"{vals[0]} (and {len(vals) - 1} more of this form, differing only in their numbers: one per seed)"]
+    return vals
+
+
 def header_section(runs: pd.DataFrame) -> str:
     """What the runs are, one column per task (so each size or teacher sits under its own task)."""
     tasks = sorted(runs["params.task"].unique())
@@ -228,6 +236,7 @@ def header_section(runs: pd.DataFrame) -> str:
                                                                   r.get("params.n_test", []))})
             else:
                 vals = sorted(r[col].dropna().astype(str).unique()) if col in r else []
+                vals = _once(vals) if label == "split rule" else vals
             cells.append(", ".join(vals))
         if any(cells):
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
