@@ -29,7 +29,7 @@ def teacher_line(runs: pd.DataFrame, label: str) -> str:
     tid = runs["params.teacher_id"].iloc[0] if "params.teacher_id" in runs else "?"
     keys = runs["params.teacher_cache_key"].dropna().nunique() if "params.teacher_cache_key" in runs else 0
     if keys > 1:  # the synthetic task draws its data per seed, and its teacher learns from each draw
-        tid += f" (one teacher per seed: {keys} of them, each trained on its seed's data)"
+        tid += f" (one teacher per seed: {keys} of them, one for each seed's data)"
     return f"Teacher [{label}]: {tid}" + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded")
 
 
