@@ -18,7 +18,7 @@ def _assert_refused(res, tmp_path, *needles):
     (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
     (["--student", "vgg"], ["unknown student 'vgg'", "resnet8"]),
     (["--teacher", "bert"], ["invalid choice: 'bert'", "minilm"]),
-    (["--set", "margn=0.1"], ["unknown --set key 'margn'", "margin"]),
+    (["--set", "margn=0.1"], ["--set margn: unknown key 'margn'; did you mean 'margin'"]),
     (["--set", "epochs=two"], ["epochs=two: expected an integer"]),
     (["--set", "feat_dist=l1", "--methods", "ours_feature"], ["feat_dist='l1' is not valid", "l2sq_norm_sum"]),
     (["--set", "schedule=linear"], ["schedule='linear' is not valid"]),
@@ -102,6 +102,11 @@ def test_an_abbreviated_option_is_refused_with_a_hint(tmp_path):
     ('methods = ["kd"]\n[methods.kd]\ntemperature = 2.0', ["not valid TOML", "[method.kd] (singular)"]),
     ('methods = ["kd"]\n[method.kdd]\ntemperature = 2.0', ["[method.kdd]: unknown method 'kdd'", "did you mean 'kd'"]),
     ("task = 5", ['task must be a string (task = "synthetic")']),
+    ('methods = ["kd"]\n[method.kd]\ntemperatur = 2.0',
+     ["exp.toml [method.kd] temperatur: unknown hyperparameter 'temperatur' of 'kd'; did you mean 'temperature'?"]),
+    ("[set]\nepohcs = 2", ["exp.toml [set] epohcs: unknown key 'epohcs'; did you mean 'epochs'?"]),
+    ('[set]\nepochs = "two"', ["exp.toml [set] epochs: epochs=two: expected an integer"]),
+    ('methods = ["kd"]\n[method.kd]\ntemperature = -1', ["exp.toml [method.kd] temperature:", "out of range"]),
 ])
 def test_experiment_file_slips_are_refused_naming_the_file(tmp_path, body, needles):
     """Each in one line with the file's name, exit 2, nothing written (no store, no folder)."""

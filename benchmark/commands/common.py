@@ -30,36 +30,45 @@ def select_methods(spec: str) -> list[str]:
     return names
 
 
-def split_sets(sets: dict[str, str], methods: list[str], task=None) -> tuple[dict[str, str], dict[str, object]]:
+def split_sets(sets: dict[str, str], methods: list[str], task=None,
+               where: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, object]]:
     """--set keys go to the run config (the task's own fields included), to the hyperparameters of every
     selected method that has the key (`temperature=2`), or to one method's (`kd.temperature=2`); an unknown
-    key or method is refused."""
+    key or method is refused with the closest known names. `where` names each key's source (an experiment
+    file's table; default `--set`), so that an error points at the line to fix."""
     from benchmark.config import config_fields, convert
     from benchmark.method import hparam_fields
     cfg_types = config_fields(task)
     cfg_sets, hp = {}, {}
     for k, raw in sets.items():
-        if k in cfg_types:
-            cfg_sets[k] = raw
-            continue
-        if "." in k:
-            method, field = k.split(".", 1)
-            if method not in METHODS:
-                raise UsageError(f"--set {k}: unknown method '{method}'; known: {', '.join(METHODS.names())}")
-            if method not in methods:
-                raise UsageError(f"--set {k}: method '{method}' is not among the selected methods ({', '.join(methods)})")
-            known = hparam_fields(METHODS.get(method))
-            if field not in known:
-                raise UsageError(f"--set {k}: '{method}' has no hyperparameter '{field}'; its hyperparameters: "
-                                 f"{', '.join(known)}")
-            hp[k] = convert(k, raw, known[field].type)
-            continue
-        owners = [hparam_fields(METHODS.get(m))[k] for m in methods if k in hparam_fields(METHODS.get(m))]
-        if not owners:
-            hp_keys = sorted({f for m in methods for f in hparam_fields(METHODS.get(m))})
-            raise UsageError(f"unknown --set key '{k}'; run config keys: {', '.join(cfg_types)}; "
-                             f"hyperparameters of the selected methods: {', '.join(hp_keys)} (one method's: METHOD.KEY)")
-        hp[k] = convert(k, raw, owners[0].type)
+        src = (where or {}).get(k, f"--set {k}")
+        try:
+            if k in cfg_types:
+                cfg_sets[k] = raw
+                continue
+            if "." in k:
+                method, field = k.split(".", 1)
+                if method not in METHODS:
+                    raise UsageError(f"{src}: unknown method '{method}'{closest(method, METHODS.names())}")
+                if method not in methods:
+                    raise UsageError(f"{src}: method '{method}' is not among the selected methods ({', '.join(methods)})")
+                known = hparam_fields(METHODS.get(method))
+                if field not in known:
+                    raise UsageError(f"{src}: unknown hyperparameter '{field}' of '{method}'"
+                                     f"{closest(field, list(known))}")
+                hp[k] = convert(k, raw, known[field].type)
+                continue
+            owners = [hparam_fields(METHODS.get(m))[k] for m in methods if k in hparam_fields(METHODS.get(m))]
+            if not owners:
+                hp_keys = sorted({f for m in methods for f in hparam_fields(METHODS.get(m))})
+                near = closest(k, [*cfg_types, *hp_keys])
+                raise UsageError(f"{src}: unknown key '{k}'" + (near if near.startswith("; did") else
+                                 f"; run config keys: {', '.join(cfg_types)}; hyperparameters of the selected "
+                                 f"methods: {', '.join(hp_keys)} (one method's: METHOD.KEY)"))
+            hp[k] = convert(k, raw, owners[0].type)
+        except UsageError as e:  # a type or range error of convert(): name its source too
+            msg = str(e)
+            raise UsageError(msg if msg.startswith(src) else f"{src}: {msg}") from None
     return cfg_sets, hp
 
 
@@ -69,12 +78,15 @@ def prepare(args):
     task = TASKS.get(args.task)()
     methods = select_methods(args.methods)
     file_sets = method_tables(args, methods)
-    cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods, task)
+    cfg_sets, hp = split_sets(parse_sets(file_sets + args.set), methods, task, set_sources(args, file_sets))
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
     if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
         from benchmark.datasets import data_root
         flags["data_dir"] = str(data_root() / task.data_folder)
-    cfg = build_config(task, args.profile, flags, cfg_sets)
+    try:
+        cfg = build_config(task, args.profile, flags, cfg_sets)
+    except UsageError as e:  # a bad value of the experiment file names the file and table it came from
+        raise sourced(e, set_sources(args, file_sets)) from None
     if cfg.teacher_control != "none" and cfg.teacher_control not in task.teacher_controls:
         having = ", ".join(n for n in TASKS.names() if cfg.teacher_control in TASKS.get(n).teacher_controls)
         raise UsageError(f"teacher_control={cfg.teacher_control}: the teacher of task '{task.name}' has no such "
@@ -88,7 +100,10 @@ def prepare(args):
     methods = check_teacher_maps(task, methods, [resolve_hparams(m, task, cfg, hp) for m in methods],
                                  args.methods == "all")
     for m in methods:  # instantiate hyperparameters now so a bad choice fails before any run starts
-        validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
+        try:
+            validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
+        except UsageError as e:
+            raise sourced(e, set_sources(args, file_sets), m) from None
     if args.seeds < 1:
         raise UsageError("--seeds must be >= 1")
     if getattr(args, "tracking_uri", "unused") != "unused":
@@ -102,6 +117,34 @@ def prepare(args):
     from benchmark.nets import check_student
     check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
     return task, methods, hp, cfg, data
+
+
+def sourced(e: UsageError, where: dict[str, str], method: str | None = None) -> UsageError:
+    """A value error ("KEY=VALUE ...") of a key the experiment file set, prefixed with the file and table."""
+    msg = str(e).removeprefix("--set ")
+    for k, src in where.items():
+        name = k.split(".", 1)[1] if "." in k and k.split(".", 1)[0] == method else k
+        if msg.startswith(f"{name}="):
+            return UsageError(f"{src}: {msg}")
+    return e
+
+
+def set_sources(args, file_sets: list[str]) -> dict[str, str]:
+    """Each key set by the experiment file, named by its file and table (a key the command line sets again
+    is the command line's)."""
+    config, n_file = getattr(args, "config", None), getattr(args, "file_set_count", 0)
+    if not config:
+        return {}
+    out = {}
+    for item in file_sets:
+        k = item.split("=", 1)[0].strip()
+        out[k] = f"{config} [method.{k.split('.', 1)[0]}] {k.split('.', 1)[1]}"
+    for item in args.set[:n_file]:
+        k = item.split("=", 1)[0].strip()
+        out[k] = f"{config} [set] {k}"
+    for item in args.set[n_file:]:
+        out.pop(item.split("=", 1)[0].strip(), None)
+    return out
 
 
 def method_tables(args, methods: list[str]) -> list[str]:
@@ -198,6 +241,7 @@ def apply_config(args) -> None:
             if getattr(args, k, None) is None:
                 setattr(args, k, v)
         args.set = doc["set"] + list(args.set)  # the command line's --set after the file's: it wins
+        args.file_set_count = len(doc["set"])
         args.method_sets = doc["method_sets"]
     for k, v in RUN_DEFAULTS.items():
         if getattr(args, k, "absent") is None:
