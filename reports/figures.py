@@ -15,22 +15,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 MARKERS = "osD^vP*Xh<>p"
-_COLOURS = [plt.get_cmap("tab20")(i) for i in (0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19)]
+# 24 colours chosen greedily for distance from each other (CIE76 ΔE >= 30 between any two, computed once from
+# matplotlib's named colours) with a lightness that shows on white (25 < L* < 68); a method keeps its slot
+_COLOURS = ["#1f77b4", "#fe0002", "#5cb200", "#0804f9", "#fe01b1", "#653700", "#42b395", "#d5869d", "#1d5dec",
+            "#cb9d06", "#751973", "#044a05", "#be013c", "#3c4142", "#fc824a", "#cb00f5", "#b2996e", "#6f7c00",
+            "#bf77f6", "#85a3b2", "#01a049", "#a87dc2", "#5d21d0", "#ff69af"]
+# a metric's name as an axis reads it
+AXIS_LABELS = {"val_top1": "validation top-1 (%)", "test_top1": "test top-1 (%)", "val_eer": "validation EER (%)",
+               "term_ce": "task cross-entropy (train)", "train_loss": "training loss"}
+
+
+def axis_label(metric: str) -> str:
+    return AXIS_LABELS.get(metric, metric.replace("_", " "))
 
 
 def styles(labels: list[str]) -> dict[str, dict]:
-    """A distinct (colour, marker) pair per label (20 colours x 12 markers, the two cycling out of step),
+    """A distinct (colour, marker) pair per label (24 colours x 12 markers, the two cycling out of step),
     fixed by the method's place in the registry, so a method looks the same in every figure; further
-    configurations of a method (`kd (temperature=1)`) take the next free slots, methods from outside the
-    registry the slots after those."""
+    configurations of a method (`kd (temperature=1)`) and methods from outside the registry (plugins) take
+    the next free slots after the registry's."""
     from benchmark.registry import METHODS
     order = {m: i for i, m in enumerate(METHODS.names())}
     taken: set[int] = set()
     out = {}
     for lab in sorted(labels, key=lambda lab: (order.get(lab.split(" ")[0], len(order)), lab)):
-        i = order.get(lab.split(" ")[0], len(order))
-        while i in taken:
-            i += len(order) or 1
+        i = order.get(lab.split(" ")[0])
+        if i is None or i in taken:  # a plugin method, or another configuration: the next free slot after the registry
+            i = len(order)
+            while i in taken:
+                i += 1
         taken.add(i)
         out[lab] = {"color": _COLOURS[i % len(_COLOURS)], "marker": MARKERS[i % len(MARKERS)]}
     return out
@@ -48,28 +61,48 @@ def save(fig, path: Path, outside_legend: bool = False) -> Path:
     return path
 
 
-def curves(series: dict[str, dict[str, list[pd.Series]]], panels: list[tuple[str, str]], heading: str, path: Path) -> Path:
-    """series[label][metric]: one per-epoch Series per seed; each panel (metric, y label) shows every label's
-    mean over seeds with a band from the lowest to the highest seed."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.6), squeeze=False)
+def _band(ax, per: list[pd.Series], **style):
+    runs = [s for s in per if not s.empty]
+    if not runs:
+        return
+    frame = pd.concat(runs, axis=1)
+    mean = frame.mean(axis=1)
+    ax.plot(mean.index, mean.values, lw=1.4, ms=3, **style)
+    if frame.shape[1] > 1:
+        ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=style["color"], alpha=0.15)
+
+
+def curves(series: dict[str, dict[str, list[pd.Series]]], panels: list[tuple[str, str]], heading: str, path: Path,
+           baseline: str = "baseline", ncols: int = 4) -> Path:
+    """Small multiples: series[label][metric] holds one per-epoch Series per seed; one panel per configuration
+    and metric, the configuration in its colour (mean over seeds, band: lowest to highest seed) over the
+    baseline in grey, on a shared y axis per metric, so that no line hides another."""
     st = styles(list(series))
-    for ax, (metric, ylabel) in zip(axes[0], panels):
-        for label, per in series.items():
-            runs = [s for s in per.get(metric, []) if not s.empty]
-            if not runs:
-                continue
-            frame = pd.concat(runs, axis=1)
-            mean = frame.mean(axis=1)
-            ax.plot(mean.index, mean.values, label=f"{label} (n={frame.shape[1]})", lw=1.4, ms=4, **st[label])
-            if frame.shape[1] > 1:
-                ax.fill_between(mean.index, frame.min(axis=1), frame.max(axis=1), color=st[label]["color"], alpha=0.15)
-        ax.set_xlabel("epoch"), ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-    title(fig, heading)
-    return save(fig, path, outside_legend=True)
+    labels = [lab for lab in series if lab != baseline] or list(series)
+    ncols = min(ncols, len(labels))
+    nrows = -(-len(labels) // ncols)
+    fig, axes = plt.subplots(nrows * len(panels), ncols, figsize=(3.2 * ncols, 2.5 * nrows * len(panels)),
+                             squeeze=False, sharex=True)
+    for p, (metric, ylabel) in enumerate(panels):
+        block = axes[p * nrows:(p + 1) * nrows].ravel()
+        for ax in block[1:]:
+            ax.sharey(block[0])
+        for ax, label in zip(block, labels):
+            if baseline in series and label != baseline:
+                _band(ax, series[baseline].get(metric, []), color="0.55", marker="", label=baseline)
+            per = series[label].get(metric, [])
+            n = sum(not s.empty for s in per)
+            _band(ax, per, label=f"{label} (n={n})", **st[label])
+            ax.set_title(f"{label} (n={n})", fontsize=8, color=st[label]["color"])
+            ax.set_ylabel(ylabel, fontsize=7), ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+        for ax in block[len(labels):]:
+            ax.axis("off")
+        for ax in block[-ncols:]:
+            ax.set_xlabel("epoch", fontsize=7)
+    title(fig, heading + (f"; grey: {baseline}" if baseline in series else ""))
+    return save(fig, path)
 
 
 def forest(rows: list[tuple[str, object]], xlabel: str, heading: str, path: Path) -> Path:
@@ -128,19 +161,30 @@ def tsne(z: dict[str, np.ndarray], class_names: list[str] | None, heading: str, 
     classes, counts = np.unique(label, return_counts=True)
     shown = classes[np.argsort(-counts, kind="stable")[:max_classes]]
     fig, ax = plt.subplots(figsize=(7.5, 6))
+    rest = ~np.isin(label, shown)
+    # drawn largest first, each hollow or translucent enough to show what lies under it: teacher E_T as large
+    # open squares, projection head F_T as mid-size open triangles, student F_S as small filled dots
+    look = {"s": dict(s=46, facecolors="none", linewidths=0.9), "^": dict(s=30, facecolors="none", linewidths=0.9),
+            "o": dict(s=10, linewidths=0, alpha=0.8)}
     for i, (name, _, marker) in enumerate(sets):
         pts = emb[i * n:(i + 1) * n]
-        rest = ~np.isin(label, shown)
-        ax.scatter(pts[rest, 0], pts[rest, 1], s=6, c="lightgrey", marker=marker)
+        kw = look[marker]
+        grey = {**kw, **({"edgecolors": "0.75"} if "facecolors" in kw else {"color": "0.75"})}
+        ax.scatter(pts[rest, 0], pts[rest, 1], marker=marker, **grey)
         for k, c in enumerate(shown):
             sel = label == c
-            ax.scatter(pts[sel, 0], pts[sel, 1], s=18, color=_COLOURS[k % len(_COLOURS)], marker=marker,
-                       edgecolors="black" if name.startswith("teacher") else "none", linewidths=0.3)
+            colour = _COLOURS[k % len(_COLOURS)]
+            ax.scatter(pts[sel, 0], pts[sel, 1], marker=marker,
+                       **{**kw, **({"edgecolors": colour} if "facecolors" in kw else {"color": colour})})
     from matplotlib.lines import Line2D
-    handles = [Line2D([], [], ls="", marker=m, color="black", label=name) for name, _, m in sets]
+    handles = [Line2D([], [], ls="", marker=m, color="black", markerfacecolor="none" if m != "o" else "black",
+                      label=name) for name, _, m in sets]
     handles += [Line2D([], [], ls="", marker="o", color=_COLOURS[k % len(_COLOURS)],
                        label=class_names[c] if class_names and c < len(class_names) else f"class {c}")
                 for k, c in enumerate(shown)]
+    if rest.any():
+        handles.append(Line2D([], [], ls="", marker="o", color="0.75",
+                              label=f"{len(classes) - len(shown)} other classes (grey)"))
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     title(fig, heading)
     return save(fig, path, outside_legend=True)

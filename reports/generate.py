@@ -52,12 +52,11 @@ def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[s
         if task is None or sel.empty:
             continue
         loss = "term_ce" if "metrics.term_ce" in sel and sel["metrics.term_ce"].notna().any() else "train_loss"
-        panels = [(loss, "task cross-entropy (train)" if loss == "term_ce" else "train loss"),
-                  (task.selection_metric, task.selection_metric)]
+        panels = [(m, figures.axis_label(m)) for m in (loss, task.selection_metric)]
         series = {label: {m: [history(uri, rid, m) for rid in g.drop_duplicates("params.seed", keep="last")["run_id"]]
                           for m, _ in panels} for label, _, g in configurations(sel)}
         label = next(iter(setting_labels(sel, task).values()))
-        heading = f"Training curves, {task_name}: {label} (mean over seeds, band: min-max)"
+        heading = f"Training curves, {task_name}: {label} (one panel per method, mean over seeds, band: min-max)"
         figs.append((heading, figures.curves(series, panels, heading, out / f"curves_{task_name}.png")))
     return figs
 
@@ -109,7 +108,8 @@ def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
         dev = [f"{c.removeprefix('params.')}={r[c]}" for c in off_profile(r, task_info(r["params.task"]))]
         heading = (f"t-SNE of {len(z['label'])} test samples: teacher E_T, projection head F_T, student F_S; "
                    f"{r['params.task']}, {r['params.method']}, {r['params.student']}, {r['params.profile']}"
-                   + (f", {', '.join(dev)}" if dev else "") + f", seed {r['params.seed']} (run {r['run_id'][:8]})")
+                   + (f", {', '.join(dev)}" if dev else "") + f", seed {r['params.seed']} (run {r['run_id'][:8]}: the "
+                   "newest run of a method with a projection head, the only kind that has an F_T to show)")
         return [(heading + " (Fig. 8 analogue)", figures.tsne(z, list(z["class_names"]) if "class_names" in z else None, heading, out / "tsne.png"))]
     return []
 

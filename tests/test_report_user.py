@@ -90,6 +90,31 @@ def test_fourteen_methods_are_distinguishable_and_keep_their_style():
     assert styles(["pkt", "kd"])["kd"] == st["kd"]  # the same style whatever else the figure shows
 
 
+def _lab(hex_colour: str):
+    """CIE L*a*b* (D65) of an sRGB colour, by the textbook formulas."""
+    import matplotlib.colors as mc
+    rgb = np.array(mc.to_rgb(hex_colour))
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin
+    f = [v ** (1 / 3) if v > (6 / 29) ** 3 else v / (3 * (6 / 29) ** 2) + 4 / 29
+         for v in xyz / np.array([0.95047, 1.0, 1.08883])]
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_any_two_methods_of_a_figure_differ_in_colour_plugins_included():
+    """Over every registered method and three plugin methods: each pair of colours at least 25 apart (CIE76 ΔE;
+    about 2.3 is a just-noticeable difference), and none so light that it vanishes on white (L* <= 70); the
+    pale lavender a plugin got and the pkt/ccl, sp/ickd near-twins are gone."""
+    import matplotlib.colors as mc
+    from benchmark.registry import METHODS
+    from reports.figures import styles
+    names = METHODS.names() + ["myplugin_a", "myplugin_b", "myplugin_c"]
+    labs = {n: _lab(mc.to_hex(s["color"])) for n, s in styles(names).items()}
+    worst = min((np.linalg.norm(labs[a] - labs[b]), a, b) for i, a in enumerate(names) for b in names[i + 1:])
+    assert worst[0] >= 25, worst
+    assert max(v[0] for v in labs.values()) <= 70
+
+
 def test_compare_two_stores_shows_an_injected_change(tmp_path):
     a = _store(tmp_path, "a.db")
     b = _store(tmp_path, "b.db", shift=2.0)  # B: kd is 2 points better on every seed, nothing else changed
