@@ -135,7 +135,7 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
         raise UsageError(f"every finished run in {tracking_uri} used a control teacher (teacher_control); a report "
                          "compares them with runs of the real teacher (the baseline at least): run those first")
     out.mkdir(parents=True, exist_ok=True)
-    board, board_records, forest_figs = leaderboards(runs, out, notes)
+    board, board_records, forest_figs, summary = leaderboards(runs, out, notes)
     control_md, control_records = control_tables(everything, notes)
     study_md, study_records, _ = studies(runs, out, notes)
     sweeps, sweep_figs = synthetic_sweeps(runs, out)
@@ -149,9 +149,12 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
              + f" of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
              "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
-             INTRO, "", "## Leaderboards", "",
-             "Per task and setting (the most populated first), sorted by the primary metric; the forest plot under "
-             "each shows every Δ with its CI.", "", board]
+             "## Summary", "",
+             "Per task and setting: the pre-registered primary comparison (tested alone), the exploratory comparisons "
+             "with the baseline after Holm's correction, what the table could detect, and the forest plot of every Δ. "
+             "Δ is in percentage points of the primary metric.", "", summary,
+             "## Leaderboards", "", INTRO, "",
+             "Per task and setting (the most populated first), sorted by the primary metric.", "", board]
     if control_md:
         parts += ["## Negative controls: knowledge of the teacher, or regularisation?", "", control_md]
     if study_md:

@@ -33,9 +33,10 @@ def teacher_line(runs: pd.DataFrame, label: str) -> str:
     return f"Teacher [{label}]: {tid}" + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded")
 
 
-def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, list[dict], list[tuple[str, Path]]]:
-    """(Markdown, report.csv records, figures) for every task and setting with finished non-study runs."""
-    parts, records, figs = [], [], []
+def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, list[dict], list[tuple[str, Path]], str]:
+    """(Markdown, report.csv records, figures, summary) for every task and setting with finished non-study runs;
+    the summary (the report's opening: per setting its verdict and forest plot) is separate from the tables."""
+    parts, records, figs, summary = [], [], [], []
     main = runs[runs["tags.xkd.study"] == ""] if not runs.empty else runs
     for task_name in sorted(main["params.task"].unique()) if not main.empty else []:
         task = task_info(task_name)
@@ -43,11 +44,12 @@ def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, 
         labels = setting_labels(pool, task)
         order = pool["_setting"].value_counts().index  # the most populated setting first
         for setting in order:
-            md, recs, fig = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], out, notes, pool)
-            parts.append(md), records.extend(recs)
+            md, recs, fig, verdict = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], out,
+                                          notes, pool)
+            parts.append(md), records.extend(recs), summary.append(verdict)
             if fig:
                 figs.append(fig)
-    return "\n".join(parts), records, figs
+    return "\n".join(parts), records, figs, "\n".join(summary)
 
 
 def _metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -59,7 +61,7 @@ def _metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
 def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame):
     metrics = _metrics(task, sel)
     if not metrics:
-        return f"### {task_name} [{label}]\n\nNo summary metric recorded by these {len(sel)} runs.\n", [], None
+        return f"### {task_name} [{label}]\n\nNo summary metric recorded by these {len(sel)} runs.\n", [], None, ""
     primary, primary_label = metrics[0]
     col = f"metrics.{primary}"
     base = baseline_of(sel)
@@ -103,10 +105,11 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         path = figures.forest(forest_rows, f"Δ {primary_label} vs baseline", f"Δ vs baseline, {heading}",
                               out / f"forest_{slug(task_name + '_' + label)}.png")
         fig = (f"Δ vs baseline, {heading}", path)
-    lines = [f"### {heading}", "", *verdict, teacher_line(sel, label), "", table(header, body), ""]
+    lines = [f"### {heading}", "", teacher_line(sel, label), "", table(header, body), ""]
+    opening = [f"### {heading}", "", *verdict]
     if fig:
-        lines += [f"![{fig[0]}]({fig[1].name})", ""]
-    return "\n".join(lines), records, fig
+        opening += [f"![{fig[0]}]({fig[1].name})", ""]
+    return "\n".join(lines), records, fig, "\n".join(opening)
 
 
 def _same(value, wanted) -> bool:
@@ -162,6 +165,8 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
         out += [line, "", power_line(family, len(tested)), ""]
     elif prim is not None:
         out += [power_line([rows[prim][4]], 1), ""]
+    if not out:
+        out = ["No comparison with the baseline in this setting (it has no baseline run, or too few seeds).", ""]
     return out
 
 

@@ -39,13 +39,18 @@ def test_leaderboard_first_sorted_with_numeric_csv(tmp_path):
     uri = _store(tmp_path)
     out = tmp_path / "r"
     report = build_report(uri, out).read_text()
-    assert report.index("## Leaderboards") < report.index("## Studies") < report.index("## The paper's tables")
+    assert report.index("## Summary") < report.index("## Leaderboards") < report.index("## Studies") \
+        < report.index("## The paper's tables")
     board = report.split("## Leaderboards")[1].split("## Studies")[0]
+    summary = report.split("## Summary")[1].split("## Leaderboards")[0]  # the verdict first, its forest plot under it
     rows = [line for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split("|")[2].split("[^")[0].strip() for r in rows] == ["kd", "baseline", "pkt"]
     # kd - baseline: 3, 4, 2 -> +3.00, sd 1, CI +-2.48; pkt: -1, 0, -2 -> -1.00 [-3.48, +1.48]
     assert "+3.00 [+0.52, +5.48] (n=3)" in rows[0] and "-1.00 [-3.48, +1.48] (n=3)" in rows[2]
-    assert "![Δ vs baseline, cifar100: resnet8_w16, quick](forest_cifar100_resnet8_w16__quick.png)" in board
+    assert "![Δ vs baseline, cifar100: resnet8_w16, quick](forest_cifar100_resnet8_w16__quick.png)" in summary
+    assert summary.index("**Exploratory** (2 comparisons with the baseline, Holm): 0 survive the correction; the best "
+                         "is kd, Δ +3.00 [+0.52, +5.48], p_Holm = 0.07. 1 raw 95% CI excludes 0 without surviving") \
+        < summary.index("Power: with n = 3") < summary.index("![Δ vs baseline")
     csv = pd.read_csv(out / "report.csv")
     for col in ("test_top1_mean", "test_top1_std", "test_top1_n", "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm"):
         assert pd.api.types.is_numeric_dtype(csv[col]), col
