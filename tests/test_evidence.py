@@ -198,3 +198,30 @@ def test_a_control_a_teacher_cannot_give_is_refused_before_writing(tmp_path, tas
     assert r.returncode == 2 and f"teacher_control={control}: the teacher of task '{task}' has no such control" \
         in r.stderr and "tasks with random: cifar100-kd, synthetic" in r.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_two_teachers():
+    """scripts/teacher_modality.py on hand values: baselines 30, 31, 32 on both tasks; kd +1, +2, +3 over it
+    with the text teacher and +6, +7, +5 with the image teacher: image - text = 5, 5, 2 (mean 4, sd 1.73);
+    a control run and a run of another method on one task only are left out."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from teacher_modality import table
+    rows = []
+    for task, gains in (("cifar100", (1, 2, 3)), ("cifar100-kd", (6, 7, 5))):
+        for s in range(3):
+            rows.append({"params.task": task, "params.method": "baseline", "params.seed": s, "metrics.test_top1": 30 + s})
+            rows.append({"params.task": task, "params.method": "kd", "params.seed": s,
+                         "metrics.test_top1": 30 + s + gains[s]})
+    rows.append({"params.task": "cifar100-kd", "params.method": "kd", "params.seed": 0, "metrics.test_top1": 1.0,
+                 "params.teacher_control": "shuffled"})
+    rows.append({"params.task": "cifar100-kd", "params.method": "pkt", "params.seed": 0, "metrics.test_top1": 50.0})
+    runs = pd.DataFrame(rows).assign(**{"params.code_version": "x", "tags.xkd.study": ""})
+    runs["params.teacher_control"] = runs["params.teacher_control"].fillna("none")
+    out = table(runs)
+    kd = next(line for line in out.splitlines() if line.startswith("| kd"))
+    cells = [c.strip() for c in kd.split("|")[2:-1]]
+    assert cells[0].startswith("+2.00 [") and cells[1].startswith("+6.00 [")
+    assert cells[2].startswith("+4.00 [") and "(n=3)" in cells[2]
+    assert "pkt" not in out and "baselines: text task 31.00, image task 31.00" in out

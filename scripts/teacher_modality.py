@@ -1,0 +1,48 @@
+"""The cost of the modality gap at equal student budget: the same methods with an image teacher (`cifar100-kd`)
+and a text teacher (`cifar100`), from a report's runs.csv (real teachers only, one code version).
+
+    python scripts/teacher_modality.py reports/example/evidence/runs.csv
+
+Per method: its gain over the baseline with each teacher (paired by seed, the baseline of the same task), and
+image - text (the method's test top-1 with the image teacher minus with the text teacher, paired by seed: the
+same seed is the same student initialisation and data order on both tasks, whose baselines are the same
+computation). Holm over the image - text comparisons of the table."""
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+
+from benchmark.stats import holm, paired_difference, per_seed
+
+TEXT, IMAGE = "cifar100", "cifar100-kd"
+METRIC = "metrics.test_top1"
+
+
+def table(runs: pd.DataFrame) -> str:
+    runs = runs[(runs["params.teacher_control"].fillna("none") == "none") & (runs["tags.xkd.study"].fillna("") == "")]
+    if runs["params.code_version"].nunique() > 1:
+        sys.exit(f"runs of {runs['params.code_version'].nunique()} code versions: pass the runs of one")
+
+    def seeds(task, method):
+        g = runs[(runs["params.task"] == task) & (runs["params.method"] == method)]
+        return per_seed(g[METRIC], g["params.seed"])
+    base = {t: seeds(t, "baseline") for t in (TEXT, IMAGE)}
+    methods = sorted(set(runs.loc[runs["params.task"] == TEXT, "params.method"])
+                     & set(runs.loc[runs["params.task"] == IMAGE, "params.method"]) - {"baseline"})
+    rows = [(m, paired_difference(seeds(TEXT, m), base[TEXT]), paired_difference(seeds(IMAGE, m), base[IMAGE]),
+             paired_difference(seeds(IMAGE, m), seeds(TEXT, m))) for m in methods]
+    holm([r[3] for r in rows])
+    same = paired_difference(base[IMAGE], base[TEXT])
+    out = [f"baselines: text task {base[TEXT].mean():.2f}, image task {base[IMAGE].mean():.2f} "
+           f"(image - text {same}; the same computation on both tasks)", "",
+           "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |",
+           "|---|---|---|---|"]
+    out += [f"| {m} | {t} | {i} | {d} |" for m, t, i, d in rows]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(table(pd.read_csv(sys.argv[1], low_memory=False)))
