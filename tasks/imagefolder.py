@@ -80,6 +80,17 @@ class ImageFolderTask(Cifar100):
             yy = torch.from_numpy(y)
             return Split(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
         xv, yv, _ = self.val
+        rule = "the given train/val/test folders"
+        if cfg.data_fraction < 1:  # the same stratified share of train/ as without a val/ folder
+            from sklearn.model_selection import train_test_split
+            if round(cfg.data_fraction * len(ytr)) < len(names := np.unique(ytr)):
+                raise UsageError(f"data_fraction={cfg.data_fraction} leaves fewer than one training image per class "
+                                 f"({len(names)} classes, {len(ytr)} images in train/)")
+            keep, _ = train_test_split(np.arange(len(ytr)), train_size=cfg.data_fraction, stratify=ytr,
+                                       random_state=cfg.split_seed)
+            keep = np.sort(keep)
+            xtr, ytr = xtr[keep], ytr[keep]
+            rule += f"; a stratified {cfg.data_fraction:g} of train/ (seed {cfg.split_seed})"
         data.train, data.val = split(xtr, ytr), split(xv, yv)
-        data.info.update(n_train=len(ytr), n_val=len(yv), split_rule="the given train/val/test folders")
+        data.info.update(n_train=len(ytr), n_val=len(yv), split_rule=rule)
         return data

@@ -73,6 +73,23 @@ def test_imagefolder_runs_every_method(tmp_path, image_folder):
     assert "ImageFolder" in r.data.params["data_layout"]
 
 
+def test_imagefolder_with_a_val_folder_applies_data_fraction_to_train(tmp_path, image_folder):
+    """With a val/ folder, data_fraction takes a stratified share of train/ (it was ignored, yet logged)."""
+    import shutil
+
+    from benchmark.config import build_config
+    from tasks.imagefolder import ImageFolderTask
+    root = tmp_path / "withval"
+    shutil.copytree(image_folder, root)
+    shutil.copytree(image_folder / "test", root / "val")
+    task = ImageFolderTask()
+    full = task.load(build_config(task, "smoke", {"data_dir": str(root)}, {}))
+    half = ImageFolderTask().load(build_config(task, "smoke", {"data_dir": str(root)}, {"data_fraction": "0.5"}))
+    assert len(full.train.y) == 80 and len(half.train.y) == 40 and len(half.val.y) == len(full.val.y) == 40
+    assert sorted(np.bincount(half.train.y.numpy()).tolist()) == [10, 10, 10, 10]
+    assert "a stratified 0.5 of train/" in half.info["split_rule"]
+
+
 def test_imagefolder_refuses_a_folder_without_splits(tmp_path):
     res = run_cli_inprocess(["run", "--task", "imagefolder", "--data-dir", str(tmp_path), "--profile", "smoke"], tmp_path)
     assert res.returncode == 2 and "train/ and test/" in res.stderr
