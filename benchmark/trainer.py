@@ -374,6 +374,30 @@ def better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a > b if mode == "max" else a < b)
 
 
+@contextlib.contextmanager
+def run_lock(ckpt_path: Path, method: str, seed: int):
+    """One process at a time trains a run (its settings, i.e. its checkpoint): a second process started with
+    the same command is refused before it writes anything for that run (flock: released when the process
+    ends, however it ends)."""
+    import fcntl
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = ckpt_path.with_suffix(".lock")
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise UsageError(f"{method} seed {seed} with these settings is being trained by {owner} (lock {lock}); "
+                             "wait for it or stop it first") from None
+        f.seek(0), f.truncate(), f.write(f"process {os.getpid()}"), f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0), f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any], tracker,
             out_dir: Path, resume: bool = False, parent_run_id: str | None = None, on_epoch=None,
             tags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -383,6 +407,16 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     ctx = Context(cfg, task, data, tables, method_name, overrides)
     key = run_key(cfg, method_name, ctx.hparams)
     ckpt_path = out_dir / "checkpoints" / f"{method_name}-seed{cfg.seed}-{key}.pt"
+    if not distributed.is_main():
+        return _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags,
+                    key, ckpt_path)
+    with run_lock(ckpt_path, method_name, cfg.seed):
+        return _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags,
+                    key, ckpt_path)
+
+
+def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags, key,
+         ckpt_path) -> dict[str, Any]:
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     ck = load_checkpoint(ckpt_path, ctx.device) if resume else None
     if ck is not None and ck.get("done"):

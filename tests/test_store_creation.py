@@ -137,3 +137,57 @@ def test_a_full_disk_under_out_fails_each_run_in_one_line_and_leaves_nothing_par
     runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
     assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"]
     assert all("no space left" in r.data.tags["xkd.failure"] for r in runs)
+
+
+def test_a_run_being_trained_by_another_process_is_refused_before_anything_is_written(tmp_path):
+    """The lock of a run's checkpoint path: a second holder is refused in one line naming the process that
+    trains it (the same command started twice at once used to train the same run in both processes)."""
+    import multiprocessing as mp
+
+    from benchmark.registry import UsageError
+    from benchmark.trainer import run_lock
+    ckpt = tmp_path / "checkpoints" / "kd-seed0-abc.pt"
+    ready, done = mp.Event(), mp.Event()
+
+    def hold():
+        with run_lock(ckpt, "kd", 0):
+            ready.set()
+            done.wait(30)
+    p = mp.get_context("fork").Process(target=hold)
+    p.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(UsageError, match=rf"kd seed 0 with these settings is being trained by process {p.pid}"):
+            with run_lock(ckpt, "kd", 0):
+                pass
+    finally:
+        done.set()
+        p.join(30)
+    with run_lock(ckpt, "kd", 0):  # released when its holder is done: the run can be trained again
+        pass
+
+
+def test_the_same_command_twice_at_once_trains_each_run_once(tmp_path):
+    """Two identical `run` commands started together on one store: one trains the run, the other is refused
+    in one line (exit 2) before it writes a run; the store holds one finished run."""
+    import subprocess
+    import sys
+
+    import mlflow
+    args = [sys.executable, "-m", "benchmark", "run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd",
+            "--set", "epochs=600", "--out", str(tmp_path / "o")]
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    first = subprocess.run([*args[:-2], "--methods", "baseline", "--set", "epochs=1", "--out", str(tmp_path / "warm")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)  # the store and teacher made once
+    assert first.returncode == 0, first.stderr[-2000:]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], [o[1][-1500:] for o in outs]
+    refused = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
+    assert "is being trained by process" in refused and refused.count("\n") == 1
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id],
+                              filter_string="params.method = 'kd'")
+    assert [r.info.status for r in runs] == ["FINISHED"]
