@@ -124,6 +124,17 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def rank0_outcome(error: str | None) -> str | None:
+    """Rank 0's outcome of the work it does alone (evaluate, log, save), on every rank: None when it went
+    well, else its reason, so that every rank stops at once with it (a barrier would leave them waiting until
+    the process group's timeout). A collective: every rank calls it together; rank 0's `error` counts."""
+    if world_size() == 1:
+        return error
+    box = [error if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

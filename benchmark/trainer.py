@@ -464,21 +464,28 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
             if not all(bool(torch.isfinite(p).all()) for p in (*ctx.student.parameters(), *ctx.method.parameters())):
                 raise Diverged(f"{method_name} seed {cfg.seed}: weights are not finite after epoch {epoch + 1}")
             if not main:  # the other ranks only train; rank 0 evaluates and saves while they wait
-                distributed.barrier()
+                failed = distributed.rank0_outcome(None)
+                if failed:
+                    raise RuntimeError(f"rank 0 failed after epoch {epoch + 1} ({failed}); rank "
+                                       f"{distributed.rank()} stops with it")
                 if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
                     return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
                 continue
-            m.update(ctx.evaluate("val")[0])
-            wall += time.perf_counter() - t0
-            history.append(m)
-            tracker.log_metrics(run_id, m, step=epoch + 1)
-            if best is None or better(m[sel], best["value"], task.selection_mode):
-                best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
-                        "method": copy.deepcopy(ctx.method.state_dict())}
-            _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best, "run_id": run_id,
-                          "method": method_name, "seed": cfg.seed, "wall_s": wall, "done": False}, ckpt_path,
-                         keep_previous=True)
-            distributed.barrier()
+            try:
+                m.update(ctx.evaluate("val")[0])
+                wall += time.perf_counter() - t0
+                history.append(m)
+                tracker.log_metrics(run_id, m, step=epoch + 1)
+                if best is None or better(m[sel], best["value"], task.selection_mode):
+                    best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
+                            "method": copy.deepcopy(ctx.method.state_dict())}
+                _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
+                              "run_id": run_id, "method": method_name, "seed": cfg.seed, "wall_s": wall,
+                              "done": False}, ckpt_path, keep_previous=True)
+            except BaseException as e:  # the other ranks wait for this epoch's outcome: they stop with its reason
+                distributed.rank0_outcome(f"{type(e).__name__}: {str(e)[:300]}")
+                raise
+            distributed.rank0_outcome(None)
             if on_epoch is not None:
                 on_epoch(epoch + 1, m)
             if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:

@@ -75,6 +75,35 @@ def _finite_check_on_rank(rank, port, queue):
     dist.destroy_process_group()
 
 
+def _outcome_on_rank(rank, port, queue):
+    import time
+
+    import torch.distributed as dist
+
+    from benchmark.distributed import rank0_outcome
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    t0 = time.perf_counter()
+    # rank 0 fails while saving; rank 1 was waiting for the epoch's outcome
+    got = rank0_outcome("OSError: [Errno 28] No space left on device" if rank == 0 else None)
+    queue.put((rank, got, time.perf_counter() - t0))
+    dist.destroy_process_group()
+
+
+def test_a_failure_on_rank_0_reaches_every_rank_at_once():
+    """What rank 0 does alone (evaluate, log, save) ends with a collective carrying its outcome: a failure there
+    reaches the waiting ranks at once with its reason (they used to wait at a barrier until the timeout)."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("fork")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_outcome_on_rank, args=(r, port, queue)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    got = {r: (msg, t) for r, msg, t in (queue.get(timeout=60) for _ in procs)}
+    for p in procs:
+        p.join(timeout=30)
+    assert got[1][0] == got[0][0] == "OSError: [Errno 28] No space left on device" and got[1][1] < 20
+
+
 def test_a_nan_on_one_rank_stops_every_rank():
     """The finiteness flag is reduced over the ranks: a NaN on rank 1 only stops both ranks (before, rank 0
     went on and hung in the next collective)."""
