@@ -240,7 +240,10 @@ def header_section(runs: pd.DataFrame) -> str:
             cells.append(", ".join(vals))
         if any(cells):
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(["| what | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks), *rows]) + "\n"
+    return "\n".join(["| what | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks), *rows]) + "\n\n" + \
+        ("The `hp.*` rows: the readings chosen where the paper is ambiguous (methods/README.md's register of "
+         "ambiguities; each an option of its method, recorded in every run), as the runs used them.\n"
+         if any(r.startswith("| hp.") for r in rows) else "")
 
 
 def has_runs(spec: TableSpec, runs: pd.DataFrame) -> bool:
