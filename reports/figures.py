@@ -16,9 +16,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 MARKERS = "osD^vP*Xh<>p"
 # 24 colours chosen greedily for distance from each other (CIE76 ΔE >= 30 between any two, computed once from
-# matplotlib's named colours) with a lightness that shows on white (25 < L* < 68); a method keeps its slot
+# matplotlib's named colours; no grey: the baseline is drawn grey) with a lightness that shows on white
+# (25 < L* < 68); a method keeps its slot
 _COLOURS = ["#1f77b4", "#fe0002", "#5cb200", "#0804f9", "#fe01b1", "#653700", "#42b395", "#d5869d", "#1d5dec",
-            "#cb9d06", "#751973", "#044a05", "#be013c", "#3c4142", "#fc824a", "#cb00f5", "#b2996e", "#6f7c00",
+            "#cb9d06", "#751973", "#044a05", "#be013c", "#00555a", "#fc824a", "#cb00f5", "#b2996e", "#6f7c00",
             "#bf77f6", "#85a3b2", "#01a049", "#a87dc2", "#5d21d0", "#ff69af"]
 # a metric's name as an axis reads it
 AXIS_LABELS = {"val_top1": "validation top-1 (%)", "test_top1": "test top-1 (%)", "val_eer": "validation EER (%)",
