@@ -35,10 +35,10 @@ def read(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
-        doc = tomllib.loads(p.read_text())
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         import re
-        slip = re.search(r"^\s*\[methods\.([^\]]+)\]", p.read_text(errors="replace"), re.M)
+        slip = re.search(r"^\s*\[methods\.([^\]]+)\]", p.read_text(encoding="utf-8", errors="replace"), re.M)
         hint = f"; one method's hyperparameters go in [method.{slip.group(1)}] (singular)" if slip else ""
         raise UsageError(f"--config {path}: not valid TOML ({e}){hint}") from None
     unknown = sorted(set(doc) - KEYS)
@@ -106,7 +106,9 @@ def _toml(v: Any) -> str:
         return str(v)
     if isinstance(v, float):
         return ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) if not math.isfinite(v) else repr(v)
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+    # a JSON string is a TOML basic string, but for its \uD83D-style surrogate escapes of characters beyond the
+    # BMP (an emoji in a folder name), which TOML refuses: those characters are written as they are (UTF-8)
+    return json.dumps(str(v), ensure_ascii=False)
 
 
 def dump(cfg, method: str, hparams: dict[str, Any], plugins: list[str]) -> str:

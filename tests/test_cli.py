@@ -114,3 +114,22 @@ def test_experiment_file_slips_are_refused_naming_the_file(tmp_path, body, needl
     exp.write_text('task = "synthetic"\nprofile = "smoke"\n' + body + "\n" if not body.startswith("task") else body + "\n")
     res = run_cli_inprocess(["run", "--config", str(exp)], tmp_path)
     _assert_refused(res, tmp_path, str(exp), *needles)
+
+
+def test_an_experiment_file_with_an_emoji_in_a_path_reads_back(tmp_path):
+    """The logged experiment.toml of a run whose data folder holds an emoji (a character beyond the BMP, which
+    JSON escapes as a surrogate pair TOML refuses) reads back to the same path, and so does a control
+    character."""
+    import tomllib
+
+    from benchmark import experiment
+    from benchmark.config import build_config
+    from benchmark.registry import TASKS
+    task = TASKS.get("synthetic")()
+    for folder in ("data 😀 ünïcode", "tab\there"):
+        cfg = build_config(task, "smoke", {"data_dir": str(tmp_path / folder)}, {})
+        text = experiment.dump(cfg, "kd", {"temperature": 4.0}, [])
+        assert tomllib.loads(text)["data_dir"] == str(tmp_path / folder)
+        f = tmp_path / "exp.toml"
+        f.write_text(text, encoding="utf-8")
+        assert experiment.read(f)["data_dir"] == str(tmp_path / folder)
