@@ -45,11 +45,9 @@ class ImageFolderTask(Cifar100):
                      "quick": "ResNet8-w16 at 32x32, 10 epochs"}
     profiles = {
         "smoke": dict(student="resnet8_w16", teacher="minilm", image_size=32, epochs=1, batch_size=16, lr=0.05,
-                      val_fraction=0.2,
-                      schedule="onecycle", weight_decay=5e-4),
+                      val_fraction=0.2, schedule="onecycle", weight_decay=5e-4),
         "quick": dict(student="resnet8_w16", teacher="minilm", image_size=32, epochs=10, batch_size=64, lr=0.05,
-                      val_fraction=0.1,
-                      schedule="onecycle", weight_decay=5e-4, nesterov=True),
+                      val_fraction=0.1, schedule="onecycle", weight_decay=5e-4, nesterov=True),
     }
 
     def read(self, cfg):
