@@ -117,8 +117,8 @@ class Cifar100(Task):
     primary = Primary("ours_classifier", declared="2026-12-03, before the tables at this commit were run")
     data_folder = "cifar100"  # under the data root when --data-dir is not given
     profile_notes = {"smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
-                     "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs (measured on 2 cores: 138 s a "
-                              "baseline run, 187 s an ours_classifier run; the 14 methods about 45 min a seed)",
+                     "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs (measured on 2 cores: 131-138 s "
+                              "a baseline run, 137 s an ours_classifier run; the 14 methods about 40 min a seed)",
                      "paper": "the paper's recipe: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, "
                               "wd 1e-4, CLIP ViT-B/16 teacher; GPU"}
     profiles = {
