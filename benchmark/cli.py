@@ -6,6 +6,7 @@ the parser is built, so that every option lists the registries' names."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -132,3 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         done = done() if callable(done) else done  # a command may say what exactly was interrupted
         print(f"{what}: {done}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - a full disk under the store is one line; anything else a traceback
+        text = str(e)
+        if debug or not ("database or disk is full" in text or "No space left on device" in text):
+            raise
+        where = getattr(locals().get("args"), "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI", "")
+        print(f"error: no space left on the device of the MLflow store {where or '(default mlflow.db)'}: nothing more "
+              "could be written there; a run it was recording stays RUNNING until the next command on this store "
+              "marks it KILLED (rerun the same command once there is space)", file=sys.stderr)
+        return 1

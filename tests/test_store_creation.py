@@ -191,3 +191,21 @@ def test_the_same_command_twice_at_once_trains_each_run_once(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id],
                               filter_string="params.method = 'kd'")
     assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_a_full_disk_under_the_store_is_one_line(tmp_path, monkeypatch):
+    """The store's disk fills during a run (sqlite: 'database or disk is full', simulated on the first metric
+    write): one line naming the store and what becomes of the run, exit 1, no traceback."""
+    import sqlite3
+
+    from benchmark.tracking import Tracker
+    from conftest import run_cli_inprocess
+
+    def full(self, *a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(Tracker, "log_metrics", full)
+    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd",
+                             "--out", str(tmp_path / "out")], tmp_path)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: no space left on the device of the MLflow store")
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
