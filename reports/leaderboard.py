@@ -139,8 +139,11 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
     out = []
     if prim is not None:
         p = rows[prim][4]
+        better = (p.mean < 0) if lower_is_better(task) else (p.mean > 0)
         test = "not testable (fewer than two paired seeds)" if p.n < 2 or p.no_spread else \
-            f"p = {p.p:.2g}, tested alone at α = {ALPHA}: " + ("**resolved**" if p.p < ALPHA else "not resolved")
+            f"p = {p.p:.2g}, tested alone at α = {ALPHA}: " + (
+                ("**resolved: better than the baseline**" if better else "**resolved: worse than the baseline**")
+                if p.p < ALPHA else "not resolved")
         line = (f"**Primary (pre-registered, {task.primary.declared})**: {task.primary.label}, Δ {metric_label} "
                 f"{p.mean:+.2f} points [{p.lo:+.2f}, {p.hi:+.2f}] (n = {p.n}), {test}.")
         need = seeds_needed(p.mean, p.sd)

@@ -225,3 +225,12 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     assert cells[0].startswith("+2.00 [") and cells[1].startswith("+6.00 [")
     assert cells[2].startswith("+4.00 [") and "(n=3)" in cells[2]
     assert "pkt" not in out and "baselines: text task 31.00, image task 31.00" in out
+
+
+def test_a_resolved_primary_says_which_way(tmp_path):
+    """ours_classifier - baseline = -4, -5, -6 (p = 0.013): resolved, and worse than the baseline."""
+    base = [30.0, 31.0, 32.0]
+    rows = [("baseline", s, base[s], {}) for s in range(3)]
+    rows += [("ours_classifier", s, base[s] - (4, 5, 6)[s], {}) for s in range(3)]
+    report = build_report(_store(tmp_path, rows), tmp_path / "r").read_text()
+    assert "tested alone at α = 0.05: **resolved: worse than the baseline**" in report
