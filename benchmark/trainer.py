@@ -380,8 +380,8 @@ def run_lock(ckpt_path: Path, method: str, seed: int):
     the same command is refused before it writes anything for that run (flock: released when the process
     ends, however it ends)."""
     import fcntl
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = ckpt_path.with_suffix(".lock")
+    lock = ckpt_path.parent / ".locks" / f"{ckpt_path.stem}.lock"  # beside, not among, the checkpoints
+    lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

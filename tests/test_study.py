@@ -177,7 +177,7 @@ def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path, search):
     assert all("not finite" in r.data.tags["xkd.failure"] for r in trial_runs if r.info.status == "FAILED")
 
 
-SLOW_GRID = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--set", "epochs=40",
+SLOW_GRID = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--set", "epochs=100",
              "--seeds", "2", "--grid"]
 
 
@@ -225,6 +225,7 @@ def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
     args = [*SLOW_GRID, "temperature=1,4"]
     proc = _popen(args, tmp_path)
     study, trial = _running_trial(tmp_path, proc)
+    time.sleep(1.0)  # into the trial's training, past the writes that open its MLflow run
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
