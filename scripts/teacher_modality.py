@@ -20,7 +20,9 @@ METRIC = "metrics.test_top1"
 
 
 def table(runs: pd.DataFrame) -> str:
-    runs = runs[(runs["params.teacher_control"].fillna("none") == "none") & (runs["tags.xkd.study"].fillna("") == "")]
+    control = runs["params.teacher_control"].astype(object).where(runs["params.teacher_control"].notna(), "none")
+    study = runs["tags.xkd.study"].astype(object).where(runs["tags.xkd.study"].notna(), "")
+    runs = runs[(control == "none") & (study == "")]
     if runs["params.code_version"].nunique() > 1:
         sys.exit(f"runs of {runs['params.code_version'].nunique()} code versions: pass the runs of one")
 
@@ -38,7 +40,7 @@ def table(runs: pd.DataFrame) -> str:
            f"(image - text {same}; the same computation on both tasks)", "",
            "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |",
            "|---|---|---|---|"]
-    out += [f"| {m} | {t} | {i} | {d} |" for m, t, i, d in rows]
+    out += [f"| {m} | {str(t).removesuffix(' *')} | {str(i).removesuffix(' *')} | {d} |" for m, t, i, d in rows]
     return "\n".join(out)
 
 
