@@ -162,10 +162,11 @@ class Context:
         # (a permutation of the training set fixed per run seed, drawn from a stream of its own; the teacher's
         # outputs for evaluation are its own rows'); a live teacher sees sample shuffle[i]'s input, augmented
         # with a generator of its own so that the student's data stream is the real-teacher run's
-        self.shuffle = self.shuffle_gen = None
+        self.shuffle = self.shuffle_cpu = self.shuffle_gen = None
         if cfg.teacher_control == "shuffled":
             g = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle"))
-            self.shuffle = torch.randperm(len(data.train.y), generator=g).to(self.device)
+            self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
+            self.shuffle = self.shuffle_cpu.to(self.device)  # looks up table keys on the device, once per run
             self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
@@ -213,7 +214,7 @@ class Context:
             teacher = TeacherOut()
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
             x_t = x if self.shuffle is None else self.task.augment(
-                self.task.train_inputs(self.train_split, self.shuffle[idx_d].cpu(), self.shuffle_gen, cfg)
+                self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
                 .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
             with torch.no_grad(), self.autocast():
                 emb_t, logits_t, maps_t = tables.live(x_t)
@@ -407,10 +408,7 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     ctx = Context(cfg, task, data, tables, method_name, overrides)
     key = run_key(cfg, method_name, ctx.hparams)
     ckpt_path = out_dir / "checkpoints" / f"{method_name}-seed{cfg.seed}-{key}.pt"
-    if not distributed.is_main():
-        return _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags,
-                    key, ckpt_path)
-    with run_lock(ckpt_path, method_name, cfg.seed):
+    with run_lock(ckpt_path, method_name, cfg.seed) if distributed.is_main() else contextlib.nullcontext():
         return _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags,
                     key, ckpt_path)
 
