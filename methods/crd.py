@@ -60,6 +60,7 @@ class NegativeNCE(torch.autograd.Function):
         denom = (s + pn).add_(eps)                     # s + pn + eps
         term = denom.reciprocal().mul_(pn).log_()      # log(pn / denom): Python's pn / x is reciprocal(x) * pn
         if keep is not None:
+            keep = keep.to(c.dtype)                    # a 0/1 mask in the scores' dtype: converted once, not per use
             term.mul_(keep)
         ctx.save_for_backward(s, denom, keep)
         ctx.tau = tau
@@ -162,8 +163,8 @@ class CRD(Method):
         tau, scores = self.hp.crd_tau, []
         for bank, v in ((self.bank_t, v_s), (self.bank_s, v_t)):  # student vs teacher bank, teacher vs student bank
             pos = torch.exp((bank[index] * v).sum(1) / tau)
-            if neg.dim() == 1:
-                c = v @ bank[neg].t()                                     # [B, m] scores
+            if neg.dim() == 1:  # index_select: the same rows as bank[neg], copied row by row (faster gather)
+                c = v @ bank.index_select(0, neg).t()                     # [B, m] scores
             else:
                 c = torch.bmm(bank[neg], v.unsqueeze(2)).squeeze(2)       # [B, m]
             scores.append((pos, c))
@@ -174,9 +175,9 @@ class CRD(Method):
                         ng = torch.exp(c / tau)
                         self.z[i] = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean()) / distributed.world_size() * self.n
             self._z_ready = True
-        keep = None if keep is None else keep.to(index.device)
+        keep = None if keep is None else keep.to(index.device, v_s.dtype)  # a 0/1 mask, converted once per step
         # the noise probability m / N with m the draws an anchor keeps: all k, or its kept share of a shared draw
-        pn = self.k / self.n if keep is None else keep.sum(1, keepdim=True).to(v_s.dtype) / self.n
+        pn = self.k / self.n if keep is None else keep.sum(1, keepdim=True) / self.n
         eps = 1e-7
         # nce_loss(pos / z, exp(c / tau) / z, ...), its negative sum fused (negative_nce: the same values)
         loss = 0
