@@ -54,10 +54,12 @@ def _check_allowed(sides: list[dict[str, pd.DataFrame]], allow: tuple[str, ...])
                          f"compare across must be named: {flags}")
 
 
-def compare(a: tuple[str, str | None], b: tuple[str, str | None], out, allow: tuple[str, ...] = ()) -> Path:
+def compare(a: tuple[str, str | None], b: tuple[str, str | None], out, allow: tuple[str, ...] = (),
+            extra_metrics: tuple[str, ...] = ()) -> Path:
     """a, b: (tracking URI, experiment or None). Writes compare.md and compare.csv into `out`. Sides whose
     settings differ are refused (before anything is written) unless every differing field is in `allow`
-    (e.g. code_version after an upgrade, epochs after a change of recipe)."""
+    (e.g. code_version after an upgrade, epochs after a change of recipe). `extra_metrics`: further metrics
+    (a run's last value, e.g. train_loss) compared beside the task's summary metrics."""
     sides = []
     for uri, exp in (a, b):
         runs = load_runs(uri, exp)
@@ -82,7 +84,8 @@ def compare(a: tuple[str, str | None], b: tuple[str, str | None], out, allow: tu
         both = pd.concat([ra.assign(_side="A"), rb.assign(_side="B")], ignore_index=True)
         both["_variant"] = key_of(both, variant_columns(both))  # one key over both sides' columns
         what = "; ".join(f"{c.removeprefix('params.')}: {x} -> {y}" for c, x, y in _changed(ra, rb)) or "none"
-        metrics = [(m, lab) for m, lab in (task.summary_metrics if task else [("test_top1", "test top-1")])
+        metrics = [(m, lab) for m, lab in [*(task.summary_metrics if task else [("test_top1", "test top-1")]),
+                                           *((m, m) for m in extra_metrics)]
                    if f"metrics.{m}" in both and both[f"metrics.{m}"].notna().any()]
         lines += [f"## {task_name}", "", f"Setting fields that differ between A and B: {what}.", ""]
         rows, family = [], {m: [] for m, _ in metrics}

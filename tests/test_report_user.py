@@ -133,6 +133,19 @@ def test_compare_two_stores_shows_an_injected_change(tmp_path):
     assert csv.loc["kd", "test_top1_change"] == pytest.approx(2.0) and csv.loc["pkt", "test_top1_change"] == 0
 
 
+def test_compare_a_further_metric_beside_the_summary_metrics(tmp_path):
+    """--metric NAME adds a column family of its own (e.g. a training loss: did a change move the loss curve?)."""
+    a, b = _store(tmp_path, "a.db"), _store(tmp_path, "b.db", shift=2.0)
+    res = run_cli_inprocess(["report", "--compare", a, b, "--metric", "wall_s", "--out", str(tmp_path / "cmp")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| wall_s B − A, 95% CI |" in text
+    kd = next(line for line in text.splitlines() if line.startswith("| kd"))
+    assert kd.count("+0.00 (n=3, no spread)") == 1 and "+2.00 (n=3, no spread)" in kd  # wall time unchanged
+    csv = pd.read_csv(tmp_path / "cmp" / "compare.csv").set_index("configuration")
+    assert csv.loc["kd", "wall_s_change"] == 0 and csv.loc["kd", "wall_s_n_matched"] == 3
+
+
 def test_compare_refuses_sides_of_different_settings_unless_allowed(tmp_path):
     """A side whose runs ran another number of epochs (or code version) is a confound: refused in one line
     naming each differing field and the --allow flags, nothing written; with those flags it is compared and

@@ -13,7 +13,7 @@ def cmd_report(args) -> int:
         a, b = (_store(x, args) for x in args.compare)
         print("comparing A: " + " ".join(filter(None, a)) + " with B: " + " ".join(filter(None, b)), flush=True)
         path = compare(a, b, (lambda: Path(args.out)) if args.out else (lambda: fresh_dir(Path("reports/compare"))),
-                       tuple(args.allow))
+                       tuple(args.allow), tuple(args.metric))
         print(f"comparison written to {path}")
         return 0
     from reports.generate import build_report
@@ -52,4 +52,7 @@ def add(sub) -> None:
     p.add_argument("--allow", action="append", default=[], metavar="FIELD",
                    help="with --compare: a setting field the two sides may differ in (code_version, epochs, ...); "
                    "repeatable. Without it, sides of different settings are refused")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME",
+                   help="with --compare: a further metric to compare beside the task's summary metrics (a run's "
+                   "last logged value: train_loss, term_kd, ...); repeatable")
     p.set_defaults(fn=cmd_report, interrupted="the report was not finished; nothing was replaced: run it again")
