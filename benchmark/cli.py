@@ -32,6 +32,10 @@ class Parser(argparse.ArgumentParser):
             key = flag.group(1).replace("-", "_")
             message += (f"; --{flag.group(1)} is not an option: give it as --set {key}=VALUE"
                         + (" (--seeds N is the number of seeds, from seed 0 or --set seed=S up)" if key == "seed" else ""))
+        elif choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
+            from benchmark.registry import did_you_mean
+            hint = did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+            message += f"; {hint.strip()}" if hint else ""
         elif "unrecognized arguments" in message or "ambiguous option" in message:
             message += ("; other run settings are given as --set KEY=VALUE (e.g. --set weight_decay=0; one method's: "
                         "--set kd.temperature=2); `python -m benchmark list --profiles` shows the keys")

@@ -174,7 +174,9 @@ def config_fields(task=None) -> dict[str, Any]:
 
 def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]) -> RunConfig:
     if profile not in task.profiles:
-        raise UsageError(f"unknown profile '{profile}' for task {task.name}; known: {', '.join(task.profiles)}")
+        from benchmark.registry import did_you_mean
+        raise UsageError(f"unknown profile '{profile}' for task {task.name}; {did_you_mean(profile, task.profiles)}"
+                         f"known: {', '.join(task.profiles)}")
     values = dict(task.profiles[profile])
     values.update({k: v for k, v in flags.items() if v is not None})
     types = config_fields(task)

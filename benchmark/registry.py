@@ -18,6 +18,13 @@ class Entry:
     description: str
 
 
+def did_you_mean(name: str, known) -> str:
+    """"did you mean 'x' or 'y'? " for the closest known names (difflib), or "" when none is close."""
+    import difflib
+    near = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
+    return ("did you mean " + " or ".join(f"'{x}'" for x in near) + "? ") if near else ""
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
@@ -38,10 +45,8 @@ class Registry:
 
     def get(self, name: str) -> Any:
         if name not in self._entries:
-            import difflib
-            near = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.6)
-            hint = ("did you mean " + " or ".join(f"'{x}'" for x in near) + "? ") if near else ""
-            raise UsageError(f"unknown {self.kind} '{name}'; {hint}known: {', '.join(self.names())}")
+            raise UsageError(f"unknown {self.kind} '{name}'; {did_you_mean(name, self.names())}known: "
+                             f"{', '.join(self.names())}")
         return self._entries[name].obj
 
     def names(self) -> list[str]:

@@ -15,7 +15,10 @@ def _assert_refused(res, tmp_path, *needles):
 @pytest.mark.parametrize("args,needles", [
     (["--methods", "pktt"], ["unknown method 'pktt'; did you mean 'pkt'?", "known: baseline"]),
     (["--task", "imagenet"], ["invalid choice: 'imagenet'", "cifar100"]),
+    (["--task", "cifr100"], ["invalid choice: 'cifr100'", "did you mean 'cifar100' or 'cifar100-kd'?"]),
     (["--profile", "huge"], ["unknown profile 'huge'", "smoke"]),
+    (["--profile", "quik"], ["unknown profile 'quik' for task cifar100; did you mean 'quick'?"]),
+    (["--teacher", "minilmm"], ["invalid choice: 'minilmm'", "did you mean 'minilm'?"]),
     (["--student", "vgg"], ["unknown student 'vgg'", "resnet8"]),
     (["--teacher", "bert"], ["invalid choice: 'bert'", "minilm"]),
     (["--set", "margn=0.1"], ["--set margn: unknown key 'margn'; did you mean 'margin'"]),
