@@ -34,7 +34,8 @@ class Parser(argparse.ArgumentParser):
                         + (" (--seeds N is the number of seeds, from seed 0 or --set seed=S up)" if key == "seed" else ""))
         elif choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
             from benchmark.registry import did_you_mean
-            hint = did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+            known = re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", ")  # quoted before 3.12
+            hint = did_you_mean(choice.group(1), known)
             message += f"; {hint.strip()}" if hint else ""
         elif "unrecognized arguments" in message or "ambiguous option" in message:
             message += ("; other run settings are given as --set KEY=VALUE (e.g. --set weight_decay=0; one method's: "
