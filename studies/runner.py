@@ -14,6 +14,7 @@ import itertools
 import os
 import threading
 import socket
+import warnings
 import subprocess
 import sys
 from dataclasses import replace
@@ -22,6 +23,10 @@ from statistics import mean
 import optuna
 
 from benchmark.registry import UsageError
+
+# the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
+# ExperimentalWarning on every study command is noise to the user (tested behaviour, pinned version)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 
