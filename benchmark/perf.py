@@ -137,8 +137,6 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     cfg = replace(cfg, epochs=max(cfg.epochs, 1000))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    from benchmark.trainer import keep_freed_memory
-    kept = keep_freed_memory()  # as every run does; before anything is allocated
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
     b = cfg.batch_size
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
@@ -180,8 +178,7 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
         from benchmark.trainer import cpu_bf16_native
         print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
               f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
-              f"{args.steps} steps x 5 interleaved rounds (median), freed memory "
-              f"{'kept for reuse (mallopt)' if kept else 'returned to the system'}")
+              f"{args.steps} steps x 5 interleaved rounds (median)")
         for p, (value, note) in peaks.items():
             print(f"peak {p}: {note}" + ("  <- the % of peak column" if p == precision and not args.peak_tflops else ""))
         if args.peak_tflops:

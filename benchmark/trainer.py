@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 import math
@@ -73,24 +72,6 @@ def cpu_bf16_native() -> str:
     except OSError:
         return ""
     return next((x for x in ("amx_bf16", "avx512_bf16") if x in flags), "")
-
-
-@functools.lru_cache(maxsize=None)
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed memory for reuse instead of returning it to the kernel (mallopt: no mmap for
-    large blocks, no trimming of the heap's top). The CPU training step allocates and frees many
-    multi-megabyte tensors (activations, a CRD score matrix of 128 x 16384 floats); with glibc's defaults each
-    one is mapped afresh and its pages faulted in on first touch. No value changes, only where memory comes
-    from. True when applied (Linux with glibc); `XKD_MALLOC=system` keeps the system's defaults (an A/B)."""
-    if os.environ.get("XKD_MALLOC", "") == "system":
-        return False
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
 
 
 # `precision=auto` on a CPU with native bf16 matmul: bf16 autocast of the student's forward (losses stay fp32).
@@ -422,7 +403,6 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
             out_dir: Path, resume: bool = False, parent_run_id: str | None = None, on_epoch=None,
             tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and evaluate one (method, seed); returns the final metrics (and the MLflow run id)."""
-    keep_freed_memory()
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     ctx = Context(cfg, task, data, tables, method_name, overrides)

@@ -76,16 +76,6 @@ def test_perf_command_reports_every_method(tmp_path, cifar_dir):
         assert name in res.stdout
     # the % of peak column is against the peak of the precision the loop runs (fp32 here)
     assert [line for line in res.stdout.splitlines() if "<- the % of peak column" in line][0].startswith("peak fp32")
-    assert "freed memory kept for reuse (mallopt)" in res.stdout  # as every run of this process kind
-
-
-def test_freed_memory_is_kept_for_reuse_unless_the_system_default_is_asked(monkeypatch):
-    """glibc on Linux: mallopt accepted (no fresh mmap and page faults for each multi-megabyte tensor of a step);
-    XKD_MALLOC=system leaves the defaults (the A/B of docs/results.md's speed table)."""
-    from benchmark.trainer import keep_freed_memory
-    assert keep_freed_memory.__wrapped__() is True
-    monkeypatch.setenv("XKD_MALLOC", "system")
-    assert keep_freed_memory.__wrapped__() is False
 
 
 def test_perf_shows_the_live_teachers_share_and_the_baseline_runs_none(tmp_path, cifar_dir):
