@@ -22,7 +22,7 @@ from reports.markdown import Footnotes
 from reports.paper import fig_ablations, has_runs, header_section, select_pool, table_section
 from reports.runs import export, history, load_runs, require_runs, task_info
 from reports.specs import TABLES, TableSpec
-from reports.studies import studies
+from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
 
 INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its "
@@ -152,9 +152,12 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
              "## Summary", "",
              "Per task and setting: the pre-registered primary comparison (tested alone), the exploratory comparisons "
              "with the baseline after Holm's correction, what the table could detect, and the forest plot of every Δ. "
-             "Δ is in percentage points of the primary metric.", "", summary,
-             "## Leaderboards", "", INTRO, "",
-             "Per task and setting (the most populated first), sorted by the primary metric.", "", board]
+             "Δ is in percentage points of the primary metric.", "", summary or "", study_summary(study_records)]
+    if board.strip():
+        parts += ["## Leaderboards", "", INTRO, "",
+                  "Per task and setting (the most populated first), sorted by the primary metric.", "", board]
+    else:
+        parts += ["## Leaderboards", "", "No runs outside studies: every run of this store belongs to a study (below).", ""]
     if control_md:
         parts += ["## Negative controls: knowledge of the teacher, or regularisation?", "", control_md]
     if study_md:

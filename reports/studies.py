@@ -93,3 +93,32 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
 
 
 
+
+
+def study_summary(records: list[dict]) -> str:
+    """One verdict line per study for the report's summary: the value best on validation, its test result, and
+    whether the values' validation means differ by more than their seeds' spread (a range narrower than each
+    value's 95% CI half-width is not shown to matter; a claim that it does needs a paired test)."""
+    lines = []
+    for name in dict.fromkeys(r["study"] for r in records):
+        rs = [r for r in records if r["study"] == name]
+        best = next((r for r in rs if r["best_on_validation"]), None)
+        if best is None:
+            continue
+        swept = [k for k in best if k not in ("study", "task", "method", "best_on_validation")
+                 and not k.startswith(("val_", "test_"))]
+        means = [r["val_mean"] for r in rs if pd.notna(r["val_mean"])]
+        halves = [r["val_ci_high"] - r["val_mean"] for r in rs if pd.notna(r.get("val_ci_high"))]
+        spread = max(means) - min(means)
+        what = ", ".join(f"{k}={best[k]}" for k in swept) or "the only value"
+        line = (f"**Study `{name}`** ({best['method']} on {best['task']}, {len(rs)} values): best on validation "
+                f"{what} ({best['val_mean']:.2f}); its test result {fmt_mean_std(best['test_mean'], best['test_std'], best['test_n'])}.")
+        if len(rs) > 1 and halves:
+            line += (f" The values' validation means span {spread:.2f} points, "
+                     + (f"less than the seeds' spread (95% CI half-widths {min(halves):.1f}-{max(halves):.1f}): "
+                        "this table does not show that the choice matters (an unpaired reading; a paired test of the "
+                        "chosen value against the others, seed by seed, is the one that could)." if spread < min(halves) else
+                        f"more than the narrowest 95% CI half-width ({min(halves):.1f}): a lead, to be confirmed by a "
+                        "paired test of the chosen value against the others."))
+        lines += [line, ""]
+    return "\n".join(lines)

@@ -80,6 +80,25 @@ def test_a_grid_study_of_any_method_gets_its_table_and_figure(tmp_path):
     assert list(best["temperature"]) == [4.0] and pd.api.types.is_numeric_dtype(studies["val_ci_low"])
     # study runs stay out of the leaderboard
     assert "45.00" not in report.split("## Studies")[0]
+    # the summary gives each study's verdict: the values' span (2.50) under their CIs' half-widths (6.35, 12.71)
+    summary = report.split("## Summary")[1].split("## Leaderboards")[0]
+    assert ("**Study `kd-temperature`** (kd on cifar100, 2 values): best on validation temperature=4.0 (44.50); its "
+            "test result 34.50 ± 0.71 (n=2). The values' validation means span 2.50 points, less than the seeds' "
+            "spread (95% CI half-widths 6.4-12.7): this table does not show that the choice matters") in summary
+
+
+def test_a_store_of_studies_only_says_so_and_gives_their_verdicts(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'studies_only.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "art").as_uri())
+    for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
+        for seed, v in enumerate(vals):
+            _log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
+                     tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
+    report = build_report(uri, tmp_path / "r").read_text()
+    summary = report.split("## Summary")[1].split("## Leaderboards")[0]
+    assert "**Study `kd-temperature`**" in summary and "best on validation temperature=4.0" in summary
+    assert "No runs outside studies" in report.split("## Leaderboards")[1].split("## Studies")[0]
 
 
 def test_fourteen_methods_are_distinguishable_and_keep_their_style():
