@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     finished and the tables are written; 130 Ctrl-C, 143 SIGTERM; 1 an unforeseen error (its traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars on any command's console
     try:
         from benchmark.plugins import load_plugins
         load_plugins(plugins_named(argv))

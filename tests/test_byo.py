@@ -161,6 +161,7 @@ def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     r = runs[0]
     ev = run_cli(["eval", "--run-id", r.info.run_id], tmp_path)
     assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "Downloading artifacts" not in ev.stderr  # no MLflow progress bars on the console
     import json
     metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
     assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1"], abs=1e-9)
