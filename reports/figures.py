@@ -51,7 +51,9 @@ def styles(labels: list[str]) -> dict[str, dict]:
 
 
 def title(fig, text: str) -> None:
-    fig.suptitle("\n".join(textwrap.wrap(text, 110)), fontsize=9)
+    """The figure's title, wrapped to the figure's width (about 14 characters an inch at this size), so that a
+    one-panel figure's long title is not cut at both sides."""
+    fig.suptitle("\n".join(textwrap.wrap(text, max(40, min(110, int(fig.get_figwidth() * 14))))), fontsize=9)
 
 
 def save(fig, path: Path, outside_legend: bool = False) -> Path:
@@ -123,7 +125,7 @@ def forest(rows: list[tuple[str, object]], xlabel: str, heading: str, path: Path
                   "tested alone)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     title(fig, heading)
-    return save(fig, path)
+    return save(fig, path, outside_legend=True)  # the saved area holds long row labels and the two-line unit
 
 
 def values_plot(x: list, panels: list[tuple[str, list[dict]]], xlabel: str, heading: str, path: Path,

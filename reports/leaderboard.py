@@ -157,9 +157,11 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
         best = max(((r[0], r[4]) for i, r in enumerate(rows) if i != prim and r[4] is not None and r[4] in tested),
                    key=lambda x: -x[1].mean if lower else x[1].mean)
         survive = sum(c.significant for c in tested)
+        better = sum(c.significant and (c.mean < 0 if lower else c.mean > 0) for c in tested)
         raw_only = sum(c.raw_significant and not c.significant for c in tested)
+        which = f" ({better} better than the baseline, {survive - better} worse)" if survive else ""
         line = (f"**Exploratory** ({len(tested)} comparison{'s' if len(tested) > 1 else ''} with the baseline, Holm): "
-                f"{survive} survive{'s' if survive == 1 else ''} the correction; the best is {best[0]}, Δ "
+                f"{survive} survive{'s' if survive == 1 else ''} the correction{which}; the best is {best[0]}, Δ "
                 f"{best[1].mean:+.2f} [{best[1].lo:+.2f}, {best[1].hi:+.2f}], p_Holm = {best[1].p_adj:.2g}.")
         if raw_only:
             line += (f" {raw_only} raw 95% CI{'s' if raw_only > 1 else ''} exclude{'s' if raw_only == 1 else ''} 0 "

@@ -37,6 +37,18 @@ def _store(tmp_path, rows):
     return uri
 
 
+def test_a_comparison_that_survives_below_the_baseline_is_counted_as_worse(tmp_path):
+    """kd 4, 5, 6 above the baseline (p_Holm 0.026), pkt -4, -5, -6 below it: both survive Holm over the two;
+    the verdict counts one better and one worse (it used to say '2 survive; the best is kd' only)."""
+    base = [30.0, 31.0, 32.0]
+    diffs = {"kd": [4, 5, 6], "pkt": [-4, -5, -6]}
+    rows = [("baseline", s, base[s], {}) for s in range(3)]
+    rows += [(m, s, base[s] + d[s], {}) for m, d in diffs.items() for s in range(3)]
+    report = build_report(_store(tmp_path, rows), tmp_path / "r").read_text()
+    assert ("**Exploratory** (2 comparisons with the baseline, Holm): 2 survive the correction (1 better than the "
+            "baseline, 1 worse); the best is kd") in report
+
+
 def test_the_primary_comparison_is_tested_alone_and_the_rest_keep_holm(tmp_path):
     """cifar100's pre-registered primary is ours_classifier vs baseline. Hand values, t-test with 2 df
     (two-sided p = 1 - t / sqrt(t^2 + 2)): ours_classifier - baseline = 2, 3, 1 -> t = 2 sqrt 3, p = 0.0742
@@ -59,7 +71,7 @@ def test_the_primary_comparison_is_tested_alone_and_the_rest_keep_holm(tmp_path)
     assert "**Primary (pre-registered, " in report and "ours_classifier vs baseline, Δ" in report
     assert "p = 0.074, tested alone at α = 0.05: not resolved" in report
     assert "| ours_classifier — primary (pre-registered)" in report
-    assert "**Exploratory** (2 comparisons with the baseline, Holm): 1 survives the correction; the best is kd" in report
+    assert "**Exploratory** (2 comparisons with the baseline, Holm): 1 survives the correction (1 better than the baseline, 0 worse); the best is kd" in report
     assert "Power: with n = 3 seeds" in report and "minimum detectable paired effect at 80% power" in report
 
 
