@@ -92,9 +92,6 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
     return "\n".join(lines), records, (heading, path)
 
 
-
-
-
 def study_summary(records: list[dict]) -> str:
     """One verdict line per study for the report's summary: the value best on validation, its test result, and
     whether the values' validation means differ by more than their seeds' spread (a range narrower than each

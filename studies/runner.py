@@ -14,20 +14,20 @@ import itertools
 import os
 import threading
 import socket
-import warnings
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from statistics import mean
 
 import optuna
 
 from benchmark.registry import UsageError
+from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 # the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
 # ExperimentalWarning on every study command is noise to the user (tested behaviour, pinned version)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 
 def parse_grid(items: list[str], hp_types: dict) -> dict[str, list]:
