@@ -6,8 +6,10 @@ import fcntl
 import json
 import math
 import os
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,56 @@ def ensure_sqlite_store(uri: str, say=print) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def uninterrupted():
+    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have: a write to a store is never
+    cut in half. (A Ctrl-C inside an sqlite write can leave the write lock held by this process: the writes that
+    end the run then fail 'database is locked', and the interrupt reads as an error.) Main thread only: Python
+    runs signal handlers there; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = before[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # raises KeyboardInterrupt (SIGINT) or the CLI's Terminated (SIGTERM)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
+
+
+def interrupted_by(e: BaseException) -> bool:
+    """Whether a Ctrl-C or SIGTERM is behind this exception (a library may wrap the KeyboardInterrupt it met)."""
+    while e is not None and not isinstance(e, KeyboardInterrupt):
+        e = e.__cause__ or e.__context__
+    return e is not None
+
+
+class _Uninterrupted:
+    """An MLflow client whose every call runs whole (see uninterrupted)."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*a, **k):
+            with uninterrupted():
+                return attr(*a, **k)
+        return call
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         import logging
@@ -171,7 +223,7 @@ class Tracker:
         self.uri = uri
         with store_lock(uri):
             ensure_sqlite_store(uri)
-            self.client = mlflow.MlflowClient(uri)
+            self.client = _Uninterrupted(mlflow.MlflowClient(uri))
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                 experiment, artifact_location=artifact_root(uri))
@@ -260,7 +312,7 @@ class Tracker:
         class names travel in its metadata. Returns the model URI, also set as the run tag xkd.model_uri."""
         import mlflow.pytorch
         import torch
-        with self.mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+        with uninterrupted(), self.mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
             info = mlflow.pytorch.log_model(model, name="student", serialization_format="pickle",
                                             pip_requirements=[f"torch=={torch.__version__}"],
                                             metadata={"class_names": list(class_names), "weights": weights})

@@ -23,6 +23,7 @@ from statistics import mean
 import optuna
 
 from benchmark.registry import UsageError
+from benchmark.tracking import interrupted_by, uninterrupted
 from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 # the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
@@ -246,22 +247,28 @@ class Objective:
         return {k: suggest(trial, k, spec) for k, spec in space.items()}
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
-        params = self.params_for(trial)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        parent = trial.study.user_attrs["mlflow_parent_run_id"]
-        run = self.tracker.start(f"trial-{trial.number}", {"xkd.kind": "trial", "trial_number": str(trial.number),
-                                                            "study_name": trial.study.study_name}, parent_run_id=parent)
-        trial.set_user_attr("mlflow_run_id", run)
-        self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method, "n_seeds": self.seeds,
-                                      **{f"fixed.{k}": v for k, v in self.fixed.items()}, **params})
+        with uninterrupted():  # suggesting a value writes it to the study's storage
+            params = self.params_for(trial)
         key = f"best_{self.task.selection_metric}"
-        values = []
+        values, run = [], None
         try:
+            with uninterrupted():  # the trial's bookkeeping is written whole (a Ctrl-C waits for its end)
+                paper_table = trial.study.user_attrs.get("paper_table", "")
+                trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+                run = self.tracker.start(f"trial-{trial.number}", {
+                    "xkd.kind": "trial", "trial_number": str(trial.number), "study_name": trial.study.study_name},
+                    parent_run_id=trial.study.user_attrs["mlflow_parent_run_id"])
+                trial.set_user_attr("mlflow_run_id", run)
+                self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method,
+                                              "n_seeds": self.seeds, **{f"fixed.{k}": v for k, v in self.fixed.items()},
+                                              **params})
             for seed in range(self.cfg.seed, self.cfg.seed + self.seeds):
                 def report(epoch, m, first=seed == self.cfg.seed):
                     if self.prune and first:
-                        trial.report(m[self.task.selection_metric], epoch)
-                        if trial.should_prune():
+                        with uninterrupted():
+                            trial.report(m[self.task.selection_metric], epoch)
+                            pruned = trial.should_prune()
+                        if pruned:
                             raise optuna.TrialPruned()
                 from benchmark.teacher_cache import TeacherCache
                 self.data, self.tables = self.task.data_for_seed(replace(self.cfg, seed=seed), self.data, self.tables,
@@ -269,21 +276,27 @@ class Objective:
                 r = run_one(replace(self.cfg, seed=seed), self.task, self.data, self.tables, self.method,
                             {**self.base_hp, **params}, self.tracker, self.out, parent_run_id=run, on_epoch=report,
                             tags={"xkd.study": trial.study.study_name, "study": trial.study.study_name,
-                                  "xkd.paper_table": trial.study.user_attrs.get("paper_table", "")})
+                                  "xkd.paper_table": paper_table})
                 values.append(r[key])
         except optuna.TrialPruned:
             self.tracker.end(run, "KILLED")
             raise
-        except Exception as e:  # a diverging loss or any error fails this trial alone, with its reason
+        except Exception as e:
+            if interrupted_by(e):  # a Ctrl-C a library wrapped: an interrupt, not this point's failure
+                _end_quietly(self.tracker, run)
+                raise KeyboardInterrupt from e
+            # a diverging loss or any error fails this trial alone, with its reason
             reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".splitlines()[0][:1000]
-            trial.set_user_attr("fail_reason", reason)
-            self.tracker.set_tag(run, "xkd.failure", reason[:5000])
-            self.tracker.end(run, "FAILED")
+            with uninterrupted():
+                trial.set_user_attr("fail_reason", reason)
+            if run:
+                self.tracker.set_tag(run, "xkd.failure", reason[:5000])
+                self.tracker.end(run, "FAILED")
             print(f"error: trial {trial.number}: {reason}; trial ended FAILED, the study goes on", file=sys.stderr,
                   flush=True)
             raise
         except BaseException:  # interrupted: the trial is not a result; a rerun of the command queues it again
-            self.tracker.end(run, "FAILED")
+            _end_quietly(self.tracker, run)
             raise
         value = mean(values)
         self.tracker.log_metrics(run, {"objective": value, "n_seeds": len(values)}, step=0)
@@ -291,26 +304,52 @@ class Objective:
         return value
 
 
+def _end_quietly(tracker, run: str | None) -> None:
+    """End an interrupted trial's run FAILED, best effort: the interrupt, not a failure to record it, is what
+    the command reports."""
+    try:
+        if run:
+            tracker.end(run, "FAILED")
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: trial run {run} could not be marked FAILED ({type(e).__name__}); the next command on "
+              "this store marks it", file=sys.stderr, flush=True)
+
+
 def work(study: optuna.Study, storage, objective: Objective, n_trials: int | None, heartbeat_s: int) -> int:
     """Run trials: queued grid points until none is left (stale trials of dead workers re-queued first),
-    or n_trials TPE trials (Optuna's optimize beats and re-queues itself)."""
+    or n_trials TPE trials (Optuna's optimize beats and re-queues itself). Trial claims and results are
+    written whole: a Ctrl-C waits for them (a claimed trial that is interrupted ends FAIL without a reason,
+    which the next run of the command queues again)."""
+    S = optuna.trial.TrialState
     done = 0
     if objective.grid:
         while True:
-            optuna.storages.fail_stale_trials(study)
-            if (trial := pop_queued_trial(study, storage)) is None:
+            trial = None
+            try:
+                with uninterrupted():
+                    optuna.storages.fail_stale_trials(study)
+                    trial = pop_queued_trial(study, storage)
+            except BaseException:
+                if trial is not None:
+                    with uninterrupted():
+                        study.tell(trial, state=S.FAIL)
+                raise
+            if trial is None:
                 break
             try:
                 with heartbeat(storage, trial._trial_id, heartbeat_s):
                     value = objective(trial)
-                study.tell(trial, value)
             except optuna.TrialPruned:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            except Exception:  # failed alone, its reason recorded by the objective: the study goes on
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            except BaseException:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                raise
+                with uninterrupted():
+                    study.tell(trial, state=S.PRUNED)
+            except BaseException as e:  # failed alone (its reason recorded by the objective), or interrupted
+                with uninterrupted():
+                    study.tell(trial, state=S.FAIL)
+                if not isinstance(e, Exception) or interrupted_by(e):
+                    raise
+            else:
+                with uninterrupted():
+                    study.tell(trial, value)
             done += 1
         return done
     study.optimize(objective, n_trials=n_trials or 10, catch=(Exception,))

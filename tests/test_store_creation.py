@@ -209,3 +209,59 @@ def test_a_full_disk_under_the_store_is_one_line(tmp_path, monkeypatch):
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: no space left on the device of the MLflow store")
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_a_ctrl_c_during_a_store_write_waits_for_the_write_to_end(tmp_path):
+    """A Ctrl-C that arrives inside a tracker call is raised after the call has written whole (a Ctrl-C cut
+    into an sqlite write could leave its lock held: every later write of the command, the one that ends the
+    run included, then failed 'database is locked', and a study read the interrupt as a trial's error). The
+    store takes the next write at once."""
+    import os
+    import signal
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
+    run = tracker.start("r", {})
+    inner = tracker.client._client
+    real = inner.set_tag
+
+    def set_tag_with_a_ctrl_c_inside(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at once: Python would raise at its next instruction
+        for _ in range(1000):
+            pass
+        return real(*a, **k)
+    inner.set_tag = set_tag_with_a_ctrl_c_inside
+    with pytest.raises(KeyboardInterrupt):
+        tracker.set_tag(run, "k", "v")
+    inner.set_tag = real
+    assert tracker.client.get_run(run).data.tags["k"] == "v"  # written whole before the interrupt was raised
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    tracker.end(run, "KILLED")
+    assert tracker.client.get_run(run).info.status == "KILLED"
+
+
+def test_a_deferred_sigterm_runs_its_own_handler_after_the_block(monkeypatch):
+    """SIGTERM inside an uninterrupted block runs the command's SIGTERM handler (it raises Terminated) after
+    the block; nested blocks pass it outwards; nothing arrives, nothing is raised."""
+    import os
+    import signal
+
+    from benchmark.cli import _on_sigterm
+    from benchmark.tracking import interrupted_by, uninterrupted
+    from benchmark.trainer import Terminated
+    before = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        done = []
+        with pytest.raises(Terminated):
+            with uninterrupted():
+                with uninterrupted():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    done.append("inner")
+                done.append("outer")
+        assert done == ["inner", "outer"]
+        with uninterrupted():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is _on_sigterm
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    wrapped = RuntimeError("db")
+    wrapped.__context__ = KeyboardInterrupt()
+    assert interrupted_by(wrapped) and not interrupted_by(RuntimeError("db"))

@@ -183,10 +183,14 @@ SLOW_GRID = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smo
 
 
 def _popen(args, tmp_path):
+    """The command in a subprocess that takes Ctrl-C as a terminal's would: a shell's background job (nohup,
+    `&`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
     import sys
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _running_trial(tmp_path, proc, timeout=300):
@@ -226,10 +230,12 @@ def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
     args = [*SLOW_GRID, "temperature=1,4"]
     proc = _popen(args, tmp_path)
     study, trial = _running_trial(tmp_path, proc)
-    time.sleep(1.0)  # into the trial's training, past the writes that open its MLflow run
+    t0 = time.time()  # into the trial's training: its first epoch's checkpoint is on disk (a file, not a database)
+    while not list(tmp_path.glob("runs/study-*/checkpoints/*.pt")) and proc.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, f"{out[-1500:]}\n--- stderr ---\n{err[:3000]}\n[...]\n{err[-3000:]}"
     res = run_cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"trial {trial.number} (temperature={trial.params['temperature']}) was interrupted: its point is queued " \
