@@ -34,11 +34,19 @@ INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`),
 
 
 def main_setting(runs: pd.DataFrame, task_name: str) -> pd.DataFrame:
-    """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...)."""
+    """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...); where
+    the task declares its primary comparison's setting (the synthetic sweep's gamma = 1), the most populated
+    of the settings that have it (a sweep's settings are equally populated, and its first, gamma = 0, is the
+    one where nothing can transfer)."""
+    from reports.leaderboard import same_param
     pool, _ = select_pool(TableSpec("", "", "", task_name, [], []), runs)
     if pool.empty:
         return pool
     pool = with_keys(pool)
+    prim = getattr(task_info(task_name), "primary", None)
+    if prim is not None and prim.setting:
+        has = pool.apply(lambda r: all(same_param(r.get(f"params.{k}"), v) for k, v in prim.setting), axis=1)
+        pool = pool[has] if has.any() else pool
     return pool[pool["_setting"] == pool["_setting"].value_counts().idxmax()]
 
 

@@ -112,7 +112,7 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     return "\n".join(lines), records, fig, "\n".join(opening)
 
 
-def _same(value, wanted) -> bool:
+def same_param(value, wanted) -> bool:
     try:
         return abs(float(value) - float(wanted)) < 1e-9
     except (TypeError, ValueError):
@@ -128,8 +128,8 @@ def primary_row(task, rows) -> int | None:
     for i, (_, method, g, _, p) in enumerate(rows):
         first = g.iloc[0]
         if method == prim.method and p is not None \
-                and all(_same(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) \
-                and all(_same(first.get(f"params.{k}"), v) for k, v in prim.setting):
+                and all(same_param(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) \
+                and all(same_param(first.get(f"params.{k}"), v) for k, v in prim.setting):
             return i
     return None
 

@@ -188,6 +188,10 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     assert rows["kd"][2] == f"+5.67 [{17 / 3 - half:+.2f}, {17 / 3 + half:+.2f}] (n=3) p_Holm=0.023 *"
     assert "beta=" not in section.split("Setting:")[1].split("\n")[0] or "synth_beta=0.25" in section
     assert (out / "synthetic_gamma.png").read_bytes()[:8] == PNG
+    # the training curves show the primary comparison's setting (gamma = 1), not the sweep's first (gamma = 0,
+    # where nothing can transfer), though both are equally populated
+    curves = next(line for line in report.splitlines() if "Training curves, synthetic" in line)
+    assert "synth_gamma=1.0" in curves and "synth_gamma=0.0" not in curves, curves
     # the beta = 1 run has no baseline of its setting: its beta section shows no gain for it, never a pooled one
     beta = report.split("### Synthetic task: gain over the baseline against beta")[1].split("\n### ")[0]
     kd_row = next(line for line in beta.splitlines() if line.startswith("| kd |"))
