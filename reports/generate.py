@@ -33,21 +33,24 @@ INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`),
          "precision, world size or code version are another setting and never pair.")
 
 
-def main_setting(runs: pd.DataFrame, task_name: str) -> pd.DataFrame:
-    """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...); where
-    the task declares its primary comparison's setting (the synthetic sweep's gamma = 1), the most populated
-    of the settings that have it (a sweep's settings are equally populated, and its first, gamma = 0, is the
-    one where nothing can transfer)."""
+def main_setting(runs: pd.DataFrame, task_name: str) -> tuple[pd.DataFrame, str]:
+    """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...), and that
+    setting's label named against the task's other settings (so that a sweep's figure says which point it
+    shows). Where the task declares its primary comparison's setting (the synthetic sweep's gamma = 1), the most
+    populated of the settings that have it (a sweep's settings are equally populated, and its first, gamma = 0,
+    is the one where nothing can transfer)."""
     from reports.leaderboard import same_param
     pool, _ = select_pool(TableSpec("", "", "", task_name, [], []), runs)
     if pool.empty:
-        return pool
+        return pool, ""
     pool = with_keys(pool)
+    sel = pool
     prim = getattr(task_info(task_name), "primary", None)
     if prim is not None and prim.setting:
         has = pool.apply(lambda r: all(same_param(r.get(f"params.{k}"), v) for k, v in prim.setting), axis=1)
-        pool = pool[has] if has.any() else pool
-    return pool[pool["_setting"] == pool["_setting"].value_counts().idxmax()]
+        sel = pool[has] if has.any() else pool
+    key = sel["_setting"].value_counts().idxmax()
+    return sel[sel["_setting"] == key], setting_labels(pool, task_info(task_name))[key]
 
 
 def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
@@ -56,14 +59,15 @@ def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[s
     figs = []
     for task_name in sorted(runs["params.task"].unique()):
         task = task_info(task_name)
-        sel = main_setting(runs, task_name)
-        if task is None or sel.empty:
+        if task is None:
+            continue
+        sel, label = main_setting(runs, task_name)
+        if sel.empty:
             continue
         loss = "term_ce" if "metrics.term_ce" in sel and sel["metrics.term_ce"].notna().any() else "train_loss"
         panels = [(m, figures.axis_label(m)) for m in (loss, task.selection_metric)]
-        series = {label: {m: [history(uri, rid, m) for rid in g.drop_duplicates("params.seed", keep="last")["run_id"]]
-                          for m, _ in panels} for label, _, g in configurations(sel)}
-        label = next(iter(setting_labels(sel, task).values()))
+        series = {name: {m: [history(uri, rid, m) for rid in g.drop_duplicates("params.seed", keep="last")["run_id"]]
+                         for m, _ in panels} for name, _, g in configurations(sel)}
         heading = f"Training curves, {task_name}: {label} (one panel per method, mean over seeds, band: min-max)"
         figs.append((heading, figures.curves(series, panels, heading, out / f"curves_{task_name}.png")))
     return figs
