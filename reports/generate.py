@@ -33,24 +33,24 @@ INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`),
          "precision, world size or code version are another setting and never pair.")
 
 
-def main_setting(runs: pd.DataFrame, task_name: str) -> tuple[pd.DataFrame, str]:
+def main_setting(runs: pd.DataFrame, task_name: str, task) -> tuple[pd.DataFrame, str]:
     """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...), and that
     setting's label named against the task's other settings (so that a sweep's figure says which point it
     shows). Where the task declares its primary comparison's setting (the synthetic sweep's gamma = 1), the most
     populated of the settings that have it (a sweep's settings are equally populated, and its first, gamma = 0,
     is the one where nothing can transfer)."""
-    from reports.leaderboard import same_param
+    from reports.leaderboard import in_primary_setting
     pool, _ = select_pool(TableSpec("", "", "", task_name, [], []), runs)
     if pool.empty:
         return pool, ""
     pool = with_keys(pool)
     sel = pool
-    prim = getattr(task_info(task_name), "primary", None)
+    prim = getattr(task, "primary", None)
     if prim is not None and prim.setting:
-        has = pool.apply(lambda r: all(same_param(r.get(f"params.{k}"), v) for k, v in prim.setting), axis=1)
+        has = pool.apply(lambda r: in_primary_setting(r, prim), axis=1)
         sel = pool[has] if has.any() else pool
     key = sel["_setting"].value_counts().idxmax()
-    return sel[sel["_setting"] == key], setting_labels(pool, task_info(task_name))[key]
+    return sel[sel["_setting"] == key], setting_labels(pool, task)[key]
 
 
 def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
@@ -61,7 +61,7 @@ def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[s
         task = task_info(task_name)
         if task is None:
             continue
-        sel, label = main_setting(runs, task_name)
+        sel, label = main_setting(runs, task_name, task)
         if sel.empty:
             continue
         loss = "term_ce" if "metrics.term_ce" in sel and sel["metrics.term_ce"].notna().any() else "train_loss"

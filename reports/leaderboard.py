@@ -112,11 +112,16 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     return "\n".join(lines), records, fig, "\n".join(opening)
 
 
-def same_param(value, wanted) -> bool:
+def _same(value, wanted) -> bool:
     try:
         return abs(float(value) - float(wanted)) < 1e-9
     except (TypeError, ValueError):
         return str(value) == str(wanted)
+
+
+def in_primary_setting(run, prim) -> bool:
+    """Whether a run (a row of runs) has the parameters of the setting its task's primary comparison declares."""
+    return all(_same(run.get(f"params.{k}"), v) for k, v in prim.setting)
 
 
 def primary_row(task, rows) -> int | None:
@@ -128,8 +133,7 @@ def primary_row(task, rows) -> int | None:
     for i, (_, method, g, _, p) in enumerate(rows):
         first = g.iloc[0]
         if method == prim.method and p is not None \
-                and all(same_param(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) \
-                and all(same_param(first.get(f"params.{k}"), v) for k, v in prim.setting):
+                and all(_same(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) and in_primary_setting(first, prim):
             return i
     return None
 
