@@ -6,7 +6,10 @@ and a text teacher (`cifar100`), from a report's runs.csv (real teachers only, o
 Per method: its gain over the baseline with each teacher (paired by seed, the baseline of the same task), and
 image - text (the method's test top-1 with the image teacher minus with the text teacher, paired by seed: the
 same seed is the same student initialisation and data order on both tasks, whose baselines are the same
-computation). Holm over the image - text comparisons of the table."""
+computation). Holm over the image - text comparisons of the table. A method whose form differs between the two
+teachers (FitNet, SP and ICKD read the image teacher's stage maps but the text teacher's embedding: the
+`params.<method>_form` of its runs) is named with both forms: its image - text difference is then also a
+difference of loss, not of the teacher alone."""
 from __future__ import annotations
 
 import sys
@@ -17,6 +20,19 @@ from benchmark.stats import holm, paired_difference, per_seed
 
 TEXT, IMAGE = "cifar100", "cifar100-kd"
 METRIC = "metrics.test_top1"
+
+
+def _named(runs: pd.DataFrame, method: str) -> str:
+    """The method, with its form per teacher where its runs record different forms ('fitnet (maps on the image
+    teacher, vector on the text teacher)')."""
+    column = f"params.{method}_form"
+    if column not in runs:
+        return method
+    form = {t: sorted(set(runs.loc[(runs["params.task"] == t) & (runs["params.method"] == method), column].dropna()))
+            for t in (IMAGE, TEXT)}
+    if form[IMAGE] == form[TEXT]:
+        return method
+    return f"{method} ({'/'.join(form[IMAGE]) or 'n/a'} on the image teacher, {'/'.join(form[TEXT]) or 'n/a'} on the text teacher)"
 
 
 def table(runs: pd.DataFrame) -> str:
@@ -32,7 +48,7 @@ def table(runs: pd.DataFrame) -> str:
     base = {t: seeds(t, "baseline") for t in (TEXT, IMAGE)}
     methods = sorted(set(runs.loc[runs["params.task"] == TEXT, "params.method"])
                      & set(runs.loc[runs["params.task"] == IMAGE, "params.method"]) - {"baseline"})
-    rows = [(m, paired_difference(seeds(TEXT, m), base[TEXT]), paired_difference(seeds(IMAGE, m), base[IMAGE]),
+    rows = [(_named(runs, m), paired_difference(seeds(TEXT, m), base[TEXT]), paired_difference(seeds(IMAGE, m), base[IMAGE]),
              paired_difference(seeds(IMAGE, m), seeds(TEXT, m))) for m in methods]
     holm([r[3] for r in rows])
     same = paired_difference(base[IMAGE], base[TEXT])

@@ -215,7 +215,8 @@ def test_a_control_a_teacher_cannot_give_is_refused_before_writing(tmp_path, tas
 def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_two_teachers():
     """scripts/teacher_modality.py on hand values: baselines 30, 31, 32 on both tasks; kd +1, +2, +3 over it
     with the text teacher and +6, +7, +5 with the image teacher: image - text = 5, 5, 2 (mean 4, sd 1.73);
-    a control run and a run of another method on one task only are left out."""
+    a control run and a run of another method on one task only are left out; FitNet (maps on one teacher, vector
+    on the other) is named with both forms."""
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -229,6 +230,9 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     rows.append({"params.task": "cifar100-kd", "params.method": "kd", "params.seed": 0, "metrics.test_top1": 1.0,
                  "params.teacher_control": "shuffled"})
     rows.append({"params.task": "cifar100-kd", "params.method": "pkt", "params.seed": 0, "metrics.test_top1": 50.0})
+    for task, form in (("cifar100", "vector"), ("cifar100-kd", "maps")):
+        rows += [{"params.task": task, "params.method": "fitnet", "params.seed": s, "metrics.test_top1": 31.0 + s,
+                  "params.fitnet_form": form} for s in range(3)]
     runs = pd.DataFrame(rows).assign(**{"params.code_version": "x", "tags.xkd.study": ""})
     runs["params.teacher_control"] = runs["params.teacher_control"].fillna("none")
     out = table(runs)
@@ -237,6 +241,9 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     assert cells[0].startswith("+2.00 [") and cells[1].startswith("+6.00 [")
     assert cells[2].startswith("+4.00 [") and "(n=3)" in cells[2]
     assert "pkt" not in out and "baselines: text task 31.00, image task 31.00" in out
+    # a method whose loss reads the image teacher's maps but the text teacher's embedding is named with both forms
+    assert "| fitnet (maps on the image teacher, vector on the text teacher) |" in out
+    assert "| kd |" in out
 
 
 def test_a_resolved_primary_says_which_way(tmp_path):
