@@ -52,8 +52,11 @@ def styles(labels: list[str]) -> dict[str, dict]:
 
 def title(fig, text: str) -> None:
     """The figure's title, wrapped to the figure's width (about 14 characters an inch at this size), so that a
-    one-panel figure's long title is not cut at both sides."""
-    fig.suptitle("\n".join(textwrap.wrap(text, max(40, min(110, int(fig.get_figwidth() * 14))))), fontsize=9)
+    one-panel figure's long title is not cut at both sides; its top 6 points below the figure's edge, whatever
+    the figure's height (tight_layout reserves the title's height from the top edge: at matplotlib's default
+    y = 0.98, a tall figure's title sat lower than that and ran across the top row's panel titles)."""
+    fig.suptitle("\n".join(textwrap.wrap(text, max(40, min(110, int(fig.get_figwidth() * 14))))), fontsize=9,
+                 y=1 - 6 / 72 / fig.get_figheight(), va="top")
 
 
 def save(fig, path: Path, outside_legend: bool = False) -> Path:

@@ -114,6 +114,30 @@ def test_fourteen_methods_are_distinguishable_and_keep_their_style():
     assert styles(["pkt", "kd"])["kd"] == st["kd"]  # the same style whatever else the figure shows
 
 
+def test_a_two_line_figure_title_sits_above_every_panel_title(tmp_path, monkeypatch):
+    """The synthetic sweep's curves figure (13 methods over the baseline, a heading that wraps to two lines)
+    drew its title's second line across the top row's panel titles: the title's box must end above them."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from reports.figures import curves
+    labels = ["baseline"] + [f"method_{i}" for i in range(13)]
+    series = {lab: {m: [pd.Series([3.0, 2.0, 1.0], index=[1, 2, 3])] * 2 for m in ("loss", "acc")} for lab in labels}
+    heading = ("Training curves, synthetic: mlp, quick, synth_gamma=1.0, synth_beta=0.0 (one panel per method, mean "
+               "over seeds, band: min-max)")
+    saved = {}
+    real_close = plt.close
+
+    def read_then_close(fig):  # the boxes of the figure as it was saved
+        r = fig.canvas.get_renderer()
+        saved.update(title=fig._suptitle.get_window_extent(r), lines=fig._suptitle.get_text().count("\n") + 1,
+                     panel_top=max(ax.title.get_window_extent(r).y1 for ax in fig.axes if ax.get_title()))
+        real_close(fig)
+    monkeypatch.setattr(plt, "close", read_then_close)
+    curves(series, [("loss", "task CE"), ("acc", "validation top-1")], heading, tmp_path / "c.png")
+    assert saved["lines"] == 2
+    assert saved["title"].y0 > saved["panel_top"], saved
+
+
 def _lab(hex_colour: str):
     """CIE L*a*b* (D65) of an sRGB colour, by the textbook formulas."""
     import matplotlib.colors as mc
