@@ -237,7 +237,7 @@ class TinyImageNet(Cifar100):
     profile_notes = {
         "smoke": "seconds per method: 5% of each class, 1 epoch, ResNet8-w16 at 32x32 (tests, CI)",
         "quick": "CPU: ResNet8-w16 at 32x32 (downsampled from 64x64: 4x cheaper a step), 4 epochs; measured on 2 "
-                 "cores with 100 training images per class: 57-86 s a run (9 methods, 3 seeds each)",
+                 "cores with 100 training images per class: 57-86 s a run (13 methods, 3 seeds each)",
         "paper": "the paper's recipe as for CIFAR-100: ResNet34, input upsampled to 224, SGD 0.1 x0.1/30 ep, 90 "
                  "epochs, batch 32, wd 1e-4, CLIP ViT-B/16 teacher; the full archive (500 per class); GPU"}
     profiles = {
