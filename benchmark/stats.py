@@ -130,7 +130,19 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float
     df, nc = n - 1, abs(delta) * math.sqrt(n) / sd
     crit = stats.t.ppf(1 - alpha / 2, df)
     power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
-    return power if power == power else float(nc > crit)  # scipy's nct gives nan far in the tails: 0 or 1 there
+    return power if math.isfinite(power) else _power_by_integration(nc, df, crit)
+
+
+def _power_by_integration(nc: float, df: int, crit: float) -> float:
+    """The same probability from the noncentral t's definition, T = (Z + nc) / sqrt(V / df) with V ~ chi2(df),
+    integrated over V's quantiles: scipy's nct returns nan for one tail or the other at small df and strict
+    alpha (Holm's α/m), and a nan there must not turn into a power of 0 or 1."""
+    from scipy import integrate, stats
+
+    def rejects(u: float) -> float:
+        s = crit * math.sqrt(stats.chi2.ppf(u, df) / df)
+        return float(stats.norm.sf(s - nc) + stats.norm.cdf(-s - nc))
+    return float(integrate.quad(rejects, 0.0, 1.0, epsabs=1e-12, epsrel=1e-10, limit=200)[0])
 
 
 def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
