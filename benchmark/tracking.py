@@ -6,10 +6,12 @@ import fcntl
 import json
 import math
 import os
+import random
 import signal
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +196,36 @@ def interrupted_by(e: BaseException) -> bool:
     return e is not None
 
 
+def locked(e: BaseException | None) -> bool:
+    """Whether another process's hold on an sqlite store ('database is locked') is behind this exception (a
+    library may wrap it: Optuna's StorageInternalError, MLflow's MlflowException)."""
+    while e is not None:
+        if "database is locked" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def patiently(call, *args, wait_s: float = 120.0, **kwargs):
+    """call(*args, **kwargs), tried again while an sqlite store is locked by another process, for up to wait_s
+    seconds (then its error stands). sqlite itself waits 5 s for a lock, and not at all where a transaction that
+    has read must write while another process commits (its rule against deadlock): with several processes on one
+    store (study workers, their heartbeats, the command watching them) on a loaded machine, either can happen.
+    The failed transaction was rolled back, so it is safe to run it again."""
+    deadline, delay = time.monotonic() + wait_s, 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as e:
+            if not locked(e) or interrupted_by(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))  # jittered: processes that collided do not collide again
+        delay = min(2 * delay, 2.0)
+
+
 class _Uninterrupted:
-    """An MLflow client whose every call runs whole (see uninterrupted)."""
+    """An MLflow client whose every call runs whole (see uninterrupted), and again while the store is locked
+    (see patiently; a Ctrl-C acts at once between tries)."""
 
     def __init__(self, client):
         self._client = client
@@ -205,10 +235,10 @@ class _Uninterrupted:
         if not callable(attr):
             return attr
 
-        def call(*a, **k):
+        def once(*a, **k):
             with uninterrupted():
                 return attr(*a, **k)
-        return call
+        return lambda *a, **k: patiently(once, *a, **k)
 
 
 class Tracker:

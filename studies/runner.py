@@ -23,7 +23,7 @@ from statistics import mean
 import optuna
 
 from benchmark.registry import UsageError
-from benchmark.tracking import interrupted_by, uninterrupted
+from benchmark.tracking import interrupted_by, patiently, uninterrupted
 from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 # the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
@@ -125,7 +125,7 @@ def stale_trial_handler(tracker, max_retry: int = 3):
                 if r.info.status == "RUNNING":
                     tracker.set_tag(r.info.run_id, "xkd.failure", "its study worker stopped")
                     tracker.end(r.info.run_id, status="KILLED")
-        retry(study, trial)
+        patiently(retry, study, trial)
         print(f"trial {trial.number} lost its worker: its point is queued again", flush=True)
     return handle
 
@@ -137,8 +137,8 @@ def heartbeat(storage, trial_id: int, every: int):
 
     def beat() -> None:
         while not stop.wait(every):
-            storage.record_heartbeat(trial_id)
-    storage.record_heartbeat(trial_id)
+            patiently(storage.record_heartbeat, trial_id)
+    patiently(storage.record_heartbeat, trial_id)
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
     try:
@@ -219,7 +219,12 @@ def requeue_unfinished(study: optuna.Study) -> list[str]:
 
 
 def pop_queued_trial(study: optuna.Study, storage) -> optuna.trial.Trial | None:
-    """Atomically claim a WAITING (enqueued) trial; None when the queue is empty. Never creates a trial."""
+    """Atomically claim a WAITING (enqueued) trial; None when the queue is empty. Never creates a trial. A
+    store locked by another process is waited for (see patiently)."""
+    return patiently(_claim, study, storage)
+
+
+def _claim(study: optuna.Study, storage) -> optuna.trial.Trial | None:
     study_id = storage.get_study_id_from_name(study.study_name)
     for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
         try:
@@ -248,17 +253,17 @@ class Objective:
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
         with uninterrupted():  # suggesting a value writes it to the study's storage
-            params = self.params_for(trial)
+            params = patiently(self.params_for, trial)
         key = f"best_{self.task.selection_metric}"
         values, run = [], None
         try:
             with uninterrupted():  # the trial's bookkeeping is written whole (a Ctrl-C waits for its end)
                 paper_table = trial.study.user_attrs.get("paper_table", "")
-                trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+                patiently(trial.set_user_attr, "worker", f"{socket.gethostname()}:{os.getpid()}")
                 run = self.tracker.start(f"trial-{trial.number}", {
                     "xkd.kind": "trial", "trial_number": str(trial.number), "study_name": trial.study.study_name},
                     parent_run_id=trial.study.user_attrs["mlflow_parent_run_id"])
-                trial.set_user_attr("mlflow_run_id", run)
+                patiently(trial.set_user_attr, "mlflow_run_id", run)
                 self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method,
                                               "n_seeds": self.seeds, **{f"fixed.{k}": v for k, v in self.fixed.items()},
                                               **params})
@@ -266,8 +271,8 @@ class Objective:
                 def report(epoch, m, first=seed == self.cfg.seed):
                     if self.prune and first:
                         with uninterrupted():
-                            trial.report(m[self.task.selection_metric], epoch)
-                            pruned = trial.should_prune()
+                            patiently(trial.report, m[self.task.selection_metric], epoch)
+                            pruned = patiently(trial.should_prune)
                         if pruned:
                             raise optuna.TrialPruned()
                 from benchmark.teacher_cache import TeacherCache
@@ -288,7 +293,7 @@ class Objective:
             # a diverging loss or any error fails this trial alone, with its reason
             reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}".splitlines()[0][:1000]
             with uninterrupted():
-                trial.set_user_attr("fail_reason", reason)
+                patiently(trial.set_user_attr, "fail_reason", reason)
             if run:
                 self.tracker.set_tag(run, "xkd.failure", reason[:5000])
                 self.tracker.end(run, "FAILED")
@@ -327,12 +332,12 @@ def work(study: optuna.Study, storage, objective: Objective, n_trials: int | Non
             trial = None
             try:
                 with uninterrupted():
-                    optuna.storages.fail_stale_trials(study)
+                    patiently(optuna.storages.fail_stale_trials, study)
                     trial = pop_queued_trial(study, storage)
             except BaseException:
                 if trial is not None:
                     with uninterrupted():
-                        study.tell(trial, state=S.FAIL)
+                        patiently(study.tell, trial, state=S.FAIL)
                 raise
             if trial is None:
                 break
@@ -341,15 +346,15 @@ def work(study: optuna.Study, storage, objective: Objective, n_trials: int | Non
                     value = objective(trial)
             except optuna.TrialPruned:
                 with uninterrupted():
-                    study.tell(trial, state=S.PRUNED)
+                    patiently(study.tell, trial, state=S.PRUNED)
             except BaseException as e:  # failed alone (its reason recorded by the objective), or interrupted
                 with uninterrupted():
-                    study.tell(trial, state=S.FAIL)
+                    patiently(study.tell, trial, state=S.FAIL)
                 if not isinstance(e, Exception) or interrupted_by(e):
                     raise
             else:
                 with uninterrupted():
-                    study.tell(trial, value)
+                    patiently(study.tell, trial, value)
             done += 1
         return done
     study.optimize(objective, n_trials=n_trials or 10, catch=(Exception,))
@@ -382,16 +387,19 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
 
 def recover_worker(study: optuna.Study, storage, tracker, pid: int, code: int) -> list[str]:
     """A worker process that ended with `code`: its RUNNING trial (by the worker it recorded) fails and its
-    point is queued again, through the same handler as a stale heartbeat."""
+    point is queued again, through the same handler as a stale heartbeat. Returns one line per trial queued
+    again (none when the worker ended outside a trial)."""
     worker = f"{socket.gethostname()}:{pid}"
     how = f"signal {-code}" if code < 0 else f"exit {code}"
     lines = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get("worker") == worker:
             try:
-                storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+                patiently(storage.set_trial_state_values, t._trial_id, state=optuna.trial.TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # its heartbeat went stale first: already failed and queued again
             stale_trial_handler(tracker)(study, storage.get_trial(t._trial_id))
             lines.append(f"worker {pid} ended ({how}) in trial {t.number}: its point was queued again")
-    return lines or [f"worker {pid} ended ({how}) outside a trial"]
+    if not lines:  # no trial lost (its error, if any, is above): said here, not counted as a recovery
+        print(f"worker {pid} ended ({how}) outside a trial: no trial of it was lost", flush=True)
+    return lines

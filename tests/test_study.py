@@ -262,7 +262,60 @@ def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_p
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert f"worker {pid} ended (signal 9) in trial {trial.number}: its point was queued again" in out
-    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out
+    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out, f"{out}\n--- stderr ---\n{err[-6000:]}"
     study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
     assert _every_point_complete(study, [1.0, 2.0, 4.0, 8.0])
     assert _no_run_left_running(tmp_path) == []
+
+
+def _hold_write_lock(path, seconds):
+    """Another process's write on the sqlite file at `path` (a reserved lock), held `seconds`, then committed."""
+    import sqlite3
+    import threading
+    con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    con.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(seconds, lambda: (con.execute("COMMIT"), con.close()))
+    timer.start()
+    return timer
+
+
+def test_a_store_locked_longer_than_sqlites_wait_delays_a_claim_and_a_log_without_failing_them(tmp_path):
+    """A worker claiming a grid point and a run logging a metric while another process holds the store's write
+    lock for 6 s (past sqlite's own 5-s wait, what a loaded machine with several workers can do): both wait and
+    succeed. (CI once lost a study worker to 'database is locked' in a claim: it exited 1 outside a trial.)"""
+    from benchmark.tracking import Tracker
+    from studies.runner import pop_queued_trial
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(study_name="s", storage=url).enqueue_trial({"x": 1})
+    storage = optuna.storages.get_storage(url)
+    study = optuna.load_study(study_name="s", storage=storage)
+    timer, t0 = _hold_write_lock(tmp_path / "studies.db", 6.0), time.monotonic()
+    trial = pop_queued_trial(study, storage)
+    timer.join()
+    assert trial is not None and trial.params == {} and time.monotonic() - t0 >= 5.9
+    assert study.get_trials()[0].state == optuna.trial.TrialState.RUNNING
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "xkd-locked")
+    run = tracker.start("r", {"xkd.kind": "train"})
+    timer, t0 = _hold_write_lock(tmp_path / "mlflow.db", 6.0), time.monotonic()
+    tracker.log_metrics(run, {"top1": 1.5}, step=0)
+    timer.join()
+    assert time.monotonic() - t0 >= 5.9
+    assert tracker.client.get_run(run).data.metrics["top1"] == 1.5
+
+
+def test_a_lock_that_never_ends_fails_after_the_wait_with_sqlites_error():
+    """patiently gives up after its wait, with the store's own error; any other error is not retried."""
+    from benchmark.tracking import patiently
+    calls = []
+
+    def locked_call():
+        calls.append(1)
+        raise RuntimeError("commit failed") from Exception("(sqlite3.OperationalError) database is locked")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="commit failed"):
+        patiently(locked_call, wait_s=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 3 and len(calls) >= 3
+    calls.clear()
+    with pytest.raises(ValueError):
+        patiently(lambda: calls.append(1) or (_ for _ in ()).throw(ValueError("bad")), wait_s=5)
+    assert len(calls) == 1
