@@ -98,7 +98,8 @@ def say_store(args) -> None:
     """Every command that reads or writes an MLflow store names it on its first line (rank 0 only), so that
     runs never land in a store the user did not expect (a run from another folder makes its own mlflow.db)."""
     import os
-    if hasattr(args, "tracking_uri") and not getattr(args, "compare", None) and os.environ.get("RANK", "0") == "0":
+    if hasattr(args, "tracking_uri") and not getattr(args, "compare", None) and not getattr(args, "runs", None) \
+            and os.environ.get("RANK", "0") == "0":
         from benchmark.tracking import resolve_uri
         uri = resolve_uri(args.tracking_uri)
         if uri.startswith("sqlite:///"):

@@ -20,7 +20,7 @@ from reports.controls import control_tables, split_controls
 from reports.leaderboard import leaderboards
 from reports.markdown import Footnotes
 from reports.paper import fig_ablations, has_runs, header_section, select_pool, table_section
-from reports.runs import export, history, load_runs, require_runs, task_info
+from reports.runs import export, history, load_runs, read_exports, require_runs, task_info
 from reports.specs import TABLES, TableSpec
 from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
@@ -137,14 +137,23 @@ def paper_tables(runs: pd.DataFrame, notes: Footnotes, with_paper: bool) -> tupl
     return "\n".join(shown), skipped
 
 
-def build_report(tracking_uri: str, out: Path, experiment: str | None = None, with_paper: bool = False) -> Path:
-    everything = load_runs(tracking_uri, experiment)
-    require_runs(everything, tracking_uri, experiment)  # nothing is written for a store without finished runs
+def build_report(tracking_uri: str | None, out: Path, experiment: str | None = None, with_paper: bool = False,
+                 files: list[Path] | None = None) -> Path:
+    """The report of a store's runs, or (files) of runs.csv exports: the same tables, computed from what a
+    reader of the repository has; the figures that need a store's metric histories or artifacts (training
+    curves, t-SNE) are left out, and the report says so."""
+    if files:
+        everything = read_exports(files)
+        source = "the runs.csv export(s) " + ", ".join(f"`{f}`" for f in files)
+    else:
+        everything = load_runs(tracking_uri, experiment)
+        source = f"the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
+    require_runs(everything, source.replace("`", ""), None if files else experiment)  # nothing is written without runs
     notes = Footnotes()
     runs, _ = split_controls(everything)  # runs with a control teacher appear in their own section only
     if runs.empty:
         from benchmark.registry import UsageError
-        raise UsageError(f"every finished run in {tracking_uri} used a control teacher (teacher_control); a report "
+        raise UsageError(f"every finished run in {source.replace('`', '')} used a control teacher (teacher_control); a report "
                          "compares them with runs of the real teacher (the baseline at least): run those first")
     out.mkdir(parents=True, exist_ok=True)
     board, board_records, forest_figs, summary = leaderboards(runs, out, notes)
@@ -152,11 +161,11 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
     study_md, study_records, _ = studies(runs, out, notes)
     sweeps, sweep_figs = synthetic_sweeps(runs, out)
     paper_md, skipped = paper_tables(runs, notes, with_paper)
-    figs = fig_training_curves(runs, tracking_uri, out) + fig_data_fraction(runs, out) + fig_tsne(runs, tracking_uri, out)
+    store_figs = [] if files else fig_training_curves(runs, tracking_uri, out)
+    figs = store_figs + fig_data_fraction(runs, out) + ([] if files else fig_tsne(runs, tracking_uri, out))
     figs += fig_ablations(runs, out, with_paper)
     parts = ["# Cross-modal distillation benchmark: report", "",
-             f"Rebuilt from the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
-             + f": {len(everything)} finished training runs"
+             f"Rebuilt from {source}: {len(everything)} finished training runs"
              + (f" ({len(everything) - len(runs)} of them with a control teacher)" if len(everything) > len(runs) else "")
              + f" of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
@@ -176,9 +185,12 @@ def build_report(tracking_uri: str, out: Path, experiment: str | None = None, wi
         parts += ["## Studies", "", study_md]
     if sweeps:
         parts += ["## Controlled tasks: where the modalities' shared information is known", "", sweeps]
-    if figs:
+    if figs or files:
         parts.append("## Figures\n")
         parts += [f"### {t}\n\n![{t}]({p.name})\n" for t, p in figs]
+    if files:
+        parts += ["Training curves and the t-SNE figure are not in a report rebuilt from runs.csv files: they need "
+                  "the metric histories and artifacts of an MLflow store.", ""]
     parts += ["## The paper's tables", "",
               "The paper's numbers (copied from the paper) beside ours, for the tables with runs in this store"
               + (" and every other (`--with-paper`)." if with_paper else

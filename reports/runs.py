@@ -27,15 +27,40 @@ def load_runs(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame:
                             filter_string="tags.`xkd.kind` = 'train' and attributes.status = 'FINISHED'")
     if df.empty:
         return df
+    return _normalised(df).sort_values("start_time").reset_index(drop=True)
+
+
+def _normalised(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("tags.xkd.study", "tags.xkd.paper_table"):
-        if col not in df:
-            df[col] = None
-        df[col] = df[col].fillna("")
+        df[col] = df[col].fillna("") if col in df else ""
     from benchmark.config import RunConfig
     for k, v in asdict(RunConfig()).items():  # a field added after some runs were made: they ran with its default
         if f"params.{k}" in df:
             df[f"params.{k}"] = df[f"params.{k}"].fillna(str(v))
-    return df.sort_values("start_time").reset_index(drop=True)
+    return df
+
+
+def read_exports(paths: list[Path]) -> pd.DataFrame:
+    """The runs of one or more runs.csv files (the export beside every report) as load_runs gives them: params
+    and tags as text, metrics as numbers, in the files' order (each export is oldest first). A run id in two files
+    is one run, kept once. A path that is not such an export is refused."""
+    frames = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise UsageError(f"--runs {path}: no such file")
+        try:
+            header = pd.read_csv(path, nrows=0).columns
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise UsageError(f"--runs {path}: not a CSV file ({type(e).__name__})") from None
+        if "run_id" not in header or "params.task" not in header or "params.method" not in header:
+            raise UsageError(f"--runs {path}: not a runs.csv export of a report (it needs the columns run_id, "
+                             "params.task, params.method)")
+        frames.append(pd.read_csv(path, dtype={c: str for c in header if not c.startswith("metrics.")},
+                                  keep_default_na=False, na_values={c: [""] for c in header}))
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("run_id").reset_index(drop=True)
+    if df.empty:
+        raise UsageError(f"no runs in {', '.join(map(str, paths))} (a header without rows); nothing to report")
+    return _normalised(df)
 
 
 def require_runs(runs: pd.DataFrame, tracking_uri: str, experiment: str | None) -> None:

@@ -1,5 +1,6 @@
 """The report is rebuilt from an MLflow store alone: a fixture store with known runs."""
 import re
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -280,3 +281,51 @@ def test_the_report_exports_every_run_beside_it(fixture_store, tmp_path):
     assert footnoted and footnoted <= set(runs["run_id"])
     assert {"params.method", "params.seed", "metrics.test_top1"} <= set(runs.columns)
     assert pd.api.types.is_numeric_dtype(runs["metrics.test_top1"])
+
+
+EXAMPLES = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "reports" / "example").glob("*/report.md")
+                  if (p.parent / "runs.csv").is_file())
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_published_report_rebuilds_from_its_runs_csv_to_the_same_numbers(example, tmp_path):
+    """A published report (reports/example/*) rebuilt from nothing but the runs.csv beside it gives the same
+    leaderboard, control and study numbers, byte for byte: its numbers follow from runs anyone can read, and
+    the store they were recorded in (not in the repository) is not needed to check them."""
+    out = tmp_path / "rebuilt"
+    text = build_report(None, out, files=[example / "runs.csv"]).read_text()
+    for name in ("report.csv", "controls.csv", "studies.csv", "runs.csv"):
+        assert (out / name).is_file() == (example / name).is_file(), name
+        if (example / name).is_file():
+            assert (out / name).read_bytes() == (example / name).read_bytes(), name
+    assert text.splitlines()[2].startswith(f"Rebuilt from the runs.csv export(s) `{example / 'runs.csv'}`")
+    assert "need the metric histories and artifacts of an MLflow store" in text
+
+
+def test_rebuilding_from_two_exports_counts_a_run_once(fixture_store, tmp_path):
+    """Two exports that share runs (a report and a later one of the same store) are one set of runs."""
+    uri, _ = fixture_store
+    build_report(uri, tmp_path / "a")
+    once = pd.read_csv(tmp_path / "a" / "runs.csv")
+    build_report(None, tmp_path / "b", files=[tmp_path / "a" / "runs.csv", tmp_path / "a" / "runs.csv"])
+    assert (tmp_path / "b" / "report.csv").read_bytes() == (tmp_path / "a" / "report.csv").read_bytes()
+    assert len(pd.read_csv(tmp_path / "b" / "runs.csv")) == len(once)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_an_export", "empty", "with_store"])
+def test_report_from_runs_refuses_bad_input_with_exit_2_and_writes_nothing(case, tmp_path):
+    from conftest import run_cli_inprocess
+    bad = tmp_path / "bad.csv"
+    args = ["report", "--runs", str(bad), "--out", str(tmp_path / "out")]
+    if case == "not_an_export":
+        bad.write_text("a,b\n1,2\n")
+    elif case == "empty":
+        bad.write_text("run_id,params.task,params.method,metrics.test_top1\n")
+    elif case == "with_store":
+        bad.write_text("run_id,params.task,params.method\nx,synthetic,kd\n")
+        args += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    res = run_cli_inprocess(args, tmp_path)
+    expected = {"missing": "no such file", "not_an_export": "not a runs.csv export",
+                "empty": "a header without rows", "with_store": "leave out --tracking-uri"}[case]
+    assert res.returncode == 2 and expected in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,16 @@ def cmd_report(args) -> int:
         print(f"comparison written to {path}")
         return 0
     from reports.generate import build_report
+    if args.runs:
+        from benchmark.registry import UsageError
+        from reports.runs import read_exports
+        if args.tracking_uri or args.experiment:
+            raise UsageError("--runs rebuilds the report from runs.csv files, not from a store: leave out "
+                             "--tracking-uri and --experiment")
+        read_exports(args.runs)  # refused before any folder is made
+        out = Path(args.out) if args.out else fresh_dir(Path("reports/generated"))
+        print(f"report written to {build_report(None, out, with_paper=args.with_paper, files=args.runs)}")
+        return 0
     from reports.runs import load_runs, require_runs
     uri = resolve_uri(args.tracking_uri)
     require_runs(load_runs(uri, args.experiment), uri, args.experiment)  # before any folder is made
@@ -44,6 +54,10 @@ def add(sub) -> None:
     p.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")
     p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
                    "sqlite:///mlflow.db)")
+    p.add_argument("--runs", action="append", default=[], metavar="RUNS_CSV",
+                   help="rebuild the tables from runs.csv exports (the file beside every report; repeatable, a run "
+                   "in two files counts once) instead of a store: anyone with the repository can check a published "
+                   "report's numbers. Figures that need a store (training curves, t-SNE) are left out")
     p.add_argument("--with-paper", dest="with_paper", action="store_true",
                    help="also render the paper's tables (and ablation figures) that have no runs in the store")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
