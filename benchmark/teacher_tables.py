@@ -26,6 +26,17 @@ class TeacherTables:
     def dim(self) -> int:
         return self.embedding.shape[-1]
 
+    def digest(self) -> str:
+        """A fingerprint of this teacher instance: sha256 of its embeddings and logits (first 16 hex digits).
+        teacher_id names a recipe; two trainings of one recipe (another machine, another code version under
+        the same cache key) are two teachers with one id and two digests."""
+        import hashlib
+        h = hashlib.sha256()
+        for t in (self.embedding, self.logits):
+            if t is not None:
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def to(self, device) -> "TeacherTables":
         self.embedding = self.embedding.to(device)
         self.logits = None if self.logits is None else self.logits.to(device)

@@ -420,7 +420,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
     if ck is not None and ck.get("done"):
         return ck["final"]
     sel = task.selection_metric
-    params = {**cfg.as_params(), **data.info, **tables.params, "method": method_name, "run_key": key,
+    params = {**cfg.as_params(), **data.info, **tables.params, "teacher_digest": tables.digest(),
+              "method": method_name, "run_key": key,
               **{f"hp.{k}": v for k, v in asdict(ctx.hparams).items()},
               "ce_weight_effective": ctx.method.ce_weight, "match_space": ctx.method.match_space,
               **ctx.method.run_params(),

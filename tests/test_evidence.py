@@ -214,6 +214,9 @@ def test_a_random_teacher_is_the_architecture_untrained_and_seeded(tmp_path, cif
     tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "c"))
     assert tables.teacher_id == "random-init/resnet8_w16/seed0" and not (tmp_path / "c" / "image-teachers").exists()
     assert tables.params["teacher_test_acc"] < 5  # 100 classes: chance is 1%
+    again = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "c"))  # the same seeded weights: the same teacher
+    other = task.teacher_tables(replace(cfg, teacher_seed=1), data, TeacherCache(tmp_path / "c"))
+    assert again.digest() == tables.digest() != other.digest()
     syn = _context("synthetic", "smoke", "random", cache=tmp_path / "s")
     assert syn.tables.teacher_id == "mlp-teacher/128-64/untrained/seed0"
     assert syn.tables.params["teacher_test_acc"] < 25  # 20 classes: chance is 5%; the trained one is about 90%

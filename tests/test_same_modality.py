@@ -85,6 +85,7 @@ def test_every_method_runs_image_to_image(tmp_path, cifar_dir):
     params = [r.data.params for r in client.search_runs([exp.experiment_id])]
     assert {p["teacher_in_loop"] for p in params} == {"True"} and {p["teacher_logits"] for p in params} == {"own"}
     assert len({p["teacher_test_acc"] for p in params}) == 1 and all(p["teacher_id"].startswith("img-trained/") for p in params)
+    assert len({p["teacher_digest"] for p in params}) == 1 and len(params[0]["teacher_digest"]) == 16  # one teacher
 
 
 def test_the_primary_comparison_runs_at_kds_defaults_on_every_profile():
