@@ -144,11 +144,11 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     curves, t-SNE) are left out, and the report says so."""
     if files:
         everything = read_exports(files)
-        source = "the runs.csv export(s) " + ", ".join(f"`{f}`" for f in files)
+        source = "the runs.csv export(s) " + ", ".join(f"`{f}`" for f in files)  # read_exports refuses no runs
     else:
         everything = load_runs(tracking_uri, experiment)
+        require_runs(everything, tracking_uri, experiment)  # nothing is written for a store without finished runs
         source = f"the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
-    require_runs(everything, source.replace("`", ""), None if files else experiment)  # nothing is written without runs
     notes = Footnotes()
     runs, _ = split_controls(everything)  # runs with a control teacher appear in their own section only
     if runs.empty:
@@ -161,8 +161,9 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     study_md, study_records, _ = studies(runs, out, notes)
     sweeps, sweep_figs = synthetic_sweeps(runs, out)
     paper_md, skipped = paper_tables(runs, notes, with_paper)
-    store_figs = [] if files else fig_training_curves(runs, tracking_uri, out)
-    figs = store_figs + fig_data_fraction(runs, out) + ([] if files else fig_tsne(runs, tracking_uri, out))
+    figs = fig_data_fraction(runs, out)
+    if not files:  # metric histories and artifacts live in the store
+        figs = fig_training_curves(runs, tracking_uri, out) + figs + fig_tsne(runs, tracking_uri, out)
     figs += fig_ablations(runs, out, with_paper)
     parts = ["# Cross-modal distillation benchmark: report", "",
              f"Rebuilt from {source}: {len(everything)} finished training runs"
