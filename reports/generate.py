@@ -1,10 +1,12 @@
 """The report: what the user's runs show, first, then the paper's tables that have runs. Its parts live by
 concern: loading (reports/runs.py), grouping (reports/grouping.py), the leaderboard (reports/leaderboard.py),
-studies (reports/studies.py), the controlled tasks' sweeps (reports/sweeps.py), the paper's tables
+studies (reports/studies.py), negative controls (reports/controls.py), teacher instances (reports/teachers.py),
+the controlled tasks' sweeps (reports/sweeps.py), the paper's tables
 (reports/paper.py), figures (reports/figures.py) and `--compare` (reports/compare.py).
 
 Written to the output folder: report.md, its PNGs, report.csv (the leaderboards as numbers: mean, std, n,
-CI bounds, p, p_Holm per method configuration), studies.csv (every study value as numbers) and runs.csv
+CI bounds, p, p_Holm per method configuration), studies.csv (every study value as numbers), controls.csv and
+teachers.csv (the control and teacher-instance tables as numbers, when there are such runs) and runs.csv
 (every param and metric of each run, so each footnoted run id can be looked up without the store)."""
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from reports.runs import export, history, load_runs, read_exports, require_runs,
 from reports.specs import TABLES, TableSpec
 from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
+from reports.teachers import teacher_instance_tables
 
 INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its "
          "footnote. Δ: the paired difference against the baseline over matched seeds of the same setting, its raw "
@@ -158,6 +161,7 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     out.mkdir(parents=True, exist_ok=True)
     board, board_records, forest_figs, summary = leaderboards(runs, out, notes)
     control_md, control_records = control_tables(everything, notes)
+    teacher_md, teacher_records = teacher_instance_tables(runs, notes)
     study_md, study_records, _ = studies(runs, out, notes)
     sweeps, sweep_figs = synthetic_sweeps(runs, out)
     paper_md, skipped = paper_tables(runs, notes, with_paper)
@@ -182,6 +186,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         parts += ["## Leaderboards", "", "No runs outside studies: every run of this store belongs to a study (below).", ""]
     if control_md:
         parts += ["## Negative controls: knowledge of the teacher, or regularisation?", "", control_md]
+    if teacher_md:
+        parts += ["## Teacher instances: a gain of the recipe, or of one trained teacher?", "", teacher_md]
     if study_md:
         parts += ["## Studies", "", study_md]
     if sweeps:
@@ -203,6 +209,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         _write(out / "studies.csv", pd.DataFrame(study_records).to_csv(index=False))
     if control_records:
         _write(out / "controls.csv", pd.DataFrame(control_records).to_csv(index=False))
+    if teacher_records:
+        _write(out / "teachers.csv", pd.DataFrame(teacher_records).to_csv(index=False))
     export(everything, out / "runs.csv")
     report = out / "report.md"
     _write(report, "\n".join(parts) + "\n")

@@ -294,7 +294,7 @@ def test_every_published_report_rebuilds_from_its_runs_csv_to_the_same_numbers(e
     the store they were recorded in (not in the repository) is not needed to check them."""
     out = tmp_path / "rebuilt"
     text = build_report(None, out, files=[example / "runs.csv"]).read_text()
-    for name in ("report.csv", "controls.csv", "studies.csv", "runs.csv"):
+    for name in ("report.csv", "controls.csv", "teachers.csv", "studies.csv", "runs.csv"):
         assert (out / name).is_file() == (example / name).is_file(), name
         if (example / name).is_file():
             assert (out / name).read_bytes() == (example / name).read_bytes(), name

@@ -1,0 +1,120 @@
+"""Teacher instances: is a gain a property of the teacher's recipe, or of the one teacher it trained?
+
+Every other table varies the student's seed with one trained teacher held fixed, so its CI is a CI for that
+teacher. Where a store holds one setting with several teacher instances (runs that differ only in
+`teacher_seed`, and so in `teacher_id`), this table shows per method configuration its gain against each
+instance's own baseline (paired over seeds) and, across the instances, the mean of the per-teacher mean gains
+with a t-based 95% CI over teachers (k - 1 degrees of freedom; Holm over the table's methods): the test of a
+claim about the recipe. Beside it, the spread between teachers (SD of the per-teacher gains) and within one
+(the root mean square of the paired SDs over seeds)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from benchmark.stats import comparison_record, holm, mde, paired_difference, per_seed, pooled_sd
+from reports.grouping import baseline_of, configurations, setting_labels, with_keys
+from reports.leaderboard import BASELINE, _metrics
+from reports.markdown import Footnotes, table
+from reports.runs import task_info
+
+INSTANCE = "params.teacher_seed"
+INSTANCE_COLUMNS = {INSTANCE, "params.teacher_id"}
+
+
+def teacher_instance_tables(runs: pd.DataFrame, notes: Footnotes) -> tuple[str, list[dict]]:
+    """(Markdown, records) for every task and setting run with two or more teacher instances; '' when none.
+    `runs` are runs with their real teacher (the controls have their own section)."""
+    if runs.empty or INSTANCE not in runs:
+        return "", []
+    main = runs[runs["tags.xkd.study"] == ""]
+    parts, records = [], []
+    for task_name in sorted(main["params.task"].unique()):
+        task = task_info(task_name)
+        pool = with_keys(main[main["params.task"] == task_name], INSTANCE_COLUMNS)
+        labels = setting_labels(pool, task, INSTANCE_COLUMNS)
+        for setting in pool["_setting"].unique():
+            sel = pool[pool["_setting"] == setting]
+            if sel[INSTANCE].dropna().nunique() >= 2:
+                md, recs = _one(task_name, task, sel, labels[setting], notes, pool)
+                parts.append(md), records.extend(recs)
+    return "\n".join(parts), records
+
+
+def _instances(sel: pd.DataFrame) -> list[str]:
+    seeds = sel[INSTANCE].dropna().astype(str).unique()
+    return sorted(seeds, key=lambda s: (float(s), s) if s.lstrip("-").replace(".", "", 1).isdigit() else (math.inf, s))
+
+
+def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, context: pd.DataFrame):
+    heading = f"### {task_name}: {label}"
+    metrics = _metrics(task, sel)
+    if not metrics:
+        return f"{heading}\n\nRuns of several teacher instances without a summary metric.\n", []
+    metric, metric_label = metrics[0]
+    col = f"metrics.{metric}"
+    instances = _instances(sel)
+    baselines = {i: baseline_of(sel[sel[INSTANCE].astype(str) == i]) for i in instances}
+    with_base = [i for i in instances if not baselines[i].empty]
+    rows = []
+    for row_label, method, g in configurations(sel, INSTANCE_COLUMNS, context):
+        if method == BASELINE:
+            continue
+        gains = {}
+        for i in with_base:
+            mine = g[g[INSTANCE].astype(str) == i]
+            b = baselines[i]
+            gains[i] = paired_difference(per_seed(mine[col], mine["params.seed"]), per_seed(b[col], b["params.seed"]))
+        means = pd.Series({i: p.mean for i, p in gains.items() if p is not None})
+        across = paired_difference(means, pd.Series(0.0, index=means.index)) if len(means) else None
+        rows.append((row_label, g, gains, across))
+    holm([r[3] for r in rows])
+    body, records = [], []
+    for row_label, g, gains, across in rows:
+        ref = notes.add(list(g.drop_duplicates([INSTANCE, "params.seed"], keep="last")["run_id"]))
+        within, _ = pooled_sd(list(gains.values()))
+        between = across.sd if across is not None and across.n >= 2 else math.nan
+        body.append([row_label + ref] + [str(gains[i]).removesuffix(" *") if gains.get(i) else "—" for i in with_base]
+                    + [str(across) if across else "—", _sd(between), _sd(within)])
+        rec = {"task": task_name, "setting": label, "configuration": row_label, "primary_metric": metric,
+               "teachers": 0 if across is None else across.n, "sd_between_teachers": between,
+               "sd_within_teacher": within}
+        rec.update({k.replace("delta", "gain_over_teachers") if k.startswith("delta") else k: v
+                    for k, v in comparison_record(across).items()})
+        for i in with_base:
+            rec.update({k.replace("delta", f"gain_teacher_seed_{i}"): v
+                        for k, v in comparison_record(gains.get(i)).items() if k.startswith("delta")})
+        records.append(rec)
+    header = (["method"] + [f"teacher_seed={i}{_accuracy(sel, i)}: Δ {metric_label} vs its baseline" for i in with_base]
+              + ["across teachers: mean Δ, 95% CI over teachers, p_Holm", "SD between teachers", "SD within a teacher"])
+    tested = [r[3] for r in rows if r[3] is not None and r[3].n >= 2 and not r[3].no_spread]
+    missing = [i for i in instances if i not in with_base]
+    lines = [heading, "",
+             f"{len(instances)} teacher instances of one recipe (`teacher_seed` {', '.join(instances)}), each with its own "
+             "baseline runs" + (f" except {', '.join(missing)} (left out: no baseline)" if missing else "") + ". Δ in "
+             "percentage points, paired over student seeds within a teacher; the across-teacher CI treats each "
+             f"teacher's mean gain as one observation (Holm over the {len(tested)} methods of this table). A gain "
+             "whose across-teacher CI excludes 0 is a property of the recipe; one resolved for every single teacher "
+             "but not across them holds for those teachers only.", "",
+             table(header, body), "", _power(tested), ""]
+    return "\n".join(lines), records
+
+
+def _accuracy(sel: pd.DataFrame, instance: str) -> str:
+    acc = pd.to_numeric(sel.loc[sel[INSTANCE].astype(str) == instance, "params.teacher_test_acc"], errors="coerce") \
+        if "params.teacher_test_acc" in sel else pd.Series(dtype=float)
+    return f" (teacher {acc.dropna().iloc[0]:.2f}%)" if acc.notna().any() else ""
+
+
+def _sd(v: float) -> str:
+    return "—" if math.isnan(v) else f"{v:.2f}"
+
+
+def _power(tested: list) -> str:
+    sd, n = pooled_sd(tested)
+    if n < 2:
+        return "Power over teachers: not computable (fewer than two teachers with a gain, or no spread)."
+    return (f"Power over teachers: with k = {n} teachers and an SD of {sd:.2f} points between their mean gains (root "
+            f"mean square over the table's methods), the smallest across-teacher effect found with 80% power at "
+            f"α = 0.05 is {mde(sd, n):.2f} points.")
