@@ -4,7 +4,8 @@ Every other table varies the student's seed with one trained teacher held fixed,
 teacher. Where a store holds one setting with several teacher instances (runs that differ only in
 `teacher_seed`, and so in `teacher_id`), this table shows per method configuration its gain against each
 instance's own baseline (paired over seeds) and, across the instances, the mean of the per-teacher mean gains
-with a t-based 95% CI over teachers (k - 1 degrees of freedom; Holm over the table's methods): the test of a
+with a t-based 95% CI over teachers (k - 1 degrees of freedom; the task's pre-registered primary comparison
+tested alone, Holm over the table's other methods): the test of a
 claim about the recipe. Beside it, the spread between teachers (SD of the per-teacher gains) and within one
 (the root mean square of the paired SDs over seeds)."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pandas as pd
 
 from benchmark.stats import comparison_record, holm, mde, paired_difference, per_seed, pooled_sd
 from reports.grouping import baseline_of, configurations, setting_labels, with_keys
-from reports.leaderboard import BASELINE, _metrics
+from reports.leaderboard import BASELINE, _metrics, primary_row
 from reports.markdown import Footnotes, table
 from reports.runs import task_info
 
@@ -68,36 +69,42 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
             gains[i] = paired_difference(per_seed(mine[col], mine["params.seed"]), per_seed(b[col], b["params.seed"]))
         means = pd.Series({i: p.mean for i, p in gains.items() if p is not None})
         across = paired_difference(means, pd.Series(0.0, index=means.index)) if len(means) else None
-        rows.append((row_label, g, gains, across))
-    holm([r[3] for r in rows])
+        rows.append((row_label, method, g, gains, across))
+    prim = primary_row(task, [(r[0], r[1], r[2], None, r[4]) for r in rows])
+    holm([r[4] for i, r in enumerate(rows) if i != prim])  # the pre-registered primary comparison is tested alone
     body, records = [], []
-    for row_label, g, gains, across in rows:
+    for i, (row_label, method, g, gains, across) in enumerate(rows):
+        row_label += " — primary (pre-registered)" if i == prim else ""
         ref = notes.add(list(g.drop_duplicates([INSTANCE, "params.seed"], keep="last")["run_id"]))
         within, _ = pooled_sd(list(gains.values()))
         between = across.sd if across is not None and across.n >= 2 else math.nan
-        body.append([row_label + ref] + [str(gains[i]).removesuffix(" *") if gains.get(i) else "—" for i in with_base]
-                    + [str(across) if across else "—", _sd(between), _sd(within)])
+        cell = "—" if across is None else str(across) + (f" p={across.p:.2g}" if i == prim and across.p == across.p else "")
+        body.append([row_label + ref] + [str(gains[t]).removesuffix(" *") if gains.get(t) else "—" for t in with_base]
+                    + [cell, _sd(between), _sd(within)])
         rec = {"task": task_name, "setting": label, "configuration": row_label, "primary_metric": metric,
+               "primary_comparison": i == prim,
                "teachers": 0 if across is None else across.n, "sd_between_teachers": between,
                "sd_within_teacher": within}
         rec.update({k.replace("delta", "gain_over_teachers") if k.startswith("delta") else k: v
                     for k, v in comparison_record(across).items()})
-        for i in with_base:
-            rec.update({k.replace("delta", f"gain_teacher_seed_{i}"): v
-                        for k, v in comparison_record(gains.get(i)).items() if k.startswith("delta")})
+        for t in with_base:
+            rec.update({k.replace("delta", f"gain_teacher_seed_{t}"): v
+                        for k, v in comparison_record(gains.get(t)).items() if k.startswith("delta")})
         records.append(rec)
     header = (["method"] + [f"teacher_seed={i}{_accuracy(sel, i)}: Δ {metric_label} vs its baseline" for i in with_base]
-              + ["across teachers: mean Δ, 95% CI over teachers, p_Holm", "SD between teachers", "SD within a teacher"])
-    tested = [r[3] for r in rows if r[3] is not None and r[3].n >= 2 and not r[3].no_spread]
+              + ["across teachers: mean Δ, 95% CI over teachers, p_Holm (the primary: p)", "SD between teachers", "SD within a teacher"])
+    testable = [i for i, r in enumerate(rows) if r[4] is not None and r[4].n >= 2 and not r[4].no_spread]
+    family = sum(i != prim for i in testable)
+    alone = " besides the pre-registered primary comparison, tested alone at 0.05" if prim in testable else ""
     missing = [i for i in instances if i not in with_base]
     lines = [heading, "",
              f"{len(instances)} teacher instances of one recipe (`teacher_seed` {', '.join(instances)}), each with its own "
              "baseline runs" + (f" except {', '.join(missing)} (left out: no baseline)" if missing else "") + ". Δ in "
              "percentage points, paired over student seeds within a teacher; the across-teacher CI treats each "
-             f"teacher's mean gain as one observation (Holm over the {len(tested)} methods of this table). A gain "
+             f"teacher's mean gain as one observation (Holm over the {family} {'other ' if alone else ''}method{'s' if family != 1 else ''} of this table{alone}). A gain "
              "whose across-teacher CI excludes 0 is a property of the recipe; one resolved for every single teacher "
              "but not across them holds for those teachers only.", "",
-             table(header, body), "", _power(tested), ""]
+             table(header, body), "", _power([rows[i][4] for i in testable]), ""]
     return "\n".join(lines), records
 
 

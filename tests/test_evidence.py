@@ -274,40 +274,53 @@ def test_a_resolved_primary_says_which_way(tmp_path):
     assert "tested alone at α = 0.05: **resolved: worse than the baseline**" in report
 
 
-def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teacher(tmp_path):
+@pytest.mark.parametrize("primary", [False, True], ids=["exploratory", "kd-at-T4-primary"])
+def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teacher(tmp_path, primary):
     """Three teachers of one recipe (teacher_seed 0, 1, 2), each with its own baseline (30, 31, 32). kd gains
     5, 6, 7 / 2, 3, 4 / 8, 9, 10: resolved for every teacher (SD 1 within each), but its per-teacher means 6, 3, 9
     (SD 3) give across teachers +6.00, half-width t(0.975, 2) * 3 / sqrt 3, t = 2 sqrt 3, p = 1 - sqrt(12/14).
-    pkt means 2, 3, 4: t = 3 sqrt 3, p = 1 - sqrt(27/29); Holm over the two: pkt 2p, kd max(that, p_kd).
+    pkt means 2, 3, 4: t = 3 sqrt 3, p = 1 - sqrt(27/29); Holm over the two: pkt 2p, kd max(that, p_kd). With
+    kd at T = 4 (cifar100-kd's pre-registered primary) kd is tested alone and pkt is a family of one.
     A fourth teacher with kd runs but no baseline is named and left out; control runs take no part."""
+    hp = {"hp.temperature": 4.0} if primary else {}
     rows = []
     for t, (kd, pkt) in enumerate((((5, 6, 7), (1, 2, 3)), ((2, 3, 4), (2, 3, 4)), ((8, 9, 10), (3, 4, 5)))):
         params = {"task": "cifar100-kd", "teacher_seed": t, "teacher_id": f"img-trained/resnet8/key{t}",
                   "teacher_test_acc": 47.0 + t}
         for s in range(3):
-            rows += [("baseline", s, 30.0 + s, params), ("kd", s, 30.0 + s + kd[s], params),
+            rows += [("baseline", s, 30.0 + s, params), ("kd", s, 30.0 + s + kd[s], {**params, **hp}),
                      ("pkt", s, 30.0 + s + pkt[s], params),
-                     ("kd", s, 1.0, {**params, "teacher_control": "shuffled"})]
-    rows += [("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3"})
+                     ("kd", s, 1.0, {**params, **hp, "teacher_control": "shuffled"})]
+    rows += [("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3", **hp})
              for s in range(3)]
     out = tmp_path / "r"
     report = build_report(_store(tmp_path, rows), out).read_text()
     section = report.split("## Teacher instances")[1].split("\n## ")[0]
     assert "4 teacher instances of one recipe (`teacher_seed` 0, 1, 2, 3)" in section
-    assert "except 3 (left out: no baseline)" in section and "(Holm over the 2 methods of this table)" in section
+    assert "except 3 (left out: no baseline)" in section
     assert "teacher_seed=1 (teacher 48.00%): Δ" in section and "teacher_seed=3 (" not in section
     kd = [c.strip() for c in next(x for x in section.splitlines() if x.startswith("| kd")).split("|")[1:-1]]
     assert [c.split(" [")[0] for c in kd[1:4]] == ["+6.00", "+3.00", "+9.00"]
     half = 4.302653 * 3 / 3 ** 0.5
     assert kd[4].startswith(f"+6.00 [{6 - half:+.2f}, {6 + half:+.2f}] (n=3)") and kd[5:] == ["3.00", "1.00"]
     rec = pd.read_csv(out / "teachers.csv").set_index("configuration")
+    kd_row = "kd — primary (pre-registered)" if primary else "kd"
     p_kd, p_pkt = 1 - (12 / 14) ** 0.5, 1 - (27 / 29) ** 0.5
-    assert rec.loc["kd", "p"] == pytest.approx(p_kd, rel=1e-9) and rec.loc["pkt", "p"] == pytest.approx(p_pkt, rel=1e-9)
-    assert rec.loc["pkt", "p_holm"] == pytest.approx(2 * p_pkt, rel=1e-9)
-    assert rec.loc["kd", "p_holm"] == pytest.approx(max(2 * p_pkt, p_kd), rel=1e-9)
-    assert rec.loc["kd", "gain_over_teachers"] == pytest.approx(6.0) and rec.loc["kd", "teachers"] == 3
-    assert rec.loc["kd", "gain_teacher_seed_2"] == pytest.approx(9.0)
-    assert rec.loc["kd", "sd_between_teachers"] == pytest.approx(3.0) and rec.loc["kd", "sd_within_teacher"] == pytest.approx(1.0)
+    assert rec.loc[kd_row, "p"] == pytest.approx(p_kd, rel=1e-9) and rec.loc["pkt", "p"] == pytest.approx(p_pkt, rel=1e-9)
+    if primary:
+        assert kd[0].startswith("kd — primary (pre-registered)") and kd[4].endswith(f"p={p_kd:.2g}")
+        assert bool(rec.loc[kd_row, "primary_comparison"]) and math.isnan(rec.loc[kd_row, "p_holm"])
+        assert rec.loc["pkt", "p_holm"] == pytest.approx(p_pkt, rel=1e-9)
+        assert ("(Holm over the 1 other method of this table besides the pre-registered primary comparison, tested "
+                "alone at 0.05)") in section
+    else:
+        assert rec.loc["pkt", "p_holm"] == pytest.approx(2 * p_pkt, rel=1e-9)
+        assert rec.loc["kd", "p_holm"] == pytest.approx(max(2 * p_pkt, p_kd), rel=1e-9)
+        assert "(Holm over the 2 methods of this table)" in section
+    assert rec.loc[kd_row, "gain_over_teachers"] == pytest.approx(6.0) and rec.loc[kd_row, "teachers"] == 3
+    assert rec.loc[kd_row, "gain_teacher_seed_2"] == pytest.approx(9.0)
+    assert rec.loc[kd_row, "sd_between_teachers"] == pytest.approx(3.0)
+    assert rec.loc[kd_row, "sd_within_teacher"] == pytest.approx(1.0)
     assert "Power over teachers: with k = 3 teachers" in section
 
 
