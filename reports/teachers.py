@@ -68,8 +68,12 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
             b = baselines[i]
             gains[i] = paired_difference(per_seed(mine[col], mine["params.seed"]), per_seed(b[col], b["params.seed"]))
         means = pd.Series({i: p.mean for i, p in gains.items() if p is not None})
-        across = paired_difference(means, pd.Series(0.0, index=means.index)) if len(means) else None
-        rows.append((row_label, method, g, gains, across))
+        if len(means) < 2:  # one teacher's gain is the leaderboard's
+            continue
+        rows.append((row_label, method, g, gains, paired_difference(means, pd.Series(0.0, index=means.index))))
+    if not rows:
+        return (f"{heading}\n\nRuns of {len(instances)} teacher instances (`teacher_seed` {', '.join(instances)}), but no "
+                "method has a gain (runs and a baseline) with two of them.\n", [])
     prim = primary_row(task, [(r[0], r[1], r[2], None, r[4]) for r in rows])
     holm([r[4] for i, r in enumerate(rows) if i != prim])  # the pre-registered primary comparison is tested alone
     body, records = [], []
@@ -77,13 +81,13 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
         row_label += " — primary (pre-registered)" if i == prim else ""
         ref = notes.add(list(g.drop_duplicates([INSTANCE, "params.seed"], keep="last")["run_id"]))
         within, _ = pooled_sd(list(gains.values()))
-        between = across.sd if across is not None and across.n >= 2 else math.nan
-        cell = "—" if across is None else str(across) + (f" p={across.p:.2g}" if i == prim and across.p == across.p else "")
+        between = across.sd
+        cell = str(across) + (f" p={across.p:.2g}" if i == prim and not math.isnan(across.p) else "")
         body.append([row_label + ref] + [str(gains[t]).removesuffix(" *") if gains.get(t) else "—" for t in with_base]
                     + [cell, _sd(between), _sd(within)])
         rec = {"task": task_name, "setting": label, "configuration": row_label, "primary_metric": metric,
                "primary_comparison": i == prim,
-               "teachers": 0 if across is None else across.n, "sd_between_teachers": between,
+               "teachers": across.n, "sd_between_teachers": between,
                "sd_within_teacher": within}
         rec.update({k.replace("delta", "gain_over_teachers") if k.startswith("delta") else k: v
                     for k, v in comparison_record(across).items()})
@@ -103,7 +107,8 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
              "percentage points, paired over student seeds within a teacher; the across-teacher CI treats each "
              f"teacher's mean gain as one observation (Holm over the {family} {'other ' if alone else ''}method{'s' if family != 1 else ''} of this table{alone}). A gain "
              "whose across-teacher CI excludes 0 is a property of the recipe; one resolved for every single teacher "
-             "but not across them holds for those teachers only.", "",
+             "but not across them holds for those teachers only. Methods run with one teacher only are left out "
+             "(their gains are in the leaderboards).", "",
              table(header, body), "", _power([rows[i][4] for i in testable]), ""]
     return "\n".join(lines), records
 

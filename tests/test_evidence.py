@@ -330,3 +330,19 @@ def test_a_store_of_one_teacher_instance_has_no_teacher_instance_section(tmp_pat
     out = tmp_path / "r"
     assert "## Teacher instances" not in build_report(_store(tmp_path, rows), out).read_text()
     assert not (out / "teachers.csv").exists()
+
+
+def test_a_method_run_with_one_teacher_only_is_not_a_teacher_instance_row(tmp_path):
+    """Two teachers with a baseline each; kd ran with both, pkt with the first only: pkt's single gain is the
+    leaderboard's, not a row here. kd gains 1, 2 (seeds) with teacher 0 and 3, 4 with teacher 1: means 1.5, 3.5."""
+    rows = []
+    for t in (0, 1):
+        params = {"task": "cifar100-kd", "teacher_seed": t, "teacher_id": f"img-trained/resnet8/key{t}"}
+        rows += [("baseline", s, 30.0 + s, params) for s in range(2)]
+        rows += [("kd", s, 30.0 + s + 1 + s + 2 * t, params) for s in range(2)]
+    rows += [("pkt", s, 35.0, {"task": "cifar100-kd", "teacher_seed": 0, "teacher_id": "img-trained/resnet8/key0"})
+             for s in range(2)]
+    out = tmp_path / "r"
+    section = build_report(_store(tmp_path, rows), out).read_text().split("## Teacher instances")[1].split("\n## ")[0]
+    assert "| pkt" not in section and "| kd" in section
+    assert pd.read_csv(out / "teachers.csv")["gain_over_teachers"].tolist() == [2.5]
