@@ -82,7 +82,9 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
         ref = notes.add(list(g.drop_duplicates([INSTANCE, "params.seed"], keep="last")["run_id"]))
         within, _ = pooled_sd(list(gains.values()))
         between = across.sd
-        cell = str(across) + (f" p={across.p:.2g}" if i == prim and not math.isnan(across.p) else "")
+        cell = str(across)
+        if i == prim and not math.isnan(across.p):  # tested alone: its raw p, before the star
+            cell = cell.removesuffix(" *") + f" p={across.p:.2g}" + (" *" if across.significant else "")
         body.append([row_label + ref] + [str(gains[t]).removesuffix(" *") if gains.get(t) else "—" for t in with_base]
                     + [cell, _sd(between), _sd(within)])
         rec = {"task": task_name, "setting": label, "configuration": row_label, "primary_metric": metric,
@@ -100,12 +102,14 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
     testable = [i for i, r in enumerate(rows) if r[4] is not None and r[4].n >= 2 and not r[4].no_spread]
     family = sum(i != prim for i in testable)
     alone = " besides the pre-registered primary comparison, tested alone at 0.05" if prim in testable else ""
+    tests = (f"Holm over the {family} {'other ' if alone else ''}method{'s' if family != 1 else ''} of this table{alone}"
+             if family else "the pre-registered primary comparison, tested alone at 0.05")
     missing = [i for i in instances if i not in with_base]
     lines = [heading, "",
              f"{len(instances)} teacher instances of one recipe (`teacher_seed` {', '.join(instances)}), each with its own "
              "baseline runs" + (f" except {', '.join(missing)} (left out: no baseline)" if missing else "") + ". Δ in "
              "percentage points, paired over student seeds within a teacher; the across-teacher CI treats each "
-             f"teacher's mean gain as one observation (Holm over the {family} {'other ' if alone else ''}method{'s' if family != 1 else ''} of this table{alone}). A gain "
+             f"teacher's mean gain as one observation ({tests}). A gain "
              "whose across-teacher CI excludes 0 is a property of the recipe; one resolved for every single teacher "
              "but not across them holds for those teachers only. Methods run with one teacher only are left out "
              "(their gains are in the leaderboards).", "",

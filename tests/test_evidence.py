@@ -308,7 +308,7 @@ def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teac
     p_kd, p_pkt = 1 - (12 / 14) ** 0.5, 1 - (27 / 29) ** 0.5
     assert rec.loc[kd_row, "p"] == pytest.approx(p_kd, rel=1e-9) and rec.loc["pkt", "p"] == pytest.approx(p_pkt, rel=1e-9)
     if primary:
-        assert kd[0].startswith("kd — primary (pre-registered)") and kd[4].endswith(f"p={p_kd:.2g}")
+        assert kd[0].startswith("kd — primary (pre-registered)") and kd[4].endswith(f"(n=3) p={p_kd:.2g}")
         assert bool(rec.loc[kd_row, "primary_comparison"]) and math.isnan(rec.loc[kd_row, "p_holm"])
         assert rec.loc["pkt", "p_holm"] == pytest.approx(p_pkt, rel=1e-9)
         assert ("(Holm over the 1 other method of this table besides the pre-registered primary comparison, tested "
