@@ -26,7 +26,7 @@ from reports.runs import export, history, load_runs, read_exports, require_runs,
 from reports.specs import TABLES, TableSpec
 from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
-from reports.teachers import teacher_instance_tables
+from reports.teachers import teacher_instance_tables, teacher_summary
 
 INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`), each cell's MLflow run ids in its "
          "footnote. Δ: the paired difference against the baseline over matched seeds of the same setting, its raw "
@@ -178,7 +178,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
              "## Summary", "",
              "Per task and setting: the pre-registered primary comparison (tested alone), the exploratory comparisons "
              "with the baseline after Holm's correction, what the table could detect, and the forest plot of every Δ. "
-             "Δ is in percentage points of the primary metric.", "", summary or "", study_summary(study_records)]
+             "Δ is in percentage points of the primary metric.", "", summary or "", teacher_summary(teacher_records),
+             study_summary(study_records)]
     if board.strip():
         parts += ["## Leaderboards", "", INTRO, "",
                   "Per task and setting (the most populated first), sorted by the primary metric.", "", board]

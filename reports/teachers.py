@@ -134,3 +134,28 @@ def _power(tested: list) -> str:
     return (f"Power over teachers: with k = {n} teachers and an SD of {sd:.2f} points between their mean gains (root "
             f"mean square over the table's methods), the smallest across-teacher effect found with 80% power at "
             f"α = 0.05 is {mde(sd, n):.2f} points.")
+
+
+def teacher_summary(records: list[dict]) -> str:
+    """The report's summary line per teacher-instance table: its primary comparison across teachers (tested
+    alone), or how many of its methods survive Holm across teachers."""
+    lines = []
+    for (task, setting) in dict.fromkeys((r["task"], r["setting"]) for r in records):
+        rs = [r for r in records if r["task"] == task and r["setting"] == setting]
+        head = f"**Across {max(r['teachers'] for r in rs)} teacher instances** ({task}: {setting}, one observation per teacher)"
+        prim = next((r for r in rs if r["primary_comparison"]), None)
+        if prim is not None:
+            g = prim["gain_over_teachers"]
+            verdict = "not testable" if math.isnan(prim["p"]) else f"p = {prim['p']:.2g}, tested alone at α = 0.05: " + (
+                ("**resolved: " + ("better" if g > 0 else "worse") + " than the baseline**") if prim["p"] < 0.05
+                else "not resolved")
+            lines.append(f"{head}: {prim['configuration'].removesuffix(' — primary (pre-registered)')} vs baseline "
+                         f"(primary, pre-registered), Δ {g:+.2f} [{prim['gain_over_teachers_ci_low']:+.2f}, "
+                         f"{prim['gain_over_teachers_ci_high']:+.2f}], {verdict}; SD between teachers "
+                         f"{prim['sd_between_teachers']:.2f}, within one {prim['sd_within_teacher']:.2f}.")
+        rest = [r for r in rs if not r["primary_comparison"] and not math.isnan(r["p"])]
+        if rest:
+            survive = sum(r["p_holm"] < 0.05 for r in rest)
+            lines.append(f"{head}: {survive} of {len(rest)} exploratory method{'s' if len(rest) != 1 else ''} "
+                         "survive Holm across teachers.")
+    return "\n\n".join(lines) + ("\n" if lines else "")

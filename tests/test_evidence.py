@@ -322,6 +322,14 @@ def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teac
     assert rec.loc[kd_row, "sd_between_teachers"] == pytest.approx(3.0)
     assert rec.loc[kd_row, "sd_within_teacher"] == pytest.approx(1.0)
     assert "Power over teachers: with k = 3 teachers" in section
+    summary = report.split("## Summary")[1].split("\n## ")[0]
+    if primary:
+        assert (f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, one observation per teacher): "
+                f"kd vs baseline (primary, pre-registered), Δ +6.00 [{6 - half:+.2f}, {6 + half:+.2f}], p = {p_kd:.2g}, "
+                "tested alone at α = 0.05: not resolved; SD between teachers 3.00, within one 1.00.") in summary
+        assert "1 of 1 exploratory method survive Holm across teachers" in summary
+    else:
+        assert "0 of 2 exploratory methods survive Holm across teachers" in summary
 
 
 def test_a_store_of_one_teacher_instance_has_no_teacher_instance_section(tmp_path):
