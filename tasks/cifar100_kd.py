@@ -101,7 +101,8 @@ class Cifar100KD(Cifar100):
                 self.load(replace(cfg, data_fraction=cfg.teacher_data_fraction))
             teacher, tid, info = trained_teacher(cfg, self, tdata, cache)
             params.update({"teacher_train_rows": len(tdata.train.y), "teacher_train_time_s": info["train_time_s"],
-                           "teacher_trained_on": f"{info['device']}, {info['threads']} threads"})
+                           "teacher_trained_on": f"{info['device']}, {info['threads']} threads",
+                           "teacher_trained_by": info.get("code_version", "not recorded (cached before teachers saved it)")})
         else:
             teacher, tid = load_checkpoint_teacher(cfg.teacher_checkpoint, cfg.teacher_arch, data.num_classes)
         emb, logits = self._teacher_outputs(teacher, cfg, data)

@@ -74,7 +74,8 @@ def test_a_checkpoint_that_does_not_fit_is_refused(kd_task_data, tmp_path):
 
 def test_every_method_runs_image_to_image(tmp_path, cifar_dir):
     res = run_cli(["run", "--task", "cifar100-kd", "--methods", "all", "--profile", "smoke", "--data-dir", str(cifar_dir),
-                   "--set", "teacher_data_fraction=0.02", "--out", "o"], tmp_path)
+                   "--set", "teacher_data_fraction=0.02", "--out", "o"], tmp_path,
+                  extra_env={"XKD_CACHE_DIR": str(tmp_path / "cache")})  # its own cache: the teacher is trained here
     assert res.returncode == 0, res.stderr[-3000:]
     from benchmark.registry import METHODS
     runs = pd.read_csv(tmp_path / "o" / "runs.csv")
@@ -86,6 +87,8 @@ def test_every_method_runs_image_to_image(tmp_path, cifar_dir):
     assert {p["teacher_in_loop"] for p in params} == {"True"} and {p["teacher_logits"] for p in params} == {"own"}
     assert len({p["teacher_test_acc"] for p in params}) == 1 and all(p["teacher_id"].startswith("img-trained/") for p in params)
     assert len({p["teacher_digest"] for p in params}) == 1 and len(params[0]["teacher_digest"]) == 16  # one teacher
+    from benchmark.provenance import code_version
+    assert {p["teacher_trained_by"] for p in params} == {code_version()}  # the key does not hash the code: this does
 
 
 def test_the_primary_comparison_runs_at_kds_defaults_on_every_profile():

@@ -7,7 +7,9 @@ torchvision classification model by name (`tv:resnet18`, ...), frozen; it return
 only) on the task's training split, with the recipe teacher_epochs / teacher_lr / teacher_seed and the run's
 batch size, optimiser and schedule. The weights are cached under a content hash of the recipe and of the
 training split, so one teacher serves every student run of that recipe; changing any part of the recipe
-trains another. The teacher never sees the validation or test rows.
+trains another. The key does not hash the code: a teacher cached by an older commit keeps serving, and the
+code version that trained it is saved beside its weights and logged with every run (`teacher_trained_by`).
+The teacher never sees the validation or test rows.
 """
 from __future__ import annotations
 
@@ -108,6 +110,7 @@ def teacher_key(cfg, data) -> str:
 def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, str, dict]:
     """The teacher of this recipe and training split: read from the cache, or trained once (under a folder lock,
     so processes starting together train it once) with the harness's own loop."""
+    from benchmark.provenance import code_version
     from benchmark.teacher_cache import _folder_lock
     from benchmark.teacher_tables import TeacherTables
     from benchmark.trainer import Context
@@ -128,7 +131,7 @@ def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, st
             for epoch in range(tcfg.epochs):
                 ctx.train_epoch(epoch)
             info = {"train_time_s": round(time.perf_counter() - t0, 1), "recipe": recipe(cfg),
-                    "device": str(ctx.device), "threads": torch.get_num_threads()}
+                    "device": str(ctx.device), "threads": torch.get_num_threads(), "code_version": code_version()}
             tmp = path.with_suffix(".tmp")
             torch.save({"state_dict": ctx.student.state_dict(), "info": info}, tmp)
             tmp.replace(path)
