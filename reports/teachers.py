@@ -157,5 +157,5 @@ def teacher_summary(records: list[dict]) -> str:
         if rest:
             survive = sum(r["p_holm"] < 0.05 for r in rest)
             lines.append(f"{head}: {survive} of {len(rest)} exploratory method{'s' if len(rest) != 1 else ''} "
-                         "survive Holm across teachers.")
+                         f"survive{'s' if survive == 1 else ''} Holm across teachers.")
     return "\n\n".join(lines) + ("\n" if lines else "")

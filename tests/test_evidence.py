@@ -327,7 +327,7 @@ def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teac
         assert (f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, one observation per teacher): "
                 f"kd vs baseline (primary, pre-registered), Δ +6.00 [{6 - half:+.2f}, {6 + half:+.2f}], p = {p_kd:.2g}, "
                 "tested alone at α = 0.05: not resolved; SD between teachers 3.00, within one 1.00.") in summary
-        assert "1 of 1 exploratory method survive Holm across teachers" in summary
+        assert "1 of 1 exploratory method survives Holm across teachers" in summary
     else:
         assert "0 of 2 exploratory methods survive Holm across teachers" in summary
 
