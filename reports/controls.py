@@ -11,10 +11,9 @@ from __future__ import annotations
 import pandas as pd
 
 from benchmark.stats import comparison_record, holm, paired_difference, per_seed, power_line
-from reports.grouping import baseline_of, configurations, setting_labels, with_keys
+from reports.grouping import baseline_of, configurations, task_pools
 from reports.leaderboard import BASELINE, _metrics, teacher_line
 from reports.markdown import Footnotes, table
-from reports.runs import task_info
 
 CONTROL = "params.teacher_control"
 # columns that differ between a run with its real teacher and the same run with a control teacher
@@ -34,12 +33,8 @@ def control_tables(runs: pd.DataFrame, notes: Footnotes) -> tuple[str, list[dict
     _, ctrl = split_controls(runs)
     if ctrl.empty:
         return "", []
-    main = runs[runs["tags.xkd.study"] == ""]
     parts, records = [], []
-    for task_name in sorted(ctrl["params.task"].unique()):
-        task = task_info(task_name)
-        pool = with_keys(main[main["params.task"] == task_name], CONTROL_COLUMNS)
-        labels = setting_labels(pool, task, CONTROL_COLUMNS)
+    for task_name, task, pool, labels in task_pools(runs, CONTROL_COLUMNS, tasks=ctrl["params.task"].unique()):
         for setting in pool.loc[pool[CONTROL] != "none", "_setting"].unique():
             md, recs = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], notes, pool)
             parts.append(md), records.extend(recs)

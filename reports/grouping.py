@@ -58,6 +58,17 @@ def with_keys(pool: pd.DataFrame, exclude: set[str] = frozenset()) -> pd.DataFra
                        _variant=key_of(pool, variant_columns(pool, exclude)))
 
 
+def task_pools(runs: pd.DataFrame, exclude: set[str] = frozenset(), tasks=None):
+    """Per task (sorted; only `tasks` when given): (task name, its task class or None, its non-study runs with
+    `_setting` / `_variant` keys leaving out the columns `exclude`, and their setting labels)."""
+    from reports.runs import task_info
+    main = runs[runs["tags.xkd.study"] == ""] if not runs.empty else runs
+    for task_name in sorted(main["params.task"].unique() if tasks is None else tasks) if not main.empty else []:
+        task = task_info(task_name)
+        pool = with_keys(main[main["params.task"] == task_name], exclude)
+        yield task_name, task, pool, setting_labels(pool, task, exclude)
+
+
 def setting_labels(pool: pd.DataFrame, task, exclude: set[str] = frozenset()) -> dict[str, str]:
     """A readable name per setting key of `pool` (which has `_setting`): student, profile, then the fields in
     which the settings differ and those off the profile's values (e.g. `epochs=2`)."""

@@ -11,9 +11,9 @@ import pandas as pd
 from benchmark.stats import (ALPHA, comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed,
                              power_line, seeds_needed, summary)
 from reports import figures
-from reports.grouping import baseline_of, configurations, setting_labels, with_keys
+from reports.grouping import baseline_of, configurations, task_pools
 from reports.markdown import Footnotes, slug, table
-from reports.runs import lower_is_better, task_info
+from reports.runs import lower_is_better
 
 BASELINE = "baseline"
 # the teacher's own accuracy, as each kind of teacher records it
@@ -37,11 +37,7 @@ def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, 
     """(Markdown, report.csv records, figures, summary) for every task and setting with finished non-study runs;
     the summary (the report's opening: per setting its verdict and forest plot) is separate from the tables."""
     parts, records, figs, summary = [], [], [], []
-    main = runs[runs["tags.xkd.study"] == ""] if not runs.empty else runs
-    for task_name in sorted(main["params.task"].unique()) if not main.empty else []:
-        task = task_info(task_name)
-        pool = with_keys(main[main["params.task"] == task_name])
-        labels = setting_labels(pool, task)
+    for task_name, task, pool, labels in task_pools(runs):
         order = pool["_setting"].value_counts().index  # the most populated setting first
         for setting in order:
             md, recs, fig, verdict = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], out,

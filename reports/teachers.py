@@ -15,10 +15,9 @@ import math
 import pandas as pd
 
 from benchmark.stats import comparison_record, holm, mde, paired_difference, per_seed, pooled_sd
-from reports.grouping import baseline_of, configurations, setting_labels, with_keys
+from reports.grouping import baseline_of, configurations, task_pools
 from reports.leaderboard import BASELINE, _metrics, primary_row
 from reports.markdown import Footnotes, table
-from reports.runs import task_info
 
 INSTANCE = "params.teacher_seed"
 INSTANCE_COLUMNS = {INSTANCE, "params.teacher_id"}
@@ -29,12 +28,8 @@ def teacher_instance_tables(runs: pd.DataFrame, notes: Footnotes) -> tuple[str, 
     `runs` are runs with their real teacher (the controls have their own section)."""
     if runs.empty or INSTANCE not in runs:
         return "", []
-    main = runs[runs["tags.xkd.study"] == ""]
     parts, records = [], []
-    for task_name in sorted(main["params.task"].unique()):
-        task = task_info(task_name)
-        pool = with_keys(main[main["params.task"] == task_name], INSTANCE_COLUMNS)
-        labels = setting_labels(pool, task, INSTANCE_COLUMNS)
+    for task_name, task, pool, labels in task_pools(runs, INSTANCE_COLUMNS):
         for setting in pool["_setting"].unique():
             sel = pool[pool["_setting"] == setting]
             if sel[INSTANCE].dropna().nunique() >= 2:
