@@ -67,40 +67,44 @@ GPU_PEAKS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp3
 
 
 def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
-    """(peak FLOP/s, how it was obtained) for the training precision; None when unknown."""
+    """(peak FLOP/s, how it was obtained) for the training precision; None when unknown. A CPU without native
+    bf16 gets no bf16 peak: a bf16 matmul is emulated there (well under 1 GFLOP/s), so none is run."""
+    kind = "bf16" if bf16 else "fp32"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, peaks in GPU_PEAKS.items():
             if key in name:
-                kind = "bf16" if bf16 else "fp32"
                 return peaks[kind] * 1e12, f"{name}: {peaks[kind]} TFLOP/s dense {kind} (nominal, data sheet)"
         return None, f"{name}: peak unknown (pass --peak-tflops)"
+    if bf16:
+        from benchmark.trainer import cpu_bf16_native
+        if not cpu_bf16_native():
+            return None, "bf16: not native on this CPU (emulated); no peak measured"
     return measured_cpu_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
-def device_peaks(device: torch.device) -> dict[str, tuple[float | None, str]]:
-    """The fp32 and the bf16 peak of the device (each: FLOP/s and how it was obtained)."""
-    return {p: device_peak(device, p == "bf16") for p in ("fp32", "bf16")}
-
-
 @functools.lru_cache(maxsize=None)
-def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, str]:
-    """The CPU's fp32 peak as this process can reach it now: the best of `reps` n x n x n matrix products with
-    the current thread count (measured once per process). The nominal formula (cores x FLOP/cycle x clock)
-    is shown beside it, but not used: these CPUs boost above the nominal clock and two vCPUs may share FMA
-    units, so the formula can sit below what one thread reaches or far above what two do."""
+def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32,
+                      budget_s: float = 3.0) -> tuple[float, str]:
+    """The CPU's peak as this process can reach it now: the best of up to `reps` n x n x n matrix products with
+    the current thread count (measured once per process), stopping early once `budget_s` seconds are spent
+    (a slow or busy CPU gets fewer products, never minutes of them); the note says how many ran. Callers never
+    ask for a bf16 peak on a CPU that emulates bf16 (device_peak). The nominal formula (cores x FLOP/cycle x
+    clock) is shown beside it, but not used: these CPUs boost above the nominal clock and two vCPUs may share
+    FMA units, so the formula can sit below what one thread reaches or far above what two do."""
     import os
-    import time
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    start = time.perf_counter()
     a @ b  # warm-up (thread pool, caches)
-    best = float("inf")
-    for _ in range(reps):
+    best, done = float("inf"), 0
+    while done < reps and (done == 0 or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
+        done += 1
     peak = 2 * n ** 3 / best
     kind = "bf16" if dtype == torch.bfloat16 else "fp32"
-    note = f"measured: best of {reps} {n}^3 {kind} matmuls on {torch.get_num_threads()} thread(s) = {peak / 1e9:.1f} GFLOP/s"
+    note = f"measured: best of {done} {n}^3 {kind} matmuls on {torch.get_num_threads()} thread(s) = {peak / 1e9:.1f} GFLOP/s"
     try:
         mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
         flags = open("/proc/cpuinfo").read()
@@ -137,6 +141,9 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     cfg = replace(cfg, epochs=max(cfg.epochs, 1000))
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if distributed.is_main():  # a first line at once: what is timed, before the teacher, the loops and the peak
+        print(f"perf: task {cfg.task} | profile {cfg.profile} | student {cfg.student} | batch {cfg.batch_size} | "
+              f"methods {', '.join(methods)} | {args.steps} timed steps x 5 rounds per loop", flush=True)
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
     b = cfg.batch_size
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
@@ -159,9 +166,9 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     rows = list(zip(names, _interleaved_throughput(fns, counts, b, args.steps)))
     bare, base = rows[0][1], rows[0 if world > 1 else 1][1]
     precision = ctx0.precision_resolved
-    peaks = device_peaks(ctx0.device)
+    # the peak of the precision the loops run, and no other (on a CPU: one bounded matmul measurement)
     peak, peak_note = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)") if args.peak_tflops else \
-        peaks[precision]
+        device_peak(ctx0.device, precision == "bf16")
     achieved = [f / b * r[1] for f, r in zip(flops, rows)]  # FLOP per image x images/s
     df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
                        "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
@@ -179,10 +186,10 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
         print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
               f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
               f"{args.steps} steps x 5 interleaved rounds (median)")
-        for p, (value, note) in peaks.items():
-            print(f"peak {p}: {note}" + ("  <- the % of peak column" if p == precision and not args.peak_tflops else ""))
-        if args.peak_tflops:
-            print(f"peak: {peak_note}  <- the % of peak column")
+        if peak is None and peak_note.startswith(f"{precision}:"):  # a CPU that emulates bf16: no peak, no column
+            print(peak_note)
+        else:
+            print(f"peak {'(given)' if args.peak_tflops else precision}: {peak_note}  <- the % of peak column")
         print(df.to_markdown(index=False))
         if tables.live is not None:
             t = dict(rows)["(live teacher forward alone)"]
