@@ -149,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e)
         if debug or not ("database or disk is full" in text or "No space left on device" in text):
             raise
+        if isinstance(e, OSError) and e.filename and "database or disk is full" not in text:  # a file, not the store
+            print(f"error: no space left on the device of {e.filename}: it could not be written (free some space "
+                  "there, or choose another folder, and rerun the same command with --resume)", file=sys.stderr)
+            return 1
         where = getattr(locals().get("args"), "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI", "")
         print(f"error: no space left on the device of the MLflow store {where or '(default mlflow.db)'}: nothing more "
               "could be written there; a run it was recording stays RUNNING until the next command on this store "

@@ -92,10 +92,13 @@ def comparison_record(p: "Paired | None") -> dict[str, float | bool | int]:
 
 
 def holm(family: list[Paired | None]) -> None:
-    """Holm's step-down adjustment over one family of comparisons, in place (p_adj); comparisons without a
-    p-value (n < 2, no spread) take no part and do not count in the family's size."""
+    """Holm's step-down adjustment over one family of comparisons, in place (p_adj). Every member counts in the
+    family's size m, the comparisons that could not be tested too (None: no finished run or no matched seed; one
+    seed; no spread): a table set out to make them, so they are untested members that are never rejected (as if
+    p = 1, last in the order), and the tested ones are adjusted over all m. A failed method therefore never makes
+    another method's verdict easier."""
     tested = sorted((x for x in family if x is not None and x.n >= 2 and not math.isnan(x.p)), key=lambda x: x.p)
-    m, running = len(tested), 0.0
+    m, running = len(family), 0.0
     for i, x in enumerate(tested):
         running = max(running, min(1.0, (m - i) * x.p))
         x.p_adj = running

@@ -360,8 +360,10 @@ def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
 def _save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
     """Written whole or not at all (temporary file, then rename); keep_previous keeps the last one as .prev."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
+    why = ""
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # closed on any failure: a deleted file still open keeps its space (full disk)
+            torch.save(obj, f)
         if keep_previous and path.exists():
             os.replace(path, path.with_suffix(".prev"))
         os.replace(tmp, path)
@@ -371,8 +373,8 @@ def _save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
         import shutil
         full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
         why = "no space left on its device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-        raise CheckpointNotWritten(f"checkpoint {path} could not be written ({why}); nothing partial was left "
-                                   "behind") from None
+    if why:  # raised outside the handler: no reference to the failed write's frames (and open file) is kept
+        raise CheckpointNotWritten(f"checkpoint {path} could not be written ({why}); nothing partial was left behind")
 
 
 def load_checkpoint(path: Path, device) -> dict | None:

@@ -22,7 +22,8 @@ from reports.controls import control_tables, split_controls
 from reports.leaderboard import leaderboards
 from reports.markdown import Footnotes
 from reports.paper import fig_ablations, has_runs, header_section, select_pool, table_section
-from reports.runs import export, history, load_runs, read_exports, require_runs, task_info
+from reports.runs import (export, finished, history, load_runs, read_exports, require_runs, task_info, unfinished,
+                          why_not_finished)
 from reports.specs import TABLES, TableSpec
 from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
@@ -146,12 +147,15 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     reader of the repository has; the figures that need a store's metric histories or artifacts (training
     curves, t-SNE) are left out, and the report says so."""
     if files:
-        everything = read_exports(files)
-        source = "the runs.csv export(s) " + ", ".join(f"`{f}`" for f in files)  # read_exports refuses no runs
+        every_run = read_exports(files)
+        source = "the runs.csv export(s) " + ", ".join(f"`{f}`" for f in files)
+        require_runs(finished(every_run), source.replace("`", ""), None)
     else:
-        everything = load_runs(tracking_uri, experiment)
-        require_runs(everything, tracking_uri, experiment)  # nothing is written for a store without finished runs
+        every_run = load_runs(tracking_uri, experiment, unfinished=True)
+        require_runs(finished(every_run), tracking_uri, experiment)  # nothing is written without finished runs
         source = f"the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
+    # failed, killed and running runs: in no mean, but each table accounts for them and counts their comparisons
+    everything, not_done = finished(every_run), split_controls(unfinished(every_run))[0]
     notes = Footnotes()
     runs, _ = split_controls(everything)  # runs with a control teacher appear in their own section only
     if runs.empty:
@@ -159,7 +163,7 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         raise UsageError(f"every finished run in {source.replace('`', '')} used a control teacher (teacher_control); a report "
                          "compares them with runs of the real teacher (the baseline at least): run those first")
     out.mkdir(parents=True, exist_ok=True)
-    board, board_records, forest_figs, summary = leaderboards(runs, out, notes)
+    board, board_records, forest_figs, summary = leaderboards(runs, out, notes, not_done)
     control_md, control_records = control_tables(everything, notes)
     teacher_md, teacher_records = teacher_instance_tables(runs, notes)
     study_md, study_records, _ = studies(runs, out, notes)
@@ -172,6 +176,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     parts = ["# Cross-modal distillation benchmark: report", "",
              f"Rebuilt from {source}: {len(everything)} finished training runs"
              + (f" ({len(everything) - len(runs)} of them with a control teacher)" if len(everything) > len(runs) else "")
+             + (f", and {len(every_run) - len(everything)} that did not finish ({_statuses(every_run)}; each "
+                "leaderboard names its own)" if len(every_run) > len(everything) else "")
              + f" of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
              "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
@@ -212,10 +218,15 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         _write(out / "controls.csv", pd.DataFrame(control_records).to_csv(index=False))
     if teacher_records:
         _write(out / "teachers.csv", pd.DataFrame(teacher_records).to_csv(index=False))
-    export(everything, out / "runs.csv")
+    export(every_run, out / "runs.csv")
     report = out / "report.md"
     _write(report, "\n".join(parts) + "\n")
     return report
+
+
+def _statuses(runs: pd.DataFrame) -> str:
+    counts = unfinished(runs).apply(why_not_finished, axis=1).value_counts()
+    return ", ".join(f"{n} {why}" for why, n in counts.sort_index().items())
 
 
 def _write(path: Path, text: str) -> None:

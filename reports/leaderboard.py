@@ -4,6 +4,7 @@ matched seeds, raw 95% CI, Holm-adjusted p over the table), the teacher's accura
 sorted by the primary metric. The same numbers go to report.csv; a forest plot of the Δs goes beside it."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from benchmark.stats import (ALPHA, comparison_record, describe, fmt_mean_std, h
 from reports import figures
 from reports.grouping import baseline_of, configurations, task_pools
 from reports.markdown import Footnotes, slug, table
-from reports.runs import lower_is_better
+from reports.runs import lower_is_better, why_not_finished
 
 BASELINE = "baseline"
 # the teacher's own accuracy, as each kind of teacher records it
@@ -33,15 +34,22 @@ def teacher_line(runs: pd.DataFrame, label: str) -> str:
     return f"Teacher [{label}]: {tid}" + (f"; {'; '.join(facts)} (over seeds)" if facts else "; no accuracy recorded")
 
 
-def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes) -> tuple[str, list[dict], list[tuple[str, Path]], str]:
-    """(Markdown, report.csv records, figures, summary) for every task and setting with finished non-study runs;
-    the summary (the report's opening: per setting its verdict and forest plot) is separate from the tables."""
+def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes, not_done: pd.DataFrame | None = None
+                 ) -> tuple[str, list[dict], list[tuple[str, Path]], str]:
+    """(Markdown, report.csv records, figures, summary) for every task and setting with non-study runs; the
+    summary (the report's opening: per setting its verdict and forest plot) is separate from the tables.
+    `not_done` (failed, killed, running runs) enter no statistic, but every table accounts for those of its
+    setting: a configuration without a finished run keeps its row, and its comparison counts in Holm's family."""
+    both = runs if not_done is None or not_done.empty else pd.concat([runs, not_done], ignore_index=True)
     parts, records, figs, summary = [], [], [], []
-    for task_name, task, pool, labels in task_pools(runs):
-        order = pool["_setting"].value_counts().index  # the most populated setting first
+    for task_name, task, pool, labels in task_pools(both):
+        done = pool[pool["run_id"].isin(runs["run_id"])]
+        order = [*done["_setting"].value_counts().index,  # the most populated setting first
+                 *pool.loc[~pool["_setting"].isin(done["_setting"]), "_setting"].drop_duplicates()]
         for setting in order:
-            md, recs, fig, verdict = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], out,
-                                          notes, pool)
+            here = pool[pool["_setting"] == setting]
+            md, recs, fig, verdict = _one(task_name, task, here[here["run_id"].isin(runs["run_id"])], labels[setting],
+                                          out, notes, done, here[~here["run_id"].isin(runs["run_id"])])
             parts.append(md), records.extend(recs), summary.append(verdict)
             if fig:
                 figs.append(fig)
@@ -54,10 +62,15 @@ def _metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
     return [(m, lab) for m, lab in ms if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]
 
 
-def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame):
+def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame,
+         bad: pd.DataFrame):
     metrics = _metrics(task, sel)
     if not metrics:
-        return f"### {task_name} [{label}]\n\nNo summary metric recorded by these {len(sel)} runs.\n", [], None, ""
+        what = f"these {len(sel)} finished runs" if len(sel) else "any finished run (none finished)"
+        lines = [f"### {task_name} [{label}]", "", f"No summary metric recorded by {what}."]
+        if len(bad):
+            lines.append(f"Not finished: {_not_finished(bad, sel)}.")
+        return "\n".join(lines) + "\n", [], None, ""
     primary, primary_label = metrics[0]
     col = f"metrics.{primary}"
     base = baseline_of(sel)
@@ -66,11 +79,25 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     for row_label, method, g in configurations(sel, context=context):
         s = {m: summary(per_seed(g[f"metrics.{m}"], g["params.seed"])) for m, _ in metrics}
         p = paired_difference(per_seed(g[col], g["params.seed"]), b) if b is not None and method != BASELINE else None
-        rows.append((row_label, method, g, s, p))
+        lost = bad[(bad["params.method"] == method) & (bad["_variant"] == g["_variant"].iloc[0])] if len(bad) else bad
+        rows.append((row_label, method, g, s, p, _account(g, lost)))
+    if len(bad):  # a configuration with no finished run keeps its row (no numbers), and its place in the family
+        have = set(zip(sel["params.method"], sel["_variant"]))
+        for row_label, method, g in configurations(bad, context=pd.concat([context, bad])):
+            if (method, g["_variant"].iloc[0]) not in have:
+                rows.append((row_label, method, g, {m: summary(pd.Series(dtype=float)) for m, _ in metrics},
+                             None, _account(g.iloc[:0], g)))  # g: its unfinished runs, named in its footnote
     prim = primary_row(task, rows)
-    family = [r[4] for i, r in enumerate(rows) if i != prim and r[4] is not None]
-    holm(family)  # the exploratory family; the pre-registered primary comparison is tested alone
+    family = [r[4] for i, r in enumerate(rows) if i != prim and r[1] != BASELINE]
+    holm(family)  # the exploratory family, untested members counted; the pre-registered primary is tested alone
     verdict = _verdict(task, rows, prim, family, primary_label)
+    missing = [(r[0], r[5]) for r in rows if r[5]]
+    if missing:
+        untested = sum(1 for r in rows if r[1] != BASELINE and r[4] is None and r[5])
+        verdict += ["**Not finished**: " + "; ".join(f"{k}: {v}" for k, v in missing)
+                    + (f". {'Its comparison stays' if untested == 1 else f'Their {untested} comparisons stay'} in "
+                       "Holm's family as untested (never rejected): no other method's verdict gains from a failure"
+                       if untested else "") + ".", ""]
     if prim is not None:
         rows[prim] = (rows[prim][0] + " — primary (pre-registered)", *rows[prim][1:])
     lower = lower_is_better(task)
@@ -78,11 +105,15 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     header = ["rank", "method", *[lab for _, lab in metrics], f"Δ {primary_label} vs baseline, 95% CI",
               *[lab for c, lab in COST if c in sel]]
     body, records = [], []
-    for rank, (row_label, method, g, s, p) in enumerate(rows, start=1):
+    for rank, (row_label, method, g, s, p, account) in enumerate(rows, start=1):
         keep = g.drop_duplicates("params.seed", keep="last")
         ref = notes.add(list(keep["run_id"]))
-        cost = {lab: summary(pd.to_numeric(keep[c], errors="coerce"))["mean"] for c, lab in COST if c in sel}
+        none_done = s[primary]["n"] == 0 and bool(account)
+        cost = {lab: math.nan if none_done else summary(pd.to_numeric(keep[c], errors="coerce"))["mean"]
+                for c, lab in COST if c in sel}
         delta = "—" if method == BASELINE else (str(p) if p else "no baseline of this setting")
+        if account:
+            delta = f"not tested: {account}" if none_done else f"{delta} ({account})"
         body.append([rank, row_label + ref, *[fmt_mean_std(s[m]["mean"], s[m]["std"], s[m]["n"]) for m, _ in metrics],
                      delta, *[_num(v, lab) for lab, v in cost.items()]])
         rec = {"task": task_name, "setting": label, "method": method, "configuration": row_label, "rank": rank,
@@ -93,6 +124,8 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
         rec.update(comparison_record(p))
         rec.update({lab.replace(" ", "_").replace("/", "_per_"): v for lab, v in cost.items()})
         rec["run_ids"] = " ".join(keep["run_id"])
+        if account:  # the column exists only in a report with unfinished runs
+            rec["not_finished"] = account
         records.append(rec)
     fig = None
     forest_rows = [(r[0], r[4]) for r in rows if r[4] is not None]
@@ -106,6 +139,22 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     if fig:
         opening += [f"![{fig[0]}]({fig[1].name})", ""]
     return "\n".join(lines), records, fig, "\n".join(opening)
+
+
+def _account(done: pd.DataFrame, lost: pd.DataFrame) -> str:
+    """'k of n finished (why ...)' for a configuration (its finished runs, its unfinished ones) with seeds that
+    have no finished run; '' otherwise."""
+    seeds = set(done["params.seed"])
+    lost = lost[~lost["params.seed"].isin(seeds)].drop_duplicates("params.seed", keep="last")
+    if lost.empty:
+        return ""
+    whys = lost.apply(why_not_finished, axis=1).value_counts()
+    return (f"{len(seeds)} of {len(seeds) + len(lost)} finished ("
+            + ", ".join(f"{n} {why}" for why, n in whys.sort_index().items()) + ")")
+
+
+def _not_finished(bad: pd.DataFrame, sel: pd.DataFrame) -> str:
+    return "; ".join(f"{m}: {_account(sel[sel['params.method'] == m], g)}" for m, g in bad.groupby("params.method"))
 
 
 def _same(value, wanted) -> bool:
@@ -126,7 +175,7 @@ def primary_row(task, rows) -> int | None:
     prim = getattr(task, "primary", None)
     if prim is None:
         return None
-    for i, (_, method, g, _, p) in enumerate(rows):
+    for i, (method, g, p) in enumerate((r[1], r[2], r[4]) for r in rows):
         first = g.iloc[0]
         if method == prim.method and p is not None \
                 and all(_same(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) and in_primary_setting(first, prim):
@@ -151,7 +200,7 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
             line += (f" Note: {p.n} seeds are fewer than the {need:.0f} this test would need to find an effect "
                      f"of the observed size with 80% power.")
         out += [line, ""]
-    tested = [c for c in family if c.n >= 2 and not c.no_spread]
+    tested = [c for c in family if c is not None and c.n >= 2 and not c.no_spread]
     if tested:
         lower = lower_is_better(task)
         best = max(((r[0], r[4]) for i, r in enumerate(rows) if i != prim and r[4] is not None and r[4] in tested),
@@ -160,14 +209,16 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
         better = sum(c.significant and (c.mean < 0 if lower else c.mean > 0) for c in tested)
         raw_only = sum(c.raw_significant and not c.significant for c in tested)
         which = f" ({better} better than the baseline, {survive - better} worse)" if survive else ""
-        line = (f"**Exploratory** ({len(tested)} comparison{'s' if len(tested) > 1 else ''} with the baseline, Holm): "
+        size = (f"{len(tested)} comparison{'s' if len(tested) > 1 else ''} with the baseline" if len(tested) == len(family)
+                else f"{len(tested)} of {len(family)} comparisons with the baseline tested, Holm over all {len(family)}")
+        line = (f"**Exploratory** ({size}, Holm): " if len(tested) == len(family) else f"**Exploratory** ({size}): ") + (
                 f"{survive} survive{'s' if survive == 1 else ''} the correction{which}; the best is {best[0]}, Δ "
                 f"{best[1].mean:+.2f} [{best[1].lo:+.2f}, {best[1].hi:+.2f}], p_Holm = {best[1].p_adj:.2g}.")
         if raw_only:
             line += (f" {raw_only} raw 95% CI{'s' if raw_only > 1 else ''} exclude{'s' if raw_only == 1 else ''} 0 "
-                     f"without surviving: with {len(tested)} comparisons, some raw intervals exclude 0 by chance, "
+                     f"without surviving: with {len(family)} comparisons, some raw intervals exclude 0 by chance, "
                      "and Holm's correction keeps the chance of any false claim in the table under 5%.")
-        out += [line, "", power_line(family, len(tested)), ""]
+        out += [line, "", power_line(family, len(family)), ""]
     elif prim is not None:
         out += [power_line([rows[prim][4]], 1), ""]
     if not out:

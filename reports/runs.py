@@ -10,8 +10,12 @@ import pandas as pd
 from benchmark.registry import UsageError
 
 
-def load_runs(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame:
-    """Finished training runs (one per method x seed x config) of the harness, oldest first."""
+FINISHED = "FINISHED"
+
+
+def load_runs(tracking_uri: str, experiment: str | None = None, unfinished: bool = False) -> pd.DataFrame:
+    """Finished training runs (one per method x seed x config) of the harness, oldest first; with `unfinished`,
+    the FAILED, KILLED and RUNNING ones too (column `status`), which a report accounts for (never in a mean)."""
     import mlflow
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).expanduser().is_file():
         raise UsageError(f"no MLflow store at {tracking_uri} (the file does not exist); nothing to report")
@@ -24,10 +28,32 @@ def load_runs(tracking_uri: str, experiment: str | None = None) -> pd.DataFrame:
         return pd.DataFrame()
     mlflow.set_tracking_uri(tracking_uri)
     df = mlflow.search_runs(experiment_ids=[e.experiment_id for e in exps], output_format="pandas",
-                            filter_string="tags.`xkd.kind` = 'train' and attributes.status = 'FINISHED'")
+                            filter_string="tags.`xkd.kind` = 'train'"
+                            + ("" if unfinished else f" and attributes.status = '{FINISHED}'"))
     if df.empty:
         return df
     return _normalised(df).sort_values("start_time").reset_index(drop=True)
+
+
+def finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs of `runs` (all of them where no `status` was recorded: an export of finished runs)."""
+    return runs if "status" not in runs else runs[runs["status"] == FINISHED]
+
+
+def unfinished(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.iloc[:0] if "status" not in runs else runs[runs["status"] != FINISHED]
+
+
+def why_not_finished(run: pd.Series) -> str:
+    """A few words on why a run has no result: its status, and for a failed run the kind of failure."""
+    status = str(run.get("status", "")).upper()
+    if status == "RUNNING":
+        return "running"
+    if status == "KILLED":
+        return "killed"
+    failure = str(run.get("tags.xkd.failure", "") or "")
+    kind = failure.split(":", 1)[0] if failure and failure != "nan" else ""
+    return {"Diverged": "diverged", "CheckpointNotWritten": "checkpoint not written"}.get(kind, "failed")
 
 
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
@@ -78,8 +104,11 @@ def history(tracking_uri: str, run_id: str, metric: str) -> pd.Series:
 
 
 def export(runs: pd.DataFrame, path: Path) -> None:
-    """Every param, metric and xkd tag of each run: the store's content a reader needs to check each cell."""
-    cols = ["run_id"] + sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))
+    """Every param, metric and xkd tag of each run: the store's content a reader needs to check each cell. Runs
+    that did not finish are in it too, with a `status` column (left out when every run finished)."""
+    with_status = "status" in runs and not unfinished(runs).empty
+    cols = ["run_id"] + (["status"] if with_status else []) + \
+        sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))
     from benchmark.results import write_atomic
     write_atomic(path, lambda tmp: (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False))
 

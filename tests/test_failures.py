@@ -1,5 +1,6 @@
 """Foreseeable bad input: one clear line, exit code 2, nothing left behind (no out folder, no MLflow store)."""
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -153,6 +154,116 @@ def test_a_diverging_method_fails_alone_and_the_others_are_tabled(tmp_path, cifa
     assert status["baseline"][0] == status["pkt"][0] == "FINISHED"
     assert status["kd"][0] == "FAILED" and "not finite" in status["kd"][1]
     assert not list((tmp_path / "o" / "checkpoints").glob("kd-*"))  # no good epoch, no checkpoint
+
+
+SYNTH = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd,pkt", "--seeds", "2"]
+
+
+def test_a_method_whose_runs_all_failed_keeps_its_row_and_its_place_in_holms_family(tmp_path):
+    """kd diverges on both seeds: the run's table and the report still count its comparison in the Holm family
+    (untested, never rejected), so pkt's p_Holm equals the store's where kd finished (m = 2 in both); the report
+    has a row 'kd ... 0 of 2 finished (2 diverged)', names it in the summary and exports its runs with their
+    status; a report rebuilt from that export gives the same numbers."""
+    from reports.generate import build_report
+    ok, bad = tmp_path / "ok", tmp_path / "bad"
+    ok.mkdir(), bad.mkdir()
+    res = run_cli([*SYNTH, "--out", "o"], ok)
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli([*SYNTH, "--set", "kd.kd_weight=1e38", "--out", "o"], bad)
+    assert res.returncode == 3, res.stderr[-2000:]
+    t_ok, t_bad = (pd.read_csv(d / "o" / "results.csv").set_index("method") for d in (ok, bad))
+    assert t_bad.loc["kd", "seeds"] == 0 and math.isnan(t_bad.loc["kd", "p_holm"])
+    assert t_bad.loc["pkt", "p"] == t_ok.loc["pkt", "p"]  # the same runs: pkt and the baseline do not depend on kd
+    assert t_bad.loc["pkt", "p_holm"] == pytest.approx(2 * t_bad.loc["pkt", "p"], rel=1e-12)  # m = 2, kd untested
+    assert t_bad.loc["pkt", "p_holm"] == pytest.approx(t_ok.loc["pkt", "p_holm"], rel=1e-12)
+    reports = {}
+    for d in (ok, bad):
+        text = build_report(f"sqlite:///{d / 'mlflow.db'}", d / "rep").read_text()
+        reports[d] = (text, pd.read_csv(d / "rep" / "report.csv").set_index("method"))
+    text, rec = reports[bad]
+    assert rec.loc["pkt", "p_holm"] == pytest.approx(reports[ok][1].loc["pkt", "p_holm"], rel=1e-12)
+    assert rec.loc["kd", "not_finished"] == "0 of 2 finished (2 diverged)" and math.isnan(rec.loc["kd", "p_holm"])
+    assert "| kd[^" in text and "not tested: 0 of 2 finished (2 diverged)" in text
+    assert "**Not finished**: kd: 0 of 2 finished (2 diverged). Its comparison stays in Holm's family" in text
+    assert "4 finished training runs, and 2 that did not finish (2 diverged" in text
+    assert "1 of 2 comparisons with the baseline tested, Holm over all 2" in text
+    assert "not_finished" not in reports[ok][1] and "status" not in pd.read_csv(ok / "rep" / "runs.csv")
+    exported = pd.read_csv(bad / "rep" / "runs.csv")
+    assert sorted(exported["status"]) == ["FAILED"] * 2 + ["FINISHED"] * 4
+    build_report(None, bad / "again", files=[bad / "rep" / "runs.csv"])
+    for name in ("report.csv", "runs.csv"):
+        assert (bad / "again" / name).read_bytes() == (bad / "rep" / name).read_bytes(), name
+
+
+def test_killed_and_running_runs_are_named_and_a_partly_finished_method_says_how_many(tmp_path):
+    import mlflow
+    from reports.generate import build_report
+    from test_report import _log_run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    for seed in range(3):
+        _log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed})
+        _log_run(client, exp, "kd", seed, {"test_top1": 33.0 + seed * 1.1})
+    killed = _log_run(client, exp, "pkt", 0, {})
+    client.set_terminated(killed, status="KILLED")
+    running = _log_run(client, exp, "pkt", 1, {})
+    client.update_run(running, status="RUNNING")
+    _log_run(client, exp, "pkt", 2, {"test_top1": 35.0})
+    text = build_report(uri, tmp_path / "rep").read_text()
+    rec = pd.read_csv(tmp_path / "rep" / "report.csv").set_index("method")
+    assert rec.loc["pkt", "not_finished"] == "1 of 3 finished (1 killed, 1 running)"
+    assert rec.loc["pkt", "test_top1_n"] == 1 and "6 finished training runs" not in text
+    assert "7 finished training runs, and 2 that did not finish (1 killed, 1 running" in text
+    assert "**Not finished**: pkt: 1 of 3 finished (1 killed, 1 running)" in text
+    # pkt's one paired seed gives no test, and it still counts: kd's p_Holm is over m = 2
+    assert rec.loc["kd", "p_holm"] == pytest.approx(2 * rec.loc["kd", "p"], rel=1e-12)
+
+
+def test_methods_get_a_did_you_mean_and_a_busy_out_folder_is_refused(tmp_path):
+    import fcntl
+    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd,fitnett"], tmp_path)
+    _refused(res, tmp_path, "--methods kd,fitnett: unknown method 'fitnett'; did you mean 'fitnet'?")
+    out = tmp_path / "o"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another command writing its tables there
+    try:
+        res = run_cli_inprocess([*SYNTH, "--out", "o"], tmp_path)
+    finally:
+        os.close(fd)
+    assert res.returncode == 2 and res.stderr.startswith("error: --out o is in use: another command is writing its "
+                                                         "results tables there"), res.stderr
+    assert list(out.iterdir()) == []
+    res = run_cli_inprocess([*SYNTH, "--methods", "baseline", "--seeds", "1", "--out", "o"], tmp_path)
+    assert res.returncode == 0 and (out / "results.csv").is_file(), res.stderr[-2000:]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 400 KB tmpfs (root only; skipped with the reason elsewhere), unmounted afterwards."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if got.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({got.stderr.strip()[:200]}): needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_under_out_names_that_disk_frees_its_space_and_the_other_runs_go_on(tmp_path, tiny_disk):
+    """Before: the checkpoint's deleted temporary file stayed open (held by the kept exception), its space never
+    came back, the results tables failed and the command exited 1 blaming the MLflow store's disk (elsewhere)."""
+    res = run_cli([*SYNTH, "--out", str(tiny_disk / "o")], tmp_path)
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "MLflow store" not in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    lost = [e for e in errors if "could not be written (no space left on its device)" in e and str(tiny_disk) in e]
+    assert len(lost) == 6 and errors[-1] == "error: 6 of 6 runs failed (see the 'failed' column)", errors
+    assert not list(tiny_disk.glob("o/checkpoints/*.tmp*"))
+    assert shutil.disk_usage(tiny_disk).used < 64 * 1024  # every temporary file's space came back
+    assert len(pd.read_csv(tiny_disk / "o" / "results.csv")) == 3
+    assert {r.info.status for r in _train_runs(tmp_path, "xkd-synthetic")} == {"FAILED"}
 
 
 def _start(args, tmp_path):

@@ -204,14 +204,17 @@ def _header(section: str) -> str:
 
 
 def test_holm_adjustment_and_no_spread():
-    """Holm's step-down by hand: p = (0.01, 0.04, 0.03) in a family of 3 -> 0.03, 0.06, 0.06; a comparison
-    with the same difference on every seed has no interval, no p-value, no star, and is not counted."""
+    """Holm's step-down by hand: p = (0.01, 0.04, 0.03) in a family of 3 -> 0.03, 0.06, 0.06. A comparison with
+    the same difference on every seed has no interval, no p-value, no star; it and a comparison without runs
+    (None) are untested members that still count in m: in a family of 5, 0.01 x 5, 0.03 x 4, 0.04 x 3."""
     from benchmark.stats import Paired, holm, paired_difference
     fam = [Paired(1, 0.5, 2, 3, p) for p in (0.01, 0.04, 0.03)]
-    same = paired_difference(pd.Series([5.0, 7.0, 9.0], index=list("abc")), pd.Series([3.0, 5.0, 7.0], index=list("abc")))
-    holm(fam + [same, None])
+    holm(fam)
     assert [round(x.p_adj, 10) for x in fam] == [0.03, 0.06, 0.06]
     assert [x.significant for x in fam] == [True, False, False] and fam[0].raw_significant
+    same = paired_difference(pd.Series([5.0, 7.0, 9.0], index=list("abc")), pd.Series([3.0, 5.0, 7.0], index=list("abc")))
+    holm(fam + [same, None])
+    assert [round(x.p_adj, 10) for x in fam] == [0.05, 0.12, 0.12] and not any(x.significant for x in fam)
     assert str(same) == "+2.00 (n=3, no spread)" and not same.significant and same.p_adj is None
 
 

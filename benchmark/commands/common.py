@@ -26,7 +26,10 @@ def select_methods(spec: str) -> list[str]:
     if not names:
         raise UsageError(f"--methods is empty; use 'all' or a comma list of: {', '.join(METHODS.names())}")
     for n in names:
-        METHODS.get(n)
+        try:
+            METHODS.get(n)
+        except UsageError as e:  # the option it came from, and the closest names
+            raise UsageError(f"--methods {spec}: {e}") from None
     return names
 
 

@@ -1,6 +1,7 @@
 """`run`: train and evaluate methods on a task, over seeds; results table after every run."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,13 +19,15 @@ def cmd_run(args) -> int:
         return _run_all(args, task, methods, hp, cfg, data)
     finally:
         distributed.shutdown()
+        while _HELD:  # the --out folder's lock (also released by the process's end)
+            os.close(_HELD.pop())
 
 
 def _run_all(args, task, methods, hp, cfg, data) -> int:
     from dataclasses import replace
 
     from benchmark import distributed
-    from benchmark.results import to_markdown, write_table
+    from benchmark.results import summarise, to_markdown
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
     from benchmark.trainer import CheckpointNotWritten, Diverged, run_one
@@ -43,7 +46,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         flush=True)
     # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind
     out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
-    results, failed, t0 = [], 0, time.time()
+    results, failed, t0, tables_ok = [], 0, time.time(), True
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
         for m in methods:
@@ -56,7 +59,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
                 results.append({"method": m, "seed": seed, "failure": str(e)})
                 failed += 1
-                write_table(results, tables_dir, task.summary_metrics)
+                tables_ok = _tables(results, tables_dir, task, tables_ok)
                 continue
             if not main:
                 continue
@@ -64,17 +67,38 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
             results.append(r)
-            write_table(results, tables_dir, task.summary_metrics)  # after every run: a later failure loses nothing
+            tables_ok = _tables(results, tables_dir, task, tables_ok)  # after every run: a later failure loses nothing
             shown = ", ".join(f"{label} {_fmt(r.get(k))}" for k, label in task.summary_metrics)
             print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
     if results:
-        table = write_table(results, tables_dir, task.summary_metrics)
-        print(to_markdown(table, task.summary_metrics))
-        print(f"total wall time {time.time() - t0:.0f}s; tables in {tables_dir}/results.md, results.csv and results.json")
+        tables_ok = _tables(results, tables_dir, task, tables_ok)
+        print(to_markdown(summarise(results, task.summary_metrics), task.summary_metrics))
+        print(f"total wall time {time.time() - t0:.0f}s; " + (
+            f"tables in {tables_dir}/results.md, results.csv and results.json" if tables_ok else
+            f"the tables could not be written to {tables_dir} (no space left there): the runs are in the MLflow store"))
     if failed:
         print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
+    if failed or not tables_ok:
         return EXIT_RUNS_FAILED
     return 0
+
+
+def _tables(results: list[dict], tables_dir: Path, task, ok_before: bool) -> bool:
+    """Write the results tables; a full disk under them is said once, in one line, and the runs go on (the
+    tables are tried again after the next run). Whether they were written."""
+    import errno
+
+    from benchmark.results import write_table
+    try:
+        write_table(results, tables_dir, task.summary_metrics)
+        return True
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        if ok_before:
+            print(f"error: the results tables could not be written to {tables_dir} (no space left on its device); "
+                  "the other runs go on, the tables are tried again after each run", file=sys.stderr, flush=True)
+        return False
 
 
 def _fmt(v) -> str:
@@ -98,11 +122,32 @@ def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
     a folder of its own, runs/<task>-<profile>/<UTC time>-<pid>, with the link `latest` beside it: two
     processes never overwrite each other's results."""
     if out:
+        _hold_tables_folder(Path(out))
         return Path(out), Path(out)
     from benchmark.results import fresh_dir
     base = Path(f"runs/{cfg.task}-{cfg.profile}")
     mine = fresh_dir(base)
     return base, mine
+
+
+_HELD: list[int] = []  # the --out folder's descriptor, locked while the command runs
+
+
+def _hold_tables_folder(out: Path) -> None:
+    """One command writes its results tables into one --out folder at a time: a second command on the same
+    folder (other methods or seeds; the same ones are refused by the run locks) would overwrite results.csv.
+    An exclusive flock on the folder, released when the process ends (also by kill -9), refuses it in one line."""
+    import fcntl
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        from benchmark.registry import UsageError
+        raise UsageError(f"--out {out} is in use: another command is writing its results tables there; give this "
+                         "one another --out (or none: each command then gets a folder of its own)") from None
+    _HELD.append(fd)
 
 
 def add(sub) -> None:
