@@ -46,6 +46,11 @@ class PairedData(TaskData):
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04" and not (head == b"PK\x05\x06"):  # every .npz is a zip archive
+        raise UsageError(f"paired: {path} is not an .npz archive (numpy.savez writes a zip file; this one starts "
+                         f"with {head!r})")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -60,7 +65,8 @@ def _validate(parts: dict[str, dict[str, np.ndarray]]) -> str:
     """Every file checked before anything is split or written: the arrays each split needs, one length per
     split, one width per array over the splits, integer labels from 0, finite numbers. Returns the teacher
     side ('teacher_embedding' or 'teacher_x')."""
-    side = "teacher_embedding" if all("teacher_embedding" in p for p in parts.values()) else "teacher_x"
+    # one teacher side for every split: embeddings if any file has them (a file without them is then named)
+    side = "teacher_embedding" if any("teacher_embedding" in p for p in parts.values()) else "teacher_x"
     for name, p in parts.items():
         missing = [k for k in ("x", "y", side) if k not in p]
         if missing:
@@ -71,19 +77,47 @@ def _validate(parts: dict[str, dict[str, np.ndarray]]) -> str:
             raise UsageError(f"paired: {name}.npz: its arrays differ in length ("
                              + ", ".join(f"{k} {n}" for k, n in lengths.items()) + "); one row per sample in each")
         y = p["y"]
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise UsageError(f"paired: {name}.npz: y must be integer class labels 0..K-1 of shape [N] "
                              f"(got {y.dtype} {list(y.shape)})")
+        if not len(y):
+            raise UsageError(f"paired: {name}.npz has no rows; every split needs samples")
+        if y.min() < 0:
+            raise UsageError(f"paired: {name}.npz: y has negative labels ({', '.join(map(str, sorted(set(y[y < 0]))[:5]))}"
+                             f"; {int((y < 0).sum())} row(s)); classes are numbered 0..K-1")
         for k in ROW_ARRAYS:
             if k in p and k != "y" and np.issubdtype(p[k].dtype, np.floating) and not np.isfinite(p[k]).all():
                 bad = int((~np.isfinite(p[k])).reshape(len(p[k]), -1).any(1).sum())
                 raise UsageError(f"paired: {name}.npz: {k} has NaN or infinite values in {bad} row(s)")
+    known = set(parts["train"]["y"].tolist())
+    for name, p in parts.items():  # a class the student never trained on cannot be scored (nor its logits sized)
+        unseen = sorted(set(p["y"].tolist()) - known)
+        if unseen:
+            raise UsageError(f"paired: {name}.npz has labels that train.npz never has: "
+                             f"{', '.join(map(str, unseen[:10]))}{' ...' if len(unseen) > 10 else ''} "
+                             f"({int(np.isin(p['y'], unseen).sum())} row(s)); every class needs training rows")
     for k in ROW_ARRAYS:
         shapes = {name: tuple(p[k].shape[1:]) for name, p in parts.items() if k in p and k != "y"}
         if len(set(shapes.values())) > 1:
             raise UsageError(f"paired: {k} has another width in each split ("
                              + ", ".join(f"{n} {list(s)}" for n, s in shapes.items()) + "); it must be the same")
     return side
+
+
+def _check_stratified_split(y: np.ndarray, fraction: float) -> None:
+    """A validation split drawn from train.npz, stratified by class, needs two rows of every class and room for
+    one row of each class on both sides; refused in one line naming the class, before anything is written."""
+    classes, counts = np.unique(y, return_counts=True)
+    few = classes[counts < 2]
+    if len(few):
+        raise UsageError(f"paired: train.npz has only one row of class {', '.join(map(str, few[:10]))}"
+                         f"{' ...' if len(few) > 10 else ''}: the validation split (val_fraction={fraction}, "
+                         "stratified) needs at least 2 rows per class; add rows or give a val.npz")
+    n_val = int(np.ceil(fraction * len(y)))
+    if n_val < len(classes) or len(y) - n_val < len(classes):
+        raise UsageError(f"paired: val_fraction={fraction} of train.npz's {len(y)} rows gives {n_val} validation and "
+                         f"{len(y) - n_val} training rows, too few for one row of each of its {len(classes)} classes "
+                         "on both sides; change val_fraction or give a val.npz")
 
 
 @TASKS.register("paired", "your paired data (npz per split: student inputs, labels, teacher embeddings or teacher "
@@ -114,6 +148,7 @@ class Paired(Synthetic):
         if "val" not in parts:
             from sklearn.model_selection import train_test_split
             tr = parts["train"]
+            _check_stratified_split(tr["y"], cfg.val_fraction)
             idx_tr, idx_val = train_test_split(np.arange(len(tr["y"])), test_size=cfg.val_fraction, stratify=tr["y"],
                                                random_state=cfg.split_seed)
             parts["train"], parts["val"] = ({k: v[np.sort(i)] for k, v in tr.items() if k != "class_names"}

@@ -172,7 +172,8 @@ def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1_at_best_val"], abs=1e-9)
     assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc_at_best_val"], abs=1e-9)
     bad = run_cli_inprocess(["eval", "--run-id", "0" * 32], tmp_path)
-    assert bad.returncode == 2 and "no experiment.toml" in bad.stderr
+    assert bad.returncode == 2 and f"--run-id {'0' * 32}: no such run in" in bad.stderr, bad.stderr  # not 'no file'
+    assert bad.stderr.count("\n") == 1
     assert "(best-validation weights)" in ev.stdout and "(last epoch)" not in ev.stdout  # --model-uri's weights
 
 

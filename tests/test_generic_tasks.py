@@ -142,6 +142,21 @@ def _bad_pair(z, case):
         tr["teacher_embedding"][7] = np.nan
     elif case == "float_labels":
         tr["y"] = z["y"].astype(np.float32)
+    elif case == "negative_label":
+        tr["y"] = z["y"].copy()
+        tr["y"][4] = -1
+    elif case == "unseen_test_label":  # before: baseline trained, then kd crashed on a logits size (exit 1)
+        te["y"] = z["y"].copy()
+        te["y"][:3] = z["y"].max() + 1
+    elif case in ("one_row_class", "zero_row_class"):  # before: scikit-learn's ValueError from the split
+        keep = np.ones(n, bool)
+        rows = np.flatnonzero(z["y"] == 0)
+        keep[rows[1:] if case == "one_row_class" else rows] = False
+        tr = {k: v[keep] for k, v in z.items()}
+    elif case == "test_lacks_teacher_embedding":  # before: "train.npz lacks teacher_x"
+        del te["teacher_embedding"]
+    elif case == "empty_test":
+        te = {k: v[:0] for k, v in z.items()}
     return tr, te
 
 
@@ -155,6 +170,13 @@ def _bad_pair(z, case):
     ("nan_teacher", "train.npz: teacher_embedding has NaN or infinite values in 1 row(s)"),
     ("float_labels", "y must be integer class labels"),
     ("truncated", "cannot be read as .npz (BadZipFile"),
+    ("text_file", "train.npz is not an .npz archive (numpy.savez writes a zip file"),
+    ("negative_label", "train.npz: y has negative labels (-1; 1 row(s)); classes are numbered 0..K-1"),
+    ("unseen_test_label", "test.npz has labels that train.npz never has: "),
+    ("one_row_class", "train.npz has only one row of class 0: the validation split"),
+    ("zero_row_class", "test.npz has labels that train.npz never has: 0 ("),
+    ("test_lacks_teacher_embedding", "test.npz lacks teacher_embedding"),
+    ("empty_test", "test.npz has no rows"),
 ])
 def test_paired_refuses_each_malformed_file_in_one_line_before_writing(tmp_path, paired_dir, case, message):
     """Each malformed paired input (without val.npz, so the split would run on it) is one line and exit 2
@@ -166,6 +188,9 @@ def test_paired_refuses_each_malformed_file_in_one_line_before_writing(tmp_path,
     if case == "truncated":
         raw = (paired_dir / "emb" / "train.npz").read_bytes()
         (bad / "train.npz").write_bytes(raw[: len(raw) // 2])
+        np.savez(bad / "test.npz", **z)
+    elif case == "text_file":  # before: "contains pickled (object) data"
+        (bad / "train.npz").write_text("x,y\n1,2\n")
         np.savez(bad / "test.npz", **z)
     else:
         tr, te = _bad_pair(z, case)

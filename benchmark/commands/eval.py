@@ -118,6 +118,11 @@ def _experiment_file(args, tmp: Path) -> str:
     from benchmark.tracking import resolve_uri
     uri = resolve_uri(args.tracking_uri)
     try:
+        mlflow.MlflowClient(uri).get_run(args.run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow says RESOURCE_DOES_NOT_EXIST (or a malformed id) in its own way
+        raise UsageError(f"--run-id {args.run_id}: no such run in {uri} ({type(e).__name__}); `python -m benchmark "
+                         "report` lists the runs' ids in its footnotes and runs.csv") from None
+    try:
         return mlflow.artifacts.download_artifacts(run_id=args.run_id, artifact_path="experiment.toml",
                                                    tracking_uri=uri, dst_path=str(tmp))
     except Exception as e:  # noqa: BLE001 - unknown run, or a run without the file
