@@ -149,6 +149,9 @@ def cmd_study(args) -> int:
                                      fixed=fixed)
         runner.work(study, storage_obj, objective, args.n_trials, args.heartbeat)
     import optuna
+    if grid and not args.join:  # points that live workers of another command still run: not lost, waited for
+        watched, _ = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
+        runner.wait_for_other_workers(watched, lambda: _unfinished(watched), lambda line: print(line, flush=True))
     study = optuna.load_study(study_name=name, storage=storage)
     runner.end_parent_if_done(study, tracker)  # whichever worker ends last ends the parent run
     if not args.join:
@@ -164,13 +167,20 @@ def cmd_study(args) -> int:
               + "; ".join(f"trial {t.number}: {t.user_attrs['fail_reason']}" for t in failed), file=sys.stderr)
         return 3
     if grid and not args.join:
-        left = [t for t in study.trials if t.state != optuna.trial.TrialState.COMPLETE
-                and not any(u.state == optuna.trial.TrialState.COMPLETE and u.params == t.params for u in study.trials)]
+        left = _unfinished(study)
         if left:
             print(f"error: {len(left)} grid point(s) did not complete (trials "
                   f"{', '.join(str(t.number) for t in left)}); rerun the same command to run them", file=sys.stderr)
             return 1
     return 0
+
+
+def _unfinished(study) -> list:
+    """The trials of grid points that have no COMPLETE trial."""
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    done = [u.params for u in trials if u.state == optuna.trial.TrialState.COMPLETE]
+    return [t for t in trials if t.state != optuna.trial.TrialState.COMPLETE and t.params not in done]
 
 
 def _without(argv: list[str], flag: str) -> list[str]:

@@ -61,10 +61,44 @@ def safe_uri(url: str) -> str:
     return url
 
 
+@contextlib.contextmanager
+def storage_lock(url: str):
+    """Commands starting together on one new storage take turns creating its schema and the study (Optuna's
+    schema creation and the study's set-up are not safe to run twice at once: 'UNIQUE constraint failed:
+    alembic_version'). sqlite: an exclusive flock on a file beside the database (`<file>.lock`); PostgreSQL: a
+    session advisory lock, which serialises commands on any machine that reaches the server."""
+    if url.startswith("sqlite:///"):
+        import fcntl
+        from pathlib import Path
+        db = Path(url[len("sqlite:///"):]).expanduser().absolute()
+        if not db.parent.is_dir():
+            yield  # opening the storage fails with its own message
+            return
+        fd = os.open(f"{db}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    elif url.startswith("postgresql"):
+        import sqlalchemy
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(7162534)"))  # one key: the harness's studies
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(7162534)"))
+        engine.dispose()
+    else:
+        yield
+
+
 def check_storage(url: str) -> None:
     """Fail with one line when the study storage cannot be opened (unreachable server, bad URL)."""
     try:
-        optuna.storages.get_storage(url)
+        with storage_lock(url):
+            optuna.storages.get_storage(url)
     except Exception as e:
         raise UsageError(f"cannot open the study storage {safe_uri(url)}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
@@ -151,7 +185,14 @@ def heartbeat(storage, trial_id: int, every: int):
 def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
                  definition: dict, fixed: dict):
     """Create the study (schema included) and its MLflow parent run, before any worker starts; an existing study
-    of this name is reused only when its stored definition is the same."""
+    of this name is reused only when its stored definition is the same. Under the storage's lock: two commands
+    creating the same study at once make one study, one parent run and one queue of grid points."""
+    with storage_lock(storage):
+        return _create_study(name, storage, direction, grid, tracker, tags, definition, fixed)
+
+
+def _create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
+                  definition: dict, fixed: dict):
     import json
     try:
         exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
@@ -369,8 +410,8 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
     import time
     account: list[str] = []
     for _ in range(rounds):
-        procs = {p.pid: p for p in (subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"])
-                                    for _ in range(n))}
+        procs = {p.pid: p for p in (subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"],
+                                                     preexec_fn=_end_with_parent) for _ in range(n))}
         while procs:
             for pid, p in list(procs.items()):
                 code = p.poll()
@@ -383,6 +424,37 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
         if not pending():
             break
     return account
+
+
+def _end_with_parent() -> None:
+    """In a worker, before it starts: the kernel sends it SIGTERM when the command that started it dies (kill -9
+    included), so no worker trains on unannounced; it ends its trial KILLED (queued again by the next command,
+    as any interrupted trial). Linux only (prctl PR_SET_PDEATHSIG); elsewhere workers outlive a killed parent."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+def wait_for_other_workers(study: optuna.Study, unfinished, say, poll_s: float = 2.0) -> None:
+    """Before a command calls grid points unfinished: wait while any of them is RUNNING in a live worker of
+    another command (on this machine or another). A worker whose heartbeat went stale is dead: its trial is
+    failed and its point queued again (Optuna's stale-trial check, through the study's heartbeat storage), and
+    the wait ends for it. `unfinished()` lists the trials of points without a COMPLETE trial."""
+    import time
+    told = False
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        running = [t for t in unfinished() if t.state == optuna.trial.TrialState.RUNNING]
+        if not running:
+            return
+        if not told:
+            say(f"waiting for {len(running)} grid point(s) that other live workers are running (trial(s) "
+                + ", ".join(f"{t.number} by {t.user_attrs.get('worker', '?')}" for t in running) + ")")
+            told = True
+        time.sleep(poll_s)
 
 
 def recover_worker(study: optuna.Study, storage, tracker, pid: int, code: int) -> list[str]:
