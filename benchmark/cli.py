@@ -108,6 +108,11 @@ def say_store(args) -> None:
         print(f"store: {uri}", flush=True)
 
 
+def _database_log() -> str:
+    from benchmark.tracking import database_log
+    return str(database_log()) if database_log().is_file() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done; 2 bad input (one line, nothing written); 3 some runs failed (diverged), the others
     finished and the tables are written; 130 Ctrl-C, 143 SIGTERM; 1 an unforeseen error (its traceback)."""
@@ -156,5 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         where = getattr(locals().get("args"), "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI", "")
         print(f"error: no space left on the device of the MLflow store {where or '(default mlflow.db)'}: nothing more "
               "could be written there; a run it was recording stays RUNNING until the next command on this store "
-              "marks it KILLED (rerun the same command once there is space)", file=sys.stderr)
+              "marks it KILLED (rerun the same command once there is space)"
+              + (f"; MLflow's report of the error: {log}" if (log := _database_log()) else ""), file=sys.stderr)
         return 1

@@ -241,6 +241,24 @@ class _Uninterrupted:
         return lambda *a, **k: patiently(once, *a, **k)
 
 
+def database_log() -> Path:
+    """Where MLflow's own reports of database errors go (a file of this process's, made only when one comes)."""
+    return Path(tempfile.gettempdir()) / f"xkd-mlflow-{os.getpid()}.log"
+
+
+def quiet_database_errors() -> None:
+    """MLflow logs every database error with its whole traceback (about 45 lines each) before raising it; the
+    command then says what happened in one line (a full store's disk, a locked store). Those reports go to
+    database_log() instead of the console."""
+    import logging
+    db = logging.getLogger("mlflow.store.db.utils")
+    if not any(getattr(h, "xkd", False) for h in db.handlers):
+        handler = logging.FileHandler(database_log(), delay=True)
+        handler.xkd = True  # type: ignore[attr-defined]
+        db.addHandler(handler)
+        db.propagate = False
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         import logging
@@ -248,6 +266,8 @@ class Tracker:
         import mlflow
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        quiet_database_errors()
+        self._logged: dict[str, set[tuple[str, int]]] = {}
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         self.uri = uri
@@ -290,6 +310,10 @@ class Tracker:
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "xkd.process", process_id())
+            # what the interrupted process logged after its last checkpoint (its epoch's metrics, when the store
+            # or a disk failed before the checkpoint) is not logged twice by the resumed epochs
+            self._logged[run_id] = {(k, h.step) for k in self.client.get_run(run_id).data.metrics
+                                    for h in self.client.get_metric_history(run_id, k)}
             return run_id
         tags = {**tags, "xkd.process": process_id()}
         if parent_run_id:
@@ -308,7 +332,9 @@ class Tracker:
 
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None and not math.isnan(float(v))]
+        seen = self._logged.get(run_id, set())
+        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if v is not None and not math.isnan(float(v)) and (k, step) not in seen]
         if items:
             self.client.log_batch(run_id, metrics=items)
 

@@ -1,4 +1,5 @@
 """Foreseeable bad input: one clear line, exit code 2, nothing left behind (no out folder, no MLflow store)."""
+import contextlib
 import json
 import math
 import shutil
@@ -239,16 +240,66 @@ def test_methods_get_a_did_you_mean_and_a_busy_out_folder_is_refused(tmp_path):
     assert res.returncode == 0 and (out / "results.csv").is_file(), res.stderr[-2000:]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 400 KB tmpfs (root only; skipped with the reason elsewhere), unmounted afterwards."""
-    mnt = tmp_path / "tiny"
+@contextlib.contextmanager
+def _small_disk(tmp_path, size: str):
+    """A small tmpfs (root only; the test is skipped with the reason elsewhere), unmounted afterwards."""
+    mnt = tmp_path / f"disk-{size}"
     mnt.mkdir()
-    got = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                         text=True)
     if got.returncode:
         pytest.skip(f"cannot mount a small tmpfs here ({got.stderr.strip()[:200]}): needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    with _small_disk(tmp_path, "400k") as mnt:
+        yield mnt
+
+
+def test_the_stores_full_disk_is_one_line_and_resume_continues(tmp_path):
+    """Before: about 45 lines of SQLAlchemy traceback per failed write from MLflow's logger, then the line."""
+    with _small_disk(tmp_path, "3m") as disk:
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{disk / 'mlflow.db'}"}
+        args = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd", "--set", "epochs=8", "--out", "o"]
+        assert run_cli([*args[:-2], "--out", "first", "--methods", "baseline"], tmp_path, env).returncode == 0
+        free_kb = shutil.disk_usage(disk).free // 1024
+        (disk / "filler").write_bytes(b"\0" * (free_kb - 20) * 1024)
+        res = run_cli(args, tmp_path, env)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        (line,) = res.stderr.strip().splitlines()
+        assert line.startswith(f"error: no space left on the device of the MLflow store sqlite:///{disk}")
+        assert "MLflow's report of the error: " in line and Path(line.rsplit(": ", 1)[1]).is_file()
+        (disk / "filler").unlink()
+        again = run_cli([*args, "--resume"], tmp_path, env)
+        assert again.returncode == 0, again.stderr[-3000:]
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        (run,) = [r for r in client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+                  if r.data.params["method"] == "kd" and r.info.status == "FINISHED"]
+        steps = [h.step for h in client.get_metric_history(run.info.run_id, "val_top1")]
+        assert steps == list(range(1, 9))
+
+
+def test_a_resumed_run_never_logs_a_step_twice(tmp_path):
+    """Metrics of an epoch logged before its checkpoint was written (the process died between them) are not
+    logged again when --resume trains that epoch again. Before: two rows at that step."""
+    from benchmark.tracking import Tracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "xkd-test")
+    rid = tracker.start("kd/seed0", {"xkd.kind": "train"})
+    for step in (1, 2, 3):
+        tracker.log_metrics(rid, {"val_top1": 10.0 * step, "train_loss": 1.0 / step}, step=step)
+    resumed = Tracker(uri, "xkd-test")  # the next process, resuming from the checkpoint of epoch 2
+    resumed.start("", {}, run_id=rid)
+    for step in (3, 4):
+        resumed.log_metrics(rid, {"val_top1": 10.0 * step, "train_loss": 1.0 / step}, step=step)
+    client = mlflow.MlflowClient(uri)
+    for key in ("val_top1", "train_loss"):
+        assert [h.step for h in client.get_metric_history(rid, key)] == [1, 2, 3, 4]
 
 
 def test_a_full_disk_under_out_names_that_disk_frees_its_space_and_the_other_runs_go_on(tmp_path, tiny_disk):
