@@ -1,6 +1,7 @@
 """`run`: train and evaluate methods on a task, over seeds; results table after every run."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -13,6 +14,12 @@ EXIT_RUNS_FAILED = 3
 
 def cmd_run(args) -> int:
     from benchmark import distributed
+    from benchmark.registry import UsageError
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if args.workers > 1 and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise UsageError("--workers splits a table into processes of one run each; under torchrun each run is "
+                         "already split over processes: use one or the other")
     task, methods, hp, cfg, data = prepare(args)
     distributed.init(cfg.device)
     try:
@@ -27,7 +34,6 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from dataclasses import replace
 
     from benchmark import distributed
-    from benchmark.results import summarise, to_markdown
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
     from benchmark.trainer import CheckpointNotWritten, Diverged, run_one
@@ -45,8 +51,24 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
         flush=True)
     # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind
-    out, tables_dir = output_dirs(args.out, cfg) if main else (Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None)
+    if args.worker_result or not main:  # one point of a fanned-out table, or another rank: no tables of its own
+        out, tables_dir = Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None
+    else:
+        out, tables_dir = output_dirs(args.out, cfg)
     results, failed, t0, tables_ok = [], 0, time.time(), True
+    if args.workers > 1:
+        from benchmark import fanout
+
+        def on_result(rec: dict) -> None:
+            nonlocal tables_ok
+            if "failure" not in rec:
+                _say_run(task, rec)
+            results.append(rec)
+            tables_ok = _tables(results, tables_dir, task, tables_ok)
+        args.interrupted = lambda: (f"{len(results)} finished run(s) and their tables kept; the workers' runs ended "
+                                    "KILLED with their checkpoints; rerun the same command with --resume to continue")
+        failed, _ = fanout.run_table(args, cfg, methods, tables_dir, on_result)
+        return _finish(results, failed, tables_dir, task, t0, tables_ok)
     for seed in range(cfg.seed, cfg.seed + args.seeds):
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
         for m in methods:
@@ -59,17 +81,29 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                 print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
                 results.append({"method": m, "seed": seed, "failure": str(e)})
                 failed += 1
-                tables_ok = _tables(results, tables_dir, task, tables_ok)
+                if args.worker_result:
+                    _write_result(Path(args.worker_result), results[-1])
+                else:
+                    tables_ok = _tables(results, tables_dir, task, tables_ok)
                 continue
             if not main:
                 continue
             if "interrupted_at_epoch" in r:
                 print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
                 continue
+            if args.worker_result:  # the parent tables it
+                _write_result(Path(args.worker_result), r)
             results.append(r)
-            tables_ok = _tables(results, tables_dir, task, tables_ok)  # after every run: a later failure loses nothing
-            shown = ", ".join(f"{label} {_fmt(r.get(k))}" for k, label in task.summary_metrics)
-            print(f"{m:22s} seed {seed}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]", flush=True)
+            if not args.worker_result:  # after every run: a later failure loses nothing
+                tables_ok = _tables(results, tables_dir, task, tables_ok)
+            _say_run(task, r)
+    if args.worker_result:
+        return EXIT_RUNS_FAILED if failed else 0
+    return _finish(results, failed, tables_dir, task, t0, tables_ok)
+
+
+def _finish(results: list[dict], failed: int, tables_dir: Path, task, t0: float, tables_ok: bool) -> int:
+    from benchmark.results import summarise, to_markdown
     if results:
         tables_ok = _tables(results, tables_dir, task, tables_ok)
         print(to_markdown(summarise(results, task.summary_metrics), task.summary_metrics))
@@ -81,6 +115,20 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     if failed or not tables_ok:
         return EXIT_RUNS_FAILED
     return 0
+
+
+def _say_run(task, r: dict) -> None:
+    shown = ", ".join(f"{label} {_fmt(r.get(k))}" for k, label in task.summary_metrics)
+    print(f"{r['method']:22s} seed {r['seed']}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]",
+          flush=True)
+
+
+def _write_result(path: Path, record: dict) -> None:
+    """A worker's one result, for the parent of a fanned-out table (written whole or not at all)."""
+    import json
+
+    from benchmark.results import write_atomic
+    write_atomic(path, json.dumps(record, default=float))
 
 
 def _tables(results: list[dict], tables_dir: Path, task, ok_before: bool) -> bool:
@@ -160,5 +208,9 @@ def add(sub) -> None:
                    "runs/<task>-<profile>/checkpoints, this invocation's tables in runs/<task>-<profile>/<time>-<pid>, "
                    "linked as .../latest)")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the table's (method, seed) points in N worker processes on this machine, each with its "
+                   "share of the CPU threads or a GPU of its own (default 1: one after another in this process)")
+    p.add_argument("--worker-result", dest="worker_result", help=argparse.SUPPRESS)  # a fanned-out point's result file
     p.set_defaults(fn=cmd_run, interrupted="stopped before any run started: nothing was trained, the tracking "
                    "store (if one was being created) is complete or absent; rerun the same command")

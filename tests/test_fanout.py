@@ -1,0 +1,130 @@
+"""`run --workers N` (benchmark/fanout.py): the table's points in worker processes give the sequential command's
+numbers per run; killed workers, Ctrl-C and kill -9 of the parent are handled as a sequential run's."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pandas as pd
+
+from conftest import run_cli
+
+TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd,pkt", "--seeds", "2"]
+SLOW = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "1",
+        "--set", "epochs=400"]
+METRICS = ["test_top1", "match_acc", "test_top1_at_best_val", "match_acc_at_best_val", "best_val_epoch", "best_val_top1"]
+
+
+def _table(path):
+    return pd.read_csv(path).set_index(["method", "seed"]).sort_index()
+
+
+def _runs(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("xkd-synthetic")
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]
+
+
+def test_two_workers_give_the_sequential_commands_numbers_per_run(tmp_path):
+    (tmp_path / "a").mkdir()
+    seq = run_cli([*TABLE, "--out", "seq"], tmp_path / "a")  # its own store: two runs of one key are refused
+    assert seq.returncode == 0, seq.stderr[-2000:]
+    par = run_cli([*TABLE, "--workers", "2", "--out", "par"], tmp_path)
+    assert par.returncode == 0, par.stderr[-2000:]
+    a, b = _table(tmp_path / "a" / "seq" / "runs.csv"), _table(tmp_path / "par" / "runs.csv")
+    assert list(a.index) == list(b.index) and a[METRICS].equals(b[METRICS])
+    ra, rb = (pd.read_csv(d / "results.csv") for d in (tmp_path / "a" / "seq", tmp_path / "par"))
+    cols = [c for c in ra if not c.startswith("wall_s")]
+    assert ra[cols].equals(rb[cols])
+    assert "fan-out: 6 run(s) in 2 worker processes, 1 thread(s) each" in par.stdout
+    assert "[6/6 done, 0 left" in par.stdout and par.stdout.count("seed 1: test top-1") == 3
+    assert sorted(p.name for p in (tmp_path / "par" / "logs").glob("*.log")) == [
+        f"{m}-seed{s}.log" for m in ("baseline", "kd", "pkt") for s in (0, 1)]
+    runs = _runs(tmp_path)
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["num_threads"] for r in runs} == {"1"}
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    with open(tmp_path / "parent.log", "w") as log:  # a file: nobody dies of writing to a closed pipe
+        return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env, stdout=log,
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _worker_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _wait_for(cond, timeout=120, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_worker_has_its_point_run_again_and_the_table_completes(tmp_path):
+    out = tmp_path / "o"
+    proc = _start([*SLOW, "--workers", "2", "--out", "o"], tmp_path)
+    ckpts = lambda: list((out / "checkpoints").glob("kd-*.pt")) if (out / "checkpoints").exists() else []  # noqa: E731
+    _wait_for(ckpts, what="kd checkpoint")  # kd has trained an epoch or more
+    kd_worker = next(p for p in _worker_pids(proc.pid)
+                     if "kd" in open(f"/proc/{p}/cmdline").read().split("\0"))
+    os.kill(kd_worker, signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "parent.log").read_text()[-3000:]
+    log = (tmp_path / "parent.log").read_text()
+    assert "kd seed 0: its worker was killed (signal 9); running it again with --resume" in log
+    assert "[2/2 done, 0 left" in log
+    runs = _runs(tmp_path)
+    assert sorted((r.data.params["method"], r.info.status) for r in runs) == [("baseline", "FINISHED"),
+                                                                             ("kd", "FINISHED")]
+    assert len(pd.read_csv(out / "results.csv")) == 2
+
+
+def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_uninterrupted_numbers(tmp_path):
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    full = run_cli([*SLOW, "--set", "epochs=150", "--out", "o"], ref)
+    assert full.returncode == 0, full.stderr[-2000:]
+    args = [*SLOW, "--set", "epochs=150", "--workers", "2", "--out", "o"]
+    proc = _start(args, tmp_path)
+    _wait_for(lambda: len(list((tmp_path / "o" / "checkpoints").glob("*.pt"))) >= 2
+              if (tmp_path / "o" / "checkpoints").exists() else False, what="both runs' checkpoints")
+    workers = _worker_pids(proc.pid)
+    proc.send_signal(signal.SIGINT)  # the parent alone (a terminal's Ctrl-C reaches the workers too)
+    assert proc.wait(timeout=120) == 130, (tmp_path / "parent.log").read_text()[-3000:]
+    assert not any(_alive(p) for p in workers)
+    statuses = [r.info.status for r in _runs(tmp_path)]
+    assert "KILLED" in statuses and "RUNNING" not in statuses, statuses  # a run may have finished before the Ctrl-C
+    again = run_cli([*args, "--resume"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = _table(ref / "o" / "runs.csv"), _table(tmp_path / "o" / "runs.csv")
+    assert a[METRICS].equals(b[METRICS])
+    assert {r.info.status for r in _runs(tmp_path)} == {"FINISHED"}
+
+
+def test_kill_9_of_the_parent_stops_its_workers(tmp_path):
+    proc = _start([*SLOW, "--set", "epochs=3000", "--workers", "2", "--out", "o"], tmp_path)
+    workers = _wait_for(lambda: _worker_pids(proc.pid) if len(_worker_pids(proc.pid)) == 2 else None,
+                        what="two workers")
+    _wait_for(lambda: len(_runs(tmp_path)) == 2 if (tmp_path / "mlflow.db").exists() else False, what="two runs")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    _wait_for(lambda: not any(_alive(p) for p in workers), timeout=30, what="the workers' end")
+    time.sleep(1)
+    assert {r.info.status for r in _runs(tmp_path)} == {"KILLED"}
