@@ -1,17 +1,18 @@
 """`run --workers N`: a table's (method, seed) points in N worker processes on this machine.
 
-Each point is the same `run` command narrowed to one method and one seed (`--methods M --seeds 1 --set seed=S`),
-so a worker trains exactly what the sequential command trains at that point, logs its own MLflow run, keeps its
-checkpoints where the sequential command keeps them (so `--resume` works across the two) and takes the same run
-lock. The parent hands out points in the sequential order, gives each worker its share of the CPU threads (or
-one GPU of its own), writes the results table as each point ends, and prints one line per point with the
-table's progress. A worker's console output goes to `<tables>/logs/<method>-seed<seed>.log`.
+Each worker is the same `run` command (`--worker-queue`): it validates and loads the data once, then trains the
+points the parent sends it one line at a time on its standard input, exactly as the sequential command trains
+them (the same run_one, seeds and per-seed data), logs each to MLflow, keeps its checkpoints where the sequential
+command keeps them (so `--resume` works across the two) and takes the same run locks. The parent hands out the
+points in the sequential order to whichever worker is free, gives each worker its share of the CPU threads
+(`num_threads`, unless set) or one GPU of its own, writes the results table as each point ends and prints one line
+per point with the table's progress. Worker k's console goes to `<tables>/logs/worker-<k>.log`.
 
-Interrupts: the workers ignore a terminal's Ctrl-C; the parent, on Ctrl-C or SIGTERM, sends each worker SIGTERM
-once, each ends its run KILLED with its checkpoint, and the parent waits for them and exits 130 (or 143). kill -9 of the parent stops its
-workers (the kernel sends them SIGTERM: PR_SET_PDEATHSIG). A worker that dies of a signal it did not get from
-the parent (kill -9, the OOM killer) has its point run again once, with --resume (its dead MLflow run is
-marked KILLED, its checkpoint continued)."""
+Interrupts: workers ignore a terminal's Ctrl-C; the parent, on Ctrl-C or SIGTERM, sends each worker SIGTERM once,
+each ends its run KILLED with its checkpoint, and the parent waits for them and exits 130 (143). kill -9 of the
+parent stops its workers (the kernel sends them SIGTERM: PR_SET_PDEATHSIG). A worker that dies of a signal the
+parent did not send (kill -9, the OOM killer) is replaced, and its point is run again once with --resume (its
+dead MLflow run marked KILLED, its checkpoint continued)."""
 from __future__ import annotations
 
 import json
@@ -20,10 +21,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 RETRIES = 1  # a point whose worker was killed from outside is run again this many times
+
+
+class WorkersGone(RuntimeError):
+    """Every worker ended by itself (each names why in its log) with points still queued."""
 
 
 @dataclass
@@ -31,30 +36,23 @@ class Point:
     method: str
     seed: int
     tries: int = 0
-    proc: subprocess.Popen | None = None
-    log: Path | None = None
     result: Path | None = None
-    started: float = 0.0
-    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Worker:
+    slot: int
+    proc: subprocess.Popen
+    log: Path
+    point: Point | None = None
 
 
 def threads_per_worker(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def worker_argv(argv: list[str], method: str, seed: int, result: Path, threads: int | None,
-                resume: bool) -> list[str]:
-    """The parent's command line narrowed to one point (the later flags win over the parent's)."""
-    out = _without(argv, "--workers")
-    out += ["--methods", method, "--seeds", "1", "--set", f"seed={seed}", "--worker-result", str(result)]
-    if threads:
-        out += ["--set", f"num_threads={threads}"]
-    if resume and "--resume" not in out:
-        out.append("--resume")
-    return out
-
-
-def _without(argv: list[str], flag: str) -> list[str]:
+def without(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
     out, skip = [], False
     for a in argv:
         if skip:
@@ -66,93 +64,106 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def _end_with_parent() -> None:
-    """In a worker before it starts: SIGTERM from the kernel when the parent dies (kill -9 included), and a
-    terminal's Ctrl-C ignored: the parent, which gets it, stops each worker once with SIGTERM (a second signal in
-    the middle of a worker's own clean-up could cut it short)."""
+def end_with_parent(ignore_ctrl_c: bool = True) -> None:
+    """In a child process before it starts: SIGTERM from the kernel when its parent dies (kill -9 included), and
+    (ignore_ctrl_c) a terminal's Ctrl-C ignored: the parent, which gets it, stops each child once with SIGTERM (a
+    second signal in the middle of a child's own clean-up could cut it short). Linux only (PR_SET_PDEATHSIG)."""
     import ctypes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_ctrl_c:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
 
 
-def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> tuple[int, int]:
-    """Run every point in args.workers processes; on_result(record) after each point ends (a run's result, or
-    {'method', 'seed', 'failure'}). Returns (failed points, refused points)."""
-    workers = args.workers
-    threads = None if cfg.num_threads else threads_per_worker(workers)
-    gpus = _gpus(cfg, workers)
+def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int:
+    """Run every point in args.workers worker processes; on_result(record) after each point ends (a run's result,
+    or {'method', 'seed', 'failure'}). Returns the number of failed points."""
+    n = args.workers
+    threads = None if cfg.num_threads else threads_per_worker(n)
+    gpus = _gpus(cfg, n)
     logs = tables_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     queue = [Point(m, s) for s in range(cfg.seed, cfg.seed + args.seeds) for m in methods]
-    total, done, failed, refused = len(queue), 0, 0, 0
-    running: list[Point] = []
-    free_slots = list(range(workers))
-    t0 = time.time()
-    print(f"fan-out: {total} run(s) in {workers} worker processes"
+    total, done, failed, t0 = len(queue), 0, 0, time.time()
+    argv = without(args.argv, "--workers") + ["--worker-queue"] + (["--set", f"num_threads={threads}"] if threads else [])
+    workers = [_spawn(k, argv, logs, gpus) for k in range(min(n, total))]
+    print(f"fan-out: {total} run(s) in {len(workers)} worker processes"
           + (f", {threads} thread(s) each" if threads else f", num_threads={cfg.num_threads} each")
-          + (f", one GPU each ({', '.join(gpus)})" if gpus else "") + f"; workers' logs in {logs}", flush=True)
+          + (f", one GPU each ({', '.join(gpus)})" if gpus else "") + f"; their logs in {logs}", flush=True)
     try:
-        while queue or running:
-            while queue and free_slots:
-                p = queue.pop(0)
-                slot = free_slots.pop(0)
-                _start(p, args, threads, logs, slot, gpus)
-                p.env["slot"] = slot
-                running.append(p)
+        while queue or any(w.point for w in workers):
+            for w in workers:
+                if w.point is None and queue and w.proc.poll() is None:
+                    _send(w, queue.pop(0), logs, args.resume)
+            if queue and all(w.proc.poll() is not None and w.point is None for w in workers):
+                why = next(filter(None, (_last_error(w.log) for w in workers)), "every worker ended before its point")
+                raise WorkersGone(f"the workers ended before running {len(queue)} point(s): {why} (logs in {logs})")
             time.sleep(0.2)
-            for p in [p for p in running if p.proc.poll() is not None]:
-                running.remove(p)
-                free_slots.append(p.env["slot"])
-                code = p.proc.returncode
-                rec = _read(p.result)
-                if rec is None and code in (-signal.SIGKILL, -signal.SIGTERM, 137, 143) and p.tries <= RETRIES:
-                    print(f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
-                          "with --resume", flush=True)
-                    queue.insert(0, p)
+            for i, w in enumerate(workers):
+                if w.point is None:
                     continue
+                rec, code = _read(w.point.result), w.proc.poll()
+                if rec is None and code is None:
+                    continue  # still training
+                p, w.point = w.point, None
+                if rec is None:  # the worker died in this point
+                    if code in (-signal.SIGKILL, -signal.SIGTERM, 137, 143) and p.tries <= RETRIES:
+                        print(f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
+                              "with --resume in a new worker", flush=True)
+                        queue.insert(0, p)
+                        workers[i] = _spawn(w.slot, argv, logs, gpus)
+                        continue
+                    rec = {"method": p.method, "seed": p.seed,
+                           "failure": _last_error(w.log) or f"its worker ended ({_how(code)}) without a result"}
                 done += 1
-                if rec is None:
-                    why = _last_error(p.log) or f"its worker ended ({_how(code)}) without a result"
-                    rec = {"method": p.method, "seed": p.seed, "failure": why}
-                    refused += code == 2
                 if "failure" in rec:
                     failed += 1
-                    print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {p.log})", file=sys.stderr,
+                    print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr,
                           flush=True)
                 on_result(rec)
                 left = total - done
-                eta = (time.time() - t0) / done * left
                 print(f"[{done}/{total} done, {left} left, elapsed {_dur(time.time() - t0)}"
-                      + (f", ETA {_dur(eta)}" if left else "") + "]", flush=True)
-    except BaseException:  # Ctrl-C or SIGTERM of the parent (the workers ignore a terminal's Ctrl-C): stop them all
-        for p in running:
-            if p.proc.poll() is None:
-                p.proc.send_signal(signal.SIGTERM)
-        for p in running:
+                      + (f", ETA {_dur((time.time() - t0) / done * left)}" if left else "") + "]", flush=True)
+                if code is not None and queue:  # it ended after its result (a refusal, say): a new one takes over
+                    workers[i] = _spawn(w.slot, argv, logs, gpus)
+        for w in workers:  # nothing left: each worker ends when its standard input does
+            w.proc.stdin.close()
+        for w in workers:
+            w.proc.wait()
+    except BaseException:  # Ctrl-C or SIGTERM of the parent: stop every worker once, wait for their clean-up
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+        for w in workers:
             try:
-                p.proc.wait(timeout=120)
+                w.proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
-                p.proc.kill()
+                w.proc.kill()
         raise
-    return failed, refused
+    return failed
 
 
-def _start(p: Point, args, threads, logs: Path, slot: int, gpus: list[str]) -> None:
-    p.tries += 1
-    p.log = logs / f"{p.method}-seed{p.seed}.log"
-    p.result = logs / f".{p.method}-seed{p.seed}.result.json"
-    p.result.unlink(missing_ok=True)
+def _spawn(slot: int, argv: list[str], logs: Path, gpus: list[str]) -> Worker:
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
-    argv = worker_argv(args.argv, p.method, p.seed, p.result, threads, resume=p.tries > 1)
-    with open(p.log, "a") as log:
-        p.proc = subprocess.Popen([sys.executable, "-m", "benchmark", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                  env=env, preexec_fn=_end_with_parent)
-    p.started = time.time()
+    log = logs / f"worker-{slot}.log"
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "benchmark", *argv], stdin=subprocess.PIPE, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, text=True, preexec_fn=end_with_parent)
+    return Worker(slot, proc, log)
+
+
+def _send(w: Worker, p: Point, logs: Path, resume: bool) -> None:
+    p.tries += 1
+    p.result = logs / f".{p.method}-seed{p.seed}.result.json"
+    p.result.unlink(missing_ok=True)
+    again = resume or p.tries > 1
+    w.proc.stdin.write(f"{p.method}\t{p.seed}\t{int(again)}\t{p.result}\n")
+    w.proc.stdin.flush()
+    w.point = p
 
 
 def _gpus(cfg, workers: int) -> list[str]:
@@ -178,7 +189,7 @@ def _read(path: Path | None) -> dict | None:
         return None
 
 
-def _last_error(log: Path | None) -> str:
+def _last_error(log: Path) -> str:
     try:
         lines = [x for x in log.read_text().splitlines() if x.startswith("error: ")]
     except OSError:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import defining_fields
+from benchmark.fanout import without
 from benchmark.registry import METHODS, UsageError
 from studies import runner
 from studies.paper import PAPER_STUDIES
@@ -134,7 +135,7 @@ def cmd_study(args) -> int:
         def pending() -> int:
             import optuna
             return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) if grid else 0
-        lost = runner.spawn_workers(_without(_without(argv, "--workers"), "--study-name") +
+        lost = runner.spawn_workers(without(without(argv, "--workers"), "--study-name") +
                                     ["--study-name", name, "--storage", storage], args.workers,
                                     lambda pid, code: runner.recover_worker(study, storage_obj, tracker, pid, code),
                                     pending)
@@ -183,16 +184,3 @@ def _unfinished(study) -> list:
     return [t for t in trials if t.state != optuna.trial.TrialState.COMPLETE and t.params not in done]
 
 
-def _without(argv: list[str], flag: str) -> list[str]:
-    """argv without `flag VALUE` / `flag=VALUE`."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == flag:
-            skip = True
-            continue
-        if not a.startswith(flag + "="):
-            out.append(a)
-    return out

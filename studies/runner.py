@@ -22,6 +22,7 @@ from statistics import mean
 
 import optuna
 
+from benchmark.fanout import end_with_parent
 from benchmark.registry import UsageError
 from benchmark.tracking import interrupted_by, patiently, uninterrupted
 from benchmark.trainer import Diverged, resolve_hparams, run_one
@@ -411,7 +412,7 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
     account: list[str] = []
     for _ in range(rounds):
         procs = {p.pid: p for p in (subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"],
-                                                     preexec_fn=_end_with_parent) for _ in range(n))}
+                                                     preexec_fn=_stop_with_parent) for _ in range(n))}
         while procs:
             for pid, p in list(procs.items()):
                 code = p.poll()
@@ -426,16 +427,9 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
     return account
 
 
-def _end_with_parent() -> None:
-    """In a worker, before it starts: the kernel sends it SIGTERM when the command that started it dies (kill -9
-    included), so no worker trains on unannounced; it ends its trial KILLED (queued again by the next command,
-    as any interrupted trial). Linux only (prctl PR_SET_PDEATHSIG); elsewhere workers outlive a killed parent."""
-    import ctypes
-    import signal
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
+def _stop_with_parent() -> None:
+    """A study worker: stopped (SIGTERM) when the command that started it dies; a terminal's Ctrl-C reaches it."""
+    end_with_parent(ignore_ctrl_c=False)
 
 
 def wait_for_other_workers(study: optuna.Study, unfinished, say, poll_s: float = 2.0) -> None:

@@ -1,4 +1,6 @@
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -109,3 +111,32 @@ def vector_teacher_methods() -> list[str]:
     `--methods all` selects on such a task (the map-only ones, such as `at`, are left out with a line)."""
     from benchmark.registry import METHODS
     return [m for m in METHODS.names() if not METHODS.get(m).needs_teacher_maps(METHODS.get(m).Hparams())]
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql package), stopped afterwards: the URL of its
+    database `optuna` (a database `mlflow` beside it, for a tracking server's backend store)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.fail("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
+    bindir = bins[-1].parent
+    import tempfile
+    root = Path(tempfile.mkdtemp(prefix="xkd-pg-"))  # outside pytest's 0700 tree: the postgres user must reach it
+    data = root / "data"
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {root}", "start"], check=True, capture_output=True)
+    try:
+        for db in ("optuna", "mlflow"):  # one database each: both keep their schema version in alembic_version
+            subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -52,33 +52,6 @@ def test_study_rejects_unknown_grid_key(tmp_path, cifar_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.fixture
-def postgres():
-    """A throw-away PostgreSQL server on 127.0.0.1 (Debian's postgresql package), stopped afterwards."""
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins:
-        pytest.fail("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
-    bindir = bins[-1].parent
-    import tempfile
-    root = Path(tempfile.mkdtemp(prefix="xkd-pg-"))  # outside pytest's 0700 tree: the postgres user must reach it
-    data = root / "data"
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_pg:
-        shutil.chown(root, "postgres")
-    port = free_port()
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {root}", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def test_two_workers_share_one_postgres_study(tmp_path, cifar_dir, postgres):
     res = run_cli(["study", "--task", "cifar100", "--method", "ours_feature", "--grid", "margin=0.0,0.01,0.04,0.09",
                    "--storage", postgres, "--study-name", "pg-grid", "--workers", "2", "--data-dir", str(cifar_dir),

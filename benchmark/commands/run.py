@@ -51,7 +51,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
         flush=True)
     # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind
-    if args.worker_result or not main:  # one point of a fanned-out table, or another rank: no tables of its own
+    if args.worker_queue or not main:  # a worker of a fanned-out table, or another rank: no tables of its own
         out, tables_dir = Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None
     else:
         out, tables_dir = output_dirs(args.out, cfg)
@@ -63,43 +63,59 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             nonlocal tables_ok
             if "failure" not in rec:
                 _say_run(task, rec)
-            results.append(rec)
+            results.append(rec)  # tabled in the sequential order (seed, then method), whatever order they end in
+            results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
             tables_ok = _tables(results, tables_dir, task, tables_ok)
         args.interrupted = lambda: (f"{len(results)} finished run(s) and their tables kept; the workers' runs ended "
                                     "KILLED with their checkpoints; rerun the same command with --resume to continue")
-        failed, _ = fanout.run_table(args, cfg, methods, tables_dir, on_result)
+        try:
+            failed = fanout.run_table(args, cfg, methods, tables_dir, on_result)
+        except fanout.WorkersGone as e:
+            print(f"error: {e}", file=sys.stderr)
+            _finish(results, len(results), tables_dir, task, t0, tables_ok)
+            return EXIT_RUNS_FAILED
         return _finish(results, failed, tables_dir, task, t0, tables_ok)
-    for seed in range(cfg.seed, cfg.seed + args.seeds):
+    worker = args.worker_queue  # a worker of a fanned-out table: its points come from the parent, one a line
+    points = _queued_points() if worker else ((m, seed, args.resume, None) for seed in
+                                              range(cfg.seed, cfg.seed + args.seeds) for m in methods)
+    for m, seed, resume, result_file in points:
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
-        for m in methods:
-            args.interrupted = lambda m=m, seed=seed: interrupted_message(out, m, seed, len(results))
-            try:
-                r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume)
-            except (Diverged, CheckpointNotWritten) as e:  # that run stops (FAILED in MLflow); the others go on
-                if not main:
-                    continue
-                print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
-                results.append({"method": m, "seed": seed, "failure": str(e)})
-                failed += 1
-                if args.worker_result:
-                    _write_result(Path(args.worker_result), results[-1])
-                else:
-                    tables_ok = _tables(results, tables_dir, task, tables_ok)
-                continue
+        args.interrupted = lambda m=m, seed=seed: interrupted_message(out, m, seed, len(results))
+        try:
+            r = run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=resume)
+        except (Diverged, CheckpointNotWritten) as e:  # that run stops (FAILED in MLflow); the others go on
             if not main:
                 continue
-            if "interrupted_at_epoch" in r:
-                print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
-                continue
-            if args.worker_result:  # the parent tables it
-                _write_result(Path(args.worker_result), r)
-            results.append(r)
-            if not args.worker_result:  # after every run: a later failure loses nothing
+            print(f"error: {e}; run ended FAILED, the other runs go on", file=sys.stderr, flush=True)
+            results.append({"method": m, "seed": seed, "failure": str(e)})
+            failed += 1
+            if worker:
+                _write_result(result_file, results[-1])
+            else:
                 tables_ok = _tables(results, tables_dir, task, tables_ok)
-            _say_run(task, r)
-    if args.worker_result:
+            continue
+        if not main:
+            continue
+        if "interrupted_at_epoch" in r:
+            print(f"{m} seed {seed}: stopped after epoch {r['interrupted_at_epoch']} (checkpoint kept; rerun with --resume)")
+            continue
+        results.append(r)
+        if worker:  # the parent tables it
+            _write_result(result_file, r)
+        else:  # after every run: a later failure loses nothing
+            tables_ok = _tables(results, tables_dir, task, tables_ok)
+        _say_run(task, r, flush=True)
+    if worker:
         return EXIT_RUNS_FAILED if failed else 0
     return _finish(results, failed, tables_dir, task, t0, tables_ok)
+
+
+def _queued_points():
+    """A fanned-out table's worker: (method, seed, resume, result file) per line of its standard input, until the
+    parent closes it (fanout.send writes them)."""
+    while line := sys.stdin.readline():
+        method, seed, resume, result = line.rstrip("\n").split("\t")
+        yield method, int(seed), resume == "1", Path(result)
 
 
 def _finish(results: list[dict], failed: int, tables_dir: Path, task, t0: float, tables_ok: bool) -> int:
@@ -117,10 +133,10 @@ def _finish(results: list[dict], failed: int, tables_dir: Path, task, t0: float,
     return 0
 
 
-def _say_run(task, r: dict) -> None:
+def _say_run(task, r: dict, flush: bool = True) -> None:
     shown = ", ".join(f"{label} {_fmt(r.get(k))}" for k, label in task.summary_metrics)
     print(f"{r['method']:22s} seed {r['seed']}: {shown} (best-val epoch {r['best_val_epoch']}) [{r['wall_s']:.0f}s]",
-          flush=True)
+          flush=flush)
 
 
 def _write_result(path: Path, record: dict) -> None:
@@ -211,6 +227,7 @@ def add(sub) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the table's (method, seed) points in N worker processes on this machine, each with its "
                    "share of the CPU threads or a GPU of its own (default 1: one after another in this process)")
-    p.add_argument("--worker-result", dest="worker_result", help=argparse.SUPPRESS)  # a fanned-out point's result file
+    p.add_argument("--worker-queue", dest="worker_queue", action="store_true",
+                   help=argparse.SUPPRESS)  # a fanned-out table's worker: points on standard input (benchmark/fanout.py)
     p.set_defaults(fn=cmd_run, interrupted="stopped before any run started: nothing was trained, the tracking "
                    "store (if one was being created) is complete or absent; rerun the same command")
