@@ -58,7 +58,8 @@ def test_two_workers_log_to_one_tracking_server_and_its_report_equals_sqlites(tm
         par = run_cli([*TABLE, "--workers", "2", "--out", "o", "--tracking-uri", url], tmp_path)
         assert par.returncode == 0, par.stderr[-2000:]
         assert f"tracking {url}" in par.stdout
-        build_report(url, tmp_path / "http_report")
+        rep = run_cli(["report", "--tracking-uri", url, "--out", "http_report"], tmp_path)
+        assert rep.returncode == 0, rep.stderr[-2000:]
         build_report(f"sqlite:///{tmp_path / 'seq' / 'mlflow.db'}", tmp_path / "sqlite_report")
         a, b = (pd.read_csv(tmp_path / d / "report.csv") for d in ("http_report", "sqlite_report"))
         cols = [c for c in a if c not in TIMING]
