@@ -185,6 +185,14 @@ class Context:
             self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
             self.shuffle = self.shuffle_cpu.to(self.device)  # looks up table keys on the device, once per run
             self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
+        # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
+        self.teacher_stream = None
+        if cfg.share_teacher and tables.live is not None and self.teacher_reads and "maps" not in self.teacher_reads \
+                and self.shuffle is None and distributed.world_size() == 1:
+            from benchmark.teacher_cache import default_cache_dir
+            from benchmark.teacher_stream import TeacherStream
+            self.teacher_stream = TeacherStream.for_run(cfg, tables.digest(), self.precision_resolved, self.device,
+                                                        default_cache_dir())
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
         """(C, H, W) of the student's stage maps for one un-augmented training input (eval mode, no gradients:
@@ -233,9 +241,15 @@ class Context:
             x_t = x if self.shuffle is None else self.task.augment(
                 self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
                 .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
-            with torch.no_grad(), self.autocast():
-                emb_t, logits_t, maps_t = tables.live(x_t)
-            teacher = TeacherOut(emb_t.float(), logits_t.float(), maps_t if "maps" in self.teacher_reads else None)
+            stored = self.teacher_stream.take(len(idx), self.device) if self.teacher_stream else None
+            if stored is not None:
+                teacher = TeacherOut(*stored)
+            else:
+                with torch.no_grad(), self.autocast():
+                    emb_t, logits_t, maps_t = tables.live(x_t)
+                teacher = TeacherOut(emb_t.float(), logits_t.float(), maps_t if "maps" in self.teacher_reads else None)
+                if self.teacher_stream:
+                    self.teacher_stream.record(teacher.embedding, teacher.logits)
         else:
             if self.shuffle is not None:
                 key = self.train_key[self.shuffle[idx_d]]
@@ -300,6 +314,8 @@ class Context:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
+        if self.teacher_stream:
+            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches))
         # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
@@ -318,6 +334,8 @@ class Context:
                 self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
+        if self.teacher_stream:
+            self.teacher_stream.end_epoch(epoch)
         if distributed.world_size() > 1:  # the epoch's figures over the global batches (loss: mean of the shards')
             w = distributed.world_size()
             loss_sum, correct = distributed.all_sum(loss_sum) / w, distributed.all_sum(correct)
@@ -533,6 +551,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
     final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
              "best_val_epoch": best["epoch"], f"best_{sel}": best["value"], "wall_s": wall,
              "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
+    if ctx.teacher_stream is not None:  # epochs whose teacher outputs another run of this stream had computed
+        final["teacher_epochs_shared"] = ctx.teacher_stream.reads
     tracker.log_metrics(run_id, final, step=cfg.epochs)
     tracker.log_dict(run_id, history, "history.json")
     if arrays:  # with the class names, so that a figure can name the classes it colours
