@@ -70,9 +70,9 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                                     "KILLED with their checkpoints; rerun the same command with --resume to continue")
         try:
             failed = fanout.run_table(args, cfg, methods, tables_dir, on_result)
-        except fanout.WorkersGone as e:
+        except fanout.WorkersGone as e:  # the runs that ended are tabled; the rest never ran
             print(f"error: {e}", file=sys.stderr)
-            _finish(results, len(results), tables_dir, task, t0, tables_ok)
+            _finish(results, sum("failure" in r for r in results), tables_dir, task, t0, tables_ok)
             return EXIT_RUNS_FAILED
         return _finish(results, failed, tables_dir, task, t0, tables_ok)
     worker = args.worker_queue  # a worker of a fanned-out table: its points come from the parent, one a line
