@@ -83,6 +83,9 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
     n = args.workers
     threads = None if cfg.num_threads else threads_per_worker(n)
     gpus = _gpus(cfg, n)
+    if not tables_dir.exists():  # the command's own folder: its workers' logs go there from the start
+        from benchmark.results import claim
+        claim(tables_dir)
     logs = tables_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     queue = [Point(m, s) for s in range(cfg.seed, cfg.seed + args.seeds) for m in methods]

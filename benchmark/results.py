@@ -103,11 +103,21 @@ def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str
 def fresh_dir(base: Path) -> Path:
     """A folder of this invocation's own under `base` (UTC time and pid), and `base/latest` pointing at it
     (replaced atomically): two processes writing with the default folder never overwrite each other."""
+    return claim(fresh_name(base))
+
+
+def fresh_name(base: Path) -> Path:
+    """The name of this invocation's own folder under `base` (UTC time and pid), not made yet."""
     import time
-    mine = base / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+    return base / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
+
+
+def claim(mine: Path) -> Path:
+    """Make `mine` and point `latest` beside it at it (replaced atomically). A command that writes nothing never
+    calls this: no empty folder is left, and `latest` keeps pointing at the last folder with tables."""
     mine.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".latest.{os.getpid()}"
+    tmp = mine.parent / f".latest.{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(mine.name)
-    os.replace(tmp, base / "latest")
+    os.replace(tmp, mine.parent / "latest")
     return mine

@@ -454,6 +454,11 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
          ckpt_path) -> dict[str, Any]:
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     ck = load_checkpoint(ckpt_path, ctx.device) if resume else None
+    if resume and distributed.is_main():  # --resume says what it found
+        who = f"{method_name} seed {cfg.seed}"
+        print(f"{who}: nothing to resume (no checkpoint): starting" if ck is None else
+              f"{who}: finished before; its result is read from its checkpoint" if ck.get("done") else
+              f"{who}: resuming after epoch {ck['epoch']} of {cfg.epochs}", flush=True)
     if ck is not None and ck.get("done"):
         return ck["final"]
     sel = task.selection_metric

@@ -474,3 +474,21 @@ def test_a_damaged_tracking_store_is_one_line_and_never_written(tmp_path, comman
     res = run_cli_inprocess(command, tmp_path)
     _refused(res, tmp_path, str(db), "damaged", keep=("mlflow.db",))
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_a_command_that_tables_nothing_leaves_no_folder_and_resume_says_what_it_finds(tmp_path):
+    """Before: every invocation made runs/<task>-<profile>/<time>-<pid>/ and pointed `latest` at it at once, so an
+    early Ctrl-C left an empty folder that `latest` named; `--resume` with nothing to resume said nothing."""
+    args = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd", "--set", "epochs=3"]
+    base = tmp_path / "runs" / "synthetic-smoke"
+    stop = run_cli([*args, "--set", "stop_after_epochs=1"], tmp_path)
+    assert stop.returncode == 0 and "stopped after epoch 1" in stop.stdout, stop.stderr[-2000:]
+    assert sorted(p.name for p in base.iterdir()) == ["checkpoints"]  # no tables folder, no `latest`
+    again = run_cli([*args, "--resume"], tmp_path)
+    assert again.returncode == 0 and "kd seed 0: resuming after epoch 1 of 3" in again.stdout, again.stderr[-2000:]
+    (folder,) = [p for p in base.iterdir() if p.name not in ("checkpoints", "latest")]
+    assert (base / "latest").resolve() == folder.resolve() and (folder / "results.csv").is_file()
+    done = run_cli([*args, "--resume"], tmp_path)
+    assert "kd seed 0: finished before; its result is read from its checkpoint" in done.stdout
+    new = run_cli([*args[:-4], "--methods", "pkt", "--set", "epochs=3", "--resume"], tmp_path)
+    assert new.returncode == 0 and "pkt seed 0: nothing to resume (no checkpoint): starting" in new.stdout

@@ -152,8 +152,10 @@ def _tables(results: list[dict], tables_dir: Path, task, ok_before: bool) -> boo
     tables are tried again after the next run). Whether they were written."""
     import errno
 
-    from benchmark.results import write_table
+    from benchmark.results import claim, write_table
     try:
+        if not tables_dir.exists():  # this command's own folder, made by its first table
+            claim(tables_dir)
         write_table(results, tables_dir, task.summary_metrics)
         return True
     except OSError as e:
@@ -188,10 +190,9 @@ def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
     if out:
         _hold_tables_folder(Path(out))
         return Path(out), Path(out)
-    from benchmark.results import fresh_dir
+    from benchmark.results import fresh_name
     base = Path(f"runs/{cfg.task}-{cfg.profile}")
-    mine = fresh_dir(base)
-    return base, mine
+    return base, fresh_name(base)  # made (and linked as latest) when its first table is written
 
 
 _HELD: list[int] = []  # the --out folder's descriptor, locked while the command runs
