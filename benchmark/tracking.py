@@ -21,6 +21,14 @@ import numpy as np
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
+def safe_uri(url: str) -> str:
+    """Storage URL without its password, for logs and MLflow params."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
 def resolve_uri(cli_uri: str | None) -> str:
     """The MLflow tracking URI, checked before anything is written (an unknown scheme is a usage error)."""
     uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -153,7 +153,7 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     else:
         every_run = load_runs(tracking_uri, experiment, unfinished=True)
         require_runs(finished(every_run), tracking_uri, experiment)  # nothing is written without finished runs
-        source = f"the MLflow runs at `{tracking_uri}`" + (f", experiment `{experiment}`" if experiment else "")
+        source = f"the MLflow runs at `{store_name(tracking_uri)}`" + (f", experiment `{experiment}`" if experiment else "")
     # failed, killed and running runs: in no mean, but each table accounts for them and counts their comparisons
     everything, not_done = finished(every_run), split_controls(unfinished(every_run))[0]
     notes = Footnotes()
@@ -222,6 +222,15 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
     report = out / "report.md"
     _write(report, "\n".join(parts) + "\n")
     return report
+
+
+def store_name(uri: str) -> str:
+    """A store as a committed report may name it: a sqlite file by its name alone (the folder is the building
+    machine's), a server without its password."""
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).name}"
+    from benchmark.tracking import safe_uri
+    return safe_uri(uri)
 
 
 def _statuses(runs: pd.DataFrame) -> str:

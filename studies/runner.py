@@ -24,7 +24,7 @@ import optuna
 
 from benchmark.fanout import end_with_parent
 from benchmark.registry import UsageError
-from benchmark.tracking import interrupted_by, patiently, uninterrupted
+from benchmark.tracking import interrupted_by, patiently, safe_uri, uninterrupted
 from benchmark.trainer import Diverged, resolve_hparams, run_one
 
 # the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
@@ -52,14 +52,6 @@ def suggest(trial: optuna.trial.Trial, name: str, spec: tuple):
     if spec[0] == "choice":
         return trial.suggest_categorical(name, spec[1])
     return trial.suggest_float(name, spec[1], spec[2], log=spec[0] == "log")
-
-
-def safe_uri(url: str) -> str:
-    """Storage URL without its password, for logs and MLflow params."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 @contextlib.contextmanager

@@ -332,3 +332,12 @@ def test_report_from_runs_refuses_bad_input_with_exit_2_and_writes_nothing(case,
                 "empty": "a header without rows", "with_store": "leave out --tracking-uri"}[case]
     assert res.returncode == 2 and expected in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_report_names_its_sqlite_store_without_the_building_machines_folders(fixture_store, tmp_path):
+    """Committed example reports named /work/... of the machine that built them; the file name is what a reader
+    can use (the runs themselves are in runs.csv beside the report)."""
+    uri, _ = fixture_store
+    text = build_report(uri, tmp_path / "rep").read_text()
+    folder = str(Path(uri[len("sqlite:///"):]).parent)
+    assert folder not in text and f"Rebuilt from the MLflow runs at `sqlite:///{Path(uri).name}`" in text
