@@ -37,13 +37,14 @@ class TeacherStream:
                           "code": code_version()}, sort_keys=True, default=str)
         return cls(root / "teacher_stream" / hashlib.sha256(key.encode()).hexdigest()[:24])
 
-    def begin_epoch(self, epoch: int, rows: int) -> None:
-        """Read epoch `epoch`'s stored outputs when they exist for exactly `rows` samples; else record this one."""
+    def begin_epoch(self, epoch: int, rows: int, device: torch.device) -> None:
+        """Read epoch `epoch`'s stored outputs, onto the run's device once, when they exist for exactly `rows`
+        samples; else record this epoch's (kept on the device until the epoch ends: no copy per step)."""
         self.stored, self.pos, self.parts = None, 0, None
         path = self._path(epoch)
         if path.exists():
             try:
-                emb, logits = torch.load(path, map_location="cpu")
+                emb, logits = torch.load(path, map_location=device)
                 if len(emb) == rows == len(logits):
                     self.stored = (emb, logits)
                     self.reads += 1
@@ -52,25 +53,25 @@ class TeacherStream:
                 pass
         self.parts = []
 
-    def take(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next n samples' (embedding, logits), or None when this epoch is not stored."""
         if self.stored is None:
             return None
         emb, logits = self.stored
-        out = emb[self.pos:self.pos + n].to(device), logits[self.pos:self.pos + n].to(device)
+        out = emb[self.pos:self.pos + n], logits[self.pos:self.pos + n]
         self.pos += n
         return out
 
     def record(self, emb: torch.Tensor, logits: torch.Tensor) -> None:
-        if self.parts is not None:
-            self.parts.append((emb.detach().to("cpu", copy=True), logits.detach().to("cpu", copy=True)))
+        if self.parts is not None:  # copies: a method may change its teacher tensors in place
+            self.parts.append((emb.detach().clone(), logits.detach().clone()))
 
     def end_epoch(self, epoch: int) -> None:
         """Store a whole epoch that was computed here (written whole or not at all)."""
         if not self.parts:
             return
-        emb = torch.cat([p[0] for p in self.parts])
-        logits = torch.cat([p[1] for p in self.parts])
+        emb = torch.cat([p[0] for p in self.parts]).cpu()  # one copy off the device per epoch
+        logits = torch.cat([p[1] for p in self.parts]).cpu()
         self.parts = None
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._path(epoch)

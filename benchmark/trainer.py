@@ -191,7 +191,7 @@ class Context:
                 and self.shuffle is None and distributed.world_size() == 1:
             from benchmark.teacher_cache import default_cache_dir
             from benchmark.teacher_stream import TeacherStream
-            self.teacher_stream = TeacherStream.for_run(cfg, tables.digest(), self.precision_resolved, self.device,
+            self.teacher_stream = TeacherStream.for_run(cfg, self.teacher_digest, self.precision_resolved, self.device,
                                                         default_cache_dir())
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
@@ -214,6 +214,11 @@ class Context:
         if x.numel() * x.element_size() < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
             return replace(split, x=x.to(self.device)), True
         return replace(split, x=x.pin_memory()), False
+
+    @functools.cached_property
+    def teacher_digest(self) -> str:
+        """The teacher instance's fingerprint (hashes every table row: computed once per run)."""
+        return self.tables.digest()
 
     @property
     def precision_resolved(self) -> str:
@@ -241,7 +246,7 @@ class Context:
             x_t = x if self.shuffle is None else self.task.augment(
                 self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
                 .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
-            stored = self.teacher_stream.take(len(idx), self.device) if self.teacher_stream else None
+            stored = self.teacher_stream.take(len(idx)) if self.teacher_stream else None
             if stored is not None:
                 teacher = TeacherOut(*stored)
             else:
@@ -315,7 +320,7 @@ class Context:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
         if self.teacher_stream:
-            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches))
+            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches), self.device)
         # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
@@ -462,7 +467,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
     if ck is not None and ck.get("done"):
         return ck["final"]
     sel = task.selection_metric
-    params = {**cfg.as_params(), **data.info, **tables.params, "teacher_digest": tables.digest(),
+    params = {**cfg.as_params(), **data.info, **tables.params, "teacher_digest": ctx.teacher_digest,
               "method": method_name, "run_key": key,
               **{f"hp.{k}": v for k, v in asdict(ctx.hparams).items()},
               "ce_weight_effective": ctx.method.ce_weight, "match_space": ctx.method.match_space,

@@ -48,7 +48,7 @@ class PairedData(TaskData):
 def _load(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         head = f.read(4)
-    if head != b"PK\x03\x04" and not (head == b"PK\x05\x06"):  # every .npz is a zip archive
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # every .npz is a zip archive (an empty one: the second)
         raise UsageError(f"paired: {path} is not an .npz archive (numpy.savez writes a zip file; this one starts "
                          f"with {head!r})")
     try:

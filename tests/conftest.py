@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import subprocess
@@ -140,3 +141,50 @@ def postgres():
     finally:
         subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process runs (a zombie awaiting its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def child_pids(parent: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+@contextlib.contextmanager
+def mlflow_service(args: list[str], cwd=None, timeout: float = 120):
+    """`mlflow <args>` (ui or server) on 127.0.0.1 in its own process group: its URL once /health answers; stopped
+    (the whole group) afterwards."""
+    import signal
+    import time
+    import urllib.request
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), *args, "--host", "127.0.0.1", "--port",
+                               str(port), "--workers", "1"], cwd=cwd, start_new_session=True,
+                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail(f"mlflow {args[0]} did not start within {timeout:.0f} s")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert server.poll() is not None

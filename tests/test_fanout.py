@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from conftest import run_cli
+from conftest import child_pids, process_alive, run_cli
 
 TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd,pkt", "--seeds", "2"]
 SLOW = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "1",
@@ -55,11 +55,6 @@ def _start(args, tmp_path):
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _worker_pids(parent: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
 def _wait_for(cond, timeout=120, what="condition"):
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -84,14 +79,6 @@ def _lsof_locks(out):
         except OSError:
             continue
     return lines
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_killed_worker_has_its_point_run_again_and_the_table_completes(tmp_path):
@@ -121,10 +108,10 @@ def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_
     proc = _start(args, tmp_path)
     _wait_for(lambda: len(list((tmp_path / "o" / "checkpoints").glob("*.pt"))) >= 2
               if (tmp_path / "o" / "checkpoints").exists() else False, what="both runs' checkpoints")
-    workers = _worker_pids(proc.pid)
+    workers = child_pids(proc.pid)
     proc.send_signal(signal.SIGINT)  # the parent alone (a terminal's Ctrl-C reaches the workers too)
     assert proc.wait(timeout=120) == 130, (tmp_path / "parent.log").read_text()[-3000:]
-    assert not any(_alive(p) for p in workers)
+    assert not any(process_alive(p) for p in workers)
     statuses = [r.info.status for r in _runs(tmp_path)]
     assert "KILLED" in statuses and "RUNNING" not in statuses, statuses  # a run may have finished before the Ctrl-C
     again = run_cli([*args, "--resume"], tmp_path)
@@ -136,11 +123,11 @@ def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_
 
 def test_kill_9_of_the_parent_stops_its_workers(tmp_path):
     proc = _start([*SLOW, "--set", "epochs=3000", "--workers", "2", "--out", "o"], tmp_path)
-    workers = _wait_for(lambda: _worker_pids(proc.pid) if len(_worker_pids(proc.pid)) == 2 else None,
+    workers = _wait_for(lambda: child_pids(proc.pid) if len(child_pids(proc.pid)) == 2 else None,
                         what="two workers")
     _wait_for(lambda: len(_runs(tmp_path)) == 2 if (tmp_path / "mlflow.db").exists() else False, what="two runs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    _wait_for(lambda: not any(_alive(p) for p in workers), timeout=30, what="the workers' end")
+    _wait_for(lambda: not any(process_alive(p) for p in workers), timeout=30, what="the workers' end")
     time.sleep(1)
     assert {r.info.status for r in _runs(tmp_path)} == {"KILLED"}

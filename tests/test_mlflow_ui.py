@@ -1,19 +1,13 @@
 """`mlflow ui` on 127.0.0.1 shows logged runs in headless Chromium (Debian's chromium, driven by Playwright), and
 its search box filters them by the `method` tag every run carries."""
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import free_port
+from conftest import mlflow_service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -31,28 +25,13 @@ def test_mlflow_ui_lists_runs_and_filters_them_by_the_method_tag(tmp_path):
         run = client.create_run(exp, run_name=f"{method}/seed7", tags={"method": method, "xkd.kind": "train"})
         client.log_metric(run.info.run_id, "test_top1", 12.5)
         client.set_terminated(run.info.run_id)
-    port = free_port()
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen([mlflow_bin, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], cwd=tmp_path, start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow ui did not start within 90 s")
-                time.sleep(0.5)
+    with mlflow_service(["ui", "--backend-store-uri", uri], cwd=tmp_path, timeout=90) as url:
         with sync_playwright() as p:
             # Playwright starts Chromium with its own fresh profile directory (a new --user-data-dir)
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS[1:])
             try:
                 page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp}/runs", wait_until="domcontentloaded")
+                page.goto(f"{url}/#/experiments/{exp}/runs", wait_until="domcontentloaded")
                 page.get_by_text("ours_feature/seed7").first.wait_for(timeout=60000)
                 page.get_by_text("kd/seed7", exact=True).first.wait_for(timeout=60000)
                 box = page.get_by_placeholder(re.compile("metrics|attributes|tags", re.I)).first
@@ -62,11 +41,3 @@ def test_mlflow_ui_lists_runs_and_filters_them_by_the_method_tag(tmp_path):
                 assert page.get_by_text("kd/seed7", exact=True).first.is_visible()
             finally:
                 browser.close()
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-    assert server.poll() is not None

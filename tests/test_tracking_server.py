@@ -1,50 +1,15 @@
 """One MLflow tracking server for a lab: `mlflow server` with a PostgreSQL backend store and an artifacts folder,
 which the workers of a fanned-out table log to over HTTP; the report read over HTTP equals the report of the same
 table run one after another into sqlite, and the UI shows a run logged this way."""
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import mlflow_service, run_cli
 
 TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd,pkt", "--seeds", "2"]
 TIMING = {"train_samples_per_s", "wall_s_per_run", "run_ids"}  # what differs between two runs of one table
-
-
-@contextlib.contextmanager
-def mlflow_server(backend: str, artifacts: Path):
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", backend,
-                               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not start within 120 s")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
 
 
 def test_two_workers_log_to_one_tracking_server_and_its_report_equals_sqlites(tmp_path, postgres):
@@ -54,7 +19,8 @@ def test_two_workers_log_to_one_tracking_server_and_its_report_equals_sqlites(tm
     seq = run_cli([*TABLE, "--out", "o", "--tracking-uri", f"sqlite:///{tmp_path / 'seq' / 'mlflow.db'}"],
                   tmp_path / "seq")
     assert seq.returncode == 0, seq.stderr[-2000:]
-    with mlflow_server(backend, tmp_path / "artifacts") as url:
+    with mlflow_service(["server", "--backend-store-uri", backend, "--artifacts-destination",
+                         str(tmp_path / "artifacts")]) as url:
         par = run_cli([*TABLE, "--workers", "2", "--out", "o", "--tracking-uri", url], tmp_path)
         assert par.returncode == 0, par.stderr[-2000:]
         assert f"tracking {url}" in par.stdout
