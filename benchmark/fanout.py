@@ -193,11 +193,16 @@ def _read(path: Path | None) -> dict | None:
 
 
 def _last_error(log: Path) -> str:
+    """The worker's last 'error: ' line or, when a traceback (an unforeseen error) came after it, its last line."""
     try:
-        lines = [x for x in log.read_text().splitlines() if x.startswith("error: ")]
+        lines = [x.rstrip() for x in log.read_text().splitlines() if x.strip()]
     except OSError:
         return ""
-    return lines[-1].removeprefix("error: ") if lines else ""
+    last = {kind: max((i for i, x in enumerate(lines) if x.startswith(kind)), default=-1)
+            for kind in ("error: ", "Traceback (most recent call last):")}
+    if last["Traceback (most recent call last):"] > last["error: "]:
+        return f"{lines[-1].strip()[:500]} (an unforeseen error: its traceback is in the log)"
+    return lines[last["error: "]].removeprefix("error: ") if last["error: "] >= 0 else ""
 
 
 def _how(code: int) -> str:

@@ -52,16 +52,13 @@ def resolve_uri(cli_uri: str | None) -> str:
 
 def check_sqlite_store(path: Path) -> None:
     """A damaged (truncated, overwritten) sqlite store is refused before anything runs, read-only: it is
-    never written to. A missing or empty file is a new store."""
+    never written to (bar sqlite's own roll-back of a killed process's unfinished write: see _read_only). A
+    missing or empty file is a new store."""
     import sqlite3
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
-        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-        try:
-            result = con.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            con.close()
+        result = _read_only(path, lambda con: con.execute("PRAGMA quick_check").fetchone()[0])
     except sqlite3.DatabaseError as e:
         result = str(e)
     if result != "ok":
@@ -110,17 +107,39 @@ def process_alive(owner: str) -> bool | None:
     return True
 
 
+def _read_only(path: Path, query):
+    """query(connection) on the sqlite file, read-only. A write that a killed process left half done (its hot
+    journal beside the file) cannot be rolled back read-only ('attempt to write a readonly database'): it is rolled
+    back first as any writing connection would, waiting up to 60 s for the processes writing to the store now."""
+    import sqlite3
+
+    def ask():
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            return query(con)
+        finally:
+            con.close()
+    try:
+        return ask()
+    except sqlite3.OperationalError as e:
+        if "readonly" not in str(e) or not path.with_name(path.name + "-journal").exists():
+            raise
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the first read rolls the journal back
+    finally:
+        con.close()
+    return ask()
+
+
 def _schema_state(path: Path) -> tuple[str | None, int]:
     """(the store's MLflow schema revision or None, its number of runs; -1 when it has no runs table)."""
-    import sqlite3
-    con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-    try:
+    def state(con):
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         rev = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
         runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else -1
-    finally:
-        con.close()
-    return (rev[0] if rev else None), runs
+        return (rev[0] if rev else None), runs
+    return _read_only(path, state)
 
 
 def _forget_engine(db_uri: str) -> None:

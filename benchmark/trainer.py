@@ -481,29 +481,30 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version(),
               "cpu_bf16_native": cpu_bf16_native() or "none"}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
-    if ck is not None:
-        ctx.load_state(ck["state"])
-        run_id, start, history, best, wall = ck["run_id"], ck["epoch"], ck["history"], ck["best"], ck["wall_s"]
-        if main:
-            tracker.close_stale(key, resume, keep=run_id)
-            tracker.start("", {}, run_id=run_id)
-    elif not main:
-        run_id, start, history, best, wall = "", 0, [], None, 0.0
-    else:
-        tracker.close_stale(key, resume)  # a RUNNING run of this key whose process died: KILLED, never left beside
-        run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {"task": cfg.task, "method": method_name,
-                               "profile": cfg.profile, "seed": str(cfg.seed), "student": cfg.student,
-                               "teacher": tables.teacher_id, "xkd.kind": "train", **(tags or {})},
-                               parent_run_id=parent_run_id)
-        tracker.log_params(run_id, params)
-        tracker.log_dict(run_id, params, "config.json")
-        from benchmark import experiment
-        from benchmark.plugins import external_plugins
-        tracker.log_text(run_id, experiment.dump(cfg, method_name, asdict(ctx.hparams), external_plugins()), "experiment.toml")
-        tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),
-                            {k: v for k, v in data.info.items() if k.startswith(("n_", "data_", "split", "train_"))})
-        start, history, best, wall = 0, [], None, 0.0
-    try:
+    from benchmark.tracking import uninterrupted
+    if main:  # a RUNNING run of this key whose process died: KILLED (one alive elsewhere: refused)
+        tracker.close_stale(key, resume, keep=ck["run_id"] if ck is not None else None)
+    run_id, start, history, best, wall = "", 0, [], None, 0.0
+    try:  # from the moment the run exists in MLflow, however the process is stopped, the run ends marked
+        if ck is not None:
+            ctx.load_state(ck["state"])
+            run_id, start, history, best, wall = ck["run_id"], ck["epoch"], ck["history"], ck["best"], ck["wall_s"]
+            if main:
+                tracker.start("", {}, run_id=run_id)
+        elif main:
+            with uninterrupted():  # a SIGTERM while MLflow creates the run acts once its id is known here
+                run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {
+                    "task": cfg.task, "method": method_name, "profile": cfg.profile, "seed": str(cfg.seed),
+                    "student": cfg.student, "teacher": tables.teacher_id, "xkd.kind": "train", **(tags or {})},
+                    parent_run_id=parent_run_id)
+            tracker.log_params(run_id, params)
+            tracker.log_dict(run_id, params, "config.json")
+            from benchmark import experiment
+            from benchmark.plugins import external_plugins
+            tracker.log_text(run_id, experiment.dump(cfg, method_name, asdict(ctx.hparams), external_plugins()),
+                             "experiment.toml")
+            tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),
+                                {k: v for k, v in data.info.items() if k.startswith(("n_", "data_", "split", "train_"))})
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             m = ctx.train_epoch(epoch)
@@ -552,7 +553,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
     except BaseException as e:
         # stopped on purpose (Ctrl-C, SIGTERM, an Optuna pruner): KILLED; anything else: FAILED, with the reason
         stopped = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "TrialPruned"
-        if not main:
+        if not main or not run_id:  # another rank, or stopped before the run existed
             raise
         if not stopped:
             tracker.set_tag(run_id, "xkd.failure", f"{type(e).__name__}: {e}"[:5000])

@@ -65,6 +65,12 @@ def _wait_for(cond, timeout=120, what="condition"):
     raise AssertionError(f"no {what} within {timeout} s")
 
 
+def _logs(tmp_path) -> str:
+    """The parent's output and each worker's log (their ends), for a failed assertion to show."""
+    logs = [tmp_path / "parent.log", *sorted((tmp_path / "o" / "logs").glob("*.log"))]
+    return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.is_file())
+
+
 def _lsof_locks(out):
     """'PID path' for each checkpoint lock file a process holds open (a run in training holds its lock)."""
     lines = []
@@ -89,7 +95,7 @@ def test_a_killed_worker_has_its_point_run_again_and_the_table_completes(tmp_pat
     kd_worker = _wait_for(lambda: next((int(line.split()[0]) for line in _lsof_locks(out) if "kd-" in line), None),
                           what="the process holding kd's run lock")
     os.kill(kd_worker, signal.SIGKILL)
-    assert proc.wait(timeout=600) == 0, (tmp_path / "parent.log").read_text()[-3000:]
+    assert proc.wait(timeout=600) == 0, _logs(tmp_path)
     log = (tmp_path / "parent.log").read_text()
     assert "kd seed 0: its worker was killed (signal 9); running it again with --resume in a new worker" in log
     assert "[2/2 done, 0 left" in log
@@ -130,4 +136,4 @@ def test_kill_9_of_the_parent_stops_its_workers(tmp_path):
     proc.wait(timeout=60)
     _wait_for(lambda: not any(process_alive(p) for p in workers), timeout=30, what="the workers' end")
     time.sleep(1)
-    assert {r.info.status for r in _runs(tmp_path)} == {"KILLED"}
+    assert {r.info.status for r in _runs(tmp_path)} == {"KILLED"}, _logs(tmp_path)

@@ -268,3 +268,55 @@ def test_a_deferred_sigterm_runs_its_own_handler_after_the_block(monkeypatch):
     wrapped = RuntimeError("db")
     wrapped.__context__ = KeyboardInterrupt()
     assert interrupted_by(wrapped) and not interrupted_by(RuntimeError("db"))
+
+
+RUN = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline", "--set", "epochs=2"]
+
+
+def test_a_write_cut_by_kill_9_is_rolled_back_not_called_damaged(tmp_path):
+    """A process killed inside an sqlite write leaves its hot journal beside the store. Before: the read-only
+    check of the next command could not roll it back ('attempt to write a readonly database') and called the store
+    damaged (a fanned-out table's replacement worker failed so in CI). Now sqlite's own roll-back runs first: the
+    store is as before the cut write, and the command runs."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from conftest import run_cli_inprocess
+    assert run_cli_inprocess(RUN, tmp_path).returncode == 0
+    db = tmp_path / "mlflow.db"
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    (before,) = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+    cut = ("import os, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
+           "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN IMMEDIATE'); "
+           "[con.execute(f'UPDATE {t} SET value = value || 1') for t in ('metrics', 'params', 'tags')]; "
+           "os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", cut, str(db)]).returncode == -9
+    assert db.with_name("mlflow.db-journal").stat().st_size > 0
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what the old check met
+        sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True).execute("PRAGMA quick_check").fetchone()
+    res = run_cli_inprocess(RUN[:-2] + ["--set", "epochs=3"], tmp_path)
+    assert res.returncode == 0 and "damaged" not in res.stderr, res.stderr
+    after = client.get_run(before.info.run_id).data  # the cut write was rolled back
+    assert (after.metrics, after.params, after.tags) == (before.data.metrics, before.data.params, before.data.tags)
+
+
+def test_a_sigterm_while_a_run_is_being_set_up_ends_it_killed(tmp_path, monkeypatch):
+    """SIGTERM between the run's creation in MLflow and its first epoch (its parameters, config and dataset being
+    logged) ends the run KILLED. Before: those writes came before the trainer's clean-up began, and a worker of a
+    fanned-out table or a study stopped there left its run RUNNING."""
+    import mlflow
+
+    from benchmark.tracking import Tracker as T
+    from benchmark.trainer import Terminated
+    from conftest import run_cli_inprocess
+
+    def stopped(self, *a, **k):
+        raise Terminated()  # what the command's SIGTERM handler raises
+    monkeypatch.setattr(T, "log_dataset", stopped)
+    res = run_cli_inprocess(RUN, tmp_path)
+    assert res.returncode == 143, res.stderr
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+    assert run.info.status == "KILLED"
