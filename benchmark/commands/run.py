@@ -15,8 +15,15 @@ EXIT_RUNS_FAILED = 3
 def cmd_run(args) -> int:
     from benchmark import distributed
     from benchmark.registry import UsageError
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be at least 1")
+    if args.workers < (0 if args.queue else 1):
+        raise UsageError(f"--workers {args.workers}: must be at least 1 (0 with --queue: only wait for the table)")
+    if args.queue and (args.workers > 1 or args.worker_queue):
+        raise UsageError("--queue with --workers N > 1: start more workers with the same command and --join "
+                         "(on this machine or others); --workers 0 only waits for the table")
+    if args.join and not args.queue:
+        raise UsageError("--join works on a table's queue: give the same --queue URL as the command that made it")
+    if args.heartbeat < 1:
+        raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")
     if args.workers > 1 and os.environ.get("WORLD_SIZE", "1") != "1":
         raise UsageError("--workers splits a table into processes of one run each; under torchrun each run is "
                          "already split over processes: use one or the other")
@@ -51,11 +58,13 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
         flush=True)
     # made only now, after the teacher and the tracker could be loaded: a refusal leaves no folder behind
-    if args.worker_queue or not main:  # a worker of a fanned-out table, or another rank: no tables of its own
+    if args.worker_queue or args.join or not main:  # a worker of a table, or another rank: no tables of its own
         out, tables_dir = Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None
     else:
         out, tables_dir = output_dirs(args.out, cfg)
     results, failed, t0, tables_ok = [], 0, time.time(), True
+    if args.queue:
+        return _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, tables_dir)
     if args.workers > 1:
         from benchmark import fanout
 
@@ -108,6 +117,55 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     if worker:
         return EXIT_RUNS_FAILED if failed else 0
     return _finish(results, failed, tables_dir, task, t0, tables_ok)
+
+
+def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, tables_dir) -> int:
+    """The table's points in a database queue (benchmark/table_queue.py): this command makes the queue (or
+    joins it), works on it unless --workers 0, and, unless --join, waits for every point and writes the table."""
+    from dataclasses import replace
+
+    from benchmark import table_queue as tq
+    from benchmark.tracking import safe_uri
+    from benchmark.trainer import run_one
+    from studies import runner
+    spec = tq.definition(cfg, methods, hp, args.seeds)
+    name = args.queue_name or tq.queue_name(cfg, spec)
+    runner.check_storage(args.queue)
+    points = [(m, s) for s in range(cfg.seed, cfg.seed + args.seeds) for m in methods]
+    for line in tq.create(args.queue, name, spec, points):  # whoever comes first makes it: they are identical
+        print(line, flush=True)
+    if not args.join:
+        print(f"queue '{name}' in {safe_uri(args.queue)}: {len(points)} point(s); more workers: this command with "
+              "--join, on any machine that reaches the database", flush=True)
+    study, storage = runner.load_study(name, args.queue, {"queue": True}, args.heartbeat, tq.stale_handler(tracker, name))
+    results, seen, t0, tables_ok = [], set(), time.time(), True
+
+    def table(rec: dict) -> None:  # tabled in the sequential order (seed, then method), whoever ran it
+        nonlocal tables_ok
+        results.append(rec)
+        results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+        tables_ok = _tables(results, tables_dir, task, tables_ok)
+        print(f"[{len(results)}/{len(points)} done, elapsed {time.time() - t0:.0f}s]", flush=True)
+
+    def run_point(m: str, seed: int, again: bool, tags: dict) -> dict:
+        nonlocal data, tables
+        data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
+        args.interrupted = (f"{m} seed {seed} ended KILLED and its point is queued again; rerun the same command "
+                            "to continue it (finished points stay in the queue)")
+        return run_one(replace(cfg, seed=seed), task, data, tables, m, hp, tracker, out, resume=args.resume or again,
+                       tags=tags)
+
+    def ran_here(rec: dict) -> None:
+        if "failure" not in rec:
+            _say_run(task, rec)
+        if not args.join:
+            tq.collect(study, table, seen)  # tables what has ended, here or elsewhere
+    if args.workers:
+        tq.work(study, storage, name, run_point, args.heartbeat, ran_here)
+    if args.join:
+        return 0
+    tq.wait(study, len(points), table, seen)
+    return _finish(results, sum("failure" in r for r in results), tables_dir, task, t0, tables_ok)
 
 
 def _queued_points():
@@ -228,6 +286,15 @@ def add(sub) -> None:
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the table's (method, seed) points in N worker processes on this machine, each with its "
                    "share of the CPU threads or a GPU of its own (default 1: one after another in this process)")
+    p.add_argument("--queue", metavar="URL", help="put the table's points in a work queue in this database (an "
+                   "Optuna storage URL: postgresql://... for many machines, sqlite:///file on one); this command "
+                   "works on it, waits for every point and writes the table; others join with --join")
+    p.add_argument("--join", action="store_true", help="with --queue: work on the queue made by the same command "
+                   "elsewhere (a Slurm array task, another machine); tables nothing")
+    p.add_argument("--queue-name", dest="queue_name", help="with --queue: the queue's name (default: "
+                   "table-<task>-<profile>-<hash of the table's settings>)")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="S", help="with --queue: seconds between a "
+                   "worker's heartbeats; a point silent for 2 x S is queued again (default 30)")
     p.add_argument("--worker-queue", dest="worker_queue", action="store_true",
                    help=argparse.SUPPRESS)  # a fanned-out table's worker: points on standard input (benchmark/fanout.py)
     p.set_defaults(fn=cmd_run, interrupted="stopped before any run started: nothing was trained, the tracking "
