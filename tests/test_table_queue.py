@@ -41,24 +41,28 @@ def _log(tmp_path, *names):
     return "\n".join(f"== {n}\n{(tmp_path / f'{n}.log').read_text()[-3000:]}" for n in names)
 
 
-def _trials(tmp_path, queue="q.db"):
-    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / queue}")
-    return optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{tmp_path / queue}").trials
+def _trials(url):
+    (summary,) = optuna.get_all_study_summaries(url)
+    return optuna.load_study(study_name=summary.study_name, storage=url).trials
 
 
-def test_workers_that_join_the_queue_run_each_point_once_with_the_sequential_numbers(tmp_path, procs):
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_workers_that_join_the_queue_run_each_point_once_with_the_sequential_numbers(tmp_path, procs, db, request):
+    """Two workers joined before the command that waits for the table has made the queue (whoever comes first
+    makes it); on PostgreSQL as a lab's machines would share it."""
     (tmp_path / "a").mkdir()
     seq = run_cli([*TABLE, "--out", "seq"], tmp_path / "a")
     assert seq.returncode == 0, seq.stderr[-2000:]
-    queue = ["--queue", f"sqlite:///{tmp_path / 'q.db'}"]
-    boss = procs([*TABLE, *queue, "--workers", "0", "--out", "table"], tmp_path, "boss")
+    url = request.getfixturevalue("postgres") if db == "postgresql" else f"sqlite:///{tmp_path / 'q.db'}"
+    queue = ["--queue", url]
     joined = [procs([*TABLE, *queue, "--join", "--out", f"machine{k}"], tmp_path, f"machine{k}") for k in (1, 2)]
+    boss = procs([*TABLE, *queue, "--workers", "0", "--out", "table"], tmp_path, "boss")
     assert boss.wait(timeout=300) == 0, _log(tmp_path, "boss", "machine1", "machine2")
     assert all(p.wait(timeout=120) == 0 for p in joined), _log(tmp_path, "machine1", "machine2")
     a = pd.read_csv(tmp_path / "a" / "seq" / "runs.csv").set_index(["method", "seed"]).sort_index()
     b = pd.read_csv(tmp_path / "table" / "runs.csv").set_index(["method", "seed"]).sort_index()
     assert list(a.index) == list(b.index) and a[METRICS].equals(b[METRICS])
-    trials = _trials(tmp_path)
+    trials = _trials(url)
     assert sorted((t.params["method"], t.params["seed"], t.state.name) for t in trials) == [
         ("baseline", 0, "COMPLETE"), ("baseline", 1, "COMPLETE"), ("kd", 0, "COMPLETE"), ("kd", 1, "COMPLETE")]
     assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials} <= {str(p.pid) for p in joined}
@@ -67,7 +71,7 @@ def test_workers_that_join_the_queue_run_each_point_once_with_the_sequential_num
 
 
 def test_a_killed_workers_point_is_queued_again_and_the_waiting_command_tables_it(tmp_path, procs):
-    slow = [*TABLE[:6], "baseline", "--seeds", "1", "--set", "epochs=3000", "--set", "num_threads=1"]
+    slow = [*TABLE[:6], "baseline", "--seeds", "1", "--set", "epochs=400", "--set", "num_threads=1"]
     queue = ["--queue", f"sqlite:///{tmp_path / 'q.db'}", "--heartbeat", "1"]
     boss = procs([*slow, *queue, "--workers", "0", "--out", "table"], tmp_path, "boss")
     first = procs([*slow, *queue, "--join", "--out", "m1"], tmp_path, "m1")
@@ -82,7 +86,7 @@ def test_a_killed_workers_point_is_queued_again_and_the_waiting_command_tables_i
     boss_log = (tmp_path / "boss.log").read_text()
     assert "baseline seed 0: its worker" in boss_log and "the point is queued again" in boss_log
     assert "[1/1 done" in boss_log
-    trials = _trials(tmp_path)
+    trials = _trials(f"sqlite:///{tmp_path / 'q.db'}")
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "FAIL"]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
