@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.progress import table_line
+
 RETRIES = 1  # a point whose worker was killed from outside is run again this many times
 
 
@@ -126,9 +128,7 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
                     print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr,
                           flush=True)
                 on_result(rec)
-                left = total - done
-                print(f"[{done}/{total} done, {left} left, elapsed {_dur(time.time() - t0)}"
-                      + (f", ETA {_dur((time.time() - t0) / done * left)}" if left else "") + "]", flush=True)
+                print(table_line(done, total, t0), flush=True)
                 if code is not None and queue:  # it ended after its result (a refusal, say): a new one takes over
                     workers[i] = _spawn(w.slot, argv, logs, gpus)
         for w in workers:  # nothing left: each worker ends when its standard input does
@@ -207,7 +207,3 @@ def _last_error(log: Path) -> str:
 
 def _how(code: int) -> str:
     return f"signal {-code}" if code < 0 else f"exit {code}"
-
-
-def _dur(s: float) -> str:
-    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f}s"

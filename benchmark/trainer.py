@@ -23,6 +23,7 @@ from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.nets import build_student
 from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
+from benchmark.progress import Progress, quiet
 from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from benchmark.method import hparam_fields, stream_seed
@@ -141,6 +142,7 @@ class Context:
 
     def __init__(self, cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any]):
         self.cfg, self.task, self.data, self.method_name = cfg, task, data, method_name
+        self.label = f"{method_name} seed {cfg.seed}"  # who progress lines name (a teacher being trained: its own)
         self.device = resolve_device(cfg.device)
         self.tables = tables.to(self.device)
         torch.manual_seed(stream_seed(cfg.seed, "init"))  # weights (student, method, task loss): their own stream
@@ -325,7 +327,10 @@ class Context:
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(batches, desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
-                   leave=False, mininterval=2.0, disable=None if distributed.is_main() else True)
+                   leave=False, mininterval=2.0, disable=None if distributed.is_main() and not quiet() else True)
+        # in a log (no terminal: no bar), a line every 30 s of a long epoch
+        steps = Progress(self.label, len(batches), f"epoch {epoch + 1}/{self.cfg.epochs} step", every=30, first=False) \
+            if bar.disable and distributed.is_main() else None
         t0 = time.perf_counter()
         step_loss = torch.zeros(len(batches) + 1, device=self.device)  # per-step loss, to name the first bad step
         i = -1
@@ -338,6 +343,8 @@ class Context:
             if i % CHECK_EVERY == 0:
                 self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+                if steps is not None:
+                    steps.update(i + 1, f"loss {loss_sum.item() / (i + 1):.3f}")
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
         if self.teacher_stream:
             self.teacher_stream.end_epoch(epoch)
@@ -481,6 +488,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version(),
               "cpu_bf16_native": cpu_bf16_native() or "none"}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
+    epochs = Progress(ctx.label, cfg.epochs, "epoch", start=ck["epoch"] if ck is not None and not ck.get("done") else 0)
     from benchmark.tracking import uninterrupted
     if main:  # a RUNNING run of this key whose process died: KILLED (one alive elsewhere: refused)
         tracker.close_stale(key, resume, keep=ck["run_id"] if ck is not None else None)
@@ -533,6 +541,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
                 distributed.rank0_outcome(f"{type(e).__name__}: {str(e)[:300]}")
                 raise
             distributed.rank0_outcome(None)
+            epochs.update(epoch + 1, f"train loss {m['train_loss']:.3f}, {sel} {m[sel]:.2f}")
             if on_epoch is not None:
                 on_epoch(epoch + 1, m)
             if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:

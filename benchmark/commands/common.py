@@ -114,6 +114,8 @@ def prepare(args):
         resolve_uri(args.tracking_uri)
     if getattr(args, "out", None):
         check_out_dir(Path(args.out))
+    if getattr(args, "quiet", False):  # no progress lines, in this process and the workers it starts
+        os.environ["XKD_QUIET"] = "1"
     if getattr(args, "cache_dir", None):  # one cache root: teacher embeddings and decoded datasets
         os.environ["XKD_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().absolute())
     data = task.load(cfg)
@@ -209,6 +211,8 @@ def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
     p.add_argument("--config", metavar="FILE.toml", help="experiment file (benchmark/experiment.py shows the keys); "
                    "flags given here override it")
     p.add_argument("--task", choices=TASKS.names(), help=f"the task (default {RUN_DEFAULTS['task']})")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (per epoch, every 30 s of a long epoch, "
+                   "per run of a table); results, warnings and errors as always")
     if methods:
         p.add_argument("--methods", metavar="all|M1,M2,...",
                        help="'all' or a comma list of: " + ", ".join(METHODS.names()) + " (default all)")

@@ -87,7 +87,10 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     worker = args.worker_queue  # a worker of a fanned-out table: its points come from the parent, one a line
     points = _queued_points() if worker else ((m, seed, args.resume, None) for seed in
                                               range(cfg.seed, cfg.seed + args.seeds) for m in methods)
+    total, ended = len(methods) * args.seeds, 0
+    from benchmark.progress import quiet, table_line
     for m, seed, resume, result_file in points:
+        ended += 1  # counted when it ends (a run that stopped early ends the loop before this is used)
         data, tables = task.data_for_seed(replace(cfg, seed=seed), data, tables, cache)
         args.interrupted = lambda m=m, seed=seed: interrupted_message(out, m, seed, len(results))
         try:
@@ -114,6 +117,8 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         else:  # after every run: a later failure loses nothing
             tables_ok = _tables(results, tables_dir, task, tables_ok)
         _say_run(task, r, flush=True)
+        if not worker and not quiet() and total > 1:
+            print(table_line(ended, total, t0), flush=True)
     if worker:
         return EXIT_RUNS_FAILED if failed else 0
     return _finish(results, failed, tables_dir, task, t0, tables_ok)
@@ -145,7 +150,8 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
         results.append(rec)
         results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
         tables_ok = _tables(results, tables_dir, task, tables_ok)
-        print(f"[{len(results)}/{len(points)} done, elapsed {time.time() - t0:.0f}s]", flush=True)
+        from benchmark.progress import table_line
+        print(table_line(len(results), len(points), t0), flush=True)
 
     def run_point(m: str, seed: int, again: bool, tags: dict) -> dict:
         nonlocal data, tables

@@ -110,6 +110,7 @@ def teacher_key(cfg, data) -> str:
 def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, str, dict]:
     """The teacher of this recipe and training split: read from the cache, or trained once (under a folder lock,
     so processes starting together train it once) with the harness's own loop."""
+    from benchmark.progress import Progress
     from benchmark.provenance import code_version
     from benchmark.teacher_cache import _folder_lock
     from benchmark.teacher_tables import TeacherTables
@@ -127,9 +128,11 @@ def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, st
             say(f"training the image teacher {cfg.teacher_arch} once ({cfg.teacher_epochs} epochs, cache key {key})",
                 flush=True)
             ctx = Context(tcfg, task, data, blank, "baseline", {})
-            t0 = time.perf_counter()
+            ctx.label = f"teacher {cfg.teacher_arch}"
+            t0, progress = time.perf_counter(), Progress(ctx.label, tcfg.epochs, "epoch")
             for epoch in range(tcfg.epochs):
-                ctx.train_epoch(epoch)
+                m = ctx.train_epoch(epoch)
+                progress.update(epoch + 1, f"train loss {m['train_loss']:.3f}, train top-1 {m['train_top1']:.1f}")
             info = {"train_time_s": round(time.perf_counter() - t0, 1), "recipe": recipe(cfg),
                     "device": str(ctx.device), "threads": torch.get_num_threads(), "code_version": code_version()}
             tmp = path.with_suffix(".tmp")
