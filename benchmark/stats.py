@@ -184,13 +184,34 @@ def pooled_sd(comparisons: list["Paired | None"]) -> tuple[float, int]:
 
 def power_line(comparisons: list["Paired | None"], family: int, effect: float = 1.0) -> str:
     """One sentence: what the table could detect (80% power) at alpha and at Holm's strictest step
-    alpha/m, and the seeds a paired effect of `effect` points would need at alpha."""
-    sd, n = pooled_sd(comparisons)
-    if n < 2:
+    alpha/m, and the seeds a paired effect of `effect` points would need at alpha. Comparisons with different
+    numbers of seeds are given per n (one pooled n would let a method run on 2 seeds set the whole table's line:
+    a minimum detectable effect of 550 points); one beyond a 0-100 scale says that nothing could be detected."""
+    valid = [c for c in comparisons if c is not None and c.n >= 2 and c.sd > 0]
+    ns = sorted({c.n for c in valid}, reverse=True)
+    if not ns:
         return "Power: not computable (fewer than two paired seeds, or no spread)."
-    need = seeds_needed(effect, sd)
-    strict = f"; at Holm's strictest step (α/{family} = {ALPHA / family:.3g}) {mde(sd, n, ALPHA / family):.2f}" \
-        if family > 1 else ""
-    return (f"Power: with n = {n} seeds and a paired SD of {sd:.2f} points (root mean square over the table's "
-            f"comparisons), the minimum detectable paired effect at 80% power is {mde(sd, n):.2f} points at "
-            f"α = {ALPHA}{strict}; a {effect:g}-point effect would need {need:.0f} seeds at α = {ALPHA}.")
+    groups = [(n, [c for c in valid if c.n == n]) for n in ns]
+    sd0 = pooled_sd(groups[0][1])[0]
+    k = seeds_needed(effect, sd0)
+    need = f"a {effect:g}-point effect would need {f'{k:.0f}' if k < math.inf else 'over 10,000'} seeds at α = {ALPHA}"
+    if len(ns) == 1:
+        n, sd = ns[0], sd0
+        head = (f"Power: with n = {n} seeds and a paired SD of {sd:.2f} points (root mean square over the table's "
+                f"comparisons), the minimum detectable paired effect at 80% power is ")
+        if mde(sd, n) > 100:
+            return head + f"over 100 points: too few seeds to detect any effect on a 0-100 scale; {need}."
+        strict = f"; at Holm's strictest step (α/{family} = {ALPHA / family:.3g}) {mde(sd, n, ALPHA / family):.2f}" \
+            if family > 1 else ""
+        return head + f"{mde(sd, n):.2f} points at α = {ALPHA}{strict}; {need}."
+    parts = []
+    for n, group in groups:
+        sd = pooled_sd(group)[0]
+        size = f"n = {n} ({len(group)} comparison{'s' if len(group) > 1 else ''}, paired SD {sd:.2f})"
+        if mde(sd, n) > 100:
+            parts.append(f"{size}: over 100 points, too few seeds to detect any effect")
+        else:
+            parts.append(f"{size}: {mde(sd, n):.2f} points at α = {ALPHA}"
+                         + (f", {mde(sd, n, ALPHA / family):.2f} at α/{family}" if family > 1 else ""))
+    return (f"Power, per number of seeds (the comparisons have different n): the minimum detectable paired effect "
+            f"at 80% power with {'; with '.join(parts)}; {need} (at the n = {ns[0]} comparisons' SD).")

@@ -102,6 +102,9 @@ class Task:
     # the comparison declared before the task's tables are run (Primary, above), tested alone at 0.05 and
     # reported apart from the exploratory family; None: every comparison is exploratory
     primary: Primary | None = None
+    # a method that must beat the baseline in every setting of this task (KD on a same-modality task): when it
+    # does not, the report says so first, and a null result of the other methods in that setting means nothing
+    positive_control: str | None = None
     selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table

@@ -486,7 +486,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
               "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device,
               "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version(),
-              "cpu_bf16_native": cpu_bf16_native() or "none"}
+              "cpu_bf16_native": cpu_bf16_native() or "none", "num_classes": data.num_classes}
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     epochs = Progress(ctx.label, cfg.epochs, "epoch", start=ck["epoch"] if ck is not None and not ck.get("done") else 0)
     from benchmark.tracking import uninterrupted
@@ -570,7 +570,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
         raise
     final = {**final, **{f"{k}_at_best_val": v for k, v in at_best.items()},
              "best_val_epoch": best["epoch"], f"best_{sel}": best["value"], "wall_s": wall,
-             "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history)}
+             "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history),
+             "first_epoch_train_loss": history[0]["train_loss"]}  # with train_loss (the last): a flat loss shows
     if ctx.teacher_stream is not None:  # epochs whose teacher outputs another run of this stream had computed
         final["teacher_epochs_shared"] = ctx.teacher_stream.reads
     tracker.log_metrics(run_id, final, step=cfg.epochs)

@@ -90,7 +90,9 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
     prim = primary_row(task, rows)
     family = [r[4] for i, r in enumerate(rows) if i != prim and r[1] != BASELINE]
     holm(family)  # the exploratory family, untested members counted; the pre-registered primary is tested alone
-    verdict = _verdict(task, rows, prim, family, primary_label)
+    # what went wrong first, then the verdict
+    verdict = checks(task, rows, sel, primary, primary_label, prim is not None) + \
+        _verdict(task, rows, prim, family, primary_label)
     missing = [(r[0], r[5]) for r in rows if r[5]]
     if missing:
         untested = sum(1 for r in rows if r[1] != BASELINE and r[4] is None and r[5])
@@ -224,6 +226,46 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
     if not out:
         out = ["No comparison with the baseline in this setting (it has no baseline run, or too few seeds).", ""]
     return out
+
+
+def checks(task, rows, sel: pd.DataFrame, primary: str, primary_label: str, has_primary: bool) -> list[str]:
+    """What went wrong, said before the tables: a configuration at or below chance on a top-1 metric, a training
+    loss that stayed flat, a positive control that did not beat the baseline, a smoke-profile table (a plumbing
+    check), a task that declares no primary comparison. Runs that did not record what a check needs are not
+    checked (chance needs params.num_classes, a flat loss metrics.first_epoch_train_loss)."""
+    out = []
+    for label, method, g, s, p, _ in rows:
+        mean = s[primary]["mean"]
+        classes = pd.to_numeric(g.get("params.num_classes", pd.Series(dtype=float)), errors="coerce").dropna()
+        if "top1" in primary and len(classes) and not pd.isna(mean) and mean <= 100 / classes.iloc[0]:
+            out.append(f"{label}: {primary_label} {mean:.2f} is at or below chance ({100 / classes.iloc[0]:.2f} for "
+                       f"{classes.iloc[0]:.0f} classes): it learned nothing the metric can see")
+        if {"metrics.first_epoch_train_loss", "metrics.train_loss"} <= set(g):
+            first, last = (pd.to_numeric(g[c], errors="coerce").mean() for c in ("metrics.first_epoch_train_loss",
+                                                                                  "metrics.train_loss"))
+            if first > 0 and last >= 0.95 * first:
+                out.append(f"{label}: its training loss stayed flat ({first:.3f} after the first epoch, {last:.3f} "
+                           "after the last): check its loss weights and learning rate")
+        if method == getattr(task, "positive_control", None) and method != BASELINE:
+            lower = lower_is_better(task)
+            if p is None or p.n < 2 or p.no_spread or not p.p < ALPHA or (p.mean > 0) == lower:
+                shown = f"Δ {p}" if p is not None else "no paired comparison"
+                out.append(f"the positive control {label} did not beat the baseline ({shown}): the set-up is in "
+                           "doubt, and a null result of another method in this setting means nothing")
+    lines = [f"**Check**: {x}." for x in out]
+    if "params.profile" in sel and set(sel["params.profile"].dropna()) == {"smoke"}:
+        name = sel["params.task"].iloc[0] if "params.task" in sel else "TASK"
+        lines.append(f"**Smoke profile**: a plumbing check (tiny data, a few epochs): its numbers say nothing about "
+                     f"the methods. Next: `python -m benchmark run --task {name} --profile quick --seeds 3`.")
+    declared = getattr(task, "primary", None) if task is not None else None
+    if task is not None and declared is None:
+        lines.append("**No primary comparison**: this task declares none (its data is yours: no comparison was "
+                     "registered before its runs), so every comparison here is exploratory.")
+    elif declared is not None and not has_primary:
+        lines.append(f"**No primary line**: the task's pre-registered comparison ({declared.label}) is not in this "
+                     "table (its method, settings or a baseline with matched seeds were not run here), so every "
+                     "comparison here is exploratory.")
+    return [x for line in lines for x in (line, "")]
 
 
 def _num(v: float, column: str = "") -> str:

@@ -57,6 +57,7 @@ class Cifar100KD(Cifar100):
     teacher_controls = ("random", "shuffled")  # random: teacher_arch at its seeded initialisation, untrained
     primary = Primary("kd", (("temperature", 4.0),), declared="2026-12-03, at the reference temperature, before "
                       "the 4-epoch quick tables were run")
+    positive_control = "kd"
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"
     profile_notes = {
