@@ -15,7 +15,7 @@ _external: list[str] = []
 _builtin_loaded = False
 
 
-def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> None:
+def load_plugins(extra: list[str] | tuple[str, ...] = (), how: str = "--plugin") -> None:
     global _builtin_loaded
     if not _builtin_loaded:
         _builtin_loaded = True
@@ -31,7 +31,14 @@ def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> None:
         for ep in entry_points(group=GROUP):  # installed packages: [project.entry-points."xkd_bench.plugins"]
             _import(ep.value.split(":")[0], f"entry point '{ep.name}' of group {GROUP}")
     for name in extra:
-        _import(name, "--plugin")
+        _import(name, how)
+
+
+def load_recorded(names, whose: str) -> None:
+    """The plugins that runs recorded (experiment.toml's `plugins`, the param `plugins`), loaded as --plugin
+    would load them; one that cannot be imported here is refused in one line naming it."""
+    for name in sorted({n for n in names if n}):
+        _import(name, f"{whose} recorded plugin")
 
 
 def _import(name: str, how: str) -> None:

@@ -23,6 +23,7 @@ from benchmark.config import OPERATIONAL, RunConfig
 from benchmark.nets import build_student
 from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
+from benchmark.plugins import external_plugins
 from benchmark.progress import Progress, quiet
 from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
@@ -486,7 +487,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
               "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device,
               "precision_resolved": ctx.precision_resolved, "loss_precision": "fp32", "code_version": code_version(),
-              "cpu_bf16_native": cpu_bf16_native() or "none", "num_classes": data.num_classes}
+              "cpu_bf16_native": cpu_bf16_native() or "none", "num_classes": data.num_classes,
+              "plugins": ",".join(external_plugins())}  # `eval` and `report` load them again
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     epochs = Progress(ctx.label, cfg.epochs, "epoch", start=ck["epoch"] if ck is not None and not ck.get("done") else 0)
     from benchmark.tracking import uninterrupted
@@ -508,7 +510,6 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
             tracker.log_params(run_id, params)
             tracker.log_dict(run_id, params, "config.json")
             from benchmark import experiment
-            from benchmark.plugins import external_plugins
             tracker.log_text(run_id, experiment.dump(cfg, method_name, asdict(ctx.hparams), external_plugins()),
                              "experiment.toml")
             tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),

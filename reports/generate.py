@@ -154,6 +154,9 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         every_run = load_runs(tracking_uri, experiment, unfinished=True)
         require_runs(finished(every_run), tracking_uri, experiment)  # nothing is written without finished runs
         source = f"the MLflow runs at `{store_name(tracking_uri)}`" + (f", experiment `{experiment}`" if experiment else "")
+    if "params.plugins" in every_run:  # a plugin task's metrics and labels come from its class: load it
+        from benchmark.plugins import load_recorded
+        load_recorded(every_run["params.plugins"].dropna().astype(str).str.split(",").explode(), "the runs'")
     # failed, killed and running runs: in no mean, but each table accounts for them and counts their comparisons
     everything, not_done = finished(every_run), split_controls(unfinished(every_run))[0]
     notes = Footnotes()

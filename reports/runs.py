@@ -59,10 +59,16 @@ def why_not_finished(run: pd.Series) -> str:
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
     for col in ("tags.xkd.study", "tags.xkd.paper_table"):
         df[col] = df[col].fillna("") if col in df else ""
-    from benchmark.config import RunConfig
+    from benchmark.config import OWNERS, RunConfig
     for k, v in asdict(RunConfig()).items():  # a field added after some runs were made: they ran with its default
         if f"params.{k}" in df:
-            df[f"params.{k}"] = df[f"params.{k}"].fillna(str(v))
+            # only where the run's task or teacher reads the field: a plugin task's runs never logged the
+            # synthetic task's fields, and must not seem to differ in them from another store's runs
+            tasks, teachers = OWNERS.get(k, (None, None))
+            reads = pd.Series(True, index=df.index) if tasks is None else (
+                df.get("params.task", pd.Series("", index=df.index)).isin(tasks)
+                | df.get("params.teacher", pd.Series("", index=df.index)).isin(teachers))
+            df.loc[reads, f"params.{k}"] = df.loc[reads, f"params.{k}"].fillna(str(v))
     return df
 
 

@@ -238,3 +238,35 @@ def test_a_run_logs_only_its_own_tasks_fields(tmp_path):
     assert "teacher_arch" not in p and "epochs" in p and "image_size" in p
     assert "synth_gamma" in RunConfig(task="synthetic").as_params()
     assert "teacher_arch" in RunConfig(task="cifar100-kd", teacher="img-trained").as_params()
+
+
+def test_eval_report_and_compare_follow_a_plugin_tasks_runs_without_flags(tmp_path):
+    """Issue 45: `eval` of a plugin run said "unknown task"; `report` without --plugin dropped the plugin task's
+    metric labels; `report --compare` of a plugin task between two stores was refused for settings its runs never
+    logged (the synthetic task's fields, filled in with their defaults because another task's runs had them).
+    Now runs record their plugins (param `plugins`, experiment.toml) and eval and report load them."""
+    _package(tmp_path / "ext")
+    env, plug = _env(tmp_path), ["--plugin", "myplug.plugin"]
+    toy = ["run", "--task", "toy", "--methods", "baseline,logit_mse", "--profile", "smoke", "--seeds", "2", "--out", "o"]
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+        res = run_cli([*plug, *toy], tmp_path / side, extra_env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli(["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke", "--out", "s"],
+                  tmp_path / "a")  # another task's runs beside them in store a: they log the synth_* fields
+    assert res.returncode == 0, res.stderr[-3000:]
+    client, runs = _runs(tmp_path / "a", "xkd-toy")
+    assert {r.data.params["plugins"] for r in runs} == {"myplug.plugin"}
+    rid = next(r.info.run_id for r in runs if r.data.params["method"] == "logit_mse")
+    ev = run_cli(["eval", "--run-id", rid, "--out", "o"], tmp_path / "a", extra_env=env)
+    assert ev.returncode == 0 and "logit_mse seed" in ev.stdout, ev.stderr[-3000:]
+    rep = run_cli(["report", "--out", "r"], tmp_path / "a", extra_env=env)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert "### toy: mlp, smoke" in (tmp_path / "a" / "r" / "report.md").read_text()
+    cmp = run_cli(["report", "--compare", str(tmp_path / "a" / "mlflow.db"), str(tmp_path / "b" / "mlflow.db"),
+                   "--out", "c"], tmp_path, extra_env=env)
+    assert cmp.returncode == 0 and "settings differ" not in cmp.stderr, cmp.stderr[-3000:]
+    assert "synth_" not in (tmp_path / "c" / "compare.md").read_text()
+    missing = run_cli(["report", "--out", "r2"], tmp_path / "a")  # the plugin's package is not importable here
+    assert missing.returncode == 2 and "the runs' recorded plugin myplug.plugin: cannot import it" in missing.stderr
+    assert not (tmp_path / "a" / "r2").exists()

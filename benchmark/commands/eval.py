@@ -22,6 +22,9 @@ def cmd_eval(args) -> int:
             if args.config:
                 raise UsageError("give --run-id or --config, not both")
             args.config = _experiment_file(args, Path(tmp))
+            from benchmark import experiment
+            from benchmark.plugins import load_recorded
+            load_recorded(experiment.read(args.config).get("plugins", []), f"run {args.run_id}'s")
         if not args.config and not args.checkpoint:
             raise UsageError("eval needs --run-id RUN or --model-uri URI (an MLflow run of `run`), or --config "
                              "FILE.toml with --checkpoint")
