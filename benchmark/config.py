@@ -54,7 +54,7 @@ class RunConfig:
     # speaker task (ignored elsewhere)
     teacher_checkpoint: str = ""      # IR-50 checkpoint for --teacher ir50; an image teacher's for img-checkpoint
     # an image teacher the harness trains (cifar100-kd: --teacher img-trained) or loads (img-checkpoint)
-    teacher_arch: str = "resnet8"     # a student architecture of the registry, or tv:<torchvision model>
+    teacher_arch: str = "resnet8"     # a student architecture of the registry, tv:<torchvision model> or timm:<model>
     teacher_epochs: int = bounded(8, 1, None)
     teacher_lr: float = bounded(0.1, 0, None, lo_open=True)
     teacher_seed: int = bounded(0, 0, None)

@@ -175,6 +175,40 @@ class HookedStudent(nn.Module):
                           classifier=self.classifier)
 
 
+class TimmStudent(nn.Module):
+    """Any timm model as a student (`timm:NAME`): F_S is its pre-logits feature (`forward_head(pre_logits=True)`),
+    z_S its own classifier (resized to the task's classes), and the stage maps its last (up to) four feature
+    stages, from timm's own intermediate-feature API (`forward_intermediates`, the stages of its `feature_info`).
+    Random initialisation: the timm package ships no weights (timm fetches pretrained ones from the Hugging Face
+    hub, which needs the network); every run records that in its param student_weights."""
+    channels_last = True
+    weights = "random initialisation (timm model, pretrained=False)"
+
+    def __init__(self, name: str, num_classes: int):
+        super().__init__()
+        try:
+            import timm
+        except ImportError:
+            raise UsageError(f"student 'timm:{name}' needs the timm package (pip install timm)") from None
+        if name not in timm.list_models():
+            from benchmark.registry import did_you_mean
+            raise UsageError(f"student 'timm:{name}': timm has no model '{name}'; "
+                             f"{did_you_mean(name, timm.list_models())}".strip().rstrip(";"))
+        self.net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        self.classifier = self.net.get_classifier()
+        if not isinstance(self.classifier, nn.Linear) or not hasattr(self.net, "forward_intermediates"):
+            raise UsageError(f"student 'timm:{name}': needs a Linear classifier and timm's forward_intermediates")
+        self.n_maps = min(4, len(self.net.feature_info))
+        self.map_channels = [int(f["num_chs"]) for f in self.net.feature_info][-self.n_maps:]
+        self.embed_dim = self.classifier.in_features
+
+    def forward(self, x: torch.Tensor) -> StudentOut:
+        final, maps = self.net.forward_intermediates(x, indices=self.n_maps)
+        embedding = torch.flatten(self.net.forward_head(final, pre_logits=True), 1)
+        return StudentOut(maps=list(maps), embedding=embedding, logits=self.classifier(embedding),
+                          classifier=self.classifier)
+
+
 def torchvision_model(name: str, num_classes: int, what: str) -> nn.Module:
     """An untrained torchvision classification model by name (students `tv:NAME`, teachers `teacher_arch=tv:NAME`)."""
     import torchvision
@@ -184,7 +218,10 @@ def torchvision_model(name: str, num_classes: int, what: str) -> nn.Module:
 
 
 def student_builder(name: str):
-    """`builder(num_classes)` of a registered student, or of `tv:NAME[@layer,...]` (any torchvision model)."""
+    """`builder(num_classes)` of a registered student, of `tv:NAME[@layer,...]` (any torchvision model) or of
+    `timm:NAME` (any timm model)."""
+    if name.startswith("timm:"):
+        return lambda num_classes: TimmStudent(name[5:], num_classes)
     if name.startswith("tv:"):
         model, _, layers = name[3:].partition("@")
         return lambda num_classes: HookedStudent(model, num_classes, [x for x in layers.split(",") if x] or None)

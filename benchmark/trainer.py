@@ -483,6 +483,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "selection_rule": f"best epoch = {sel} ({task.selection_mode}); test reported at the last epoch "
                                 f"(primary) and at the best-validation epoch",
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
+              "student_weights": getattr(ctx.student, "weights", "random initialisation"),
               "n_params_method": sum(p.numel() for p in ctx.method.parameters()),
               "device_resolved": str(ctx.device), "torch_version": torch.__version__,
               "world_size": distributed.world_size(), "data_on_device": ctx.data_on_device,

@@ -95,8 +95,9 @@ class Cifar100KD(Cifar100):
         if cfg.teacher_control == "random":  # the negative control: the same architecture, untrained
             teacher, tid = random_teacher(cfg.teacher_arch, cfg.teacher_seed, data.num_classes)
         elif cfg.teacher == "img-trained":
-            if cfg.teacher_arch not in STUDENTS:
-                raise UsageError(f"img-trained trains a registry architecture ({', '.join(STUDENTS.names())}); "
+            if cfg.teacher_arch not in STUDENTS and not cfg.teacher_arch.startswith("timm:"):
+                raise UsageError(f"img-trained trains a registry architecture ({', '.join(STUDENTS.names())}) or a "
+                                 f"timm:<model>; "
                                  f"'{cfg.teacher_arch}' can serve through img-checkpoint")
             tdata = data if cfg.teacher_data_fraction == cfg.data_fraction else \
                 self.load(replace(cfg, data_fraction=cfg.teacher_data_fraction))

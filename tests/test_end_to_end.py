@@ -226,3 +226,20 @@ def test_compile_gives_the_eager_step(tmp_path):
                       sorted(ctx.state()["student"])))
     (l0, w0, k0), (l1, w1, k1) = steps
     assert abs(l0 - l1) < 1e-4 and torch.allclose(w0, w1, atol=1e-5) and k0 == k1
+
+
+def test_a_timm_student_and_a_timm_teacher_run_the_smoke_profile(tmp_path, cifar_dir):
+    """`--student timm:NAME` (FitNet reads its stage maps) and an image teacher `teacher_arch=timm:NAME`, on
+    the real CIFAR-100; each run records that its student starts from random weights."""
+    res = run_cli(["run", "--task", "cifar100-kd", "--methods", "baseline,fitnet,kd", "--data-dir", str(cifar_dir),
+                   *FAST, "--student", "timm:test_resnet", "--set", "teacher_arch=timm:test_resnet",
+                   "--set", "teacher_epochs=1", "--out", "o"], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("xkd-cifar100-kd").experiment_id])
+    runs = [r for r in runs if r.data.tags.get("xkd.kind") == "train"]
+    assert sorted(r.data.params["method"] for r in runs) == ["baseline", "fitnet", "kd"]
+    assert {r.data.params["student"] for r in runs} == {"timm:test_resnet"}
+    assert {r.data.params["student_weights"] for r in runs} == {"random initialisation (timm model, pretrained=False)"}
+    assert all(r.info.status == "FINISHED" and r.data.metrics["test_top1"] >= 0 for r in runs)
+    assert "training the image teacher timm:test_resnet once" in res.stdout

@@ -113,6 +113,26 @@ def test_a_torchvision_student_by_name_keeps_the_contract(name):
     check_contract(name, 48, "tv:resnet18")
 
 
+@pytest.mark.parametrize("name", METHODS.names())
+def test_a_timm_student_by_name_keeps_the_contract(name):
+    """timm:test_resnet (timm's own tiny test model, 0.37M parameters): F_S its pre-logits feature, the stage
+    maps from timm's forward_intermediates."""
+    check_contract(name, 48, "timm:test_resnet")
+
+
+def test_a_timm_student_exposes_its_stages_and_bad_names_are_one_line():
+    from benchmark.nets import student_builder
+    from benchmark.registry import UsageError
+    s = student_builder("timm:test_resnet")(K)
+    out = s(torch.randn(2, 3, 32, 32))
+    assert out.embedding.shape == (2, s.embed_dim) and out.logits.shape == (2, K)
+    assert [m.shape[1] for m in out.maps] == s.map_channels and len(out.maps) == 4
+    assert torch.allclose(out.logits, s.classifier(out.embedding), atol=1e-5)  # F_S is the classifier's input
+    assert s.weights.startswith("random initialisation")
+    with pytest.raises(UsageError, match="timm has no model 'test_resnett'; did you mean 'test_resnet'"):
+        student_builder("timm:test_resnett")(K)
+
+
 def test_a_torchvision_student_exposes_hooked_features():
     from benchmark.nets import student_builder
     from benchmark.registry import UsageError

@@ -220,7 +220,7 @@ def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds, from the config seed (default 0) up (default 1)")
     p.add_argument("--student", metavar="STUDENT",
                    help="student network (default: the task profile's): " + ", ".join(STUDENTS.names())
-                   + ", or tv:<torchvision model> where the task takes images")
+                   + ", or tv:<torchvision model> or timm:<timm model> where the task takes images")
     p.add_argument("--teacher", choices=TEACHERS.names(), help="teacher (default: the task profile's)")
     p.add_argument("--data-dir", dest="data_dir", help="the dataset's folder (default: its folder under the data "
                    "root $XKD_DATA or ~/.cache/xkd-bench/data, fetched there when missing; speaker task: required)")

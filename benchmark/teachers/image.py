@@ -64,7 +64,7 @@ class ImageTeacher(nn.Module):
 
 
 def build_arch(arch: str, num_classes: int) -> nn.Module:
-    """A student architecture of the registry, or `tv:<name>` for a torchvision classification model."""
+    """A student architecture of the registry (timm:<name> included), or `tv:<name>` for a torchvision model."""
     from benchmark.nets import student_builder, torchvision_model
     if arch.startswith("tv:"):  # the plain model (its checkpoints' keys), features by the teacher's own hook
         return torchvision_model(arch[3:], num_classes, f"teacher_arch '{arch}'")
