@@ -88,6 +88,7 @@ class RunConfig:
     num_threads: int = bounded(0, 0, None)              # 0: torch default
     log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
     share_teacher: bool = True                          # a live teacher's vector outputs stored once per stream (teacher_stream.py)
+    checkpoint_every_s: float = bounded(300.0, 0, None)  # also a checkpoint within an epoch this often (0: at epoch ends only)
     # the fields a task declares itself (Task.Fields: a plugin task's own settings), resolved; read as attributes
     task_fields: dict[str, Any] = field(default_factory=dict)
 
@@ -125,7 +126,7 @@ def uses(cfg: RunConfig, field_name: str) -> bool:
 
 
 # Fields that do not change what a run computes (excluded from the checkpoint key).
-OPERATIONAL = ("stop_after_epochs", "num_threads", "device", "log_model", "share_teacher")
+OPERATIONAL = ("stop_after_epochs", "num_threads", "device", "log_model", "share_teacher", "checkpoint_every_s")
 # Fields that do not define a configuration when runs are compared or a study is named: the operational
 # ones, the data path (the same data may sit elsewhere on another machine) and the seed.
 NOT_DEFINING = (*OPERATIONAL, "data_dir", "seed")

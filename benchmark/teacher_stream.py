@@ -31,16 +31,18 @@ class TeacherStream:
     @classmethod
     def for_run(cls, cfg, teacher_digest: str, precision: str, device: torch.device, root: Path) -> TeacherStream:
         from benchmark.provenance import code_version
-        fields = {k: v for k, v in asdict(cfg).items() if k not in ("stop_after_epochs", "log_model", "task_fields")}
+        fields = {k: v for k, v in asdict(cfg).items()
+                  if k not in ("stop_after_epochs", "log_model", "checkpoint_every_s", "task_fields")}
         key = json.dumps({"cfg": fields, "task_fields": cfg.task_fields, "teacher": teacher_digest,
                           "precision": precision, "device": device.type, "threads": torch.get_num_threads(),
                           "code": code_version()}, sort_keys=True, default=str)
         return cls(root / "teacher_stream" / hashlib.sha256(key.encode()).hexdigest()[:24])
 
-    def begin_epoch(self, epoch: int, rows: int, device: torch.device) -> None:
+    def begin_epoch(self, epoch: int, rows: int, device: torch.device, resume_at: int = 0) -> None:
         """Read epoch `epoch`'s stored outputs, onto the run's device once, when they exist for exactly `rows`
-        samples; else record this epoch's (kept on the device until the epoch ends: no copy per step)."""
-        self.stored, self.pos, self.parts = None, 0, None
+        samples; else record this epoch's (kept on the device until the epoch ends: no copy per step). An epoch
+        resumed at sample `resume_at` reads on from there, or records nothing (its first part is not here)."""
+        self.stored, self.pos, self.parts = None, resume_at, None
         path = self._path(epoch)
         if path.exists():
             try:
@@ -51,7 +53,7 @@ class TeacherStream:
                     return
             except Exception:  # noqa: BLE001 - an unreadable entry is recomputed (and written again)
                 pass
-        self.parts = []
+        self.parts = [] if resume_at == 0 else None
 
     def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next n samples' (embedding, logits), or None when this epoch is not stored."""

@@ -312,30 +312,50 @@ class Context:
 
     def state(self) -> dict[str, Any]:
         return {"student": self.student.state_dict(), "method": self.method.state_dict(), "task_loss": self.task_loss.state_dict(),
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state()}
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                **({"shuffle_gen": self.shuffle_gen.get_state()} if self.shuffle_gen is not None else {})}
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.student.load_state_dict(st["student"]), self.method.load_state_dict(st["method"])
         self.task_loss.load_state_dict(st["task_loss"])
         self.opt.load_state_dict(st["opt"]), self.sched.load_state_dict(st["sched"])
         self.gen.set_state(st["gen"])
+        if self.shuffle_gen is not None and "shuffle_gen" in st:  # a shuffled-teacher control's own stream
+            self.shuffle_gen.set_state(st["shuffle_gen"])
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
+    def train_epoch(self, epoch: int, mid: dict | None = None, save_mid=None) -> dict[str, float]:
+        """One epoch. save_mid(state) is called every cfg.checkpoint_every_s seconds between steps with what a
+        resumed epoch needs (`mid`): its batches, the steps done, the data generator and the running sums; the
+        model's and optimiser's state is the caller's to save beside it. Resumed from `mid`, the epoch goes on at
+        its next step and ends with the figures and weights of an uninterrupted one."""
+        if mid is None:
+            batches = self.task.epoch_batches(self.data.train, self.cfg.batch_size, self.gen)
+        else:
+            batches = mid["batches"]
+            self.gen.set_state(mid["gen"])
         if self.teacher_stream:
-            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches), self.device)
+            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches), self.device,
+                                            resume_at=sum(len(b) for b in batches[:mid["step"]]) if mid else 0)
         # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(batches, desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
-                   leave=False, mininterval=2.0, disable=None if distributed.is_main() and not quiet() else True)
-        # in a log (no terminal: no bar), a line every 30 s of a long epoch
-        steps = Progress(self.label, len(batches), f"epoch {epoch + 1}/{self.cfg.epochs} step", every=30, first=False) \
-            if bar.disable and distributed.is_main() else None
-        t0 = time.perf_counter()
         step_loss = torch.zeros(len(batches) + 1, device=self.device)  # per-step loss, to name the first bad step
-        i = -1
-        for i, idx in enumerate(bar):  # the batches actually produced (a sampler may yield fewer than planned)
+        first = 0
+        if mid is not None:
+            first, seen = mid["step"], mid["seen"]
+            loss_sum, correct = mid["loss_sum"].to(self.device), mid["correct"].to(self.device)
+            term_sums = {k: v.to(self.device) for k, v in mid["term_sums"].items()}
+            step_loss = mid["step_loss"].to(self.device)
+        bar = tqdm(batches[first:], desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}", initial=first,
+                   total=len(batches), leave=False, mininterval=2.0,
+                   disable=None if distributed.is_main() and not quiet() else True)
+        # in a log (no terminal: no bar), a line every 30 s of a long epoch
+        step_lines = Progress(self.label, len(batches), f"epoch {epoch + 1}/{self.cfg.epochs} step", every=30,
+                              first=False, start=first) if bar.disable and distributed.is_main() else None
+        every = self.cfg.checkpoint_every_s if save_mid is not None and distributed.world_size() == 1 else 0
+        t0 = last_save = time.perf_counter()
+        i = first - 1
+        for i, idx in enumerate(bar, start=first):  # the batches actually produced (a sampler may yield fewer)
             loss, terms, c = self.train_step(idx)
             step_loss[i] = loss
             loss_sum, correct, seen = loss_sum + loss, correct + c, seen + len(idx)
@@ -344,8 +364,15 @@ class Context:
             if i % CHECK_EVERY == 0:
                 self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
                 bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.3f}", acc=f"{100 * correct.item() / seen:.1f}")
-                if steps is not None:
-                    steps.update(i + 1, f"loss {loss_sum.item() / (i + 1):.3f}")
+                if step_lines is not None:
+                    step_lines.update(i + 1, f"loss {loss_sum.item() / (i + 1):.3f}")
+            if every and i + 1 < len(batches) and time.perf_counter() - last_save >= every:
+                self._check_finite(epoch, i, loss_sum, term_sums, step_loss)  # never a checkpoint of a diverged run
+                save_mid({"epoch": epoch, "step": i + 1, "steps": len(batches), "batches": batches,
+                          "gen": self.gen.get_state(), "seen": seen, "loss_sum": loss_sum.cpu(),
+                          "correct": correct.cpu(), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
+                          "step_loss": step_loss.cpu(), "elapsed_s": time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0)})
+                last_save = time.perf_counter()
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
         if self.teacher_stream:
             self.teacher_stream.end_epoch(epoch)
@@ -353,7 +380,7 @@ class Context:
             w = distributed.world_size()
             loss_sum, correct = distributed.all_sum(loss_sum) / w, distributed.all_sum(correct)
             term_sums = {k: distributed.all_sum(v) / w for k, v in term_sums.items()}
-        dt, steps = time.perf_counter() - t0, max(1, i + 1)
+        dt, steps = time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0), max(1, i + 1)
         out = {"train_loss": loss_sum.item() / steps, "train_top1": 100 * correct.item() / seen,
                "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
         out.update({f"term_{k}": v.item() / steps for k, v in term_sums.items()})
@@ -471,6 +498,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
         who = f"{method_name} seed {cfg.seed}"
         print(f"{who}: nothing to resume (no checkpoint): starting" if ck is None else
               f"{who}: finished before; its result is read from its checkpoint" if ck.get("done") else
+              f"{who}: resuming epoch {ck['epoch'] + 1} of {cfg.epochs} at step {ck['mid']['step']} of "
+              f"{ck['mid']['steps']} (a checkpoint within the epoch)" if ck.get("mid") else
               f"{who}: resuming after epoch {ck['epoch']} of {cfg.epochs}", flush=True)
     if ck is not None and ck.get("done"):
         return ck["final"]
@@ -515,9 +544,16 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
                              "experiment.toml")
             tracker.log_dataset(run_id, f"{cfg.task}", data.digest(), str(cfg.data_dir or ""),
                                 {k: v for k, v in data.info.items() if k.startswith(("n_", "data_", "split", "train_"))})
+        mid = ck.get("mid") if ck is not None else None  # an epoch interrupted after a checkpoint within it
+
+        def save_mid(state: dict) -> None:  # the model as it is now, and where in its epoch it is
+            _save_atomic({"state": ctx.state(), "epoch": state["epoch"], "history": history, "best": best,
+                          "run_id": run_id, "method": method_name, "seed": cfg.seed, "wall_s": wall, "done": False,
+                          "mid": state}, ckpt_path, keep_previous=True)
         for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
-            m = ctx.train_epoch(epoch)
+            m = ctx.train_epoch(epoch, mid=mid, save_mid=save_mid if main else None)
+            mid = None
             if not all(bool(torch.isfinite(p).all()) for p in (*ctx.student.parameters(), *ctx.method.parameters())):
                 raise Diverged(f"{method_name} seed {cfg.seed}: weights are not finite after epoch {epoch + 1}")
             if not main:  # the other ranks only train; rank 0 evaluates and saves while they wait
