@@ -43,7 +43,11 @@ def read(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"--config {path}: not valid TOML ({e}){hint}") from None
     unknown = sorted(set(doc) - KEYS)
     if unknown:
-        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KEYS))}")
+        from benchmark.registry import did_you_mean
+        hints = "".join(f" ({k}: {did_you_mean(k, KEYS).strip()})" for k in unknown if did_you_mean(k, KEYS))
+        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}{hints}; known: {', '.join(sorted(KEYS))}"
+                         + ("; one run's seed goes in [set] (seed = 3), the number of seeds is `seeds`"
+                            if "seed" in unknown else ""))
     check_types(path, doc)
     sets, method_sets = [], []
     for k, v in doc.get("set", {}).items():

@@ -91,7 +91,9 @@ def read_cifar100(data_dir: str):
         if created:
             shutil.rmtree(d, ignore_errors=True)
         raise UsageError(f"CIFAR-100 not found in '{d}' (expected cifar100_uint8.npz + meta.json, or "
-                         f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}") from None
+                         f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}; give the "
+                         "folder that holds it with --data-dir (or set XKD_DATA to the data root), or fetch it once "
+                         "on a machine with a network: python -m benchmark data fetch cifar100") from None
     return _read_torchvision(d)
 
 

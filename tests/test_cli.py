@@ -109,6 +109,7 @@ def test_an_abbreviated_option_is_refused_with_a_hint(tmp_path):
      ["exp.toml [method.kd] temperatur: unknown hyperparameter 'temperatur' of 'kd'; did you mean 'temperature'?"]),
     ("[set]\nepohcs = 2", ["exp.toml [set] epohcs: unknown key 'epohcs'; did you mean 'epochs'?"]),
     ('[set]\nepochs = "two"', ["exp.toml [set] epochs: epochs=two: expected an integer"]),
+    ("seed = 3", ["unknown key(s) seed (seed: did you mean 'seeds'?)", "one run's seed goes in [set] (seed = 3)"]),
     ('methods = ["kd"]\n[method.kd]\ntemperature = -1', ["exp.toml [method.kd] temperature:", "out of range"]),
 ])
 def test_experiment_file_slips_are_refused_naming_the_file(tmp_path, body, needles):

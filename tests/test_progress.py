@@ -46,3 +46,4 @@ def test_a_run_in_a_log_says_its_epochs_and_the_tables_progress_and_quiet_says_n
     quiet = run_cli([*args, "--out", "b", "--quiet"], tmp_path)
     assert quiet.returncode == 0 and "epoch 1/3" not in quiet.stdout and "done," not in quiet.stdout
     assert "kd                     seed 0: test top-1" in quiet.stdout  # results as always
+    assert "one seed: the table has no spread and no confidence interval; --seeds 3" in quiet.stdout

@@ -208,7 +208,9 @@ def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
     """Options of run, perf, study and eval. Defaults are applied after an experiment file is merged
     (apply_defaults), so that a flag given on the command line always wins over the file."""
     from benchmark.registry import TASKS
-    p.add_argument("--config", metavar="FILE.toml", help="experiment file (benchmark/experiment.py shows the keys); "
+    p.add_argument("--config", metavar="FILE.toml", help="experiment file: task, profile, methods, seeds, plugins, "
+                   "student, teacher, data_dir, device, [set] KEY = VALUE and [method.NAME] KEY = VALUE (every run logs "
+                   "its own as experiment.toml); "
                    "flags given here override it")
     p.add_argument("--task", choices=TASKS.names(), help=f"the task (default {RUN_DEFAULTS['task']})")
     p.add_argument("--quiet", action="store_true", help="no progress lines (per epoch, every 30 s of a long epoch, "

@@ -190,6 +190,8 @@ def _finish(results: list[dict], failed: int, tables_dir: Path, task, t0: float,
         print(f"total wall time {time.time() - t0:.0f}s; " + (
             f"tables in {tables_dir}/results.md, results.csv and results.json" if tables_ok else
             f"the tables could not be written to {tables_dir} (no space left there): the runs are in the MLflow store"))
+    if results and len({r["seed"] for r in results}) == 1:
+        print("one seed: the table has no spread and no confidence interval; --seeds 3 (or more) gives both")
     if failed:
         print(f"error: {failed} of {len(results)} runs failed (see the 'failed' column)", file=sys.stderr)
     if failed or not tables_ok:
