@@ -18,7 +18,8 @@ from reports.runs import lower_is_better, why_not_finished
 
 BASELINE = "baseline"
 # the teacher's own accuracy, as each kind of teacher records it
-TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_prompt_top1", "top-1 on its own prompts"),
+TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_test_top1", "test top-1"),
+                    ("params.teacher_prompt_top1", "top-1 on its own prompts"),
                     ("params.teacher_probe_train_acc", "probe train top-1")]
 COST = [("params.n_params_student", "student params"), ("metrics.mean_train_images_per_s", "train samples/s"),
         ("metrics.wall_s", "wall s/run"), ("metrics.gflop_per_step", "GFLOP/step")]

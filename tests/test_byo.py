@@ -126,6 +126,7 @@ def test_the_from_scratch_task_of_contributing_runs_as_written_with_its_own_fiel
     assert rep.returncode == 0, rep.stderr[-3000:]
     report = (tmp_path / "r" / "report.md").read_text()
     assert "### blobs: mlp, smoke, blob_noise=4.0" in report and "blob_dim=8" in report
+    assert "Teacher [mlp, smoke, blob_noise=4.0, blob_dim=16]: class-vectors/seed7; test top-1 100.00 ± 0.00" in report
 
 
 def test_run_config_reproduces_a_run_from_its_logged_file(tmp_path):
