@@ -120,9 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars on any command's console
     try:
-        from benchmark.plugins import load_plugins
-        load_plugins(plugins_named(argv))
+        from benchmark import plugins
+        extra = plugins_named(argv)
+        if extra or plugins.has_entry_points():  # their names must be known to the parser: imported first
+            plugins.load_plugins(extra)
+        # --help and a mistyped option are answered from the source's names (benchmark/manifest.py), before the
+        # harness's methods and tasks (torch, torchvision, scikit-learn) are imported
         args = build_parser().parse_args(argv)
+        plugins.load_plugins(extra)
         args.argv, args.debug = argv, getattr(args, "debug", False)
         if hasattr(args, "set") and not getattr(args, "late_config", False):
             from benchmark.commands.common import apply_config

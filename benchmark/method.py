@@ -37,8 +37,10 @@ class Method(nn.Module):
     # module's state_dict (buffers, or get_extra_state) so that --resume is exact.
     wants_index: bool = False
     # Cross-modal matching when d_S != d_T: a module mapping F_S [B, d_S] to the teacher's side [B, d_T] (set it in
-    # __init__ to one of the method's own trained modules, e.g. CLIP's student projection); None: no matching
-    match_connector: nn.Module | None = None
+    # __init__ to one of the method's own trained modules, e.g. CLIP's student projection); unset: no matching.
+    # Declared without a class default: nn.Module keeps submodules in _modules, and a class attribute would
+    # shadow the one an instance sets
+    match_connector: nn.Module | None
     # What terms() reads of the teacher: any of "embedding", "logits", "maps". The trainer fills only these
     # fields of TeacherOut and runs no live teacher at all when the set is empty (the baseline). An instance may
     # set its own in __init__ (a method whose form depends on whether the teacher has maps). The default
@@ -88,7 +90,8 @@ class Method(nn.Module):
         """Raw F_S when it has the teacher-side dimension, else the method's connector, else None."""
         if f_s.shape[1] == self.teacher_feature_dim:
             return f_s
-        return self.match_connector(f_s) if self.match_connector is not None else None
+        conn = getattr(self, "match_connector", None)
+        return conn(f_s) if conn is not None else None
 
     @property
     def teacher_feature_dim(self) -> int:
@@ -98,7 +101,7 @@ class Method(nn.Module):
     def match_space(self) -> str:
         if self.teacher_feature_dim == self.dims.student:
             return "raw_student"
-        return "connector" if self.match_connector is not None else "undefined(d_S!=d_T, no connector)"
+        return "connector" if getattr(self, "match_connector", None) is not None else "undefined(d_S!=d_T, no connector)"
 
 
 # Named random streams of one run seed: numpy SeedSequence children, so that no two share numbers.

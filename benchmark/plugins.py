@@ -15,6 +15,14 @@ _external: list[str] = []
 _builtin_loaded = False
 
 
+def builtin_loaded() -> bool:
+    return _builtin_loaded
+
+
+def has_entry_points() -> bool:
+    return bool(entry_points(group=GROUP))
+
+
 def load_plugins(extra: list[str] | tuple[str, ...] = (), how: str = "--plugin") -> None:
     global _builtin_loaded
     if not _builtin_loaded:

@@ -57,6 +57,22 @@ def main_setting(runs: pd.DataFrame, task_name: str, task) -> tuple[pd.DataFrame
     return sel[sel["_setting"] == key], setting_labels(pool, task)[key]
 
 
+CAPTIONS = {  # by the figure file's name: what to read from it
+    "curves_": "How to read it: one row of panels per method configuration: its task loss per epoch (the task's own "
+               "term alone, so that methods share one scale; each method's own loss terms per epoch are in runs.csv "
+               "as metrics.term_*) and its validation metric, mean over seeds with the min-max band. A loss that "
+               "stays flat is a method that did not train (the summary's checks name such runs).",
+    "tsne": "How to read it: the marker is the space (open squares: the frozen teacher's E_T; open triangles: the "
+            "projection head's F_T; dots: the student's F_S), the colour the class. Where a class's dots lie with "
+            "its triangles, the student learned the teacher's geometry for it; the squares show where the teacher "
+            "itself put the class. One run only (named in the heading): not a statistic.",
+}
+
+
+def caption(name: str) -> str:
+    return next((f"\n{text}\n" for prefix, text in CAPTIONS.items() if name.startswith(prefix)), "")
+
+
 def fig_training_curves(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
     """Per task (its most populated setting): the task's own loss term (not the methods' summed, weighted
     losses) and the selection metric per epoch, mean over seeds with a min-max band, per configuration."""
@@ -204,7 +220,7 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
         parts += ["## Controlled tasks: where the modalities' shared information is known", "", sweeps]
     if figs or files:
         parts.append("## Figures\n")
-        parts += [f"### {t}\n\n![{t}]({p.name})\n" for t, p in figs]
+        parts += [f"### {t}\n\n![{t}]({p.name})\n" + caption(p.name) for t, p in figs]
     if files:
         parts += ["Training curves and the t-SNE figure are not in a report rebuilt from runs.csv files: they need "
                   "the metric histories and artifacts of an MLflow store.", ""]

@@ -137,3 +137,34 @@ def test_an_experiment_file_with_an_emoji_in_a_path_reads_back(tmp_path):
         f = tmp_path / "exp.toml"
         f.write_text(text, encoding="utf-8")
         assert experiment.read(f)["data_dir"] == str(tmp_path / folder)
+
+
+def test_the_parsers_names_read_from_the_source_are_the_registries_names():
+    """benchmark/manifest.py reads the registrations from the source (no import); once the modules are imported
+    (conftest loads them), every harness-owned entry of each registry is among them and vice versa."""
+    from benchmark.manifest import builtin_names
+    from benchmark.registry import DATASETS, FIXTURES, METHODS, STUDENTS, TASKS, TEACHERS
+
+    def module(entry):
+        obj = entry.obj[0] if isinstance(entry.obj, tuple) else entry.obj
+        return getattr(obj, "__module__", "") or ""
+    for reg in (METHODS, TASKS, STUDENTS, TEACHERS, FIXTURES, DATASETS):
+        own = {e.name for e in reg.entries() if module(e).split(".")[0] in ("methods", "tasks", "benchmark")}
+        assert set(builtin_names()[reg.kind]) == own, reg.kind
+
+
+def test_help_and_a_mistyped_option_import_neither_torch_nor_the_methods():
+    """Issue 45: every command took 16-25 s to start on a busy machine, --help and a one-line usage error
+    included: the parser imported every method and task (torch, torchvision, scikit-learn) for their names."""
+    import subprocess
+    import sys
+    code = ("import sys, time; t = time.perf_counter(); from benchmark.cli import main\n"
+            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('RESULT', rc, 'torch' in sys.modules, 'methods.kd' in sys.modules, round(time.perf_counter() - t, 2))")
+    for argv, rc in ((["--help"], 0), (["run", "--help"], 0), (["run", "--seed", "3"], 2),
+                     (["run", "--task", "cifar1000"], 2)):
+        res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT"))
+        _, code_, torch_, kd, seconds = line.split()
+        assert (int(code_), torch_, kd) == (rc, "False", "False"), (argv, line, res.stderr[-500:])
+    assert "--task: invalid choice: 'cifar1000'" in res.stderr and "did you mean 'cifar100'" in res.stderr

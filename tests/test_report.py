@@ -120,6 +120,7 @@ def test_report_from_fixture_store(tmp_path, fixture_store):
     figures = sorted(out.glob("*.png"))
     names = {p.name for p in figures}
     assert {"curves_cifar100.png", "tsne.png", "table12_ablation.png"} <= names
+    assert report.count("How to read it:") == 2 and "metrics.term_*" in report and "open triangles" in report
     for p in figures:
         assert p.read_bytes()[:8] == PNG and plt.imread(p).shape[0] > 100
         assert f"]({p.name})" in report

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from benchmark.manifest import known
 from benchmark.registry import METHODS, STUDENTS, TASKS, TEACHERS, UsageError
 
 
@@ -212,18 +213,18 @@ def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
                    "student, teacher, data_dir, device, [set] KEY = VALUE and [method.NAME] KEY = VALUE (every run logs "
                    "its own as experiment.toml); "
                    "flags given here override it")
-    p.add_argument("--task", choices=TASKS.names(), help=f"the task (default {RUN_DEFAULTS['task']})")
+    p.add_argument("--task", choices=known(TASKS), help=f"the task (default {RUN_DEFAULTS['task']})")
     p.add_argument("--quiet", action="store_true", help="no progress lines (per epoch, every 30 s of a long epoch, "
                    "per run of a table); results, warnings and errors as always")
     if methods:
         p.add_argument("--methods", metavar="all|M1,M2,...",
-                       help="'all' or a comma list of: " + ", ".join(METHODS.names()) + " (default all)")
+                       help="'all' or a comma list of: " + ", ".join(known(METHODS)) + " (default all)")
     p.add_argument("--profile", help="the task's profile (smoke, quick, paper, ...; `list --profiles`; default quick)")
     p.add_argument("--seeds", type=int, help="number of seeds, from the config seed (default 0) up (default 1)")
     p.add_argument("--student", metavar="STUDENT",
-                   help="student network (default: the task profile's): " + ", ".join(STUDENTS.names())
+                   help="student network (default: the task profile's): " + ", ".join(known(STUDENTS))
                    + ", or tv:<torchvision model> or timm:<timm model> where the task takes images")
-    p.add_argument("--teacher", choices=TEACHERS.names(), help="teacher (default: the task profile's)")
+    p.add_argument("--teacher", choices=known(TEACHERS), help="teacher (default: the task profile's)")
     p.add_argument("--data-dir", dest="data_dir", help="the dataset's folder (default: its folder under the data "
                    "root $XKD_DATA or ~/.cache/xkd-bench/data, fetched there when missing; speaker task: required)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when present")

@@ -21,14 +21,15 @@ def cmd_fixture(args) -> int:
 
 
 def add(sub) -> None:
+    from benchmark.manifest import known
     p = sub.add_parser("data", help="fetch datasets from their official sources into the data root, or list them")
     p.add_argument("action", choices=["fetch", "list"], help="fetch a dataset (or all) into the data root, or list them")
-    p.add_argument("name", nargs="?", default="all", choices=[*DATASETS.names(), "all"], help="dataset (fetch; default all)")
+    p.add_argument("name", nargs="?", default="all", choices=[*known(DATASETS), "all"], help="dataset (fetch; default all)")
     p.add_argument("--root", help="data root (default $XKD_DATA or ~/.cache/xkd-bench/data)")
     p.set_defaults(fn=cmd_data, interrupted="the download stopped; nothing half-written is kept: run it again")
     f = sub.add_parser("fixture", help="build the small real speaker fixture (FSDD + ORL + sonic-pi noise)")
     from benchmark.registry import FIXTURES
-    f.add_argument("which", choices=FIXTURES.names(), help="which fixture")
+    f.add_argument("which", choices=known(FIXTURES), help="which fixture")
     f.add_argument("--out", required=True, help="folder to write the fixture to")
     f.add_argument("--shared-data", dest="shared_data", help="folder holding fsdd/ and faces-orl/ (default: the "
                    "data root that `data fetch fsdd orl` fills, $XKD_DATA or ~/.cache/xkd-bench/data)")

@@ -15,10 +15,11 @@ def cmd_study(args) -> int:
 
 
 def add(sub) -> None:
+    from benchmark.manifest import known
     p = sub.add_parser("study", help="Optuna study of one method: a grid (--grid / --paper tableN) or TPE over its "
                        "search space")
     common_run_args(p, methods=False)
-    p.add_argument("--method", choices=METHODS.names(), help="the method studied (--paper sets it)")
+    p.add_argument("--method", choices=known(METHODS), help="the method studied (--paper sets it)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="a hyperparameter and its values (repeatable: the grid is their product)")
     p.add_argument("--paper", choices=["table5", "table6", "table10", "table11", "table12"],
