@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         # --help and a mistyped option are answered from the source's names (benchmark/manifest.py), before the
         # harness's methods and tasks (torch, torchvision, scikit-learn) are imported
         args = build_parser().parse_args(argv)
+        # the first line (the store) before those imports, unless an experiment file may still name the store
+        early = not getattr(args, "config", None) and not getattr(args, "late_config", False)
+        if early:
+            say_store(args)
         plugins.load_plugins(extra)
         args.argv, args.debug = argv, getattr(args, "debug", False)
         if hasattr(args, "set") and not getattr(args, "late_config", False):
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
-        say_store(args)
+        if not early:
+            say_store(args)
         return args.fn(args)
     except UsageError as e:
         if debug:

@@ -168,3 +168,27 @@ def test_help_and_a_mistyped_option_import_neither_torch_nor_the_methods():
         _, code_, torch_, kd, seconds = line.split()
         assert (int(code_), torch_, kd) == (rc, "False", "False"), (argv, line, res.stderr[-500:])
     assert "--task: invalid choice: 'cifar1000'" in res.stderr and "did you mean 'cifar100'" in res.stderr
+
+
+def test_runs_first_line_comes_before_torch_is_imported(tmp_path):
+    """Issue 45: `run` printed nothing until the methods, tasks, data and teacher were loaded. Its first line
+    (the store it writes to) now comes before the harness's modules are imported."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "class Out:\n"
+            "    first = None\n"
+            "    def write(self, text):\n"
+            "        if Out.first is None and text.strip():\n"
+            "            Out.first = (text.strip(), 'torch' in sys.modules)\n"
+            "        return len(text)\n"
+            "    def flush(self):\n"
+            "        pass\n"
+            "real, sys.stdout = sys.stdout, Out()\n"
+            "from benchmark.cli import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "print('RESULT', rc, Out.first, file=real)\n")
+    res = subprocess.run([sys.executable, "-c", code, "run", "--task", "synthetic", "--profile", "smoke", "--methods",
+                          "baseline", "--set", "epochs=1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert f"RESULT 0 ('store: sqlite:///{tmp_path / 'm.db'}', False)" in res.stdout, res.stdout + res.stderr[-2000:]
