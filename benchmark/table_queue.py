@@ -55,19 +55,15 @@ def create(url: str, name: str, spec: dict[str, Any], points: list[tuple[str, in
 
 
 def stale_handler(tracker, name: str, max_retry: int = 3):
-    """A point whose worker stopped beating: its RUNNING MLflow run ends KILLED, the point is queued again."""
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-    def handle(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        point = _point_tag(name, trial.params)
-        for r in tracker.client.search_runs([tracker.experiment_id], filter_string=(
-                f"tags.`xkd.queue_point` = '{point}' and attributes.status = 'RUNNING'")):
-            tracker.set_tag(r.info.run_id, "xkd.failure", "its queue worker stopped")
-            tracker.end(r.info.run_id, status="KILLED")
-        patiently(retry, study, trial)
-        print(f"{trial.params.get('method')} seed {trial.params.get('seed')}: its worker "
-              f"({trial.user_attrs.get('worker', '?')}) stopped; the point is queued again", flush=True)
-    return handle
+    """A point whose worker stopped beating: its RUNNING MLflow run ends KILLED, the point is queued again
+    (the study's stale-trial handler, finding the run by the point's tag)."""
+    def runs_of(tracker, trial):
+        return tracker.client.search_runs([tracker.experiment_id], filter_string=(
+            f"tags.`xkd.queue_point` = '{_point_tag(name, trial.params)}' and attributes.status = 'RUNNING'"))
+    return runner.stale_trial_handler(
+        tracker, max_retry, runs_of=runs_of, who="queue worker",
+        said=lambda t: f"{t.params.get('method')} seed {t.params.get('seed')}: its worker "
+                       f"({t.user_attrs.get('worker', '?')}) stopped; the point is queued again")
 
 
 def _point_tag(name: str, params: dict) -> str:

@@ -138,22 +138,28 @@ def end_parent_if_done(study: optuna.Study, tracker) -> None:
         tracker.end(parent, status="FAILED" if unresolved else "FINISHED")
 
 
-def stale_trial_handler(tracker, max_retry: int = 3):
-    """Called for a trial whose worker stopped beating: its MLflow trial run and any training run under it
-    end KILLED, and its point is queued again (up to max_retry times)."""
+def _trial_runs(tracker, trial: optuna.trial.FrozenTrial) -> list:
+    """A study trial's MLflow runs: its trial run and the training runs under it."""
+    run = trial.user_attrs.get("mlflow_run_id")
+    if not run:
+        return []
+    return [*tracker.client.search_runs([tracker.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'")), tracker.client.get_run(run)]
+
+
+def stale_trial_handler(tracker, max_retry: int = 3, runs_of=_trial_runs, who: str = "study worker",
+                        said=lambda trial: f"trial {trial.number} lost its worker: its point is queued again"):
+    """Called for a trial whose worker stopped beating: its MLflow runs (runs_of(tracker, trial)) that are still
+    RUNNING end KILLED, and its point is queued again (up to max_retry times); said(trial) is printed."""
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
 
     def handle(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run = trial.user_attrs.get("mlflow_run_id")
-        if run:
-            children = tracker.client.search_runs([tracker.experiment_id], filter_string=(
-                f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'"))
-            for r in [*children, tracker.client.get_run(run)]:
-                if r.info.status == "RUNNING":
-                    tracker.set_tag(r.info.run_id, "xkd.failure", "its study worker stopped")
-                    tracker.end(r.info.run_id, status="KILLED")
+        for r in runs_of(tracker, trial):
+            if r.info.status == "RUNNING":
+                tracker.set_tag(r.info.run_id, "xkd.failure", f"its {who} stopped")
+                tracker.end(r.info.run_id, status="KILLED")
         patiently(retry, study, trial)
-        print(f"trial {trial.number} lost its worker: its point is queued again", flush=True)
+        print(said(trial), flush=True)
     return handle
 
 

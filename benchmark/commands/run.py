@@ -72,8 +72,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             nonlocal tables_ok
             if "failure" not in rec:
                 _say_run(task, rec)
-            results.append(rec)  # tabled in the sequential order (seed, then method), whatever order they end in
-            results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+            _add_in_order(results, rec, methods)
             tables_ok = _tables(results, tables_dir, task, tables_ok)
         args.interrupted = lambda: (f"{len(results)} finished run(s) and their tables kept; the workers' runs ended "
                                     "KILLED with their checkpoints; rerun the same command with --resume to continue")
@@ -147,8 +146,7 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
 
     def table(rec: dict) -> None:  # tabled in the sequential order (seed, then method), whoever ran it
         nonlocal tables_ok
-        results.append(rec)
-        results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
+        _add_in_order(results, rec, methods)
         tables_ok = _tables(results, tables_dir, task, tables_ok)
         from benchmark.progress import table_line
         print(table_line(len(results), len(points), t0), flush=True)
@@ -172,6 +170,12 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
         return 0
     tq.wait(study, len(points), table, seen)
     return _finish(results, sum("failure" in r for r in results), tables_dir, task, t0, tables_ok)
+
+
+def _add_in_order(results: list[dict], rec: dict, methods: list[str]) -> None:
+    """A run's record among the table's, in the sequential order (seed, then method), whatever order they end in."""
+    results.append(rec)
+    results.sort(key=lambda r: (r["seed"], methods.index(r["method"])))
 
 
 def _queued_points():
