@@ -388,7 +388,13 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
         ds = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
                      profile=json.dumps(facts, default=str))
-        self.client.log_inputs(run_id, datasets=[DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])]
+        try:
+            self.client.log_inputs(run_id, datasets=inputs)
+        except Exception as e:  # noqa: BLE001 - two workers logged the same dataset at once: the server stored it
+            if not any(w in str(e) for w in ("UniqueViolation", "UNIQUE constraint", "dataset_pk")):
+                raise
+            self.client.log_inputs(run_id, datasets=inputs)  # once more: it finds the dataset and links this run
 
     def log_model(self, run_id: str, model, class_names: list[str], weights: str) -> str:
         """The trained student as an MLflow PyTorch model (load it with mlflow.pytorch.load_model(uri)); the
