@@ -83,7 +83,7 @@ def plugins_named(argv: list[str]) -> list[str]:
             out.append(argv[i + 1])
         elif a.startswith("--plugin="):
             out.append(a.split("=", 1)[1])
-        elif a == "--config" and i + 1 < len(argv):
+        elif a in ("--config", "--protocol") and i + 1 < len(argv):
             from benchmark import experiment
             out += experiment.read(argv[i + 1]).get("plugins", [])
     return out
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         # harness's methods and tasks (torch, torchvision, scikit-learn) are imported
         args = build_parser().parse_args(argv)
         # the first line (the store) before those imports, unless an experiment file may still name the store
-        early = not getattr(args, "config", None) and not getattr(args, "late_config", False)
+        early = not getattr(args, "config", None) and not getattr(args, "protocol", None) \
+            and not getattr(args, "late_config", False)
         if early:
             say_store(args)
         plugins.load_plugins(extra)

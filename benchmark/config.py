@@ -45,9 +45,11 @@ class RunConfig:
     # a negative control in place of the real teacher (docs/methods.md): random = the same architecture untrained
     # (seeded by teacher_seed; cifar100-kd, synthetic); shuffled = each training sample gets another sample's
     # teacher outputs (a permutation of the training set fixed per run seed; every task)
-    teacher_control: str = choice("none", "random", "shuffled", help="none: the real teacher; random: the same "
-                                  "teacher architecture untrained; shuffled: each training sample gets another "
-                                  "sample's teacher outputs (a permutation fixed per seed)")
+    teacher_control: str = choice("none", "random", "shuffled", "class_mean", help="none: the real teacher; random: "
+                                  "the same teacher architecture untrained; shuffled: each training sample gets another "
+                                  "sample's teacher outputs (a permutation fixed per seed); class_mean: each training "
+                                  "sample gets its class's mean teacher output over the training set (label-level "
+                                  "knowledge only)")
     zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)
@@ -89,6 +91,9 @@ class RunConfig:
     log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
     share_teacher: bool = True                          # a live teacher's vector outputs stored once per stream (teacher_stream.py)
     checkpoint_every_s: float = bounded(300.0, 0, None)  # also a checkpoint within an epoch this often (0: at epoch ends only)
+    # the confirmatory protocol these runs belong to (NAME@SHA256-16), set only by `run --protocol FILE`
+    # (benchmark/protocol.py): a setting of its own; the report checks it against the committed file
+    protocol: str = ""
     # the fields a task declares itself (Task.Fields: a plugin task's own settings), resolved; read as attributes
     task_fields: dict[str, Any] = field(default_factory=dict)
 

@@ -10,7 +10,8 @@
     [method.kd]                   # --set kd.temperature=2: one method's hyperparameters
     temperature = 2.0
 
-Optional top-level keys: student, teacher, data_dir, device, cache_dir, tracking_uri, experiment, out.
+Optional top-level keys: student, teacher, data_dir, device, cache_dir, tracking_uri, experiment, out; a
+[protocol] table makes the file a confirmatory protocol, run by `run --protocol FILE` (benchmark/protocol.py).
 Flags on the command line override the file (`--set` entries are applied after the file's). Every run logs
 its fully resolved file (`experiment.toml`: one method, one seed, every field and hyperparameter) as an
 MLflow artifact; `run --config experiment.toml` reproduces that run."""
@@ -25,7 +26,7 @@ from typing import Any
 from benchmark.registry import UsageError
 
 KEYS = {"task", "profile", "methods", "seeds", "plugins", "set", "method", "student", "teacher", "data_dir", "device",
-        "cache_dir", "tracking_uri", "experiment", "out"}
+        "cache_dir", "tracking_uri", "experiment", "out", "protocol"}
 SCALAR = (str, int, float, bool)
 
 
@@ -73,7 +74,7 @@ def check_types(path, doc: dict[str, Any]) -> None:
     def bad(key: str, want: str, hint: str = "") -> UsageError:
         return UsageError(f"--config {path}: {key} must be {want}, not {_kind(doc[key])} ({doc[key]!r}){hint}")
     for k, v in doc.items():
-        if k in ("set", "method"):
+        if k in ("set", "method", "protocol"):
             if not isinstance(v, dict):
                 raise bad(k, f"a table ([{k}])")
         elif k == "seeds":
@@ -126,6 +127,6 @@ def dump(cfg, method: str, hparams: dict[str, Any], plugins: list[str]) -> str:
         lines.append("plugins = [" + ", ".join(_toml(x) for x in plugins) + "]")
     lines += ["", "[set]"]
     lines += [f"{k} = {_toml(v)}" for k, v in cfg.as_params().items() if k not in top and k != "device"
-              and isinstance(v, SCALAR)]
+              and k != "protocol" and isinstance(v, SCALAR)]
     lines += ["", f"[method.{method}]"] + [f"{k} = {_toml(v)}" for k, v in hparams.items() if isinstance(v, SCALAR)]
     return "\n".join(lines) + "\n"

@@ -97,8 +97,9 @@ class Task:
     # (at; fitnet/sp/ickd with *_form=maps) are refused before any run on a task without them
     teacher_maps: bool = False
     # the negative controls this task's teachers can stand in for (RunConfig.teacher_control): every task can give
-    # each training sample another sample's teacher outputs; `random` needs a teacher with an untrained form
-    teacher_controls: tuple[str, ...] = ("shuffled",)
+    # each training sample another sample's teacher outputs, or its class's mean ones; `random` needs a teacher with
+    # an untrained form
+    teacher_controls: tuple[str, ...] = ("shuffled", "class_mean")
     # the comparison declared before the task's tables are run (Primary, above), tested alone at 0.05 and
     # reported apart from the exploratory family; None: every comparison is exploratory
     primary: Primary | None = None

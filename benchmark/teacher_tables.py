@@ -44,6 +44,19 @@ class TeacherTables:
         return self
 
 
+def class_means(tables: TeacherTables, keys: torch.Tensor, labels: torch.Tensor,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The class-mean control's targets: per class, the mean of the teacher's raw embeddings [K, d_T] and logits
+    [K, C] over the training samples of that class (table rows `keys`, every variant). A class with no training
+    sample keeps zeros (nothing reads its row)."""
+    def mean(table: torch.Tensor) -> torch.Tensor:
+        per_sample = table[keys].float().mean(1)
+        total = torch.zeros(num_classes, per_sample.shape[-1], device=per_sample.device).index_add_(0, labels, per_sample)
+        count = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(total)
+        return total / count[:, None]
+    return mean(tables.embedding), None if tables.logits is None else mean(tables.logits)
+
+
 def class_prototypes(emb: torch.Tensor) -> torch.Tensor:
     """[K, V, d] -> [K, d]: normalise each variant, average, renormalise (the 80-template prototype)."""
     return F.normalize(F.normalize(emb.float(), dim=-1).mean(1), dim=-1)

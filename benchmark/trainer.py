@@ -188,10 +188,19 @@ class Context:
             self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
             self.shuffle = self.shuffle_cpu.to(self.device)  # looks up table keys on the device, once per run
             self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
+        # the class-mean control: training sample i is given its class's mean teacher embedding and logits over the
+        # training set's un-augmented rows (and variants): label-level knowledge only, the teacher's statistics kept
+        self.class_mean = None
+        if cfg.teacher_control == "class_mean":
+            if "maps" in self.teacher_reads:
+                raise UsageError(f"teacher_control=class_mean gives each sample its class's mean teacher embedding and "
+                                 f"logits; method '{method_name}' reads the teacher's stage maps, which it has no mean of")
+            from benchmark.teacher_tables import class_means
+            self.class_mean = class_means(tables, self.train_key, self.train_y, data.num_classes)
         # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
         self.teacher_stream = None
         if cfg.share_teacher and tables.live is not None and self.teacher_reads and "maps" not in self.teacher_reads \
-                and self.shuffle is None and distributed.world_size() == 1:
+                and self.shuffle is None and self.class_mean is None and distributed.world_size() == 1:
             from benchmark.teacher_cache import default_cache_dir
             from benchmark.teacher_stream import TeacherStream
             self.teacher_stream = TeacherStream.for_run(cfg, self.teacher_digest, self.precision_resolved, self.device,
@@ -243,7 +252,9 @@ class Context:
             x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
-        if tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
+        if self.class_mean is not None:  # the class-mean control: no teacher forward, its class's mean outputs
+            teacher = TeacherOut(self.class_mean[0][y], None if self.class_mean[1] is None else self.class_mean[1][y])
+        elif tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
             teacher = TeacherOut()
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
             x_t = x if self.shuffle is None else self.task.augment(

@@ -54,7 +54,7 @@ def by_row(data: TaskData) -> TaskData:
                                 "distilled into a smaller image student; the positive control")
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
-    teacher_controls = ("random", "shuffled")  # random: teacher_arch at its seeded initialisation, untrained
+    teacher_controls = ("random", "shuffled", "class_mean")  # random: teacher_arch at its seeded initialisation, untrained
     primary = Primary("kd", (("temperature", 4.0),), declared="2026-12-03, at the reference temperature, before "
                       "the 4-epoch quick tables were run")
     positive_control = "kd"

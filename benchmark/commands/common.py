@@ -91,6 +91,14 @@ def prepare(args):
         cfg = build_config(task, args.profile, flags, cfg_sets)
     except UsageError as e:  # a bad value of the experiment file names the file and table it came from
         raise sourced(e, set_sources(args, file_sets)) from None
+    proto = getattr(args, "protocol_doc", None)
+    if cfg.protocol and proto is None:
+        raise UsageError("protocol is recorded by `run --protocol FILE` only (the report checks it against the "
+                         "committed file); drop --set protocol=...")
+    if proto is not None:  # declared (committed with these bytes) and at its code version, or refused here
+        from benchmark.protocol import check_runnable
+        from benchmark.provenance import code_version
+        check_runnable(proto, code_version())
     if cfg.teacher_control != "none" and cfg.teacher_control not in task.teacher_controls:
         having = ", ".join(n for n in TASKS.names() if cfg.teacher_control in TASKS.get(n).teacher_controls)
         raise UsageError(f"teacher_control={cfg.teacher_control}: the teacher of task '{task.name}' has no such "
@@ -238,13 +246,37 @@ def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
                    "(default ~/.cache/xkd-bench or $XKD_CACHE_DIR)")
 
 
+def protocol_of(args):
+    """`run --protocol FILE`: the protocol, read and checked; the file becomes the experiment file. Options that
+    would change what it runs are refused (it runs exactly what it declares)."""
+    path = getattr(args, "protocol", None)
+    if not path:
+        return None
+    given = [flag for flag, dest in (("--config", "config"), ("--task", "task"), ("--methods", "methods"),
+                                     ("--profile", "profile"), ("--seeds", "seeds"), ("--student", "student"),
+                                     ("--teacher", "teacher")) if getattr(args, dest, None) is not None]
+    given += ["--set"] * bool(args.set) + [f"--{n.replace('_', '-')}" for n in SHORTCUTS
+                                           if getattr(args, f"short_{n}", None) is not None]
+    if given:
+        raise UsageError(f"--protocol runs exactly what {path} declares: drop {', '.join(given)} (a changed run "
+                         "is another protocol: declare it in a new file, commit it, then run it)")
+    from benchmark import protocol
+    proto = protocol.read(path)
+    args.config, args.protocol_doc = str(path), proto
+    return proto
+
+
 def apply_config(args) -> None:
     """Merge an experiment file under the command line, then the defaults; shortcuts become --set entries."""
     from benchmark import experiment
+    proto = protocol_of(args)
     if getattr(args, "config", None):
         doc = experiment.read(args.config)
+        if "protocol" in doc and proto is None:
+            raise UsageError(f"--config {args.config} declares a protocol ([protocol]): run it with `run --protocol "
+                             f"{args.config}` (its runs are then checked and recorded as the protocol's)")
         for k, v in doc.items():
-            if k in ("set", "plugins", "method_sets"):
+            if k in ("set", "plugins", "method_sets", "protocol"):
                 continue
             if k == "methods" and not hasattr(args, "methods"):
                 k = "method"
@@ -253,6 +285,10 @@ def apply_config(args) -> None:
         args.set = doc["set"] + list(args.set)  # the command line's --set after the file's: it wins
         args.file_set_count = len(doc["set"])
         args.method_sets = doc["method_sets"]
+    if proto is not None:  # its seeds and its tag, after the file's entries
+        from benchmark.protocol import command_sets
+        args.seeds = len(proto.seeds)
+        args.set += command_sets(proto)
     for k, v in RUN_DEFAULTS.items():
         if getattr(args, k, "absent") is None:
             setattr(args, k, v)

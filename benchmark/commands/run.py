@@ -53,6 +53,20 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         distributed.shard(cfg.batch_size)  # divisible, checked before any run starts
         say(f"distributed: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} "
             f"samples each of every global batch of {cfg.batch_size}", flush=True)
+    proto = getattr(args, "protocol_doc", None)
+    if proto is not None and main:  # a declared seed must be fresh in this store
+        from benchmark.protocol import declaration, seeds_used
+        from benchmark.registry import UsageError
+        used = seeds_used(tracker, proto)
+        if used:
+            raise UsageError(f"--protocol {proto.path}: its seeds must be fresh, but this store has runs of them outside "
+                             "the protocol: " + ", ".join(f"{m} seed {s} ({rid[:8]})" for s, m, rid in used[:5])
+                             + (f" and {len(used) - 5} more" if len(used) > 5 else "") + "; declare other seeds (a new "
+                             "protocol file) or use a store without them")
+        decl = declaration(proto)
+        say(f"protocol {proto.tag}: declared in commit {decl.commit[:12]} at {decl.time:%Y-%m-%d %H:%M} UTC; "
+            f"{proto.primary} vs {proto.baseline} on {proto.metric}, seeds {proto.seeds[0]}-{proto.seeds[-1]} "
+            f"(n = {len(proto.seeds)}, fixed), two-sided alpha {proto.alpha:g}", flush=True)
     control = "" if cfg.teacher_control == "none" else f" (negative control: teacher_control={cfg.teacher_control})"
     say(f"task {cfg.task} | profile {cfg.profile} | student {cfg.student} | teacher {tables.teacher_id}{control} | "
         f"train/val/test {data.info['n_train']}/{data.info['n_val']}/{data.info['n_test']} | tracking {tracker.uri}",
@@ -294,6 +308,9 @@ def add(sub) -> None:
     p.add_argument("--out", help="output folder for tables and checkpoints (default: checkpoints in "
                    "runs/<task>-<profile>/checkpoints, this invocation's tables in runs/<task>-<profile>/<time>-<pid>, "
                    "linked as .../latest)")
+    p.add_argument("--protocol", metavar="FILE.toml", help="run a committed confirmatory protocol exactly (its task, "
+                   "methods, settings and declared seeds; docs/protocols.md): every run records it, and the report "
+                   "calls its primary comparison confirmatory only when the runs match the declaration")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their last checkpoint")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run the table's (method, seed) points in N worker processes on this machine, each with its "
