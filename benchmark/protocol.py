@@ -145,7 +145,7 @@ def declaration(proto: Protocol) -> Declaration | None:
     if not top:
         return None
     rel = proto.path.relative_to(Path(top).resolve()).as_posix()
-    log = _git(folder, "log", "--reverse", "--format=%H %ct", "--", rel)
+    log = _git(Path(top), "log", "--reverse", "--format=%H %ct", "--", rel)
     for line in (log or "").splitlines():
         commit, stamp = line.split()
         try:

@@ -35,10 +35,11 @@ def declared(tmp_path, text=PROTOCOL, name="proto.toml", commit=True):
     repo.mkdir(exist_ok=True)
     if not (repo / ".git").exists():
         git(repo, "init", "-q")
-    f = repo / name
+    f = repo / "protocols" / name  # in a folder of the repository, as the harness's own are
+    f.parent.mkdir(exist_ok=True)
     f.write_text(text)
     if commit:
-        git(repo, "add", name)
+        git(repo, "add", f"protocols/{name}")
         git(repo, "commit", "-q", "-m", "declare")
     return f
 
@@ -74,7 +75,7 @@ def test_a_protocol_runs_only_as_committed_at_its_code_version(tmp_path):
     f = declared(tmp_path, pinned(), commit=False)
     r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
     assert r.returncode == 2 and "not committed with this content" in r.stderr
-    git(f.parent, "add", f.name), git(f.parent, "commit", "-q", "-m", "declare")
+    git(f.parent, "add", f.name), git(f.parent, "commit", "-q", "-m", "declare")  # from its folder
     f.write_text(pinned() + "# changed after the declaration\n")
     r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
     assert r.returncode == 2 and "not committed with this content" in r.stderr
