@@ -220,5 +220,94 @@ def all_protocols(folder: Path | None = None) -> dict[str, Protocol]:
     return out
 
 
-def as_text(value: Any) -> str:
-    return value if isinstance(value, str) else repr(value)
+
+
+@dataclass
+class Verdict:
+    """Whether one setting's runs are a protocol's confirmatory test: `reasons` lists every way they are not."""
+    tag: str
+    protocol: Protocol | None
+    declared: Declaration | None
+    first_start: Any = None          # the earliest start time of the setting's runs (a pandas Timestamp, UTC)
+    reasons: list[str] | None = None
+
+    @property
+    def confirmatory(self) -> bool:
+        return self.protocol is not None and not self.reasons
+
+
+def same_value(value, wanted) -> bool:
+    try:
+        return abs(float(value) - float(wanted)) < 1e-9
+    except (TypeError, ValueError):
+        return str(value) == str(wanted)
+
+
+def _starts(runs) -> Any:
+    import pandas as pd
+    if "start_time" not in runs:
+        return pd.Series(pd.NaT, index=runs.index)
+    return pd.to_datetime(runs["start_time"], utc=True, errors="coerce", format="mixed")
+
+
+def assess(sel, pool, known: dict[str, Protocol]) -> Verdict | None:
+    """The protocol verdict of one setting's finished runs `sel` (None when none of them carries a protocol);
+    `pool` is every run of the task (earlier runs of a declared seed outside the protocol make it not fresh).
+    Confirmatory only when: the protocol file is known here and committed with these bytes; the primary and
+    baseline runs are exactly the declared seeds; every run is at the protocol's code version, started after
+    the declaring commit, with the declared task, profile, settings and hyperparameters; and no run of a
+    declared seed of these methods outside the protocol started before the protocol's first run."""
+    tags = sorted(set(sel["params.protocol"].fillna("")) - {""}) if "params.protocol" in sel else []
+    if not tags:
+        return None
+    if len(tags) > 1:
+        return Verdict(", ".join(tags), None, None, reasons=["runs of several protocols in one setting"])
+    tag = tags[0]
+    proto = known.get(tag)
+    if proto is None:
+        return Verdict(tag, None, None, reasons=[f"no protocol file of this checkout's protocols/ has the hash "
+                                                 f"{tag.rsplit('@', 1)[-1]}"])
+    decl = declaration(proto)
+    reasons = [] if decl is not None else ["the protocol file is not committed with these bytes"]
+    arms = sel[sel["params.method"].isin([proto.primary, proto.baseline])]
+    starts = _starts(arms)
+    first = starts.min()
+    for arm in (proto.primary, proto.baseline):
+        seeds = sorted({int(float(s)) for s in arms.loc[arms["params.method"] == arm, "params.seed"]})
+        if seeds != list(proto.seeds):
+            got = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds[:12]))})" \
+                if seeds else "no finished run"
+            reasons.append(f"{arm} has {got}, not the declared {len(proto.seeds)} ({proto.seeds[0]}-{proto.seeds[-1]})")
+    need = required_code_version(proto, decl)
+    versions = sorted(set(arms.get("params.code_version", [""]).fillna("")))
+    if need is not None and not all(code_matches(v, need) for v in versions):
+        reasons.append(f"code version {', '.join(versions)} is not the protocol's "
+                       f"({need.removeprefix('+g') if need.startswith('+g') else need})")
+    if starts.isna().any():
+        reasons.append("runs without a start time (an older runs.csv): they cannot be shown to follow the declaration")
+    elif decl is not None and (starts < decl.time).any():
+        reasons.append(f"{int((starts < decl.time).sum())} run(s) started before the declaring commit "
+                       f"({decl.time:%Y-%m-%d %H:%M} UTC)")
+    wrong = []
+    if len(arms):
+        head = arms.iloc[0]
+        wrong += [f"{what} {head.get(f'params.{what}')}" for what, want in (("task", proto.task), ("profile", proto.profile))
+                  if str(head.get(f"params.{what}")) != want]
+    for item in proto.sets:
+        key, value = item.split("=", 1)
+        col = f"params.hp.{key.split('.', 1)[1]}" if "." in key else f"params.{key}"
+        rows = arms[arms["params.method"] == key.split(".", 1)[0]] if "." in key else arms
+        if len(rows) and not all(same_value(v, value) for v in rows.get(col, [None] * len(rows))):
+            wrong.append(f"{key} is not {value}")
+    if wrong:
+        reasons.append("not the declared runs: " + ", ".join(wrong))
+    if len(pool) and first is not None and first == first:  # NaT compares unequal to itself
+        other = pool[pool["params.method"].isin([proto.primary, proto.baseline])
+                     & pool["params.seed"].astype(str).isin([str(s) for s in proto.seeds])
+                     & (pool["params.protocol"].fillna("") != tag if "params.protocol" in pool else True)]
+        earlier = other[_starts(other) < first]
+        if len(earlier):
+            reasons.append(f"declared seeds ran before outside the protocol ({len(earlier)} run(s), e.g. "
+                           f"{earlier['params.method'].iloc[0]} seed {earlier['params.seed'].iloc[0]}): not fresh")
+    return Verdict(tag, proto, decl, first, reasons)
+

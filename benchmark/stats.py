@@ -42,6 +42,7 @@ class Paired:
     p: float = math.nan        # two-sided paired t-test against zero (nan: n < 2 or no spread)
     p_adj: float | None = None  # Holm-adjusted within its family (None: not adjusted)
     sd: float = math.nan       # sample SD of the paired differences (power, benchmark.stats.mde)
+    df: float = math.nan       # the test's degrees of freedom when not n - 1 (crossed_difference)
 
     @property
     def no_spread(self) -> bool:
@@ -97,11 +98,23 @@ def holm(family: list[Paired | None]) -> None:
     seed; no spread): a table set out to make them, so they are untested members that are never rejected (as if
     p = 1, last in the order), and the tested ones are adjusted over all m. A failed method therefore never makes
     another method's verdict easier."""
-    tested = sorted((x for x in family if x is not None and x.n >= 2 and not math.isnan(x.p)), key=lambda x: x.p)
-    m, running = len(family), 0.0
-    for i, x in enumerate(tested):
-        running = max(running, min(1.0, (m - i) * x.p))
-        x.p_adj = running
+    tested = [x for x in family if x is not None and x.n >= 2 and not math.isnan(x.p)]
+    for x, adj in zip(tested, holm_adjust([x.p for x in tested], len(family))):
+        x.p_adj = float(adj)
+
+
+def holm_adjust(p, m: int | None = None):
+    """Holm's adjusted p-values of p [..., t] (vectorised over leading axes) in a family of m >= t members (the
+    untested ones count as p = 1)."""
+    import numpy as np
+    p = np.asarray(p, dtype=float)
+    m = p.shape[-1] if m is None else m
+    order = np.argsort(p, axis=-1, kind="stable")
+    ranked = np.take_along_axis(p, order, -1) * (m - np.arange(p.shape[-1]))
+    ranked = np.minimum(1.0, np.maximum.accumulate(ranked, axis=-1))
+    out = np.empty_like(ranked)
+    np.put_along_axis(out, order, ranked, -1)
+    return out
 
 
 def paired_difference(method: pd.Series, baseline: pd.Series) -> Paired | None:
@@ -111,13 +124,66 @@ def paired_difference(method: pd.Series, baseline: pd.Series) -> Paired | None:
         return None
     if len(d) < 2:
         return Paired(float(d.iloc[0]), math.nan, math.nan, 1)
-    from scipy import stats
     sd = float(d.std(ddof=1))
     if not sd > 1e-12 * max(1.0, abs(float(d.mean()))):  # every seed the same difference: no interval, no test
         return Paired(float(d.mean()), float(d.mean()), float(d.mean()), len(d))
-    half = stats.t.ppf(0.975, len(d) - 1) * sd / math.sqrt(len(d))
-    p = float(2 * stats.t.sf(abs(float(d.mean())) / (sd / math.sqrt(len(d))), len(d) - 1))
-    return Paired(float(d.mean()), float(d.mean() - half), float(d.mean() + half), len(d), p, sd=sd)
+    mean, lo, hi, p = (float(v) for v in paired_interval(d.to_numpy(dtype=float)))
+    return Paired(mean, lo, hi, len(d), p, sd=sd)
+
+
+def paired_interval(d):
+    """The paired t interval and two-sided p of differences d [..., n] (vectorised over leading axes): mean,
+    low, high, p. paired_difference prints it; tests/test_coverage.py checks its coverage with many at once."""
+    import numpy as np
+    from scipy import stats
+    d = np.asarray(d, dtype=float)
+    n = d.shape[-1]
+    mean, se = d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * stats.t.sf(np.abs(mean) / se, n - 1)
+    return mean, mean - half, mean + half, p
+
+
+def crossed_difference(d: pd.DataFrame) -> Paired | None:
+    """The mean gain over k teacher instances and n student seeds when the teachers share the student's seeds
+    (and so the baseline's): d[teacher, seed] = method - baseline, one row per teacher, one column per seed
+    (only the seeds every teacher has). Teacher and seed are crossed random effects: the gain of teacher t on
+    seed s is delta + a_t + c_s + e_ts, and seed noise common to all teachers (c_s: the shared baseline and
+    initialisation) does not average out over teachers. With the two-way mean squares MS_T (teachers, k - 1
+    df), MS_S (seeds, n - 1 df) and MS_E (residual), Var(grand mean) = (MS_T + MS_S - MS_E) / (k n); the
+    interval is t-based with Satterthwaite's degrees of freedom. Its coverage is checked by simulation in
+    tests/test_coverage.py (conservative at k = n = 3: about 97 %). `sd` is the SE times sqrt(k) (power over
+    teachers) and `n` is k. None without two teachers and two common seeds."""
+    d = d.dropna(axis=1, how="any").dropna(axis=0, how="all")
+    k, n = d.shape
+    if k < 2 or n < 2:
+        return None
+    grand, lo, hi, p, se, df = (float(v) for v in crossed_interval(d.to_numpy(dtype=float)))
+    if not se > 1e-12 * max(1.0, abs(grand)):  # no spread to speak of (or a negative estimate): no interval
+        return Paired(grand, grand, grand, k)
+    return Paired(grand, lo, hi, k, p, sd=se * math.sqrt(k), df=df)
+
+
+def crossed_interval(x):
+    """crossed_difference's interval for gains x [..., k, n] (vectorised over leading axes): mean, low, high,
+    p, SE, Satterthwaite degrees of freedom (SE 0 where the variance estimate is not positive)."""
+    import numpy as np
+    from scipy import stats
+    x = np.asarray(x, dtype=float)
+    k, n = x.shape[-2:]
+    grand, rows, cols = x.mean((-2, -1)), x.mean(-1), x.mean(-2)
+    ms_t = n * ((rows - grand[..., None]) ** 2).sum(-1) / (k - 1)
+    ms_s = k * ((cols - grand[..., None]) ** 2).sum(-1) / (n - 1)
+    resid = x - rows[..., :, None] - cols[..., None, :] + grand[..., None, None]
+    ms_e = (resid ** 2).sum((-2, -1)) / ((k - 1) * (n - 1))
+    comb = ms_t + ms_s - ms_e
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = comb ** 2 / (ms_t ** 2 / (k - 1) + ms_s ** 2 / (n - 1) + ms_e ** 2 / ((k - 1) * (n - 1)))
+        se = np.sqrt(np.clip(comb, 0, None) / (k * n))
+        half = stats.t.ppf(0.975, df) * se
+        p = 2 * stats.t.sf(np.abs(grand) / se, df)
+    return grand, grand - half, grand + half, p, se, df
 
 
 # Power of the two-sided paired t-test (one sample of n differences, SD sd): under an effect delta the

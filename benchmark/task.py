@@ -64,23 +64,6 @@ class TaskData:
         return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class Primary:
-    """A task's pre-registered primary comparison: `method` with the hyperparameters `hparams` against the
-    baseline, in the settings whose run parameters include `setting` (all of them when empty). It is tested
-    alone at 0.05 and reported apart from the exploratory family (which keeps Holm); `declared` says when
-    and before which tables it was fixed, so that a reader can see it never moved after a look."""
-    method: str
-    hparams: tuple[tuple[str, Any], ...] = ()
-    setting: tuple[tuple[str, Any], ...] = ()
-    declared: str = ""
-
-    @property
-    def label(self) -> str:
-        hp = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.hparams)
-        return f"{self.method}" + (f" ({hp})" if hp else "") + " vs baseline"
-
-
 class Task:
     """Subclasses: name, profiles {profile: RunConfig values} with a note each, the method defaults they
     set (hparam_defaults), and the methods below. A task's module states all of its defaults in one place."""
@@ -100,9 +83,10 @@ class Task:
     # each training sample another sample's teacher outputs, or its class's mean ones; `random` needs a teacher with
     # an untrained form
     teacher_controls: tuple[str, ...] = ("shuffled", "class_mean")
-    # the comparison declared before the task's tables are run (Primary, above), tested alone at 0.05 and
-    # reported apart from the exploratory family; None: every comparison is exploratory
-    primary: Primary | None = None
+    # the run-config values of the setting the report's figures show when a store holds a sweep of this task
+    # (the synthetic sweep's gamma = 1); a confirmatory comparison is a committed protocol's (protocols/), not
+    # a task's
+    main_setting: tuple[tuple[str, Any], ...] = ()
     # a method that must beat the baseline in every setting of this task (KD on a same-modality task): when it
     # does not, the report says so first, and a null result of the other methods in that setting means nothing
     positive_control: str | None = None

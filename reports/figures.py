@@ -124,8 +124,8 @@ def forest(rows: list[tuple[str, object]], xlabel: str, heading: str, path: Path
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(rows)), [f"{lab} (n={p.n})" for lab, p in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel(xlabel + " (percentage points, 95% CI)\nfilled: p_Holm < 0.05 (the primary comparison: p < 0.05, "
-                  "tested alone)", fontsize=9)
+    ax.set_xlabel(xlabel + " (percentage points, 95% CI)\nfilled: p_Holm < 0.05 (a confirmatory comparison: p < its "
+                  "declared α, tested alone)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     title(fig, heading)
     return save(fig, path, outside_legend=True)  # the saved area holds long row labels and the two-line unit

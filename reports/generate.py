@@ -40,18 +40,18 @@ INTRO = ("Cells: mean ± sample std over distinct seeds (n; one seed: `± n/a`),
 def main_setting(runs: pd.DataFrame, task_name: str, task) -> tuple[pd.DataFrame, str]:
     """The non-study runs of a task in its most populated setting (one student, profile, teacher, ...), and that
     setting's label named against the task's other settings (so that a sweep's figure says which point it
-    shows). Where the task declares its primary comparison's setting (the synthetic sweep's gamma = 1), the most
+    shows). Where the task names the setting its figures show (Task.main_setting: the synthetic sweep's gamma = 1), the most
     populated of the settings that have it (a sweep's settings are equally populated, and its first, gamma = 0,
     is the one where nothing can transfer)."""
-    from reports.leaderboard import in_primary_setting
+    from benchmark.protocol import same_value
     pool, _ = select_pool(TableSpec("", "", "", task_name, [], []), runs)
     if pool.empty:
         return pool, ""
     pool = with_keys(pool)
     sel = pool
-    prim = getattr(task, "primary", None)
-    if prim is not None and prim.setting:
-        has = pool.apply(lambda r: in_primary_setting(r, prim), axis=1)
+    wanted = getattr(task, "main_setting", ())
+    if wanted:
+        has = pool.apply(lambda r: all(same_value(r.get(f"params.{k}"), v) for k, v in wanted), axis=1)
         sel = pool[has] if has.any() else pool
     key = sel["_setting"].value_counts().idxmax()
     return sel[sel["_setting"] == key], setting_labels(pool, task)[key]
@@ -201,7 +201,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
              "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
              "## Summary", "",
-             "Per task and setting: the pre-registered primary comparison (tested alone), the exploratory comparisons "
+             "Per task and setting: a protocol's confirmatory comparison (tested alone; only where every run matches a "
+             "committed protocol), the exploratory comparisons "
              "with the baseline after Holm's correction, what the table could detect, and the forest plot of every Δ. "
              "Δ is in percentage points of the primary metric.", "", summary or "", teacher_summary(teacher_records),
              study_summary(study_records)]

@@ -4,11 +4,13 @@ matched seeds, raw 95% CI, Holm-adjusted p over the table), the teacher's accura
 sorted by the primary metric. The same numbers go to report.csv; a forest plot of the Δs goes beside it."""
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.protocol import all_protocols, assess
 from benchmark.stats import (ALPHA, comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed,
                              power_line, seeds_needed, summary)
 from reports import figures
@@ -17,6 +19,7 @@ from reports.markdown import Footnotes, slug, table
 from reports.runs import lower_is_better, why_not_finished
 
 BASELINE = "baseline"
+CONFIRMATORY = " — confirmatory"  # the row label's suffix of a protocol's confirmatory comparison
 # the teacher's own accuracy, as each kind of teacher records it
 TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_test_top1", "test top-1"),
                     ("params.teacher_prompt_top1", "top-1 on its own prompts"),
@@ -88,12 +91,15 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
             if (method, g["_variant"].iloc[0]) not in have:
                 rows.append((row_label, method, g, {m: summary(pd.Series(dtype=float)) for m, _ in metrics},
                              None, _account(g.iloc[:0], g)))  # g: its unfinished runs, named in its footnote
-    prim = primary_row(task, rows)
+    protocol = assess(sel, context, known_protocols())
+    if protocol is not None and protocol.confirmatory and protocol.protocol.metric != primary:
+        protocol.reasons = [f"the protocol tests {protocol.protocol.metric}, this table's metric is {primary}"]
+    prim = confirmed_row(rows, protocol)
     family = [r[4] for i, r in enumerate(rows) if i != prim and r[1] != BASELINE]
-    holm(family)  # the exploratory family, untested members counted; the pre-registered primary is tested alone
+    holm(family)  # the exploratory family, untested members counted; a confirmatory comparison is tested alone
     # what went wrong first, then the verdict
-    verdict = checks(task, rows, sel, primary, primary_label, prim is not None) + \
-        _verdict(task, rows, prim, family, primary_label)
+    verdict = checks(task, rows, sel, primary, primary_label) + _verdict(task, rows, prim, family, primary_label,
+                                                                         protocol)
     missing = [(r[0], r[5]) for r in rows if r[5]]
     if missing:
         untested = sum(1 for r in rows if r[1] != BASELINE and r[4] is None and r[5])
@@ -102,7 +108,7 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
                        "Holm's family as untested (never rejected): no other method's verdict gains from a failure"
                        if untested else "") + ".", ""]
     if prim is not None:
-        rows[prim] = (rows[prim][0] + " — primary (pre-registered)", *rows[prim][1:])
+        rows[prim] = (rows[prim][0] + CONFIRMATORY, *rows[prim][1:])
     lower = lower_is_better(task)
     rows.sort(key=lambda r: (pd.isna(r[3][primary]["mean"]), r[3][primary]["mean"] * (1 if lower else -1)))
     header = ["rank", "method", *[lab for _, lab in metrics], f"Δ {primary_label} vs baseline, 95% CI",
@@ -121,7 +127,7 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footn
                      delta, *[_num(v, lab) for lab, v in cost.items()]])
         rec = {"task": task_name, "setting": label, "method": method, "configuration": row_label, "rank": rank,
                "primary_metric": primary, "lower_is_better": lower,
-               "primary_comparison": row_label.endswith("— primary (pre-registered)")}
+               "confirmatory": row_label.endswith(CONFIRMATORY)}
         for m, _ in metrics:
             rec.update({f"{m}_{k}": v for k, v in s[m].items()})
         rec.update(comparison_record(p))
@@ -160,49 +166,43 @@ def _not_finished(bad: pd.DataFrame, sel: pd.DataFrame) -> str:
     return "; ".join(f"{m}: {_account(sel[sel['params.method'] == m], g)}" for m, g in bad.groupby("params.method"))
 
 
-def _same(value, wanted) -> bool:
-    try:
-        return abs(float(value) - float(wanted)) < 1e-9
-    except (TypeError, ValueError):
-        return str(value) == str(wanted)
+@functools.lru_cache(maxsize=1)
+def known_protocols() -> dict:
+    """The protocols of this checkout's protocols/ folder, by tag (benchmark/protocol.py)."""
+    return all_protocols()
 
 
-def in_primary_setting(run, prim) -> bool:
-    """Whether a run (a row of runs) has the parameters of the setting its task's primary comparison declares."""
-    return all(_same(run.get(f"params.{k}"), v) for k, v in prim.setting)
-
-
-def primary_row(task, rows) -> int | None:
-    """The index of the row that is the task's pre-registered primary comparison in this setting, if any: the
-    declared method with the declared hyperparameters, in a setting whose runs have the declared parameters."""
-    prim = getattr(task, "primary", None)
-    if prim is None:
+def confirmed_row(rows, verdict) -> int | None:
+    """The index of the row that is a protocol's confirmatory comparison (its primary method against the
+    baseline), when the setting's runs are that protocol's and match its declaration."""
+    if verdict is None or not verdict.confirmatory:
         return None
-    for i, (method, g, p) in enumerate((r[1], r[2], r[4]) for r in rows):
-        first = g.iloc[0]
-        if method == prim.method and p is not None \
-                and all(_same(first.get(f"params.hp.{k}"), v) for k, v in prim.hparams) and in_primary_setting(first, prim):
+    for i, (method, p) in enumerate((r[1], r[4]) for r in rows):
+        if method == verdict.protocol.primary and p is not None:
             return i
     return None
 
 
-def _verdict(task, rows, prim, family, metric_label) -> list[str]:
-    """The lines that open a setting's table: the primary test, the exploratory family after Holm, its power."""
+def _verdict(task, rows, prim, family, metric_label, protocol=None) -> list[str]:
+    """The lines that open a setting's table: the confirmatory test (or why a protocol's runs are not one), the
+    exploratory family after Holm, its power."""
     out = []
     if prim is not None:
-        p = rows[prim][4]
+        p, proto, decl = rows[prim][4], protocol.protocol, protocol.declared
+        alpha = proto.alpha
         better = (p.mean < 0) if lower_is_better(task) else (p.mean > 0)
-        test = "not testable (fewer than two paired seeds)" if p.n < 2 or p.no_spread else \
-            f"p = {p.p:.2g}, tested alone at α = {ALPHA}: " + (
+        test = "not testable (no spread)" if p.n < 2 or p.no_spread else \
+            f"p = {p.p:.2g}, two-sided at α = {alpha:g} as declared: " + (
                 ("**resolved: better than the baseline**" if better else "**resolved: worse than the baseline**")
-                if p.p < ALPHA else "not resolved")
-        line = (f"**Primary (pre-registered, {task.primary.declared})**: {task.primary.label}, Δ {metric_label} "
-                f"{p.mean:+.2f} points [{p.lo:+.2f}, {p.hi:+.2f}] (n = {p.n}), {test}.")
-        need = seeds_needed(p.mean, p.sd)
-        if p.n >= 2 and need == need and p.n < need:
-            line += (f" Note: {p.n} seeds are fewer than the {need:.0f} this test would need to find an effect "
-                     f"of the observed size with 80% power.")
-        out += [line, ""]
+                if p.p < alpha else "not resolved")
+        out += [f"**Confirmatory** (protocol `{proto.name}`, declared in commit {decl.commit[:12]} at "
+                f"{decl.time:%Y-%m-%d %H:%M} UTC; its first run started {protocol.first_start:%Y-%m-%d %H:%M} UTC; "
+                f"the {len(proto.seeds)} declared seeds {proto.seeds[0]}-{proto.seeds[-1]}): {rows[prim][0]} vs "
+                f"{proto.baseline}, Δ {metric_label} {p.mean:+.2f} points [{p.lo:+.2f}, {p.hi:+.2f}] (n = {p.n}), "
+                f"{test}.", ""]
+    elif protocol is not None:
+        out += [f"**Protocol `{protocol.tag}`, not confirmatory**: " + "; ".join(protocol.reasons or []) +
+                ". Every comparison here is exploratory.", ""]
     tested = [c for c in family if c is not None and c.n >= 2 and not c.no_spread]
     if tested:
         lower = lower_is_better(task)
@@ -229,11 +229,11 @@ def _verdict(task, rows, prim, family, metric_label) -> list[str]:
     return out
 
 
-def checks(task, rows, sel: pd.DataFrame, primary: str, primary_label: str, has_primary: bool) -> list[str]:
+def checks(task, rows, sel: pd.DataFrame, primary: str, primary_label: str) -> list[str]:
     """What went wrong, said before the tables: a configuration at or below chance on a top-1 metric, a training
     loss that stayed flat, a positive control that did not beat the baseline, a smoke-profile table (a plumbing
-    check), a task that declares no primary comparison. Runs that did not record what a check needs are not
-    checked (chance needs params.num_classes, a flat loss metrics.first_epoch_train_loss)."""
+    check). Runs that did not record what a check needs are not checked (chance needs params.num_classes, a flat
+    loss metrics.first_epoch_train_loss)."""
     out = []
     for label, method, g, s, p, _ in rows:
         mean = s[primary]["mean"]
@@ -258,14 +258,6 @@ def checks(task, rows, sel: pd.DataFrame, primary: str, primary_label: str, has_
         name = sel["params.task"].iloc[0] if "params.task" in sel else "TASK"
         lines.append(f"**Smoke profile**: a plumbing check (tiny data, a few epochs): its numbers say nothing about "
                      f"the methods. Next: `python -m benchmark run --task {name} --profile quick --seeds 3`.")
-    declared = getattr(task, "primary", None) if task is not None else None
-    if task is not None and declared is None:
-        lines.append("**No primary comparison**: this task declares none (its data is yours: no comparison was "
-                     "registered before its runs), so every comparison here is exploratory.")
-    elif declared is not None and not has_primary:
-        lines.append(f"**No primary line**: the task's pre-registered comparison ({declared.label}) is not in this "
-                     "table (its method, settings or a baseline with matched seeds were not run here), so every "
-                     "comparison here is exploratory.")
     return [x for line in lines for x in (line, "")]
 
 

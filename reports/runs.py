@@ -110,11 +110,14 @@ def history(tracking_uri: str, run_id: str, metric: str) -> pd.Series:
 
 
 def export(runs: pd.DataFrame, path: Path) -> None:
-    """Every param, metric and xkd tag of each run: the store's content a reader needs to check each cell. Runs
+    """Every param, metric and xkd tag of each run, and its start time: the store's content a reader needs to check each cell. Runs
     that did not finish are in it too, with a `status` column (left out when every run finished)."""
     with_status = "status" in runs and not unfinished(runs).empty
-    cols = ["run_id"] + (["status"] if with_status else []) + \
+    cols = ["run_id"] + (["status"] if with_status else []) + (["start_time"] if "start_time" in runs else []) + \
         sorted(c for c in runs if c.startswith(("params.", "metrics.", "tags.xkd.")))
+    if "start_time" in runs:  # when each run began (UTC, ISO 8601): a protocol's runs must follow its declaration
+        runs = runs.assign(start_time=pd.to_datetime(runs["start_time"], utc=True, errors="coerce", format="mixed")
+                           .dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     from benchmark.results import write_atomic
     write_atomic(path, lambda tmp: (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False))
 

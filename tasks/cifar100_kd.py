@@ -22,7 +22,7 @@ import torch
 from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables
-from benchmark.task import Primary, Split, TaskData
+from benchmark.task import Split, TaskData
 from tasks.cifar100 import Cifar100
 
 IMAGE_TEACHERS = ("img-trained", "img-checkpoint")
@@ -55,8 +55,6 @@ def by_row(data: TaskData) -> TaskData:
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
     teacher_controls = ("random", "shuffled", "class_mean")  # random: teacher_arch at its seeded initialisation, untrained
-    primary = Primary("kd", (("temperature", 4.0),), declared="2026-12-03, at the reference temperature, before "
-                      "the 4-epoch quick tables were run")
     positive_control = "kd"
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"

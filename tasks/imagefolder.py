@@ -39,7 +39,6 @@ def read_folder(root: Path, size: int, classes: list[str] | None = None) -> tupl
                                "over the class names; top-1 and matching")
 class ImageFolderTask(Cifar100):
     name = "imagefolder"
-    primary = None  # your data: no comparison is declared for you
     data_folder = None  # --data-dir is required: the user's own folder
     profile_notes = {"smoke": "seconds per method: 1 epoch at 32x32, ResNet8-w16 (tests)",
                      "quick": "ResNet8-w16 at 32x32, 10 epochs"}

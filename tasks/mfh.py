@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from benchmark.registry import TASKS, TEACHERS, UsageError
 from benchmark.teacher_tables import TeacherTables
-from benchmark.task import Primary, Split, Task, TaskData
+from benchmark.task import Split, Task, TaskData
 from tasks.mfh_data import check, draw, gamma_of
 from tasks.synthetic_data import child, torch_generator
 
@@ -63,7 +63,7 @@ TEACHERS.add("linear-teacher", LinearTeacher, "linear classifier on the teacher 
                        "window, linear models, full-batch SGD; seconds per run")
 class MFH(Task):
     name = "mfh"
-    primary = Primary("kd", setting=(("mfh_gamma", 1.0),), declared="2026-12-03, before the tables at this commit were run")
+    main_setting = (("mfh_gamma", 1.0),)
     summary_metrics = [("test_top1", "test top-1 (last epoch)"), ("test_top1_at_best_val", "test top-1 (best-val epoch)")]
     profile_notes = {"smoke": "200 full-batch steps (tests)", "quick": "their protocol: 1000 full-batch steps, lr 0.1"}
     _common = dict(student="linear", teacher="linear-teacher", teacher_logits="own", batch_size=N_TRAIN, lr=0.1,

@@ -124,7 +124,6 @@ def _check_stratified_split(y: np.ndarray, fraction: float) -> None:
                           "inputs); top-1 and matching")
 class Paired(Synthetic):
     name = "paired"
-    primary = None  # your data: no comparison is declared for you
     teacher_controls = ("shuffled", "class_mean")  # precomputed embeddings have no untrained form
     data_folder = None
     profile_notes = {"smoke": "seconds per method: 3 epochs, MLP student on vectors (tests)",

@@ -65,12 +65,12 @@ def test_a_comparison_that_survives_below_the_baseline_is_counted_as_worse(tmp_p
             "baseline, 1 worse); the best is kd") in report
 
 
-def test_the_primary_comparison_is_tested_alone_and_the_rest_keep_holm(tmp_path):
-    """cifar100's pre-registered primary is ours_classifier vs baseline. Hand values, t-test with 2 df
-    (two-sided p = 1 - t / sqrt(t^2 + 2)): ours_classifier - baseline = 2, 3, 1 -> t = 2 sqrt 3, p = 0.0742
-    (alone: no Holm); kd = 4, 5, 6 -> t = 5 sqrt 3, p = 0.01307; pkt = 0, 1, 2 -> t = sqrt 3, p = 0.2254.
-    Holm over the exploratory family of two: kd 2 x 0.01307 = 0.0261 (with the primary inside it would be
-    3 x 0.01307 = 0.0392), pkt 0.2254."""
+def test_without_a_protocol_every_comparison_is_exploratory_and_keeps_holm(tmp_path):
+    """No run carries a protocol (tests/test_protocol.py has those), so no comparison is tested alone, whatever
+    the task. Hand values, t-test with 2 df (two-sided p = 1 - t / sqrt(t^2 + 2)): ours_classifier - baseline =
+    2, 3, 1 -> t = 2 sqrt 3, p = 0.0742; kd = 4, 5, 6 -> t = 5 sqrt 3, p = 0.01307; pkt = 0, 1, 2 -> t = sqrt 3,
+    p = 0.2254. Holm over the three: kd 3 x 0.01307 = 0.0392, ours_classifier max(that, 2 x 0.0742) = 0.1484,
+    pkt max(that, 0.2254)."""
     base = [30.0, 31.0, 32.0]
     diffs = {"ours_classifier": [2, 3, 1], "kd": [4, 5, 6], "pkt": [0, 1, 2]}
     rows = [("baseline", s, base[s], {}) for s in range(3)]
@@ -78,16 +78,13 @@ def test_the_primary_comparison_is_tested_alone_and_the_rest_keep_holm(tmp_path)
     out = tmp_path / "r"
     report = build_report(_store(tmp_path, rows), out).read_text()
     csv = pd.read_csv(out / "report.csv").set_index("method")
-    assert bool(csv.loc["ours_classifier", "primary_comparison"]) and not csv.loc["kd", "primary_comparison"]
-    assert csv.loc["ours_classifier", "p"] == pytest.approx(1 - 12 ** 0.5 / 14 ** 0.5, rel=1e-9)
-    assert math.isnan(csv.loc["ours_classifier", "p_holm"])
-    p_kd = 1 - 75 ** 0.5 / 77 ** 0.5
-    assert csv.loc["kd", "p_holm"] == pytest.approx(2 * p_kd, rel=1e-9)
+    assert not csv["confirmatory"].any()
+    p_ours, p_kd = 1 - 12 ** 0.5 / 14 ** 0.5, 1 - 75 ** 0.5 / 77 ** 0.5
+    assert csv.loc["kd", "p_holm"] == pytest.approx(3 * p_kd, rel=1e-9)
+    assert csv.loc["ours_classifier", "p_holm"] == pytest.approx(2 * p_ours, rel=1e-9)
     assert csv.loc["pkt", "p_holm"] == pytest.approx(1 - 3 ** 0.5 / 5 ** 0.5, rel=1e-9)
-    assert "**Primary (pre-registered, " in report and "ours_classifier vs baseline, Δ" in report
-    assert "p = 0.074, tested alone at α = 0.05: not resolved" in report
-    assert "| ours_classifier — primary (pre-registered)" in report
-    assert "**Exploratory** (2 comparisons with the baseline, Holm): 1 survives the correction (1 better than the baseline, 0 worse); the best is kd" in report
+    assert "Confirmatory" not in report and "pre-registered" not in report
+    assert "**Exploratory** (3 comparisons with the baseline, Holm): 1 survives the correction (1 better than the baseline, 0 worse); the best is kd" in report
     assert "Power: with n = 3 seeds" in report and "minimum detectable paired effect at 80% power" in report
 
 
@@ -265,33 +262,32 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     assert "| kd |" in out
 
 
-def test_a_resolved_primary_says_which_way(tmp_path):
-    """ours_classifier - baseline = -4, -5, -6 (p = 0.013): resolved, and worse than the baseline."""
+def test_a_surviving_comparison_says_which_way(tmp_path):
+    """ours_classifier - baseline = -4, -5, -6 (p = 0.013, a family of one): it survives, worse than the baseline."""
     base = [30.0, 31.0, 32.0]
     rows = [("baseline", s, base[s], {}) for s in range(3)]
     rows += [("ours_classifier", s, base[s] - (4, 5, 6)[s], {}) for s in range(3)]
     report = build_report(_store(tmp_path, rows), tmp_path / "r").read_text()
-    assert "tested alone at α = 0.05: **resolved: worse than the baseline**" in report
+    assert "1 survives the correction (0 better than the baseline, 1 worse)" in report
 
 
-@pytest.mark.parametrize("primary", [False, True], ids=["exploratory", "kd-at-T4-primary"])
-def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teacher(tmp_path, primary):
-    """Three teachers of one recipe (teacher_seed 0, 1, 2), each with its own baseline (30, 31, 32). kd gains
-    5, 6, 7 / 2, 3, 4 / 8, 9, 10: resolved for every teacher (SD 1 within each), but its per-teacher means 6, 3, 9
-    (SD 3) give across teachers +6.00, half-width t(0.975, 2) * 3 / sqrt 3, t = 2 sqrt 3, p = 1 - sqrt(12/14).
-    pkt means 2, 3, 4: t = 3 sqrt 3, p = 1 - sqrt(27/29); Holm over the two: pkt 2p, kd max(that, p_kd). With
-    kd at T = 4 (cifar100-kd's pre-registered primary) kd is tested alone and pkt is a family of one.
-    A fourth teacher with kd runs but no baseline is named and left out; control runs take no part."""
-    hp = {"hp.temperature": 4.0} if primary else {}
+def test_a_gain_is_tested_across_teacher_instances_with_teachers_and_seeds_crossed(tmp_path):
+    """Three teachers of one recipe (teacher_seed 0, 1, 2) sharing the student seeds and the baseline (30, 31,
+    32). kd gains 5, 6, 7 / 2, 3, 4 / 8, 9, 10: teacher means 6, 3, 9, seed effects -1, 0, 1, no residual, so
+    MS_teacher = 3 (0 + 9 + 9) / 2 = 27, MS_seed = 3 (1 + 0 + 1) / 2 = 3, MS_residual = 0: SE = sqrt(30 / 9),
+    Satterthwaite df = 30^2 / (27^2 / 2 + 3^2 / 2). pkt gains 1, 2, 3 / 2, 3, 4 / 3, 4, 5: MS 3, 3, 0, SE =
+    sqrt(6 / 9), df 4. Holm over both. A fourth teacher with kd runs but no baseline is named and left out;
+    control runs take no part."""
+    from scipy import stats
     rows = []
     for t, (kd, pkt) in enumerate((((5, 6, 7), (1, 2, 3)), ((2, 3, 4), (2, 3, 4)), ((8, 9, 10), (3, 4, 5)))):
         params = {"task": "cifar100-kd", "teacher_seed": t, "teacher_id": f"img-trained/resnet8/key{t}",
                   "teacher_test_acc": 47.0 + t}
         for s in range(3):
-            rows += [("baseline", s, 30.0 + s, params), ("kd", s, 30.0 + s + kd[s], {**params, **hp}),
+            rows += [("baseline", s, 30.0 + s, params), ("kd", s, 30.0 + s + kd[s], params),
                      ("pkt", s, 30.0 + s + pkt[s], params),
-                     ("kd", s, 1.0, {**params, **hp, "teacher_control": "shuffled"})]
-    rows += [("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3", **hp})
+                     ("kd", s, 1.0, {**params, "teacher_control": "shuffled"})]
+    rows += [("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3"})
              for s in range(3)]
     out = tmp_path / "r"
     report = build_report(_store(tmp_path, rows), out).read_text()
@@ -301,35 +297,24 @@ def test_a_gain_is_tested_across_teacher_instances_with_one_observation_per_teac
     assert "teacher_seed=1 (teacher 48.00%): Δ" in section and "teacher_seed=3 (" not in section
     kd = [c.strip() for c in next(x for x in section.splitlines() if x.startswith("| kd")).split("|")[1:-1]]
     assert [c.split(" [")[0] for c in kd[1:4]] == ["+6.00", "+3.00", "+9.00"]
-    half = 4.302653 * 3 / 3 ** 0.5
+    se_kd, df_kd = (30 / 9) ** 0.5, 900 / (27 ** 2 / 2 + 3 ** 2 / 2)
+    half = stats.t.ppf(0.975, df_kd) * se_kd
     assert kd[4].startswith(f"+6.00 [{6 - half:+.2f}, {6 + half:+.2f}] (n=3)") and kd[5:] == ["3.00", "1.00"]
     rec = pd.read_csv(out / "teachers.csv").set_index("configuration")
-    kd_row = "kd — primary (pre-registered)" if primary else "kd"
-    p_kd, p_pkt = 1 - (12 / 14) ** 0.5, 1 - (27 / 29) ** 0.5
-    assert rec.loc[kd_row, "p"] == pytest.approx(p_kd, rel=1e-9) and rec.loc["pkt", "p"] == pytest.approx(p_pkt, rel=1e-9)
-    if primary:
-        assert kd[0].startswith("kd — primary (pre-registered)") and kd[4].endswith(f"(n=3) p={p_kd:.2g}")
-        assert bool(rec.loc[kd_row, "primary_comparison"]) and math.isnan(rec.loc[kd_row, "p_holm"])
-        assert rec.loc["pkt", "p_holm"] == pytest.approx(p_pkt, rel=1e-9)
-        assert ("(Holm over the 1 other method of this table besides the pre-registered primary comparison, tested "
-                "alone at 0.05)") in section
-    else:
-        assert rec.loc["pkt", "p_holm"] == pytest.approx(2 * p_pkt, rel=1e-9)
-        assert rec.loc["kd", "p_holm"] == pytest.approx(max(2 * p_pkt, p_kd), rel=1e-9)
-        assert "(Holm over the 2 methods of this table)" in section
-    assert rec.loc[kd_row, "gain_over_teachers"] == pytest.approx(6.0) and rec.loc[kd_row, "teachers"] == 3
-    assert rec.loc[kd_row, "gain_teacher_seed_2"] == pytest.approx(9.0)
-    assert rec.loc[kd_row, "sd_between_teachers"] == pytest.approx(3.0)
-    assert rec.loc[kd_row, "sd_within_teacher"] == pytest.approx(1.0)
-    assert "Power over teachers: with k = 3 teachers" in section
+    p_kd, p_pkt = 2 * stats.t.sf(6 / se_kd, df_kd), 2 * stats.t.sf(3 / (6 / 9) ** 0.5, 4)
+    assert rec.loc["kd", "p"] == pytest.approx(p_kd, rel=1e-9) and rec.loc["pkt", "p"] == pytest.approx(p_pkt, rel=1e-9)
+    assert rec.loc["pkt", "p_holm"] == pytest.approx(2 * p_pkt, rel=1e-9)
+    assert rec.loc["kd", "p_holm"] == pytest.approx(max(2 * p_pkt, p_kd), rel=1e-9)
+    assert "Holm over the 2 methods of this table)" in section and "crossed random effects" in section
+    assert rec.loc["kd", "gain_over_teachers"] == pytest.approx(6.0) and rec.loc["kd", "teachers"] == 3
+    assert rec.loc["kd", "gain_teacher_seed_2"] == pytest.approx(9.0)
+    assert rec.loc["kd", "sd_between_teachers"] == pytest.approx(3.0)
+    assert rec.loc["kd", "sd_within_teacher"] == pytest.approx(1.0)
+    assert "Power over teachers: with k = 3 teachers crossed with the student seeds" in section
     summary = report.split("## Summary")[1].split("\n## ")[0]
-    if primary:
-        assert (f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, one observation per teacher): "
-                f"kd vs baseline (primary, pre-registered), Δ +6.00 [{6 - half:+.2f}, {6 + half:+.2f}], p = {p_kd:.2g}, "
-                "tested alone at α = 0.05: not resolved; SD between teachers 3.00, within one 1.00.") in summary
-        assert "1 of 1 exploratory method survives Holm across teachers" in summary
-    else:
-        assert "0 of 2 exploratory methods survive Holm across teachers" in summary
+    survive = int(rec.loc["kd", "p_holm"] < 0.05) + int(rec.loc["pkt", "p_holm"] < 0.05)
+    assert (f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, teachers and seeds crossed): "
+            f"{survive} of 2 methods survive") in summary and f"the largest gain is kd, Δ +6.00 [{6 - half:+.2f}" in summary
 
 
 def test_a_store_of_one_teacher_instance_has_no_teacher_instance_section(tmp_path):

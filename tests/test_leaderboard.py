@@ -40,8 +40,8 @@ def test_below_chance_flat_loss_and_a_failed_positive_control_are_said_first(tmp
     assert "**Check**: the positive control kd" in text and "did not beat the baseline" in text
     for name in ("baseline", "pkt"):
         assert f"**Check**: {name}" not in text  # above chance, learning
-    assert "Smoke profile" not in text and "No primary" not in text  # kd at T=4 is cifar100-kd's primary
-    assert text.index("**Check**") < text.index("**Primary")  # said first
+    assert "Smoke profile" not in text and "Confirmatory" not in text  # no protocol's runs here
+    assert text.index("**Check**") < text.index("**Exploratory")  # said first
 
 
 def test_a_passing_control_is_quiet_and_a_smoke_table_says_it_is_a_plumbing_check(tmp_path):
@@ -53,7 +53,7 @@ def test_a_passing_control_is_quiet_and_a_smoke_table_says_it_is_a_plumbing_chec
     assert "`python -m benchmark run --task cifar100-kd --profile quick --seeds 3`" in text
     text = _summary(tmp_path / "b", [(m, s, v + s, 3.0, 2.0) for s in range(2) for m, v in (("baseline", 30.0),
                                                                                              ("pkt", 31.0))])
-    assert "**No primary line**: the task's pre-registered comparison" in text
+    assert "Confirmatory" not in text and "pre-registered" not in text
 
 
 def test_the_power_line_takes_each_comparisons_own_n():

@@ -126,3 +126,78 @@ def test_the_committed_protocols_read():
     assert {p.name for p in found.values()} >= {"cifar100_kd_kd", "cifar100_ours_classifier", "synthetic_kd"}
     for p in found.values():
         assert p.stopping == "fixed" and min(p.seeds) >= 1000 and p.hypothesis
+
+
+def runs_of(proto, seeds=(1000, 1001), version=None, start="2100-01-01T00:00:00Z", tag=None):
+    """A protocol's finished runs as a report reads them (runs.csv columns), one per method and seed."""
+    import pandas as pd
+    rows = []
+    for seed in seeds:
+        for method, top1 in (("baseline", 50.0 + seed % 7), ("kd", 52.0 + seed % 7 + 0.1 * (seed % 3))):
+            rows.append({"run_id": f"{method}{seed}".ljust(32, "0"), "start_time": start, "params.task": proto.task,
+                         "params.profile": proto.profile, "params.method": method, "params.seed": str(seed),
+                         "params.synth_gamma": "1.0", "params.hp.temperature": "4.0" if method == "kd" else None,
+                         "params.code_version": version or proto.code_version, "params.protocol": tag or proto.tag,
+                         "params.student": "mlp", "tags.xkd.study": "", "metrics.test_top1": top1})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def lab_protocol(tmp_path):
+    from benchmark.protocol import read
+    return read(declared(tmp_path, PROTOCOL.replace('hypothesis = "a', 'code_version = "9.9.9+gabc"\nhypothesis = "a')))
+
+
+def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
+    import pandas as pd
+    from benchmark.protocol import assess
+    proto, known = lab_protocol, {lab_protocol.tag: lab_protocol}
+    good = runs_of(proto)
+    v = assess(good, good, known)
+    assert v.confirmatory and v.declared is not None, v.reasons
+
+    def reasons(runs, pool=None):
+        v = assess(runs, runs if pool is None else pool, known)
+        assert not v.confirmatory
+        return "; ".join(v.reasons)
+    assert "started before the declaring commit" in reasons(runs_of(proto, start="2000-01-01T00:00:00Z"))
+    assert "not the declared 2 (1000-1001)" in reasons(runs_of(proto, seeds=(1000,)))
+    assert "not the declared 2" in reasons(runs_of(proto, seeds=(1000, 1001, 1002)))  # a seed added afterwards
+    assert "is not the protocol's (9.9.9+gabc)" in reasons(runs_of(proto, version="9.9.9+gabc.dirty"))
+    assert "has the hash" in "; ".join(assess(runs_of(proto, tag="proto@0000"), good, known).reasons)
+    assert "without a start time" in reasons(runs_of(proto).drop(columns="start_time"))
+    wrong_t = runs_of(proto)
+    wrong_t.loc[wrong_t["params.method"] == "kd", "params.hp.temperature"] = "2.0"
+    assert "kd.temperature is not 4.0" in reasons(wrong_t)
+    earlier = runs_of(proto, seeds=(1000,), start="2099-01-01T00:00:00Z")  # seed 1000 run before, outside it
+    earlier["run_id"], earlier["params.protocol"] = earlier["run_id"].str.replace("0", "9"), ""
+    assert "not fresh" in reasons(good, pd.concat([good, earlier]))
+    assert assess(good.assign(**{"params.protocol": ""}), good, known) is None  # no protocol: no verdict
+
+
+def test_the_report_labels_a_protocols_runs_and_nothing_older(lab_protocol, monkeypatch, tmp_path):
+    from reports import leaderboard
+    from reports.markdown import Footnotes
+    monkeypatch.setattr(leaderboard, "known_protocols", lambda: {lab_protocol.tag: lab_protocol})
+    md, records, _, summary = leaderboard.leaderboards(runs_of(lab_protocol), tmp_path, Footnotes())
+    assert "**Confirmatory** (protocol `proto`, declared in commit" in summary
+    assert [r["configuration"] for r in records if r["confirmatory"]] == ["kd — confirmatory"]
+    old = runs_of(lab_protocol, start="2000-01-01T00:00:00Z")  # a run older than the declaration is never labelled
+    md, records, _, summary = leaderboard.leaderboards(old, tmp_path, Footnotes())
+    assert "**Confirmatory**" not in summary and not any(r["confirmatory"] for r in records)
+    assert "not confirmatory**: 4 run(s) started before the declaring commit" in summary
+    assert "**Exploratory** (1 comparison with the baseline, Holm)" in summary
+
+
+@pytest.mark.parametrize("example", ["kd_temperature_study", "mfh", "synthetic", "evidence"])
+def test_no_published_run_older_than_the_protocols_is_labelled(example, tmp_path):
+    """The runs before the protocols (every example but the confirmatory one) carry none: nothing in their
+    reports is called confirmatory or pre-registered, and every comparison keeps its Holm-adjusted p."""
+    import pandas as pd
+    from reports.generate import build_report
+    text = build_report(None, tmp_path / "r", files=[ROOT / "reports" / "example" / example / "runs.csv"]).read_text()
+    assert "Confirmatory" not in text and "pre-registered" not in text and "primary (" not in text
+    rep = pd.read_csv(tmp_path / "r" / "report.csv")
+    assert not rep["confirmatory"].any()
+    tested = rep[rep["method"] != "baseline"].dropna(subset=["p"])
+    assert tested["p_holm"].notna().all()

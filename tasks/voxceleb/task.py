@@ -13,7 +13,7 @@ from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher
 from benchmark.registry import TASKS, UsageError
 from benchmark.teacher_tables import TeacherTables, linear_probe_logits
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from benchmark.task import Primary, Task
+from benchmark.task import Task
 from tasks.voxceleb.audio import AUDIO, AudioBank, audio_files, read_audio
 from tasks.voxceleb.data import MatchSet, SpeakerData, load_speaker_data, read_images
 from tasks.voxceleb.sampler import AngularPrototypical, pair_batches
@@ -24,7 +24,6 @@ from tasks.voxceleb.scoring import add_noise, eer_and_mindcf, eval_crops, file_s
 class VoxCeleb(Task):
     name = "voxceleb"
     # the paper's full method of its speaker tables (Table 1: feature-level with quality weights)
-    primary = Primary("ours_feature_quality", declared="2026-12-03, before the tables at this commit were run")
     selection_metric, selection_mode = "val_eer", "min"
     summary_metrics = [("eer_o", "EER-O %"), ("mindcf_o", "minDCF-O"), ("eer_h", "EER-H %"), ("eer_noise5", "EER 5 dB %"),
                        ("eer_o_at_best_val", "EER-O % (best-val epoch)"), ("match_af_o", "A-F matching %")]
