@@ -1,11 +1,14 @@
 """Negative controls: is a method's gain knowledge of the teacher, or regularisation any teacher would give?
 
-Runs made with `teacher_control=random` (the teacher's architecture untrained) or `teacher_control=shuffled`
-(each training sample given another sample's teacher outputs) are kept out of the leaderboards and shown
+Runs made with `teacher_control=random` (the teacher's architecture untrained), `teacher_control=shuffled`
+(each training sample given another sample's teacher outputs) or `teacher_control=class_mean` (each sample
+given its class's mean teacher outputs: label-level knowledge only) are kept out of the leaderboards and shown
 here, beside the same method with the real teacher in the same setting otherwise. Per method and control:
 the gain with the real teacher and with the control (each a paired difference against the real setting's
 baseline, which reads no teacher), and their difference, the *transfer* (real - control, paired over
-seeds), with its 95% CI and a Holm-adjusted p over the table's transfers (one family)."""
+seeds), with its 95% CI and a Holm-adjusted p over the table's transfers (one family). Against class_mean the
+control gain is the label-level part of a gain and the transfer its per-sample part: only a resolved
+per-sample part is knowledge of the individual samples that a teacher of class names could not give."""
 from __future__ import annotations
 
 import pandas as pd
@@ -81,8 +84,11 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
     lines = [heading, "", *[t + "  " for t in teachers], "",
              f"Δ and transfer in percentage points, paired over seeds; the baseline is the real setting's (it reads "
              f"no teacher). Holm over the {sum(t is not None and t.n >= 2 and not t.no_spread for t in transfers)} "
-             "transfers of this table. A gain that the control gives as well is regularisation, not knowledge of "
-             "the teacher: only a transfer above 0 says the real teacher taught something.", "",
+             "transfers of this table. A gain that the random or shuffled control gives as well is regularisation, "
+             "not knowledge of the teacher: only a transfer above 0 says the real teacher taught something."
+             + (" Against class_mean (every sample given its class's mean teacher outputs) the control gain is the "
+                "label-level part of the gain and the transfer its per-sample part." if "class_mean" in set(sel[CONTROL])
+                else ""), "",
              table(header, body), "", power_line(transfers, max(1, len(transfers))), ""]
     return "\n".join(lines), records
 

@@ -119,7 +119,7 @@ def test_a_store_of_control_runs_alone_is_refused_before_writing(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, sets=None):
+def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, sets=None, method="kd"):
     from benchmark.config import build_config
     from benchmark.registry import TASKS
     from benchmark.teacher_cache import TeacherCache
@@ -129,7 +129,7 @@ def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, set
                        {"teacher_control": control, "seed": str(seed), **(sets or {})})
     data = task.load(cfg)
     tables = task.teacher_tables(cfg, data, TeacherCache(cache))
-    return Context(cfg, task, data, tables, "kd", {})
+    return Context(cfg, task, data, tables, method, {})
 
 
 def _teacher_logits_of_one_epoch(ctx):
@@ -164,6 +164,28 @@ def test_a_shuffled_table_teacher_gives_a_permutation_of_its_outputs_fixed_per_s
     assert torch.equal(again.shuffle, ctx.shuffle) and not torch.equal(other.shuffle[:n], ctx.shuffle)
     real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
     assert real.shuffle is None and torch.equal(real.tables.logits, ctx.tables.logits)
+
+
+def test_the_class_mean_control_gives_every_sample_its_class_mean_teacher_outputs(tmp_path):
+    """synthetic (a table teacher): under teacher_control=class_mean sample i is given the mean of the teacher's
+    logits over the training samples of its class (hand-computed here from the table), the same for every
+    sample of a class; the student's data stream is the real-teacher run's."""
+    ctx = _context("synthetic", "smoke", "class_mean", cache=tmp_path / "c")
+    train = ctx.data.train
+    rows = ctx.tables.logits[train.key].mean(1)
+    want = torch.stack([rows[train.y == c].mean(0) for c in range(ctx.data.num_classes)])
+    idx, given = _teacher_logits_of_one_epoch(ctx)
+    torch.testing.assert_close(given, want[train.y[idx]])
+    real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
+    assert torch.equal(torch.cat(real.task.epoch_batches(real.data.train, real.cfg.batch_size, real.gen)), idx)
+    assert real.class_mean is None and torch.equal(real.tables.logits, ctx.tables.logits)
+
+
+def test_the_class_mean_control_refuses_a_method_reading_stage_maps(tmp_path, cifar_dir):
+    from benchmark.registry import UsageError
+    with pytest.raises(UsageError, match="class_mean .* reads the teacher's stage maps"):
+        _context("cifar100-kd", "smoke", "class_mean", str(cifar_dir), cache=tmp_path / "c",
+                 sets={"teacher_data_fraction": "0.02"}, method="at")
 
 
 def test_a_shuffled_live_teacher_sees_another_samples_image_and_the_student_its_own(tmp_path, cifar_dir):
