@@ -115,9 +115,10 @@ def test_a_protocol_run_records_itself_and_refuses_used_seeds(tmp_path):
         set(runs.loc[runs["params.method"] == "kd", "params.hp.temperature"].astype(float)) == {4.0}
     assert (runs["params.synth_gamma"].astype(float) == 1.0).all()
     # the same command again (--resume) finds the protocol's own runs, not a used seed
-    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p"), "--resume"],
-                tmp_path)
+    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p"), "--resume",
+                 "--set", "num_threads=1"], tmp_path)  # an operational field (as --workers adds) is allowed
     assert r.returncode == 0, r.stderr
+    assert "finished before; its result is read from its checkpoint" in r.stdout
 
 
 def test_the_committed_protocols_read():
