@@ -257,8 +257,8 @@ def protocol_of(args):
                                      ("--teacher", "teacher")) if getattr(args, dest, None) is not None]
     from benchmark.config import OPERATIONAL  # how runs are executed, not what they compute: allowed
     changed = [x for x in args.set if x.split("=", 1)[0].strip() not in OPERATIONAL]
-    given += [f"--set {changed[0]}"] * bool(changed) + [f"--{n.replace('_', '-')}" for n in SHORTCUTS
-                                                        if getattr(args, f"short_{n}", None) is not None]
+    given += [f"--set {x}" for x in changed[:1]] + [f"--{n.replace('_', '-')}" for n in SHORTCUTS
+                                                    if getattr(args, f"short_{n}", None) is not None]
     if given:
         raise UsageError(f"--protocol runs exactly what {path} declares: drop {', '.join(given)} (a changed run "
                          "is another protocol: declare it in a new file, commit it, then run it)")
