@@ -305,6 +305,13 @@ def test_every_published_report_rebuilds_from_its_runs_csv_to_the_same_numbers(e
     """A published report (reports/example/*) rebuilt from nothing but the runs.csv beside it gives the same
     leaderboard, control and study numbers, byte for byte: its numbers follow from runs anyone can read, and
     the store they were recorded in (not in the repository) is not needed to check them."""
+    if "params.protocol" in (example / "runs.csv").read_text().split("\n", 1)[0]:
+        import subprocess
+        shallow = subprocess.run(["git", "-C", str(example), "rev-parse", "--is-shallow-repository"],
+                                 capture_output=True, text=True).stdout.strip()
+        if shallow != "false":  # a protocol's declaration is a commit: the report checks it in the history
+            pytest.skip("a protocol's runs are confirmatory only against its declaring commit, which a shallow "
+                        "clone (or no git) lacks; clone with full history to check this folder")
     out = tmp_path / "rebuilt"
     text = build_report(None, out, files=[example / "runs.csv"]).read_text()
     for name in ("report.csv", "controls.csv", "teachers.csv", "studies.csv", "runs.csv"):
