@@ -45,11 +45,12 @@ class RunConfig:
     # a negative control in place of the real teacher (docs/methods.md): random = the same architecture untrained
     # (seeded by teacher_seed; cifar100-kd, synthetic); shuffled = each training sample gets another sample's
     # teacher outputs (a permutation of the training set fixed per run seed; every task)
-    teacher_control: str = choice("none", "random", "shuffled", "class_mean", help="none: the real teacher; random: "
-                                  "the same teacher architecture untrained; shuffled: each training sample gets another "
-                                  "sample's teacher outputs (a permutation fixed per seed); class_mean: each training "
-                                  "sample gets its class's mean teacher output over the training set (label-level "
-                                  "knowledge only)")
+    teacher_control: str = choice("none", "random", "shuffled", "class_mean", "label_smoothing", help="none: the real "
+                                  "teacher; random: the same teacher architecture untrained; shuffled: each training "
+                                  "sample gets another sample's teacher outputs (a permutation fixed per seed); "
+                                  "class_mean: each training sample gets its class's mean teacher output over the "
+                                  "training set (label-level knowledge only); label_smoothing: no teacher, a smoothed "
+                                  "one-hot target with the teacher's mean target entropy (logit-reading methods)")
     zeroshot_scale: float = bounded(100.0, 0, None, lo_open=True)
     match_proto: str = "head_then_mean"  # head_then_mean | mean_then_head (Table 8 prototypes)
     tsne_samples: int = bounded(200, 0, None)

@@ -82,7 +82,7 @@ class Task:
     # the negative controls this task's teachers can stand in for (RunConfig.teacher_control): every task can give
     # each training sample another sample's teacher outputs, or its class's mean ones; `random` needs a teacher with
     # an untrained form
-    teacher_controls: tuple[str, ...] = ("shuffled", "class_mean")
+    teacher_controls: tuple[str, ...] = ("shuffled", "class_mean", "label_smoothing")
     # the run-config values of the setting the report's figures show when a store holds a sweep of this task
     # (the synthetic sweep's gamma = 1); a confirmatory comparison is a committed protocol's (protocols/), not
     # a task's

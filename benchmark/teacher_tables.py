@@ -1,6 +1,7 @@
 """Tables the training loop gathers from: cached teacher embeddings and the teacher logits for KD."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +56,27 @@ def class_means(tables: TeacherTables, keys: torch.Tensor, labels: torch.Tensor,
         count = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(total)
         return total / count[:, None]
     return mean(tables.embedding), None if tables.logits is None else mean(tables.logits)
+
+
+def matched_label_smoothing(logits: torch.Tensor, temperature: float, num_classes: int
+                            ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The label-smoothing control's logits [K, K]: row c is T log p_eps(c), p_eps = (1 - eps) onehot(c) + eps / K,
+    so that softmax(row / T) = p_eps exactly; eps is chosen so that H(p_eps) equals the teacher's mean target
+    entropy H(softmax(z / T)) over `logits` [N, V, K] (training rows, every variant). Returns the logits and the
+    parameters a run records (eps, the matched entropy)."""
+    from scipy import optimize
+    k = num_classes
+    target = float(torch.distributions.Categorical(logits=logits.float().reshape(-1, k) / temperature).entropy().mean())
+
+    def entropy(eps: float) -> float:
+        top, rest = 1 - eps + eps / k, eps / k
+        return -(top * math.log(top) if top > 0 else 0.0) - ((k - 1) * rest * math.log(rest) if rest > 0 else 0.0)
+    top_eps = (k - 1) / k  # the uniform distribution: the largest entropy, log K
+    eps = 0.0 if target <= 0 else top_eps if target >= entropy(top_eps) else \
+        float(optimize.brentq(lambda e: entropy(e) - target, 0.0, top_eps, xtol=1e-12))
+    p = torch.full((k, k), eps / k, dtype=torch.float64) + (1 - eps) * torch.eye(k, dtype=torch.float64)
+    return (temperature * p.clamp_min(1e-30).log()).float(), {"smoothing_eps": eps,
+                                                              "teacher_mean_target_entropy": target}
 
 
 def class_prototypes(emb: torch.Tensor) -> torch.Tensor:

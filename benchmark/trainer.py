@@ -188,19 +188,33 @@ class Context:
             self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
             self.shuffle = self.shuffle_cpu.to(self.device)  # looks up table keys on the device, once per run
             self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
-        # the class-mean control: training sample i is given its class's mean teacher embedding and logits over the
-        # training set's un-augmented rows (and variants): label-level knowledge only, the teacher's statistics kept
-        self.class_mean = None
-        if cfg.teacher_control == "class_mean":
+        # controls that give every sample of a class the same targets, per class [K, ...] (embedding, logits):
+        # class_mean, its class's mean teacher outputs over the training set's un-augmented rows (label-level
+        # knowledge only, the teacher's statistics kept); label_smoothing, no teacher at all: logits T log p_eps of
+        # a smoothed one-hot whose entropy at the method's temperature T is the teacher's mean target entropy
+        self.class_targets, self.control_params = None, {}
+        if cfg.teacher_control in ("class_mean", "label_smoothing"):
+            from benchmark.teacher_tables import class_means, matched_label_smoothing
             if "maps" in self.teacher_reads:
-                raise UsageError(f"teacher_control=class_mean gives each sample its class's mean teacher embedding and "
-                                 f"logits; method '{method_name}' reads the teacher's stage maps, which it has no mean of")
-            from benchmark.teacher_tables import class_means
-            self.class_mean = class_means(tables, self.train_key, self.train_y, data.num_classes)
+                raise UsageError(f"teacher_control={cfg.teacher_control} gives each sample its class's targets; "
+                                 f"method '{method_name}' reads the teacher's stage maps, which it has none of")
+            if cfg.teacher_control == "class_mean":
+                self.class_targets = class_means(tables, self.train_key, self.train_y, data.num_classes)
+            else:
+                if self.teacher_reads - {"logits"} or tables.logits is None:
+                    raise UsageError(f"teacher_control=label_smoothing replaces the teacher's logits only; method "
+                                     f"'{method_name}' reads its {', '.join(sorted(self.teacher_reads - {'logits'}))}"
+                                     if tables.logits is not None else
+                                     f"teacher_control=label_smoothing needs the teacher's logits; {tables.teacher_id} "
+                                     "gives none")
+                temperature = float(getattr(self.hparams, "temperature", 1.0))
+                logits, self.control_params = matched_label_smoothing(tables.logits[self.train_key.cpu()],
+                                                                      temperature, data.num_classes)
+                self.class_targets = (None, logits.to(self.device))
         # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
         self.teacher_stream = None
         if cfg.share_teacher and tables.live is not None and self.teacher_reads and "maps" not in self.teacher_reads \
-                and self.shuffle is None and self.class_mean is None and distributed.world_size() == 1:
+                and self.shuffle is None and self.class_targets is None and distributed.world_size() == 1:
             from benchmark.teacher_cache import default_cache_dir
             from benchmark.teacher_stream import TeacherStream
             self.teacher_stream = TeacherStream.for_run(cfg, self.teacher_digest, self.precision_resolved, self.device,
@@ -252,8 +266,9 @@ class Context:
             x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
         y, key = self.train_y[idx_d], self.train_key[idx_d]
-        if self.class_mean is not None:  # the class-mean control: no teacher forward, its class's mean outputs
-            teacher = TeacherOut(self.class_mean[0][y], None if self.class_mean[1] is None else self.class_mean[1][y])
+        if self.class_targets is not None:  # a per-class control: no teacher forward, its class's targets
+            emb, logits = self.class_targets
+            teacher = TeacherOut(None if emb is None else emb[y], None if logits is None else logits[y])
         elif tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
             teacher = TeacherOut()
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
@@ -519,7 +534,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "method": method_name, "run_key": key,
               **{f"hp.{k}": v for k, v in asdict(ctx.hparams).items()},
               "ce_weight_effective": ctx.method.ce_weight, "match_space": ctx.method.match_space,
-              **ctx.method.run_params(),
+              **ctx.method.run_params(), **ctx.control_params,
               "selection_rule": f"best epoch = {sel} ({task.selection_mode}); test reported at the last epoch "
                                 f"(primary) and at the best-validation epoch",
               "n_params_student": sum(p.numel() for p in ctx.student.parameters()),

@@ -2,7 +2,8 @@
 
 Runs made with `teacher_control=random` (the teacher's architecture untrained), `teacher_control=shuffled`
 (each training sample given another sample's teacher outputs) or `teacher_control=class_mean` (each sample
-given its class's mean teacher outputs: label-level knowledge only) are kept out of the leaderboards and shown
+given its class's mean teacher outputs: label-level knowledge only) or `teacher_control=label_smoothing` (no
+teacher: a smoothed one-hot target of the teacher's mean target entropy) are kept out of the leaderboards and shown
 here, beside the same method with the real teacher in the same setting otherwise. Per method and control:
 the gain with the real teacher and with the control (each a paired difference against the real setting's
 baseline, which reads no teacher), and their difference, the *transfer* (real - control, paired over

@@ -54,7 +54,7 @@ def by_row(data: TaskData) -> TaskData:
                                 "distilled into a smaller image student; the positive control")
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
-    teacher_controls = ("random", "shuffled", "class_mean")  # random: teacher_arch at its seeded initialisation, untrained
+    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")  # random: teacher_arch at its seeded initialisation, untrained
     positive_control = "kd"
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"

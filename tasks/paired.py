@@ -124,7 +124,7 @@ def _check_stratified_split(y: np.ndarray, fraction: float) -> None:
                           "inputs); top-1 and matching")
 class Paired(Synthetic):
     name = "paired"
-    teacher_controls = ("shuffled", "class_mean")  # precomputed embeddings have no untrained form
+    teacher_controls = ("shuffled", "class_mean", "label_smoothing")  # precomputed embeddings have no untrained form
     data_folder = None
     profile_notes = {"smoke": "seconds per method: 3 epochs, MLP student on vectors (tests)",
                      "quick": "20 epochs, MLP student on vectors"}

@@ -58,7 +58,7 @@ def seed_label(ss: np.random.SeedSequence) -> str:
                              "MLP teacher and student, CPU minutes")
 class Synthetic(Task):
     name = "synthetic"
-    teacher_controls = ("random", "shuffled", "class_mean")  # random: the MLP teacher at its initialisation, untrained
+    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")  # random: the MLP teacher at its initialisation, untrained
     main_setting = (("synth_gamma", 1.0),)
     profile_notes = {"smoke": "seconds per method: 20 per class, 3 epochs (tests, CI)",
                      "quick": "100 per class, 8 epochs (validation accuracy still rising at the end), MLP student: all 14 methods x 5 seeds in a few minutes"}

@@ -178,7 +178,28 @@ def test_the_class_mean_control_gives_every_sample_its_class_mean_teacher_output
     torch.testing.assert_close(given, want[train.y[idx]])
     real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
     assert torch.equal(torch.cat(real.task.epoch_batches(real.data.train, real.cfg.batch_size, real.gen)), idx)
-    assert real.class_mean is None and torch.equal(real.tables.logits, ctx.tables.logits)
+    assert real.class_targets is None and torch.equal(real.tables.logits, ctx.tables.logits)
+
+
+def test_the_label_smoothing_control_matches_the_teachers_mean_target_entropy(tmp_path):
+    """teacher_control=label_smoothing (no teacher): KD at T = 4 is given, for a sample of class y, logits whose
+    softmax at T is the smoothed one-hot (1 - eps) onehot(y) + eps / K, with eps chosen so that its entropy is
+    the teacher's mean entropy of softmax(z / T) over the training rows (computed here by hand)."""
+    from benchmark.registry import UsageError
+    ctx = _context("synthetic", "smoke", "label_smoothing", cache=tmp_path / "c")
+    train, k, t = ctx.data.train, ctx.data.num_classes, 4.0
+    probs = torch.softmax(ctx.tables.logits[train.key].double() / t, -1)
+    want_h = float(-(probs * probs.log()).sum(-1).mean())
+    eps = ctx.control_params["smoothing_eps"]
+    assert 0 < eps < (k - 1) / k and ctx.control_params["teacher_mean_target_entropy"] == pytest.approx(want_h, rel=1e-5)
+    idx, given = _teacher_logits_of_one_epoch(ctx)
+    target = torch.softmax(given.double() / t, -1)
+    smoothed = torch.full((len(idx), k), eps / k, dtype=torch.float64)
+    smoothed[torch.arange(len(idx)), train.y[idx]] += 1 - eps
+    torch.testing.assert_close(target, smoothed, rtol=1e-5, atol=1e-6)
+    assert float(-(target * target.log()).sum(-1).mean()) == pytest.approx(want_h, rel=1e-4)
+    with pytest.raises(UsageError, match="replaces the teacher's logits only; method 'pkt' reads its embedding"):
+        _context("synthetic", "smoke", "label_smoothing", cache=tmp_path / "c", method="pkt")
 
 
 def test_the_class_mean_control_refuses_a_method_reading_stage_maps(tmp_path, cifar_dir):
