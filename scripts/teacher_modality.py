@@ -1,5 +1,11 @@
-"""The cost of the modality gap at equal student budget: the same methods with an image teacher (`cifar100-kd`)
-and a text teacher (`cifar100`), from a report's runs.csv (real teachers only, one code version).
+"""The teacher-type gap at equal student budget: the same methods with an image teacher (`cifar100-kd`) and a
+text teacher (`cifar100`), from a report's runs.csv (one code version). The text teacher over class-name
+prompts gives every image of a class the same target (label-level knowledge only); the image teacher gives
+each image its own. Where the runs hold the image teacher's class-mean control (`teacher_control=class_mean`
+on `cifar100-kd`: every image given its class's mean teacher outputs), two more columns split the image
+teacher's gain: its label-level part (class-mean - baseline) against the text teacher's gain (class-mean -
+text: near 0 when the text teacher's deficit is the per-sample part), and its per-sample part (image -
+class-mean).
 
     python scripts/teacher_modality.py reports/example/evidence/runs.csv
 
@@ -38,6 +44,7 @@ def _named(runs: pd.DataFrame, method: str) -> str:
 def table(runs: pd.DataFrame) -> str:
     control = runs["params.teacher_control"].astype(object).where(runs["params.teacher_control"].notna(), "none")
     study = runs["tags.xkd.study"].astype(object).where(runs["tags.xkd.study"].notna(), "")
+    means = runs[(control == "class_mean") & (study == "") & (runs["params.task"] == IMAGE)]
     runs = runs[(control == "none") & (study == "")]
     if runs["params.code_version"].nunique() > 1:
         sys.exit(f"runs of {runs['params.code_version'].nunique()} code versions: pass the runs of one")
@@ -54,9 +61,25 @@ def table(runs: pd.DataFrame) -> str:
     same = paired_difference(base[IMAGE], base[TEXT])
     out = [f"baselines: text task {base[TEXT].mean():.2f}, image task {base[IMAGE].mean():.2f} "
            f"(image - text {same}; the same computation on both tasks)", "",
-           "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |",
-           "|---|---|---|---|"]
-    out += [f"| {m} | {str(t).removesuffix(' *')} | {str(i).removesuffix(' *')} | {d} |" for m, t, i, d in rows]
+           "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |"
+           + (" label-level part: image class-mean − baseline | image class-mean − text, p_Holm | per-sample part: "
+              "image − image class-mean, p_Holm |" if len(means) else ""),
+           "|---|---|---|---|" + ("---|---|---|" if len(means) else "")]
+    split = {}
+    if len(means):
+        for m in methods:
+            g = means[means["params.method"] == m]
+            cm = per_seed(g[METRIC], g["params.seed"])
+            split[m] = (paired_difference(cm, base[IMAGE]), paired_difference(cm, seeds(TEXT, m)),
+                        paired_difference(seeds(IMAGE, m), cm))
+        holm([v[1] for v in split.values()]), holm([v[2] for v in split.values()])
+    for m, (name, t, i, d) in zip(methods, rows):
+        line = f"| {name} | {str(t).removesuffix(' *')} | {str(i).removesuffix(' *')} | {d} |"
+        if len(means):
+            level, versus_text, per_sample = split[m]
+            line += "".join(f" {str(x).removesuffix(' *') if k == 0 else x} |" if x is not None else " no class-mean runs |"
+                            for k, x in enumerate((level, versus_text, per_sample)))
+        out.append(line)
     return "\n".join(out)
 
 

@@ -305,6 +305,28 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     assert "| kd |" in out
 
 
+def test_the_teacher_type_table_splits_the_image_gain_with_the_class_mean_control():
+    """With class-mean runs of kd on cifar100-kd (gains +2, +3, +1 over the baseline 30, 31, 32), the table adds
+    the label-level part (+2.00), class-mean - text (kd's text gains +1, +2, +3: +1, +1, -2, mean 0) and the
+    per-sample part (image gains +6, +7, +5 minus class-mean: +4, +4, +4, no spread)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from teacher_modality import table
+    rows = []
+    for task, gains in (("cifar100", (1, 2, 3)), ("cifar100-kd", (6, 7, 5))):
+        for s in range(3):
+            rows.append({"params.task": task, "params.method": "baseline", "params.seed": s, "metrics.test_top1": 30 + s})
+            rows.append({"params.task": task, "params.method": "kd", "params.seed": s, "metrics.test_top1": 30 + s + gains[s]})
+    rows += [{"params.task": "cifar100-kd", "params.method": "kd", "params.seed": s, "params.teacher_control": "class_mean",
+              "metrics.test_top1": 30 + s + (2, 3, 1)[s]} for s in range(3)]
+    runs = pd.DataFrame(rows).assign(**{"params.code_version": "x", "tags.xkd.study": ""})
+    out = table(runs)
+    assert "label-level part: image class-mean − baseline" in out
+    cells = [c.strip() for c in next(x for x in out.splitlines() if x.startswith("| kd")).split("|")[2:-1]]
+    assert cells[3].startswith("+2.00 [") and cells[4].startswith("+0.00 [") and cells[5] == "+4.00 (n=3, no spread)"
+
+
 def test_a_surviving_comparison_says_which_way(tmp_path):
     """ours_classifier - baseline = -4, -5, -6 (p = 0.013, a family of one): it survives, worse than the baseline."""
     base = [30.0, 31.0, 32.0]
