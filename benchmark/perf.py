@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from benchmark import distributed
 from benchmark.nets import build_student
 from benchmark.teacher_cache import TeacherCache
-from benchmark.trainer import Context, build_optimizer
+from benchmark.optim import build_optimizer
+from benchmark.trainer import Context
 
 
 def _interleaved_throughput(steps_fns: list, n_batches: list[int], batch: int, steps: int, rounds: int = 5) -> list[float]:
@@ -46,7 +47,7 @@ def bare_loop_step(cfg, task, data, device):
     batches = task.epoch_batches(data.train, cfg.batch_size, torch.Generator().manual_seed(0))
     y_all = data.train.y.to(device)
 
-    from benchmark.trainer import resolve_precision
+    from benchmark.devices import resolve_precision
     bf16 = resolve_precision(cfg.precision, device) == "bf16"  # the same precision as the loops it is compared with
 
     def step(i: int) -> None:
@@ -77,7 +78,7 @@ def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
                 return peaks[kind] * 1e12, f"{name}: {peaks[kind]} TFLOP/s dense {kind} (nominal, data sheet)"
         return None, f"{name}: peak unknown (pass --peak-tflops)"
     if bf16:
-        from benchmark.trainer import cpu_bf16_native
+        from benchmark.devices import cpu_bf16_native
         if not cpu_bf16_native():
             return None, "bf16: not native on this CPU (emulated); no peak measured"
     return measured_cpu_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
@@ -182,7 +183,7 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
             peak_note += f" per GPU, x {world} GPUs" if peak else ""
             df["% of peak"] = [f"{100 * a / (peak * world):.1f}%" if peak else "n/a" for a in achieved]
     if distributed.is_main():
-        from benchmark.trainer import cpu_bf16_native
+        from benchmark.devices import cpu_bf16_native
         print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
               f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
               f"{args.steps} steps x 5 interleaved rounds (median)")

@@ -75,7 +75,8 @@ def work(study: optuna.Study, storage, name: str, run_point: Callable[..., dict]
     """Claim and run points until none is queued; on_result(record) after each. Returns the points run here."""
     import os
     import socket
-    from benchmark.trainer import CheckpointNotWritten, Diverged
+    from benchmark.checkpoints import CheckpointNotWritten
+    from benchmark.trainer import Diverged
     done = 0
     while True:
         with uninterrupted():

@@ -4,10 +4,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
-import json
-import math
-import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -19,7 +15,9 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import distributed
-from benchmark.config import OPERATIONAL, RunConfig
+from benchmark.checkpoints import CheckpointNotWritten, load_checkpoint, run_key, run_lock, save_atomic
+from benchmark.config import RunConfig
+from benchmark.devices import cpu_bf16_native, resolve_device, resolve_precision
 from benchmark.nets import build_student
 from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
@@ -28,15 +26,11 @@ from benchmark.progress import Progress, quiet
 from benchmark.provenance import code_version
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
 from benchmark.method import hparam_fields, stream_seed
+from benchmark.optim import build_optimizer, build_scheduler
 
 
 class Diverged(FloatingPointError):
     """A non-finite training loss: that run stops (FAILED in MLflow, last good checkpoint kept); others go on."""
-
-
-class CheckpointNotWritten(OSError):
-    """A checkpoint could not be written (a full disk, a folder turned read-only): that run stops (FAILED in
-    MLflow, no temporary file left), the others go on, each saying why in one line."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,12 +38,6 @@ class Terminated(KeyboardInterrupt):
 
 
 CHECK_EVERY = 20  # steps between finiteness checks (and progress-bar updates): one host sync each
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str, Any]):
@@ -64,78 +52,6 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
                     if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
         return out
     return cls, cls.Hparams(**{**mine(task.hparam_defaults(cfg)), **mine(overrides)})
-
-
-def cpu_bf16_native() -> str:
-    """The CPU feature that computes bf16 matrix products natively ('amx_bf16' or 'avx512_bf16'), or '' when
-    there is none (bf16 would then be emulated, far slower than fp32). Read from /proc/cpuinfo, not assumed.
-    oneDNN (which runs torch's CPU bf16 matmuls and convolutions) capped below its bf16 ISA by ONEDNN_MAX_CPU_ISA
-    emulates bf16 as a CPU without it would: none then (e.g. ONEDNN_MAX_CPU_ISA=AVX2 turns any CPU into CI's
-    AVX2-only kind for bf16)."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if cap != "ALL" and not (cap.startswith("AVX512_CORE_BF16") or "AMX" in cap or cap.startswith("AVX10")
-                             or cap == "AVX512_CORE_FP16"):
-        return ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return ""
-    return next((x for x in ("amx_bf16", "avx512_bf16") if x in flags), "")
-
-
-# `precision=auto` on a CPU with native bf16 matmul: bf16 autocast of the student's forward (losses stay fp32).
-# Decided by a paired comparison of fp32 and bf16 runs (docs/results.md, "bf16 on the CPU").
-CPU_AUTO_BF16 = False
-
-
-@functools.lru_cache(maxsize=1)
-def _warn_emulated_bf16() -> None:
-    """Once per process: bf16 asked for on a CPU that would emulate it."""
-    print("warning: precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): bf16 is emulated "
-          "here, many times slower than fp32 (precision=auto or fp32 avoids it)", file=sys.stderr)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """What `precision` means on this device: `auto` is bf16 autocast on CUDA, and on a CPU with native bf16
-    matmul when CPU_AUTO_BF16 says so; fp32 elsewhere. Runs record the result (`precision_resolved`)."""
-    if precision == "bf16":
-        if device.type == "cpu" and not cpu_bf16_native():
-            _warn_emulated_bf16()
-        return "bf16"
-    if precision == "auto" and (device.type == "cuda" or (CPU_AUTO_BF16 and device.type == "cpu" and cpu_bf16_native())):
-        return "bf16"
-    return "fp32"
-
-
-def build_scheduler(opt, cfg: RunConfig, steps_per_epoch: int):
-    total = cfg.epochs * steps_per_epoch
-    if cfg.schedule == "onecycle":
-        if total < 2:
-            raise UsageError(f"onecycle needs at least 2 optimiser steps; this run has {total} (more data, more "
-                             "epochs or a smaller batch_size)")
-        # a warm-up of a quarter of the steps, but at least 1.5 (torch divides by the phase's length)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=max(0.25, 1.5 / total),
-                                                   cycle_momentum=cfg.optimizer == "sgd")
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if cfg.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-        if cfg.schedule == "multistep":
-            milestones = [int(m) for m in cfg.lr_milestones.split(",") if m.strip()]
-            return cfg.lr_gamma ** sum(step // steps_per_epoch >= m for m in milestones)
-        return cfg.lr_gamma ** ((step // steps_per_epoch) // cfg.lr_step_epochs)
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def build_optimizer(params, cfg: RunConfig):
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov)
 
 
 class Context:
@@ -434,72 +350,8 @@ def check_finite(who: str, epoch: int, i: int, loss_sum, term_sums, step_loss) -
                    f"(terms: {', '.join(bad) or 'total only'})")
 
 
-def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
-    # the code version too: a finished checkpoint of other code never feeds its old metrics into a new table
-    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {"method": method_name, "hp": asdict(hparams),
-                                                                              "code_version": code_version()}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def _save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
-    """Written whole or not at all (temporary file, then rename); keep_previous keeps the last one as .prev."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    why = ""
-    try:
-        with open(tmp, "wb") as f:  # closed on any failure: a deleted file still open keeps its space (full disk)
-            torch.save(obj, f)
-        if keep_previous and path.exists():
-            os.replace(path, path.with_suffix(".prev"))
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        import errno
-        import shutil
-        full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
-        why = "no space left on its device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
-    if why:  # raised outside the handler: no reference to the failed write's frames (and open file) is kept
-        raise CheckpointNotWritten(f"checkpoint {path} could not be written ({why}); nothing partial was left behind")
-
-
-def load_checkpoint(path: Path, device) -> dict | None:
-    """The checkpoint, else the previous one when it is unreadable (said in one line), else None."""
-    for candidate in (path, path.with_suffix(".prev")):
-        if not candidate.exists():
-            continue
-        try:
-            return torch.load(candidate, map_location=device, weights_only=False)
-        except Exception as e:
-            print(f"checkpoint {candidate} cannot be read ({type(e).__name__}); "
-                  + ("trying the previous one" if candidate == path else "starting this run from scratch"), flush=True)
-    return None
-
-
 def better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a > b if mode == "max" else a < b)
-
-
-@contextlib.contextmanager
-def run_lock(ckpt_path: Path, method: str, seed: int):
-    """One process at a time trains a run (its settings, i.e. its checkpoint): a second process started with
-    the same command is refused before it writes anything for that run (flock: released when the process
-    ends, however it ends)."""
-    import fcntl
-    lock = ckpt_path.parent / ".locks" / f"{ckpt_path.stem}.lock"  # beside, not among, the checkpoints
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            owner = f.read().strip() or "another process"
-            raise UsageError(f"{method} seed {seed} with these settings is being trained by {owner} (lock {lock}); "
-                             "wait for it or stop it first") from None
-        f.seek(0), f.truncate(), f.write(f"process {os.getpid()}"), f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0), f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dict[str, Any], tracker,
@@ -573,7 +425,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
         mid = ck.get("mid") if ck is not None else None  # an epoch interrupted after a checkpoint within it
 
         def save_mid(state: dict) -> None:  # the model as it is now, and where in its epoch it is
-            _save_atomic({"state": ctx.state(), "epoch": state["epoch"], "history": history, "best": best,
+            save_atomic({"state": ctx.state(), "epoch": state["epoch"], "history": history, "best": best,
                           "run_id": run_id, "method": method_name, "seed": cfg.seed, "wall_s": wall, "done": False,
                           "mid": state}, ckpt_path, keep_previous=True)
         for epoch in range(start, cfg.epochs):
@@ -598,7 +450,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
                 if best is None or better(m[sel], best["value"], task.selection_mode):
                     best = {"epoch": epoch + 1, "value": m[sel], "student": copy.deepcopy(ctx.student.state_dict()),
                             "method": copy.deepcopy(ctx.method.state_dict())}
-                _save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
+                save_atomic({"state": ctx.state(), "epoch": epoch + 1, "history": history, "best": best,
                               "run_id": run_id, "method": method_name, "seed": cfg.seed, "wall_s": wall,
                               "done": False}, ckpt_path, keep_previous=True)
             except BaseException as e:  # the other ranks wait for this epoch's outcome: they stop with its reason
@@ -650,7 +502,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
     final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     # the run is complete: optimiser state dropped, the last epoch's weights kept for `eval`
     try:
-        _save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
+        save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
         ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
     except CheckpointNotWritten as e:  # the run is finished and logged; only `eval --checkpoint` loses its file
         print(f"warning: {e}; the run itself is complete in MLflow", file=sys.stderr, flush=True)

@@ -155,7 +155,7 @@ def test_a_cpu_peak_measurement_is_bounded_in_time():
     assert 1 <= done < 10_000
 
 
-@pytest.mark.skipif(not __import__("benchmark.trainer", fromlist=["x"]).cpu_bf16_native(),
+@pytest.mark.skipif(not __import__("benchmark.devices", fromlist=["x"]).cpu_bf16_native(),
                     reason="this CPU has no native bf16 (avx512_bf16/amx_bf16): a bf16 peak is not measured here")
 def test_a_bf16_peak_is_measured_where_the_cpu_computes_bf16_natively():
     from benchmark.perf import device_peak
@@ -193,7 +193,7 @@ def test_a_cpu_without_native_bf16_runs_no_bf16_matmul_and_says_so(tmp_path, mon
         res = run_cli_inprocess(args, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert seen.ops == [] and "native CPU bf16: none" in res.stdout and "peak fp32: measured" in res.stdout
-    from benchmark.trainer import _warn_emulated_bf16
+    from benchmark.devices import _warn_emulated_bf16
     _warn_emulated_bf16.cache_clear()  # once per process: this call's process is the test's
     res = run_cli_inprocess([*args, "--set", "precision=bf16"], tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -443,7 +443,7 @@ def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_o
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    from benchmark.trainer import _save_atomic, load_checkpoint
+    from benchmark.checkpoints import load_checkpoint, save_atomic as _save_atomic
     path = tmp_path / "m-seed0-k.pt"
     _save_atomic({"epoch": 1}, path, keep_previous=True)
     _save_atomic({"epoch": 2}, path, keep_previous=True)

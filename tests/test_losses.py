@@ -478,9 +478,9 @@ def test_weight_init_and_data_order_draw_from_separate_streams_of_the_seed():
 
 
 def test_the_resume_key_includes_the_code_version(monkeypatch):
-    from benchmark import trainer
+    from benchmark import checkpoints
     from benchmark.config import RunConfig
     from methods.kd import KDHparams
-    a = trainer.run_key(RunConfig(), "kd", KDHparams())
-    monkeypatch.setattr(trainer, "code_version", lambda: "0.0+gdeadbeef")
-    assert trainer.run_key(RunConfig(), "kd", KDHparams()) != a
+    a = checkpoints.run_key(RunConfig(), "kd", KDHparams())
+    monkeypatch.setattr(checkpoints, "code_version", lambda: "0.0+gdeadbeef")
+    assert checkpoints.run_key(RunConfig(), "kd", KDHparams()) != a

@@ -145,7 +145,7 @@ def test_a_run_being_trained_by_another_process_is_refused_before_anything_is_wr
     import multiprocessing as mp
 
     from benchmark.registry import UsageError
-    from benchmark.trainer import run_lock
+    from benchmark.checkpoints import run_lock
     ckpt = tmp_path / "checkpoints" / "kd-seed0-abc.pt"
     ready, done = mp.Event(), mp.Event()
 

@@ -43,7 +43,8 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from benchmark import distributed
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
-    from benchmark.trainer import CheckpointNotWritten, Diverged, run_one
+    from benchmark.checkpoints import CheckpointNotWritten
+    from benchmark.trainer import Diverged, run_one
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
     cache = TeacherCache(args.cache_dir)
