@@ -90,8 +90,22 @@ def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, conte
              + (" Against class_mean (every sample given its class's mean teacher outputs) the control gain is the "
                 "label-level part of the gain and the transfer its per-sample part." if "class_mean" in set(sel[CONTROL])
                 else ""), "",
-             table(header, body), "", power_line(transfers, max(1, len(transfers))), ""]
+             table(header, body), "", *decomposition(rows), power_line(transfers, max(1, len(transfers))), ""]
     return "\n".join(lines), records
+
+
+def decomposition(rows) -> list[str]:
+    """Against class_mean: the methods whose per-sample part (real - class_mean) survives Holm, and those whose
+    gain is not shown to be more than label-level knowledge."""
+    mine = [(label, t) for label, control, _, _, _, _, t in rows if control == "class_mean"]
+    if not mine:
+        return []
+    resolved = [f"{label} {t.mean:+.2f}" for label, t in mine if t is not None and t.significant and t.mean > 0]
+    other = [label for label, t in mine if not (t is not None and t.significant and t.mean > 0)]
+    return [f"**Per-sample knowledge** (the transfer against class_mean, above 0 after Holm): "
+            f"{', '.join(resolved) if resolved else 'none'}"
+            + (f"; not shown for {', '.join(other)} (their gain is not shown to be more than what the class means "
+               "give)" if other else "") + ".", ""]
 
 
 def _unstarred(p) -> str:

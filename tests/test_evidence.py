@@ -271,6 +271,29 @@ def test_a_control_a_teacher_cannot_give_is_refused_before_writing(tmp_path, tas
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
+def test_the_control_table_splits_a_gain_into_label_level_and_per_sample_parts(tmp_path):
+    """kd gains 5, 6, 7 with the real teacher and 2, 3, 1 with its class means: label-level part +2.00, per-sample
+    part 3, 3, 6 (mean 4, t = 4 with 2 df, p = 0.057); pkt gains 1, 2, 3 and 1, 2, 4 with the class means:
+    per-sample part 0, 0, -1 (p = 0.42). With 3 seeds neither is claimed; with a fourth seed (kd +9 real, +5
+    class-mean: parts 3, 3, 6, 4, p = 0.011; pkt 0, 0, -1, 0, p = 0.39) Holm gives kd 2 x 0.011 = 0.022: kd's
+    per-sample part is claimed, pkt's not."""
+    def report_of(seeds, folder):
+        base = [30.0, 31.0, 32.0, 33.0]
+        rows = [("baseline", s, base[s], {}) for s in range(seeds)]
+        for m, real, mean in (("kd", (5, 6, 7, 9), (2, 3, 1, 5)), ("pkt", (1, 2, 3, 2), (1, 2, 4, 2))):
+            rows += [(m, s, base[s] + real[s], {}) for s in range(seeds)]
+            rows += [(m, s, base[s] + mean[s], {"teacher_control": "class_mean"}) for s in range(seeds)]
+        text = build_report(_store(folder, rows), folder / "r").read_text()
+        return text.split("## Negative controls")[1].split("\n## ")[0]
+    three = report_of(3, tmp_path / "a")
+    assert "the control gain is the label-level part of the gain and the transfer its per-sample part" in three
+    kd = [c.strip() for c in next(x for x in three.splitlines() if x.startswith("| kd")).split("|")[1:-1]]
+    assert kd[1] == "class_mean" and kd[3].startswith("+2.00 [") and kd[4].startswith("+4.00 [")
+    assert "**Per-sample knowledge** (the transfer against class_mean, above 0 after Holm): none; not shown for kd, pkt" in three
+    four = report_of(4, tmp_path / "b")
+    assert "above 0 after Holm): kd +4.00; not shown for pkt" in four
+
+
 def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_two_teachers():
     """scripts/teacher_modality.py on hand values: baselines 30, 31, 32 on both tasks; kd +1, +2, +3 over it
     with the text teacher and +6, +7, +5 with the image teacher: image - text = 5, 5, 2 (mean 4, sd 1.73);
