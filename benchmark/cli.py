@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             and not getattr(args, "late_config", False)
         if early:
             say_store(args)
-        plugins.load_plugins(extra)
+        args.plugins_loaded = bool(extra or plugins.has_entry_points())
+        if not getattr(args, "light", False):  # `list` reads the source when no plugin is around
+            plugins.load_plugins(extra)
         args.argv, args.debug = argv, getattr(args, "debug", False)
         if hasattr(args, "set") and not getattr(args, "late_config", False):
             from benchmark.commands.common import apply_config

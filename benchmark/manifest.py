@@ -46,3 +46,40 @@ def known(registry) -> list[str]:
     if plugins.builtin_loaded():
         return registry.names()
     return list(dict.fromkeys([*builtin_names()[registry.kind], *registry.names()]))
+
+
+def _text(node: ast.expr | None) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+@lru_cache(maxsize=1)
+def builtin_listing() -> dict[str, list[tuple[str, str]]] | None:
+    """kind -> (name, description) of the harness's own entries, and "profile" -> (task:profile, note), read
+    from the source (for a `list` without importing torch); None when a description is not a plain string
+    there (then `list` imports the modules)."""
+    out: dict[str, list[tuple[str, str]]] = {k: [] for k in (*_KINDS.values(), "profile")}
+    files = [*sorted((ROOT / "methods").rglob("*.py")), *sorted((ROOT / "tasks").rglob("*.py")),
+             ROOT / "benchmark" / "nets.py", *sorted((ROOT / "benchmark" / "teachers").rglob("*.py"))]
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and (kind := _kind(node.func)) and node.args and _text(node.args[0]):
+                at = 1 if kind in ("method", "task") and not (isinstance(node.func, ast.Attribute)
+                                                              and node.func.attr == "add") else 2
+                desc = _text(node.args[at]) if len(node.args) > at else _text(next(
+                    (k.value for k in node.keywords if k.arg == "description"), None))
+                if desc is None:
+                    return None
+                out[kind].append((node.args[0].value, desc))
+            if isinstance(node, ast.ClassDef):
+                task = next((_text(d.args[0]) for d in node.decorator_list if isinstance(d, ast.Call)
+                             and _kind(d.func) == "task" and d.args), None)
+                notes = next((a.value for a in node.body if isinstance(a, ast.Assign)
+                              and any(isinstance(t, ast.Name) and t.id == "profile_notes" for t in a.targets)), None)
+                if task and notes is not None:
+                    try:
+                        value = ast.literal_eval(notes)
+                    except ValueError:
+                        return None
+                    out["profile"] += [(f"{task}:{k}", v) for k, v in value.items()]
+    return out

@@ -153,7 +153,16 @@ def test_the_parsers_names_read_from_the_source_are_the_registries_names():
         assert set(builtin_names()[reg.kind]) == own, reg.kind
 
 
-def test_help_and_a_mistyped_option_import_neither_torch_nor_the_methods():
+def test_list_read_from_the_source_is_the_list_of_the_imported_registries():
+    """`list` without plugins reads names, descriptions and profile notes from the source (no torch): the same
+    text, line for line, as from the imported registries."""
+    from benchmark.commands.listing import listing
+    fast, slow = listing(source_only=True), listing(source_only=False)
+    assert fast == slow
+    assert "  kd " in fast and "  cifar100:quick " in fast and "timm:<name>" in fast
+
+
+def test_help_list_and_a_mistyped_option_import_neither_torch_nor_the_methods():
     """Issue 45: every command took 16-25 s to start on a busy machine, --help and a one-line usage error
     included: the parser imported every method and task (torch, torchvision, scikit-learn) for their names."""
     import subprocess
@@ -161,7 +170,7 @@ def test_help_and_a_mistyped_option_import_neither_torch_nor_the_methods():
     code = ("import sys, time; t = time.perf_counter(); from benchmark.cli import main\n"
             "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
             "print('RESULT', rc, 'torch' in sys.modules, 'methods.kd' in sys.modules, round(time.perf_counter() - t, 2))")
-    for argv, rc in ((["--help"], 0), (["run", "--help"], 0), (["run", "--seed", "3"], 2),
+    for argv, rc in ((["list"], 0), (["--help"], 0), (["run", "--help"], 0), (["run", "--seed", "3"], 2),
                      (["run", "--task", "cifar1000"], 2)):
         res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
         line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT"))

@@ -6,20 +6,38 @@ from benchmark.registry import DATASETS, METHODS, STUDENTS, TASKS, TEACHERS
 
 def cmd_list(args) -> int:
     if args.profiles:
+        from benchmark import plugins
+        plugins.load_plugins()
         print(profiles_markdown())
         return 0
-    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("students", STUDENTS), ("teachers", TEACHERS),
-                       ("datasets (data fetch)", DATASETS)):
-        print(f"{title}:")
-        for e in reg.entries():
-            print(f"  {e.name:22s} {e.description}")
-        if reg is STUDENTS:
-            print(f"  {'tv:<name>':22s} any torchvision classification model (images), e.g. tv:resnet18")
-    print("profiles (per task; `list --profiles` prints every value):")
-    for e in TASKS.entries():
-        for name, note in e.obj.profile_notes.items():
-            print(f"  {e.name + ':' + name:22s} {note}")
+    print(listing(source_only=not args.plugins_loaded))
     return 0
+
+
+def listing(source_only: bool) -> str:
+    """The registries' names and descriptions, each section sorted by name, and every task's profiles. Without
+    plugins they are read from the source (benchmark/manifest.py: no torch import, well under a second); with
+    plugins, or when the source cannot say, from the imported registries (tests check that both agree)."""
+    from benchmark.manifest import builtin_listing
+    fast = builtin_listing() if source_only else None
+    if fast is None:
+        from benchmark import plugins
+        plugins.load_plugins()
+        fast = {kind: [(e.name, e.description) for e in reg.entries()] for kind, reg in
+                (("method", METHODS), ("task", TASKS), ("student", STUDENTS), ("teacher", TEACHERS),
+                 ("dataset", DATASETS))}
+        fast["profile"] = [(f"{e.name}:{k}", v) for e in TASKS.entries() for k, v in e.obj.profile_notes.items()]
+    out = []
+    for title, kind in (("methods", "method"), ("tasks", "task"), ("students", "student"), ("teachers", "teacher"),
+                        ("datasets (data fetch)", "dataset")):
+        out.append(f"{title}:")
+        out += [f"  {name:22s} {desc}" for name, desc in sorted(fast[kind])]
+        if kind == "student":
+            out.append(f"  {'tv:<name>':22s} any torchvision classification model (images), e.g. tv:resnet18")
+            out.append(f"  {'timm:<name>':22s} any timm model (images), e.g. timm:resnet18")
+    out.append("profiles (per task; `list --profiles` prints every value):")
+    out += [f"  {name:22s} {note}" for name, note in sorted(fast["profile"])]
+    return "\n".join(out)
 
 
 def profiles_markdown() -> str:
@@ -51,4 +69,4 @@ def profiles_markdown() -> str:
 def add(sub) -> None:
     p = sub.add_parser("list", help="methods, tasks, students, teachers, datasets and profiles")
     p.add_argument("--profiles", action="store_true", help="every task's profile values as a Markdown table")
-    p.set_defaults(fn=cmd_list)
+    p.set_defaults(fn=cmd_list, light=True)  # the harness's modules are imported only if needed (cmd_list)
