@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from benchmark.fields import bounded, choice, check_fields
+from benchmark.fields import bounded, check_fields, choice
 from benchmark.registry import UsageError
 
 
@@ -35,7 +35,8 @@ class RunConfig:
     sync_bn: bool = False             # under torchrun: BatchNorm statistics over the global batch (benchmark/distributed.py)
     # data
     image_size: int = bounded(32, 8, None)              # 224: the paper's Resize(256) -> RandomCrop(224) pipeline
-    val_fraction: float = bounded(0.1, 0, 0.9, lo_open=True)         # stratified, seeded validation split carved from train (speaker: share of speakers)
+    # stratified, seeded validation split carved from train (speaker: share of speakers)
+    val_fraction: float = bounded(0.1, 0, 0.9, lo_open=True)
     split_seed: int = bounded(0, 0, None)
     data_fraction: float = bounded(1.0, 0, 1, lo_open=True)        # share of each class kept for training (Fig. 9)
     test_limit: int = bounded(0, 0, None)               # 0: the whole test set; else a stratified subset (smoke only)
@@ -84,13 +85,15 @@ class RunConfig:
     synth_data: str = choice("per_seed", "fixed", help="per_seed: a new draw of the generator for every seed "
                              "(intervals cover the data too); fixed: one draw from split_seed for all seeds")
     # mfh task (ignored elsewhere; tasks/mfh_data.py states the generator)
-    mfh_mode: str = choice("increase_gamma", "increase_alpha", help="their experiment 1 (sliding overlap) or 2 (teacher-only features)")
+    mfh_mode: str = choice("increase_gamma", "increase_alpha",
+                           help="their experiment 1 (sliding overlap) or 2 (teacher-only features)")
     mfh_dim: int = bounded(4, 0, None)                  # increase_gamma: overlap 0..10; increase_alpha: teacher-only 0..40
     # operations
     stop_after_epochs: int = bounded(0, 0, None)        # stop early leaving a checkpoint (simulates an interruption)
     num_threads: int = bounded(0, 0, None)              # 0: torch default
     log_model: bool = False                             # also log the trained student as an MLflow PyTorch model
-    share_teacher: bool = True                          # a live teacher's vector outputs stored once per stream (teacher_stream.py)
+    # a live teacher's vector outputs stored once per stream (teacher_stream.py)
+    share_teacher: bool = True
     checkpoint_every_s: float = bounded(300.0, 0, None)  # also a checkpoint within an epoch this often (0: at epoch ends only)
     # the confirmatory protocol these runs belong to (NAME@SHA256-16), set only by `run --protocol FILE`
     # (benchmark/protocol.py): a setting of its own; the report checks it against the committed file
@@ -154,7 +157,8 @@ def task_field_names() -> list[str]:
     return list(dict.fromkeys(k for e in TASKS.entries() for k in task_field_types(e.obj)))
 
 
-CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"), "device": ("auto", "cpu", "cuda"),
+CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"),
+           "device": ("auto", "cpu", "cuda"),
            "teacher_logits": ("zeroshot", "probe", "own"), "match_proto": ("head_then_mean", "mean_then_head")}
 
 

@@ -19,8 +19,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-
 from benchmark.registry import UsageError
+
 
 def data_root() -> Path:
     return Path(os.environ.get("XKD_DATA", Path.home() / ".cache" / "xkd-bench" / "data")).expanduser()

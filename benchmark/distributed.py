@@ -76,7 +76,8 @@ def average_gradients(params: list[torch.Tensor]) -> None:
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if p.grad is None else p.grad.copy_(flat[offset:offset + n].view_as(p))
+        part = flat[offset:offset + n].view_as(p)
+        p.grad = part.clone() if p.grad is None else p.grad.copy_(part)
         offset += n
 
 

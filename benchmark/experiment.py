@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from benchmark.registry import UsageError
 

@@ -1,7 +1,7 @@
 """The method contract: an nn.Module owning only its trainable extras, returning named loss terms."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np

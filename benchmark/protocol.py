@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path

@@ -75,6 +75,7 @@ def work(study: optuna.Study, storage, name: str, run_point: Callable[..., dict]
     """Claim and run points until none is queued; on_result(record) after each. Returns the points run here."""
     import os
     import socket
+
     from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.trainer import Diverged
     done = 0

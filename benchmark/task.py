@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from benchmark.types import StudentOut, Term

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 

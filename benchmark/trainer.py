@@ -18,15 +18,15 @@ from benchmark import distributed
 from benchmark.checkpoints import CheckpointNotWritten, load_checkpoint, run_key, run_lock, save_atomic
 from benchmark.config import RunConfig
 from benchmark.devices import cpu_bf16_native, resolve_device, resolve_precision
-from benchmark.nets import build_student
-from benchmark.registry import METHODS, UsageError
 from benchmark.evaluation import EvalInputs
+from benchmark.method import hparam_fields, stream_seed
+from benchmark.nets import build_student
+from benchmark.optim import build_optimizer, build_scheduler
 from benchmark.plugins import external_plugins
 from benchmark.progress import Progress, quiet
 from benchmark.provenance import code_version
+from benchmark.registry import METHODS, UsageError
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
-from benchmark.method import hparam_fields, stream_seed
-from benchmark.optim import build_optimizer, build_scheduler
 
 
 class Diverged(FloatingPointError):
@@ -253,7 +253,8 @@ class Context:
             return self.student(x)
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student.state_dict(), "method": self.method.state_dict(), "task_loss": self.task_loss.state_dict(),
+        return {"student": self.student.state_dict(), "method": self.method.state_dict(),
+                "task_loss": self.task_loss.state_dict(),
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
                 **({"shuffle_gen": self.shuffle_gen.get_state()} if self.shuffle_gen is not None else {})}
 
@@ -313,7 +314,8 @@ class Context:
                 save_mid({"epoch": epoch, "step": i + 1, "steps": len(batches), "batches": batches,
                           "gen": self.gen.get_state(), "seen": seen, "loss_sum": loss_sum.cpu(),
                           "correct": correct.cpu(), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
-                          "step_loss": step_loss.cpu(), "elapsed_s": time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0)})
+                          "step_loss": step_loss.cpu(),
+                          "elapsed_s": time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0)})
                 last_save = time.perf_counter()
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
         if self.teacher_stream:

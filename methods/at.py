@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import UsageError
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, fp, register
+from benchmark.registry import UsageError
+from benchmark.types import Term
 
 
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, fp, l2n, register
+from benchmark.types import Term
 
 
 def _nce_rows(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,8 @@ def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
 
 @dataclass
 class CCLHparams(Hparams):
-    ccl_tau: float = bounded(0.1, 0, None, lo_open=True)        # 0.1 for a strongly correlated teacher (text->image), 0.5 for face->speech
+    # 0.1 for a strongly correlated teacher (text->image), 0.5 for face->speech
+    ccl_tau: float = bounded(0.1, 0, None, lo_open=True)
     ccl_jsd_weight: float = bounded(0.5, 0, None)
 
 

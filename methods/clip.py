@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, choice, fp, l2n, register
+from benchmark.types import Term
 
 
 @dataclass

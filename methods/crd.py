@@ -16,23 +16,23 @@ draws outside its pool (itself, or its class) from its own sum:
 Z_S and Z_T are fixed on the first batch as mean(s) * N (RepDistiller) and kept. After each step the
 banks move towards the batch: M[i] <- normalise(0.5 M[i] + 0.5 v(i)) (momentum 0.5). Banks start uniform in
 [-a, a], a = 1/sqrt(128/3), drawn from a stream of the run seed (as are the negatives). Everything that
-carries across steps (banks, Z, negative-sampling generator) is module state, so --resume continues exactly. m = min(16384, N - 1).
+carries across steps (banks, Z, negative-sampling generator) is module state, so --resume continues exactly.
+m = min(16384, N - 1).
 Why the anchor is never its own negative: with uniform draws a sample is among its own m negatives with
 probability 1 - (1 - 1/N)^m (0.31 for N = 45,000, m = 16384), and a self-negative pushes the positive
 pair apart more than the positive term pulls it together, so positive pairs stop aligning.
 """
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from benchmark import distributed
 from benchmark.fields import bounded, choice
+from benchmark.method import Hparams, Method, fp, l2n, register, stream_seed
 from benchmark.registry import UsageError
 from benchmark.types import Term
-from benchmark.method import Hparams, Method, fp, l2n, register, stream_seed
 
 
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,
@@ -173,7 +173,8 @@ class CRD(Method):
                 if bool((self.z < 0).any()):  # the first batch of the run fixes Z (once; kept in the state)
                     for i, (pos, c) in enumerate(scores):  # under torchrun: the mean over every rank's shard
                         ng = torch.exp(c / tau)
-                        self.z[i] = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean()) / distributed.world_size() * self.n
+                        total = distributed.all_sum(torch.cat([pos[:, None], ng], 1).mean())
+                        self.z[i] = total / distributed.world_size() * self.n
             self._z_ready = True
         keep = None if keep is None else keep.to(index.device, v_s.dtype)  # a 0/1 mask, converted once per step
         # the noise probability m / N with m the draws an anchor keeps: all k, or its kept share of a shared draw

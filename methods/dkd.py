@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.fields import bounded
+from benchmark.method import Hparams, Method, fp, register
 from benchmark.registry import UsageError
 from benchmark.types import Term
-from benchmark.method import Hparams, Method, fp, register
 
 
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.registry import UsageError
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
+from benchmark.registry import UsageError
+from benchmark.types import Term
 
 
 def map_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Module:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
+from benchmark.types import Term
 
 
 def ickd_map_loss(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:

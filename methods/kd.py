@@ -3,10 +3,10 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from benchmark.registry import UsageError
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, fp, register
+from benchmark.registry import UsageError
+from benchmark.types import Term
 
 
 @dataclass

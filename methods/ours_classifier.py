@@ -3,16 +3,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import choice, fp, l2n, register
+from benchmark.types import Term
 from methods._projection import OursBase, OursHparams
 
 
 @dataclass
 class ClassifierHparams(OursHparams):
     beta: float = bounded(1.0, 0, None)                       # weight of the logit l2 term (1 CIFAR, 0 speaker; Table 11)
-    classifier_ce: str = choice("add", "replace", help="shared-classifier CE adds to the task CE, or replaces it (A4 in methods/README.md)")
+    classifier_ce: str = choice("add", "replace",
+                                help="shared-classifier CE adds to the task CE, or replaces it (A4 in methods/README.md)")
     with_feature_loss: bool = False          # A5 in methods/README.md: also add the margin feature loss
     shared_classifier: str = choice("raw", "cosine", help="A6 in methods/README.md: raw W F, or cosine classifier with scale 10")
 

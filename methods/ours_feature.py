@@ -1,5 +1,5 @@
-from benchmark.types import Term
 from benchmark.method import register
+from benchmark.types import Term
 from methods._projection import OursBase
 
 

@@ -1,8 +1,8 @@
 from dataclasses import dataclass
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import choice, register
+from benchmark.types import Term
 from methods._projection import OursBase, OursHparams
 from methods._quality import QualityWeights
 
@@ -11,7 +11,8 @@ from methods._quality import QualityWeights
 class QualityHparams(OursHparams):
     w_base: float = bounded(1.0, 0, None)
     quality_h: float = bounded(1 / 3, 0, None, lo_open=True)
-    quality_source: str = choice("both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (A7 in methods/README.md)")
+    quality_source: str = choice("both_mean", "teacher", "student", "both_min",
+                                 help="whose norm is Q_i (A7 in methods/README.md)")
     quality_sigma: str = choice("std", "variance", help="sigma_q (A8 in methods/README.md)")
     quality_momentum: float = bounded(0.01, 0, 1)
     quality_clip: bool = True

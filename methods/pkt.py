@@ -3,9 +3,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, fp, register
+from benchmark.types import Term
 
 
 def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.fields import bounded
-from benchmark.types import Term
 from benchmark.method import Hparams, Method, fp, register
+from benchmark.types import Term
 
 
 def _distances(e: torch.Tensor) -> torch.Tensor:

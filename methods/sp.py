@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.types import Term
 from benchmark.fields import bounded
 from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
+from benchmark.types import Term
 
 
 def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from reports import figures
-from reports.grouping import configurations, off_profile, setting_labels, with_keys
 from reports.controls import control_tables, split_controls
+from reports.grouping import configurations, off_profile, setting_labels, with_keys
 from reports.leaderboard import leaderboards
 from reports.markdown import Footnotes
 from reports.paper import fig_ablations, has_runs, header_section, select_pool, table_section
-from reports.runs import (export, finished, history, load_runs, read_exports, require_runs, task_info, unfinished,
-                          why_not_finished)
+from reports.runs import export, finished, history, load_runs, read_exports, require_runs, task_info, unfinished, why_not_finished
 from reports.specs import TABLES, TableSpec
 from reports.studies import studies, study_summary
 from reports.sweeps import synthetic_sweeps
@@ -142,7 +141,8 @@ def fig_tsne(runs: pd.DataFrame, uri: str, out: Path) -> list[tuple[str, Path]]:
                    f"{r['params.task']}, {r['params.method']}, {r['params.student']}, {r['params.profile']}"
                    + (f", {', '.join(dev)}" if dev else "") + f", seed {r['params.seed']} (run {r['run_id'][:8]}: the "
                    "newest run of a method with a projection head, the only kind that has an F_T to show)")
-        return [(heading + " (Fig. 8 analogue)", figures.tsne(z, list(z["class_names"]) if "class_names" in z else None, heading, out / "tsne.png"))]
+        return [(heading + " (Fig. 8 analogue)", figures.tsne(z, list(z["class_names"]) if "class_names" in z else None, heading,
+                                                              out / "tsne.png"))]
     return []
 
 
@@ -199,7 +199,8 @@ def build_report(tracking_uri: str | None, out: Path, experiment: str | None = N
                 "leaderboard names its own)" if len(every_run) > len(everything) else "")
              + f" of {runs['params.task'].nunique()} task(s) "
              f"({', '.join(sorted(runs['params.task'].unique()))}). The numbers behind every table: `report.csv` "
-             "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric of each run).", "",
+             "(leaderboards), `studies.csv` (studies, when the store holds any) and `runs.csv` (every param and metric "
+             "of each run).", "",
              "## Summary", "",
              "Per task and setting: a protocol's confirmatory comparison (tested alone; only where every run matches a "
              "committed protocol), the exploratory comparisons "

@@ -11,8 +11,17 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.protocol import all_protocols, assess
-from benchmark.stats import (ALPHA, comparison_record, describe, fmt_mean_std, holm, paired_difference, per_seed,
-                             power_line, summary)
+from benchmark.stats import (
+    ALPHA,
+    comparison_record,
+    describe,
+    fmt_mean_std,
+    holm,
+    paired_difference,
+    per_seed,
+    power_line,
+    summary,
+)
 from reports import figures
 from reports.grouping import baseline_of, configurations, task_pools
 from reports.markdown import Footnotes, slug, table

@@ -14,7 +14,8 @@ import pandas as pd
 
 from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
 from reports import figures
-from reports.grouping import (differing, key_of as _key, label_of, setting_columns, setting_labels, variant_columns)
+from reports.grouping import differing, label_of, setting_columns, setting_labels, variant_columns
+from reports.grouping import key_of as _key
 from reports.leaderboard import teacher_line
 from reports.markdown import Footnotes
 from reports.runs import is_method, task_info

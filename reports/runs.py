@@ -9,7 +9,6 @@ import pandas as pd
 
 from benchmark.registry import UsageError
 
-
 FINISHED = "FINISHED"
 
 
@@ -110,7 +109,8 @@ def history(tracking_uri: str, run_id: str, metric: str) -> pd.Series:
 
 
 def export(runs: pd.DataFrame, path: Path) -> None:
-    """Every param, metric and xkd tag of each run, and its start time: the store's content a reader needs to check each cell. Runs
+    """Every param, metric and xkd tag of each run, and its start time: the store's content a reader needs to check
+    each cell. Runs
     that did not finish are in it too, with a `status` column (left out when every run finished)."""
     with_status = "status" in runs and not unfinished(runs).empty
     cols = ["run_id"] + (["status"] if with_status else []) + (["start_time"] if "start_time" in runs else []) + \

@@ -49,7 +49,9 @@ TABLES = [
     TableSpec("table08", "Table 8: CIFAR-100 cross-modal matching accuracy (%)", "table08_cifar100_cross_modal_matching_r34.csv",
               "cifar100", ["match_acc_pct"], [("matching (80-template prototypes)", "match_acc"),
                                              ("matching ('a photo of a {c}.')", "match_acc_single")]),
-    TableSpec("table09", "Table 9: Tiny-ImageNet top-1 accuracy (%; the paper column is its ResNet34, ours the student named in each column block)", "table09_tinyimagenet_accuracy_r34.csv",
+    TableSpec("table09",
+              "Table 9: Tiny-ImageNet top-1 accuracy (%; the paper column is its ResNet34, ours the student named in each "
+              "column block)", "table09_tinyimagenet_accuracy_r34.csv",
               "tinyimagenet", ["acc_pct"], [("top-1", "test_top1")], paired="test_top1"),
     TableSpec("kd_cifar100", "Same-modality control: CIFAR-100, image teacher -> image student (published: resnet32x4 -> "
               "resnet8x4, 240 epochs; RepDistiller, mdistiller and ICKD READMEs)", "kd_cifar100_resnet32x4_resnet8x4.csv",

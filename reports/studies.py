@@ -109,7 +109,8 @@ def study_summary(records: list[dict]) -> str:
         spread = max(means) - min(means)
         what = ", ".join(f"{k}={best[k]}" for k in swept) or "the only value"
         line = (f"**Study `{name}`** ({best['method']} on {best['task']}, {len(rs)} values): best on validation "
-                f"{what} ({best['val_mean']:.2f}); its test result {fmt_mean_std(best['test_mean'], best['test_std'], best['test_n'])}.")
+                f"{what} ({best['val_mean']:.2f}); its test result "
+                f"{fmt_mean_std(best['test_mean'], best['test_std'], best['test_n'])}.")
         if len(rs) > 1 and halves:
             line += (f" The values' validation means span {spread:.2f} points, "
                      + (f"less than the seeds' spread (95% CI half-widths {min(halves):.1f}-{max(halves):.1f}): "

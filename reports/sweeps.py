@@ -11,7 +11,8 @@ import pandas as pd
 
 from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
 from reports import figures
-from reports.grouping import differing, key_of as _key, label_of, setting_columns, variant_columns
+from reports.grouping import differing, label_of, setting_columns, variant_columns
+from reports.grouping import key_of as _key
 from reports.runs import task_info
 
 BASELINE = "baseline"

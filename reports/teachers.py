@@ -6,7 +6,8 @@ teacher. Where a store holds one setting with several teacher instances (runs th
 instance's own baseline (paired over seeds) and, across the instances, the mean of the per-teacher mean gains
 with a 95% CI over teachers and student seeds as crossed random effects (the teachers share the student's
 seeds and the baseline, so seed noise does not average out over teachers: benchmark.stats.crossed_difference;
-Holm over the table's methods): the test of a claim about the recipe. Beside it, the spread between teachers (SD of the per-teacher gains) and within one
+Holm over the table's methods): the test of a claim about the recipe. Beside it, the spread between teachers (SD of the
+per-teacher gains) and within one
 (the root mean square of the paired SDs over seeds)."""
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def compare(ref: Path, uri: str) -> None:
     mlflow.set_tracking_uri(uri)
     ours = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
     ours = ours[ours["params.task"] == "mfh"]
-    print("| experiment | gamma | theirs: teacher / no-KD / KD | theirs: KD - no-KD | ours: teacher / no-KD / KD | ours: KD - no-KD |")
+    print("| experiment | gamma | theirs: teacher / no-KD / KD | theirs: KD - no-KD | ours: teacher / no-KD / KD "
+          "| ours: KD - no-KD |")
     print("|---|---|---|---|---|---|")
     rows = []
     for (exp, mode, d), g in theirs.groupby(["experiment", "mode", "dim"], sort=False):

@@ -38,7 +38,8 @@ def _named(runs: pd.DataFrame, method: str) -> str:
             for t in (IMAGE, TEXT)}
     if form[IMAGE] == form[TEXT]:
         return method
-    return f"{method} ({'/'.join(form[IMAGE]) or 'n/a'} on the image teacher, {'/'.join(form[TEXT]) or 'n/a'} on the text teacher)"
+    image, text = "/".join(form[IMAGE]) or "n/a", "/".join(form[TEXT]) or "n/a"
+    return f"{method} ({image} on the image teacher, {text} on the text teacher)"
 
 
 def table(runs: pd.DataFrame) -> str:

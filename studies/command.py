@@ -22,6 +22,7 @@ from benchmark.registry import METHODS, UsageError
 from studies import runner
 from studies.paper import PAPER_STUDIES
 
+
 def study_definition(cfg, method: str, hp: dict[str, Any], seeds: int, grid: dict | None, paper: str | None,
                      fixed: dict[str, Any]) -> dict[str, Any]:
     config = {k: getattr(cfg, k) for k in defining_fields() if hasattr(cfg, k)}  # another task's fields: absent
@@ -74,10 +75,10 @@ def alpha_warning(task, cfg, grid: dict | None, method: str, hp_obj, data) -> st
 
 def cmd_study(args) -> int:
     from benchmark.commands.common import prepare
+    from benchmark.method import hparam_fields
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import Tracker, resolve_uri
     from benchmark.trainer import resolve_hparams
-    from benchmark.method import hparam_fields
     fixed: dict[str, Any] = {}
     if args.heartbeat < 1:
         raise UsageError(f"--heartbeat {args.heartbeat}: must be at least 1 second")

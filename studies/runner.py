@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import threading
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import replace
 from statistics import mean

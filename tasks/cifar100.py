@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
-from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.datasets import _complete
+from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.registry import TASKS, UsageError, register_dataset
+from benchmark.task import Split, Task, TaskData
 from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_probe_logits, zeroshot_logits
 from benchmark.teachers import build_teacher
-from benchmark.task import Split, Task, TaskData
 
 
 def prompt_templates() -> list:

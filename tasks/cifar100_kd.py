@@ -21,8 +21,8 @@ import torch
 
 from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
-from benchmark.teacher_tables import TeacherTables
 from benchmark.task import Split, TaskData
+from benchmark.teacher_tables import TeacherTables
 from tasks.cifar100 import Cifar100
 
 IMAGE_TEACHERS = ("img-trained", "img-checkpoint")
@@ -54,7 +54,8 @@ def by_row(data: TaskData) -> TaskData:
                                 "distilled into a smaller image student; the positive control")
 class Cifar100KD(Cifar100):
     name = "cifar100-kd"
-    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")  # random: teacher_arch at its seeded initialisation, untrained
+    # random: teacher_arch at its seeded initialisation, untrained
+    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")
     positive_control = "kd"
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.registry import TASKS, TEACHERS, UsageError
-from benchmark.teacher_tables import TeacherTables
 from benchmark.task import Split, Task, TaskData
+from benchmark.teacher_tables import TeacherTables
 from tasks.mfh_data import check, draw, gamma_of
 from tasks.synthetic_data import child, torch_generator
 

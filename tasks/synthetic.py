@@ -1,7 +1,8 @@
 """A controlled cross-modal task: known shared and modality-specific decisive factors (tasks/synthetic_data.py).
 
 The teacher is an MLP the harness trains on a draw of its own modality of its own (`synth_teacher_per_class`
-samples per class, independent of every split the student sees; cached by content hash like every teacher), frozen, exposing its embedding and its own logits; the student (an MLP) sees the
+samples per class, independent of every split the student sees; cached by content hash like every teacher), frozen, exposing its
+embedding and its own logits; the student (an MLP) sees the
 other modality. Sweeping synth_gamma (the shared share of the teacher's decisive factors) and synth_beta
 (the student's own decisive factors) asks the paper's question where the answer is known.
 """
@@ -14,9 +15,9 @@ import torch
 
 from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import TASKS, UsageError
+from benchmark.task import Split, Task, TaskData
 from benchmark.teacher_tables import TeacherTables
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from benchmark.task import Split, Task, TaskData
 from tasks.synthetic_data import Generator, SyntheticSpec, child
 
 
@@ -58,10 +59,12 @@ def seed_label(ss: np.random.SeedSequence) -> str:
                              "MLP teacher and student, CPU minutes")
 class Synthetic(Task):
     name = "synthetic"
-    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")  # random: the MLP teacher at its initialisation, untrained
+    # random: the MLP teacher at its initialisation, untrained
+    teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")
     main_setting = (("synth_gamma", 1.0),)
     profile_notes = {"smoke": "seconds per method: 20 per class, 3 epochs (tests, CI)",
-                     "quick": "100 per class, 8 epochs (validation accuracy still rising at the end), MLP student: all 14 methods x 5 seeds in a few minutes"}
+                     "quick": "100 per class, 8 epochs (validation accuracy still rising at the end), MLP student: "
+                              "all 14 methods x 5 seeds in a few minutes"}
     profiles = {
         "smoke": dict(student="mlp", teacher="mlp-teacher", teacher_logits="own", epochs=3, batch_size=64,
                       lr=0.05, synth_per_class="20,10,20", synth_teacher_per_class=200, schedule="onecycle",

@@ -26,7 +26,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from benchmark.datasets import _complete
 from benchmark.registry import TASKS, UsageError, register_dataset

@@ -80,6 +80,7 @@ def run_cli_inprocess(args, tmp_path, extra_env=None):
     import io
     import signal
     import subprocess
+
     from benchmark.cli import main
     env, cwd, handler = dict(os.environ), os.getcwd(), signal.getsignal(signal.SIGTERM)
     out, err = io.StringIO(), io.StringIO()

@@ -118,7 +118,8 @@ def test_the_from_scratch_task_of_contributing_runs_as_written_with_its_own_fiel
     assert res.returncode == 0, res.stderr[-3000:]
     _, runs = _runs(tmp_path, "xkd-blobs")
     assert any(r.data.params["blob_dim"] == "8" for r in runs)
-    for bad, needle in (("blob_noise=-1", "blob_noise=-1.0 is out of range"), ("blob_nois=1", "--set blob_nois: unknown key 'blob_nois'; did you mean 'blob_noise'")):
+    for bad, needle in (("blob_noise=-1", "blob_noise=-1.0 is out of range"),
+                        ("blob_nois=1", "--set blob_nois: unknown key 'blob_nois'; did you mean 'blob_noise'")):
         res = run_cli([*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline", "--set", bad,
                        "--out", "x"], tmp_path, extra_env=env)
         assert res.returncode == 2 and needle in res.stderr and not (tmp_path / "x").exists(), res.stderr
@@ -196,8 +197,8 @@ def test_per_method_settings_target_one_method(tmp_path):
     load_plugins()
     cfg, hp = split_sets({"kd.temperature": "2", "temperature": "3"}, ["kd", "dkd"])
     assert hp == {"kd.temperature": 2.0, "temperature": 3.0} and cfg == {}
-    from benchmark.registry import TASKS
     from benchmark.config import RunConfig
+    from benchmark.registry import TASKS
     from benchmark.trainer import resolve_hparams
     task = TASKS.get("synthetic")()
     assert resolve_hparams("kd", task, RunConfig(task="synthetic"), hp)[1].temperature == 2.0  # its own wins

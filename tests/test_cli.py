@@ -35,7 +35,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, cifar_dir, args, needles
 
 
 def test_missing_data_exits_2(tmp_path):
-    res = run_cli_inprocess(["run", "--profile", "smoke", "--methods", "baseline", "--data-dir", str(tmp_path / "nope")], tmp_path)
+    res = run_cli_inprocess(["run", "--profile", "smoke", "--methods", "baseline", "--data-dir", str(tmp_path / "nope")],
+                            tmp_path)
     assert res.returncode == 2, res.stderr
     assert "CIFAR-100 not found" in res.stderr and "Traceback" not in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "something was written"

@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.stats import (Paired, crossed_difference, crossed_interval, holm, holm_adjust, paired_difference,
-                             paired_interval)
+from benchmark.stats import Paired, crossed_difference, crossed_interval, holm, holm_adjust, paired_difference, paired_interval
 
 # The teacher-instance runs (cifar100-kd, 3 teachers x 3 student seeds, KD): a teacher x seed decomposition of
 # KD - baseline gave MS_teacher 0.84, MS_seed 3.06, MS_residual 0.12, i.e. variance components

@@ -122,14 +122,15 @@ def test_tinyimagenet_fetch_over_http_checks_the_md5(tmp_path, http_folder, monk
     import hashlib
     import zipfile
 
-    from test_tinyimagenet import archive as real_archive, make_subset
+    from test_tinyimagenet import archive as real_archive
+    from test_tinyimagenet import make_subset
     folder, base = http_folder
     with zipfile.ZipFile(real_archive()) as real:
         make_subset(real, folder / "tiny.zip", train_per_class=(0,))
     good = (folder / "tiny.zip").read_bytes()
     (folder / "damaged.zip").write_bytes(_corrupt(good))
-    import tasks.tinyimagenet as tin
     import tasks.tinyimagenet as datasets
+    import tasks.tinyimagenet as tin
     from benchmark.registry import UsageError
     monkeypatch.setattr(tin, "MD5", hashlib.md5(good).hexdigest())
     root = tmp_path / "root"

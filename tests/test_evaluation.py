@@ -3,14 +3,14 @@ from dataclasses import replace
 
 import torch
 
-from test_teacher import _context, counting_teacher  # noqa: F401  (the fixture)
+from test_teacher import _context, counting_teacher  # noqa: F401, F811  (the fixture)
 
 
 def _buffers(ctx):
     return {k: v.clone() for m in (ctx.student, ctx.method) for k, v in m.state_dict().items()}
 
 
-def test_evaluation_is_repeatable_and_leaves_no_trace(cifar_dir, tmp_path, counting_teacher):
+def test_evaluation_is_repeatable_and_leaves_no_trace(cifar_dir, tmp_path, counting_teacher):  # noqa: F811 (a fixture)
     ctx, _ = _context(cifar_dir, tmp_path, "ickd")  # ICKD's connector has a BatchNorm1d used by matching
     for i in range(3):
         ctx.train_step(torch.arange(i * 16, (i + 1) * 16))

@@ -33,6 +33,7 @@ def test_power_at_holms_strictest_step_is_not_a_step_function():
     noncentral t's: P(T > t_crit) = 0.7450169 for delta 7, SD 0.58 (scipy's nct.sf alone, finite there),
     not 1, and the MDE there 7.598 points, not the 50%-power 5.98 that a 0/1 fallback gave (crit * SD / sqrt(n))."""
     from scipy import stats
+
     from benchmark.stats import mde, paired_power
     alpha = 0.05 / 16
     crit = stats.t.ppf(1 - alpha / 2, 2)
@@ -84,7 +85,8 @@ def test_without_a_protocol_every_comparison_is_exploratory_and_keeps_holm(tmp_p
     assert csv.loc["ours_classifier", "p_holm"] == pytest.approx(2 * p_ours, rel=1e-9)
     assert csv.loc["pkt", "p_holm"] == pytest.approx(1 - 3 ** 0.5 / 5 ** 0.5, rel=1e-9)
     assert "Confirmatory" not in report and "pre-registered" not in report
-    assert "**Exploratory** (3 comparisons with the baseline, Holm): 1 survives the correction (1 better than the baseline, 0 worse); the best is kd" in report
+    assert ("**Exploratory** (3 comparisons with the baseline, Holm): 1 survives the correction (1 better than the "
+            "baseline, 0 worse); the best is kd") in report
     assert "Power: with n = 3 seeds" in report and "minimum detectable paired effect at 80% power" in report
 
 

@@ -2,13 +2,21 @@
 import contextlib
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-import numpy as np
+import mlflow
+import optuna
+import pandas as pd
 import pytest
+import torch
 
-from conftest import free_port, run_cli, run_cli_inprocess  # noqa: E402
+from conftest import free_port, run_cli, run_cli_inprocess
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
 
@@ -70,11 +78,13 @@ def test_broken_cifar_data_is_named(tmp_path, bad_cifar, kind, needle):
 
 def test_out_and_tracking_uri_are_checked_before_anything_is_written(tmp_path, cifar_dir):
     (tmp_path / "afile").write_text("x")
-    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"],
+                            tmp_path)
     _refused(res, tmp_path, "--out afile/sub", "is a file", keep=("afile",))
     res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile"], tmp_path)
     _refused(res, tmp_path, "exists and is not a folder", keep=("afile",))
-    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"], tmp_path)
+    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"],
+                            tmp_path)
     _refused(res, tmp_path, "unknown scheme 'foo'", keep=("afile",))
 
 
@@ -120,18 +130,6 @@ def test_speaker_trial_list_without_both_labels_is_refused(tmp_path, vox_dir):
 
 # ---- divergence, signals, kills, concurrency: the run ends in a known state, nothing is lost ----
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import mlflow
-import optuna
-import pandas as pd
-import torch
-
-from conftest import ROOT
 
 
 def _train_runs(tmp_path, experiment="xkd-cifar100"):
@@ -198,6 +196,7 @@ def test_a_method_whose_runs_all_failed_keeps_its_row_and_its_place_in_holms_fam
 
 def test_killed_and_running_runs_are_named_and_a_partly_finished_method_says_how_many(tmp_path):
     import mlflow
+
     from reports.generate import build_report
     from test_report import _log_run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -394,7 +393,8 @@ def test_kill_9_at_three_points_then_resume_is_identical_and_nothing_stays_runni
     done = run_cli([*args, "--resume"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert pd.read_csv(tmp_path / "k" / "runs.csv")[cols].equals(want)
-    runs = [r for r in _train_runs(tmp_path) if r.data.params.get("run_key") and r.info.run_id != pd.read_csv(tmp_path / "ref" / "runs.csv")["run_id"][0]]
+    ref_id = pd.read_csv(tmp_path / "ref" / "runs.csv")["run_id"][0]
+    runs = [r for r in _train_runs(tmp_path) if r.data.params.get("run_key") and r.info.run_id != ref_id]
     assert "RUNNING" not in {r.info.status for r in runs}
     assert sum(r.info.status == "FINISHED" for r in runs) == 1
     # a rerun without --resume after a kill: the dead run is marked KILLED, a new one starts beside none RUNNING
@@ -443,7 +443,8 @@ def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_o
 
 
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    from benchmark.checkpoints import load_checkpoint, save_atomic as _save_atomic
+    from benchmark.checkpoints import load_checkpoint
+    from benchmark.checkpoints import save_atomic as _save_atomic
     path = tmp_path / "m-seed0-k.pt"
     _save_atomic({"epoch": 1}, path, keep_previous=True)
     _save_atomic({"epoch": 2}, path, keep_previous=True)

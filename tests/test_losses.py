@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from benchmark.types import Dims, StudentOut, TeacherOut
 from methods._projection import ProjectionHead, margin_distance

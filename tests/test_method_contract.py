@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from benchmark.commands.common import split_sets
-from benchmark.plugins import load_plugins
-from benchmark.registry import METHODS, STUDENTS
-from benchmark.types import Dims, TeacherOut, Term
 from benchmark.method import Hparams, Method
+from benchmark.plugins import load_plugins
+from benchmark.registry import METHODS
+from benchmark.types import Dims, TeacherOut, Term
 
 load_plugins()
 B, K = 8, 5
@@ -69,14 +69,16 @@ def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16", maps:
 
     s = student(x)
     terms = method.terms(s, teacher, y, **kw)
-    assert isinstance(terms, dict) and all(isinstance(t, Term) for t in terms.values()), f"{name}: terms() must return named Terms"
+    assert isinstance(terms, dict) and all(isinstance(t,
+                                                      Term) for t in terms.values()), f"{name}: terms() must return named Terms"
     for k, t in terms.items():
         assert t.value.shape in ((), (B,)), f"{name}.{k}: a batch scalar or a per-sample [B] vector, got {tuple(t.value.shape)}"
         assert torch.isfinite(t.value).all(), f"{name}.{k} is not finite"
     loss = torch.nn.functional.cross_entropy(s.logits, y) * method.ce_weight + sum(t.weighted_mean() for t in terms.values())
     opt.zero_grad()
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), f"{name}: no gradient reaches the student"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), \
+        f"{name}: no gradient reaches the student"
     for pname, p in method.named_parameters():
         if p.requires_grad:
             assert p.grad is not None, f"{name}: its parameter {pname} gets no gradient"

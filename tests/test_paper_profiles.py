@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmark.config import build_config
+from benchmark.task import Split
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
-from benchmark.task import Split
 
 METHODS = ["ours_classifier", "crd"]  # a projection head and shared classifier; memory banks with sample indices
 

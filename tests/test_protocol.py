@@ -151,6 +151,7 @@ def lab_protocol(tmp_path):
 
 def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
     import pandas as pd
+
     from benchmark.protocol import assess
     proto, known = lab_protocol, {lab_protocol.tag: lab_protocol}
     good = runs_of(proto)
@@ -195,6 +196,7 @@ def test_no_published_run_older_than_the_protocols_is_labelled(example, tmp_path
     """The runs before the protocols (every example but the confirmatory one) carry none: nothing in their
     reports is called confirmatory or pre-registered, and every comparison keeps its Holm-adjusted p."""
     import pandas as pd
+
     from reports.generate import build_report
     text = build_report(None, tmp_path / "r", files=[ROOT / "reports" / "example" / example / "runs.csv"]).read_text()
     assert "Confirmatory" not in text and "pre-registered" not in text and "primary (" not in text

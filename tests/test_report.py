@@ -143,7 +143,8 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     # a run off its profile's values is its own setting, and the header names the deviation
     _log_run(client, exp, "baseline", 0, {"test_top1": 70.0}, params={"epochs": 2})
     table7 = _section(build_report(uri, tmp_path / "r").read_text(), 7)
-    assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in _header(table7) and "70.00 ± n/a (n=1)" in table7
+    assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in _header(table7)
+    assert "70.00 ± n/a (n=1)" in table7
     kd_rows = [line for line in table7.splitlines() if line.startswith("| kd")]
     assert len(kd_rows) == 2, kd_rows
     t4 = next(r for r in kd_rows if "temperature=4.0" in r)
@@ -252,7 +253,8 @@ def test_sweep_rows_are_method_configurations(tmp_path):
             for t, d in ((2.0, 1.0 + 0.1 * seed), (4.0, -5.0 + 0.1 * seed)):
                 _log_run(client, exp, "kd", seed, {"test_top1": 50.0 + d},
                          params={**common, "synth_gamma": gamma, "hp.temperature": t})
-    section = build_report(uri, tmp_path / "r").read_text().split("### Synthetic task: gain over the baseline against gamma (")[1].split("\n## ")[0]
+    text = build_report(uri, tmp_path / "r").read_text()
+    section = text.split("### Synthetic task: gain over the baseline against gamma (")[1].split("\n## ")[0]
     kd = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| kd")}
     assert set(kd) == {"kd (temperature=2.0)", "kd (temperature=4.0)"}
     assert "+1.10 [" in kd["kd (temperature=2.0)"] and "-4.90 [" in kd["kd (temperature=4.0)"]

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli, run_cli_inprocess
-from tests.test_report import _log_run
-
 from reports.generate import build_report
+from tests.conftest import run_cli_inprocess
+from tests.test_report import _log_run
 
 
 def _store(tmp_path, name="s.db", shift=0.0):
@@ -119,6 +118,7 @@ def test_a_two_line_figure_title_sits_above_every_panel_title(tmp_path, monkeypa
     drew its title's second line across the top row's panel titles: the title's box must end above them."""
     import matplotlib.pyplot as plt
     import pandas as pd
+
     from reports.figures import curves
     labels = ["baseline"] + [f"method_{i}" for i in range(13)]
     series = {lab: {m: [pd.Series([3.0, 2.0, 1.0], index=[1, 2, 3])] * 2 for m in ("loss", "acc")} for lab in labels}
@@ -154,6 +154,7 @@ def test_any_two_methods_of_a_figure_differ_in_colour_plugins_included():
     about 2.3 is a just-noticeable difference), and none so light that it vanishes on white (L* <= 70); the
     pale lavender a plugin got and the pkt/ccl, sp/ickd near-twins are gone."""
     import matplotlib.colors as mc
+
     from benchmark.registry import METHODS
     from reports.figures import styles
     names = METHODS.names() + ["myplugin_a", "myplugin_b", "myplugin_c"]

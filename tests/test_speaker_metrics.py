@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.voxceleb.scoring import add_noise, crop_starts, db, eer_and_mindcf, eval_crops, trial_scores
+from tasks.voxceleb.scoring import add_noise, crop_starts, eer_and_mindcf, eval_crops, trial_scores
 
 
 def brute_force(scores, labels, p=0.01):

@@ -144,8 +144,8 @@ def test_a_run_being_trained_by_another_process_is_refused_before_anything_is_wr
     trains it (the same command started twice at once used to train the same run in both processes)."""
     import multiprocessing as mp
 
-    from benchmark.registry import UsageError
     from benchmark.checkpoints import run_lock
+    from benchmark.registry import UsageError
     ckpt = tmp_path / "checkpoints" / "kd-seed0-abc.pt"
     ready, done = mp.Event(), mp.Event()
 

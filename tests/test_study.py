@@ -45,7 +45,8 @@ def test_grid_study_sqlite_nested_mlflow_runs(tmp_path, cifar_dir):
 
 
 def test_study_rejects_unknown_grid_key(tmp_path, cifar_dir):
-    res = run_cli_inprocess(["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
+    res = run_cli_inprocess(["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE],
+                            tmp_path)
     assert res.returncode == 2 and "--grid key 'alpah'" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -121,7 +122,8 @@ def test_study_name_carries_its_definition_and_join_checks_it(tmp_path, cifar_di
 
 
 def test_paper_study_refuses_a_set_that_contradicts_a_fixed_value(tmp_path, cifar_dir):
-    res = run_cli_inprocess(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path)
+    res = run_cli_inprocess(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"],
+                            tmp_path)
     assert res.returncode == 2 and "fixes margin=0.04" in res.stderr
     assert not (tmp_path / "studies.db").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -233,7 +235,8 @@ def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_p
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert f"worker {pid} ended (signal 9) in trial {trial.number}: its point was queued again" in out
-    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out, f"{out}\n--- stderr ---\n{err[-6000:]}"
+    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out, \
+        f"{out}\n--- stderr ---\n{err[-6000:]}"
     study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
     assert _every_point_complete(study, [1.0, 2.0, 4.0, 8.0])
     assert _no_run_left_running(tmp_path) == []

@@ -80,7 +80,8 @@ def test_the_synthetic_teacher_never_sees_the_students_rows(tmp_path):
     task = TASKS.get("synthetic")()
     cfg = build_config(task, "smoke", {}, {"synth_teacher_per_class": "30"})
     data = task.load(cfg)
-    assert data.pretrain_x.shape[0] == 30 * 20 and data.teacher_x.shape[0] == len(data.train.y) + len(data.val.y) + len(data.test.y)
+    assert data.pretrain_x.shape[0] == 30 * 20
+    assert data.teacher_x.shape[0] == len(data.train.y) + len(data.val.y) + len(data.test.y)
     pre = {tuple(r) for r in data.pretrain_x.numpy().round(6).tolist()}
     assert not pre & {tuple(r) for r in data.teacher_x.numpy().round(6).tolist()}
     seen = []

@@ -202,9 +202,9 @@ def test_a_map_method_on_a_vector_teacher_is_refused_in_one_line(tmp_path, cifar
 
 def test_all_leaves_the_map_only_methods_out_on_a_vector_teacher_and_says_so():
     from benchmark.commands.common import check_teacher_maps
+    from benchmark.config import build_config
     from benchmark.registry import TASKS
     from benchmark.trainer import resolve_hparams
-    from benchmark.config import build_config
     task = TASKS.get("cifar100")()
     cfg = build_config(task, "smoke", {}, {})
     names = METHODS.names()

@@ -85,7 +85,8 @@ def test_a_damaged_archive_is_one_line_and_leaves_no_cache(tmp_path, real_zip, d
         (src / "subset.zip").write_bytes(raw[: len(raw) // 2])
     work = tmp_path / "work"
     work.mkdir()
-    res = run_cli_inprocess(["run", "--task", "tinyimagenet", "--methods", "baseline", "--profile", "smoke", "--data-dir", str(src),
+    res = run_cli_inprocess(["run", "--task", "tinyimagenet", "--methods", "baseline", "--profile", "smoke", "--data-dir",
+                             str(src),
                    "--cache-dir", str(tmp_path / "cache")], work)
     _refused(res, "holds tiny-imagenet-200/wnids.txt" if damage == "truncated" else f"{bad.split('/', 1)[1]} in ")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))

@@ -37,6 +37,7 @@ def test_two_workers_log_to_one_tracking_server_and_its_report_equals_sqlites(tm
 
 def _ui_shows(url: str, run_name: str) -> None:
     import mlflow
+
     from test_mlflow_ui import CHROMIUM, FLAGS
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")

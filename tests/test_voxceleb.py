@@ -1,6 +1,6 @@
 """Speaker task on the small real fixture (FSDD speech, ORL faces, sonic-pi noise)."""
-import numpy as np
 import mlflow
+import numpy as np
 import pytest
 import torch
 

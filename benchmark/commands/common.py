@@ -107,8 +107,8 @@ def prepare(args):
     from benchmark.nets import student_builder
     student_builder(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.devices import resolve_device
-    from benchmark.trainer import resolve_hparams
     from benchmark.method import validate_hparams
+    from benchmark.trainer import resolve_hparams
     resolve_device(cfg.device)
     methods = check_teacher_maps(task, methods, [resolve_hparams(m, task, cfg, hp) for m in methods],
                                  args.methods == "all")

@@ -32,8 +32,8 @@ def cmd_eval(args) -> int:
         task, methods, hp, cfg, data = prepare(args)
     if len(methods) != 1:
         raise UsageError(f"eval evaluates one method's run; got {', '.join(methods)}")
-    from benchmark.teacher_cache import TeacherCache
     from benchmark.checkpoints import load_checkpoint, run_key
+    from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
     cache = TeacherCache(args.cache_dir)
     tables = task.teacher_tables(cfg, data, cache)

@@ -41,9 +41,9 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from dataclasses import replace
 
     from benchmark import distributed
+    from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
-    from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.trainer import Diverged, run_one
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)

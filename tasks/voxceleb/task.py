@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from benchmark import distributed
 from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.registry import TASKS, UsageError
+from benchmark.task import Task
 from benchmark.teacher_tables import TeacherTables, linear_probe_logits
 from benchmark.teachers import TeacherOptions, build_teacher, teacher_class
-from benchmark.task import Task
 from tasks.voxceleb.audio import AUDIO, AudioBank, audio_files, read_audio
 from tasks.voxceleb.data import MatchSet, SpeakerData, load_speaker_data, read_images
 from tasks.voxceleb.sampler import AngularPrototypical, pair_batches
