@@ -23,9 +23,10 @@ from statistics import mean
 import optuna
 
 from benchmark.fanout import end_with_parent
+from benchmark.recorder import run_one
 from benchmark.registry import UsageError
 from benchmark.tracking import interrupted_by, patiently, safe_uri, uninterrupted
-from benchmark.trainer import Diverged, resolve_hparams, run_one
+from benchmark.trainer import Diverged, resolve_hparams
 
 # the heartbeat and stale-trial recovery this runner relies on are marked experimental by Optuna; its
 # ExperimentalWarning on every study command is noise to the user (tested behaviour, pinned version)

@@ -240,8 +240,8 @@ class _Counting(torch.nn.Module):
 def test_the_baseline_never_runs_the_live_teacher_and_gives_the_same_metrics(kd_smoke, monkeypatch, tmp_path):
     """The baseline reads nothing of the teacher: no forward in the loop. Its metrics are those of a run that
     still computes the teacher's outputs on every batch (the loop before this change) to the last digit."""
+    from benchmark.recorder import run_one
     from benchmark.tracking import NullTracker
-    from benchmark.trainer import run_one
     from methods.baseline import Baseline
     task, cfg, data, tables = kd_smoke
     assert tables.map_shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]  # the smoke teacher's stages (resnet8_w16)
@@ -259,8 +259,9 @@ def test_the_baseline_never_runs_the_live_teacher_and_gives_the_same_metrics(kd_
 
 def test_map_methods_train_in_the_loop_with_the_teachers_maps(kd_smoke, tmp_path):
     """at and the map forms run end to end on the image teacher; their run parameters name the form."""
+    from benchmark.recorder import run_one
     from benchmark.tracking import NullTracker
-    from benchmark.trainer import Context, run_one
+    from benchmark.trainer import Context
     task, cfg, data, tables = kd_smoke
     for name, form_key in (("fitnet", "fitnet_form"), ("sp", "sp_form"), ("ickd", "ickd_form"), ("at", None)):
         ctx = Context(cfg, task, data, tables, name, {})

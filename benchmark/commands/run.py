@@ -42,9 +42,10 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
 
     from benchmark import distributed
     from benchmark.checkpoints import CheckpointNotWritten
+    from benchmark.recorder import run_one
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
-    from benchmark.trainer import Diverged, run_one
+    from benchmark.trainer import Diverged
     main = distributed.is_main()
     say = print if main else (lambda *a, **k: None)
     cache = TeacherCache(args.cache_dir)
@@ -144,8 +145,8 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
     from dataclasses import replace
 
     from benchmark import table_queue as tq
+    from benchmark.recorder import run_one
     from benchmark.tracking import safe_uri
-    from benchmark.trainer import run_one
     from studies import runner
     spec = tq.definition(cfg, methods, hp, args.seeds)
     name = args.queue_name or tq.queue_name(cfg, spec)
