@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from benchmark import distributed
 from benchmark.nets import build_student
 from benchmark.optim import build_optimizer
+from benchmark.registry import BASELINE
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
 
@@ -153,7 +154,7 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if world == 1:  # under torchrun the reference is the harness's own data-parallel baseline step
         names, fns = ["bare PyTorch loop"], [bare_loop_step(cfg, task, data, ctx0.device)]
         counts = [task.steps_per_epoch(data.train, b)]
-    for m in ["baseline"] + [m for m in methods if m != "baseline"]:
+    for m in [BASELINE] + [m for m in methods if m != BASELINE]:
         ctx = Context(cfg, task, data, tables, m, hp)
         batches = task.epoch_batches(data.train, b, torch.Generator().manual_seed(0))
         names.append(m)

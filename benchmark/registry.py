@@ -60,6 +60,7 @@ class Registry:
 
 
 METHODS = Registry("method")
+BASELINE = "baseline"  # the method every comparison is against: the task loss alone (methods/baseline.py)
 TASKS = Registry("task")
 STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")

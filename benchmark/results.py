@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.registry import BASELINE
 from benchmark.stats import Paired, comparison_record, fmt_mean_std, holm, paired_difference, per_seed, summary
 
 NOTE = ("\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
@@ -26,7 +27,7 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
     df = everything[everything["failure"].isna()] if "failure" in everything else everything
     order = list(dict.fromkeys(everything["method"]))
     primary = columns[0][0]
-    base = per_seed(df.loc[df["method"] == "baseline", primary], df.loc[df["method"] == "baseline", "seed"]) \
+    base = per_seed(df.loc[df["method"] == BASELINE, primary], df.loc[df["method"] == BASELINE, "seed"]) \
         if "baseline" in order and primary in df else None
     rows, family = [], []
     for m in order:
@@ -35,7 +36,7 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
         for c, _ in [*columns, ("wall_s", "")]:
             s = summary(per_seed(g[c], g["seed"]) if c in g and len(g) else pd.Series(dtype=float))
             row.update({f"{c}_mean": s["mean"], f"{c}_std": s["std"], f"{c}_n": s["n"]})
-        if base is not None and m != "baseline":
+        if base is not None and m != BASELINE:
             p = paired_difference(per_seed(g[primary], g["seed"]), base) if primary in g and len(g) else None
             family.append(p)
             row["_paired"] = p
@@ -63,9 +64,9 @@ def to_markdown(table: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
     shown = pd.DataFrame({"method": table["method"], "seeds": table["seeds"]})
     for c, label in [*columns, ("wall_s", "wall time (s)")]:
         shown[label] = [fmt_mean_std(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_n"]) for _, r in table.iterrows()]
-    if "delta_n" in table and (table["method"] == "baseline").any():
+    if "delta_n" in table and (table["method"] == BASELINE).any():
         shown[f"Δ {columns[0][1]} vs baseline, 95% CI"] = [
-            "—" if r["method"] == "baseline" else (fmt_delta(r) if r["delta_n"] else "no matched seed")
+            "—" if r["method"] == BASELINE else (fmt_delta(r) if r["delta_n"] else "no matched seed")
             for _, r in table.iterrows()]
     if "failed" in table:
         shown["failed"] = table["failed"].replace("", "—")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from benchmark.registry import BASELINE
 from benchmark.stats import comparison_record, holm, paired_difference, per_seed, power_line
 from reports.grouping import baseline_of, configurations, task_pools
-from reports.leaderboard import BASELINE, _metrics, teacher_line
+from reports.leaderboard import _metrics, teacher_line
 from reports.markdown import Footnotes, table
 
 CONTROL = "params.teacher_control"

@@ -10,6 +10,7 @@ from dataclasses import asdict
 import pandas as pd
 
 from benchmark.config import defining_fields
+from benchmark.registry import BASELINE
 
 SETTING_FACTS = ["params.precision_resolved", "params.world_size", "params.code_version"]
 
@@ -102,7 +103,7 @@ def configurations(pool: pd.DataFrame, exclude: set[str] = frozenset(),
     return out
 
 
-def baseline_of(setting_runs: pd.DataFrame, baseline: str = "baseline") -> pd.DataFrame:
+def baseline_of(setting_runs: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """The baseline's runs of one setting: its configuration with the most seeds."""
     base = setting_runs[setting_runs["params.method"] == baseline]
     if base.empty:

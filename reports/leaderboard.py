@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.protocol import all_protocols, assess
+from benchmark.registry import BASELINE
 from benchmark.stats import (
     ALPHA,
     comparison_record,
@@ -27,7 +28,6 @@ from reports.grouping import baseline_of, configurations, task_pools
 from reports.markdown import Footnotes, slug, table
 from reports.runs import lower_is_better, why_not_finished
 
-BASELINE = "baseline"
 CONFIRMATORY = " — confirmatory"  # the row label's suffix of a protocol's confirmatory comparison
 # the teacher's own accuracy, as each kind of teacher records it
 TEACHER_ACCURACY = [("params.teacher_test_acc", "test top-1"), ("params.teacher_test_top1", "test top-1"),

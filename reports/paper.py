@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.registry import BASELINE
 from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
 from reports import figures
 from reports.grouping import differing, label_of, setting_columns, setting_labels, variant_columns
@@ -22,7 +23,6 @@ from reports.runs import is_method, task_info
 from reports.specs import AMBIGUITY_PARAMS, TABLES, TableSpec
 
 PAPER_DIR = Path(__file__).parent / "paper_tables"
-BASELINE = "baseline"
 
 
 def _match(series: pd.Series, value, scale: float) -> pd.Series:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.registry import BASELINE
 from benchmark.stats import Paired, describe, holm, paired_difference, per_seed
 from reports import figures
 from reports.grouping import differing, label_of, setting_columns, variant_columns
 from reports.grouping import key_of as _key
 from reports.runs import task_info
 
-BASELINE = "baseline"
 FOCUS = {"kd", "fitnet", "ours_feature", "ours_classifier", "ours_feature_quality"}
 # (task, swept param, its name, what it means, other params that move with it and so do not split settings)
 SWEEPS = [("synthetic", "synth_gamma", "gamma", "share of the teacher's decisive factors the student also sees", ()),

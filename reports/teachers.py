@@ -15,9 +15,10 @@ import math
 
 import pandas as pd
 
+from benchmark.registry import BASELINE
 from benchmark.stats import comparison_record, crossed_difference, holm, paired_difference, per_seed, pooled_sd
 from reports.grouping import baseline_of, configurations, task_pools
-from reports.leaderboard import BASELINE, _metrics
+from reports.leaderboard import _metrics
 from reports.markdown import Footnotes, table
 
 INSTANCE = "params.teacher_seed"
