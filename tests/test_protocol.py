@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_cli_inprocess
 
 PROTOCOL = """task = "synthetic"
 profile = "smoke"
@@ -64,7 +64,7 @@ def pinned(text=PROTOCOL):
 ])
 def test_a_bad_protocol_is_refused_naming_the_file(tmp_path, edit, message):
     f = declared(tmp_path, pinned(edit(PROTOCOL)))
-    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
+    r = run_cli_inprocess(["run", "--protocol", str(f), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and str(f) in r.stderr
     assert not (tmp_path / "m.db").exists()
@@ -73,21 +73,21 @@ def test_a_bad_protocol_is_refused_naming_the_file(tmp_path, edit, message):
 def test_a_protocol_runs_only_as_committed_at_its_code_version(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
     f = declared(tmp_path, pinned(), commit=False)
-    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
+    r = run_cli_inprocess(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
     assert r.returncode == 2 and "not committed with this content" in r.stderr
     git(f.parent, "add", f.name), git(f.parent, "commit", "-q", "-m", "declare")  # from its folder
     f.write_text(pinned() + "# changed after the declaration\n")
-    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
+    r = run_cli_inprocess(["run", "--protocol", str(f), "--tracking-uri", uri], tmp_path)
     assert r.returncode == 2 and "not committed with this content" in r.stderr
     f2 = declared(tmp_path, PROTOCOL.replace('hypothesis = "a', 'code_version = "0.0.1"\nhypothesis = "a'), "old.toml")
-    r = run_cli(["run", "--protocol", str(f2), "--tracking-uri", uri], tmp_path)
+    r = run_cli_inprocess(["run", "--protocol", str(f2), "--tracking-uri", uri], tmp_path)
     assert r.returncode == 2 and "must be at code version 0.0.1" in r.stderr
     for extra in (["--seeds", "3"], ["--set", "epochs=1"], ["--methods", "kd"], ["--epochs", "1"]):
-        r = run_cli(["run", "--protocol", str(f2), *extra], tmp_path)
+        r = run_cli_inprocess(["run", "--protocol", str(f2), *extra], tmp_path)
         assert r.returncode == 2 and "runs exactly what" in r.stderr and extra[0] in r.stderr
-    r = run_cli(["run", "--config", str(f2)], tmp_path)
+    r = run_cli_inprocess(["run", "--config", str(f2)], tmp_path)
     assert r.returncode == 2 and "run it with `run --protocol" in r.stderr
-    r = run_cli(["run", "--task", "synthetic", "--set", "protocol=x@0", "--profile", "smoke"], tmp_path)
+    r = run_cli_inprocess(["run", "--task", "synthetic", "--set", "protocol=x@0", "--profile", "smoke"], tmp_path)
     assert r.returncode == 2 and "run --protocol FILE` only" in r.stderr
     assert not (tmp_path / "m.db").exists()
 
@@ -189,18 +189,3 @@ def test_the_report_labels_a_protocols_runs_and_nothing_older(lab_protocol, monk
     assert "**Confirmatory**" not in summary and not any(r["confirmatory"] for r in records)
     assert "not confirmatory**: 4 run(s) started before the declaring commit" in summary
     assert "**Exploratory** (1 comparison with the baseline, Holm)" in summary
-
-
-@pytest.mark.parametrize("example", ["kd_temperature_study", "mfh", "synthetic", "evidence"])
-def test_no_published_run_older_than_the_protocols_is_labelled(example, tmp_path):
-    """The runs before the protocols (every example but the confirmatory one) carry none: nothing in their
-    reports is called confirmatory or pre-registered, and every comparison keeps its Holm-adjusted p."""
-    import pandas as pd
-
-    from reports.generate import build_report
-    text = build_report(None, tmp_path / "r", files=[ROOT / "reports" / "example" / example / "runs.csv"]).read_text()
-    assert "Confirmatory" not in text and "pre-registered" not in text and "primary (" not in text
-    rep = pd.read_csv(tmp_path / "r" / "report.csv")
-    assert not rep["confirmatory"].any()
-    tested = rep[rep["method"] != "baseline"].dropna(subset=["p"])
-    assert tested["p_holm"].notna().all()

@@ -321,6 +321,15 @@ def test_every_published_report_rebuilds_from_its_runs_csv_to_the_same_numbers(e
         if (example / name).is_file():
             assert (out / name).read_bytes() == (example / name).read_bytes(), name
     assert text.splitlines()[2].startswith(f"Rebuilt from the runs.csv export(s) `{example / 'runs.csv'}`")
+    # only the protocols' runs are confirmatory; no run before them is labelled (issue 42), and every other
+    # comparison keeps its Holm-adjusted p
+    if not (out / "report.csv").read_text().strip():  # a store of study runs only: no leaderboard
+        return
+    rep = pd.read_csv(out / "report.csv")
+    assert rep["confirmatory"].any() == (example.name == "confirmatory")
+    assert "pre-registered" not in text and ("Confirmatory" in text) == (example.name == "confirmatory")
+    tested = rep[(rep["method"] != "baseline") & ~rep["confirmatory"].astype(bool)].dropna(subset=["p"])
+    assert tested["p_holm"].notna().all()
     assert "need the metric histories and artifacts of an MLflow store" in text
 
 
