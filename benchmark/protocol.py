@@ -278,9 +278,9 @@ def assess(sel, pool, known: dict[str, Protocol]) -> Verdict | None:
                 if seeds else "no finished run"
             reasons.append(f"{arm} has {got}, not the declared {len(proto.seeds)} ({proto.seeds[0]}-{proto.seeds[-1]})")
     need = required_code_version(proto, decl)
-    versions = sorted(set(arms.get("params.code_version", [""]).fillna("")))
+    versions = sorted(set(arms["params.code_version"].fillna(""))) if "params.code_version" in arms else [""]
     if need is not None and not all(code_matches(v, need) for v in versions):
-        reasons.append(f"code version {', '.join(versions)} is not the protocol's "
+        reasons.append(f"code version {', '.join(v or '(none recorded)' for v in versions)} is not the protocol's "
                        f"({need.removeprefix('+g') if need.startswith('+g') else need})")
     if starts.isna().any():
         reasons.append("runs without a start time (an older runs.csv): they cannot be shown to follow the declaration")

@@ -168,6 +168,7 @@ def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
     assert "is not the protocol's (9.9.9+gabc)" in reasons(runs_of(proto, version="9.9.9+gabc.dirty"))
     assert "has the hash" in "; ".join(assess(runs_of(proto, tag="proto@0000"), good, known).reasons)
     assert "without a start time" in reasons(runs_of(proto).drop(columns="start_time"))
+    assert "code version (none recorded) is not the protocol's" in reasons(runs_of(proto).drop(columns="params.code_version"))
     wrong_t = runs_of(proto)
     wrong_t.loc[wrong_t["params.method"] == "kd", "params.hp.temperature"] = "2.0"
     assert "kd.temperature is not 4.0" in reasons(wrong_t)
