@@ -61,7 +61,8 @@ def confirmatory() -> str:
         start = pd.to_datetime(runs.loc[runs["params.protocol"] == proto.tag, "start_time"], utc=True).min()
         verdict = ("**resolved, better**" if p["delta"] > 0 else "**resolved, worse**") if p["p"] < proto.alpha \
             else "not resolved"
-        lines.append(f"| {head} | {start:%Y-%m-%d %H:%M} | {_mean_std(base)} | {_mean_std(p)} | **{_delta(p)}** "
+        delta = f"**{_delta(p)}**" if p["p"] < proto.alpha else _delta(p)
+        lines.append(f"| {head} | {start:%Y-%m-%d %H:%M} | {_mean_std(base)} | {_mean_std(p)} | {delta} "
                      f"| {p['p']:.2g}: {verdict} |")
     return "\n".join(lines)
 
