@@ -41,6 +41,11 @@ def save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
         tmp.unlink(missing_ok=True)
+        cause: BaseException | None = e
+        while cause is not None:  # Ctrl-C or SIGTERM inside torch.save, which its writer's clean-up turned into a
+            if isinstance(cause, KeyboardInterrupt):  # RuntimeError: an interrupt, not a failed write
+                raise cause from None
+            cause = cause.__context__
         import errno
         import shutil
         full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20

@@ -493,3 +493,30 @@ def test_a_command_that_tables_nothing_leaves_no_folder_and_resume_says_what_it_
     assert "kd seed 0: finished before; its result is read from its checkpoint" in done.stdout
     new = run_cli([*args[:-4], "--methods", "pkt", "--set", "epochs=3", "--resume"], tmp_path)
     assert new.returncode == 0 and "pkt seed 0: nothing to resume (no checkpoint): starting" in new.stdout
+
+
+def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, monkeypatch):
+    """A SIGTERM (Terminated) landing inside torch.save: its zip writer's clean-up raises a RuntimeError ("enforce
+    fail at inline_container.cc") with the interrupt as its context. Before, that read as a failed write
+    (CheckpointNotWritten: the study trial FAILED and its worker took the next one after its command was killed);
+    now the interrupt goes on, and no temporary file is left."""
+    from benchmark.checkpoints import CheckpointNotWritten, save_atomic
+    from benchmark.trainer import Terminated
+
+    def interrupted_save(obj, f):
+        try:
+            raise Terminated()
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(Terminated):
+        save_atomic({"x": 1}, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+
+    def failed_save(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
+    monkeypatch.setattr(torch, "save", failed_save)
+    with pytest.raises(CheckpointNotWritten):
+        save_atomic({"x": 1}, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+
