@@ -22,7 +22,6 @@ or beside earlier runs of the same seeds are exploratory, whatever they carry.""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,11 +122,9 @@ def read(path: str | Path) -> Protocol:
 
 
 def _git(folder: Path, *args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.decode("utf-8", "replace").strip() if out.returncode == 0 else None
+    from benchmark.provenance import git_output
+    out = git_output(*args, folder=folder)
+    return None if out is None else out.decode("utf-8", "replace").strip()
 
 
 @dataclass(frozen=True)
@@ -145,13 +142,11 @@ def declaration(proto: Protocol) -> Declaration | None:
         return None
     rel = proto.path.relative_to(Path(top).resolve()).as_posix()
     log = _git(Path(top), "log", "--reverse", "--format=%H %ct", "--", rel)
+    from benchmark.provenance import git_output
     for line in (log or "").splitlines():
         commit, stamp = line.split()
-        try:
-            blob = subprocess.run(["git", "-C", top, "show", f"{commit}:{rel}"], capture_output=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        if blob.returncode == 0 and hashlib.sha256(blob.stdout).hexdigest() == proto.sha256:
+        blob = git_output("show", f"{commit}:{rel}", folder=Path(top))
+        if blob is not None and hashlib.sha256(blob).hexdigest() == proto.sha256:
             return Declaration(commit, datetime.fromtimestamp(int(stamp), tz=timezone.utc))
     return None
 

@@ -10,12 +10,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _git(*args: str) -> str | None:
+def git_output(*args: str, folder: Path = ROOT) -> bytes | None:
+    """A git command's output in `folder` (default: this checkout), or None when git fails or is absent."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git(*args: str) -> str | None:
+    out = git_output(*args)
+    return None if out is None else out.decode("utf-8", "replace").strip()
 
 
 @functools.lru_cache(maxsize=1)

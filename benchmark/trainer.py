@@ -117,7 +117,7 @@ class Context:
                                      f"teacher_control=label_smoothing needs the teacher's logits; {tables.teacher_id} "
                                      "gives none")
                 temperature = float(getattr(self.hparams, "temperature", 1.0))
-                logits, self.control_params = matched_label_smoothing(tables.logits[self.train_key.cpu()],
+                logits, self.control_params = matched_label_smoothing(tables.logits[self.train_key],
                                                                       temperature, data.num_classes)
                 self.class_targets = (None, logits.to(self.device))
         # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
