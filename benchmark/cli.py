@@ -6,6 +6,7 @@ the parser is built, so that every option lists the registries' names."""
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
+            # `kill -USR1 PID` prints every thread's stack to the command's stderr (a worker's: its log), for a
+            # command that seems stuck; it goes on afterwards
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
         if not early:
             say_store(args)
         return args.fn(args)

@@ -27,6 +27,7 @@ from pathlib import Path
 from benchmark.progress import table_line
 
 RETRIES = 1  # a point whose worker was killed from outside is run again this many times
+STOP_WAIT_S = 120.0  # after the parent's SIGTERM, how long its workers have (all together) to end their runs
 
 
 class WorkersGone(RuntimeError):
@@ -97,40 +98,11 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
     print(f"fan-out: {total} run(s) in {len(workers)} worker processes"
           + (f", {threads} thread(s) each" if threads else f", num_threads={cfg.num_threads} each")
           + (f", one GPU each ({', '.join(gpus)})" if gpus else "") + f"; their logs in {logs}", flush=True)
+    from benchmark.tracking import uninterrupted
     try:
         while queue or any(w.point for w in workers):
-            for w in workers:
-                if w.point is None and queue and w.proc.poll() is None:
-                    _send(w, queue.pop(0), logs, args.resume)
-            if queue and all(w.proc.poll() is not None and w.point is None for w in workers):
-                why = next(filter(None, (_last_error(w.log) for w in workers)), "every worker ended before its point")
-                raise WorkersGone(f"the workers ended before running {len(queue)} point(s): {why} (logs in {logs})")
-            time.sleep(0.2)
-            for i, w in enumerate(workers):
-                if w.point is None:
-                    continue
-                rec, code = _read(w.point.result), w.proc.poll()
-                if rec is None and code is None:
-                    continue  # still training
-                p, w.point = w.point, None
-                if rec is None:  # the worker died in this point
-                    if code in (-signal.SIGKILL, -signal.SIGTERM, 137, 143) and p.tries <= RETRIES:
-                        print(f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
-                              "with --resume in a new worker", flush=True)
-                        queue.insert(0, p)
-                        workers[i] = _spawn(w.slot, argv, logs, gpus)
-                        continue
-                    rec = {"method": p.method, "seed": p.seed,
-                           "failure": _last_error(w.log) or f"its worker ended ({_how(code)}) without a result"}
-                done += 1
-                if "failure" in rec:
-                    failed += 1
-                    print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr,
-                          flush=True)
-                on_result(rec)
-                print(table_line(done, total, t0), flush=True)
-                if code is not None and queue:  # it ended after its result (a refusal, say): a new one takes over
-                    workers[i] = _spawn(w.slot, argv, logs, gpus)
+            with uninterrupted():  # Ctrl-C acts between two passes: one inside Popen.poll could leave its lock held
+                done, failed = _step(workers, queue, argv, logs, gpus, args.resume, on_result, done, failed, total, t0)
         for w in workers:  # nothing left: each worker ends when its standard input does
             w.proc.stdin.close()
         for w in workers:
@@ -139,13 +111,54 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
         for w in workers:
             if w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
         for w in workers:
             try:
-                w.proc.wait(timeout=120)
+                w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"worker {w.slot} did not end within {STOP_WAIT_S:.0f} s of its SIGTERM: killed (its log: "
+                      f"{w.log})", file=sys.stderr, flush=True)
                 w.proc.kill()
         raise
     return failed
+
+
+def _step(workers, queue, argv, logs, gpus, resume, on_result, done, failed, total, t0) -> tuple[int, int]:
+    """One pass of the parent: a point to each idle worker, then each ended point recorded (a killed worker's
+    point queued again). Returns (done, failed)."""
+    for w in workers:
+        if w.point is None and queue and w.proc.poll() is None:
+            _send(w, queue.pop(0), logs, resume)
+    if queue and all(w.proc.poll() is not None and w.point is None for w in workers):
+        why = next(filter(None, (_last_error(w.log) for w in workers)), "every worker ended before its point")
+        raise WorkersGone(f"the workers ended before running {len(queue)} point(s): {why} (logs in {logs})")
+    time.sleep(0.2)
+    for i, w in enumerate(workers):
+        if w.point is None:
+            continue
+        rec, code = _read(w.point.result), w.proc.poll()
+        if rec is None and code is None:
+            continue  # still training
+        p, w.point = w.point, None
+        if rec is None:  # the worker died in this point
+            if code in (-signal.SIGKILL, -signal.SIGTERM, 137, 143) and p.tries <= RETRIES:
+                print(f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
+                      "with --resume in a new worker", flush=True)
+                queue.insert(0, p)
+                workers[i] = _spawn(w.slot, argv, logs, gpus)
+                continue
+            rec = {"method": p.method, "seed": p.seed,
+                   "failure": _last_error(w.log) or f"its worker ended ({_how(code)}) without a result"}
+        done += 1
+        if "failure" in rec:
+            failed += 1
+            print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr,
+                  flush=True)
+        on_result(rec)
+        print(table_line(done, total, t0), flush=True)
+        if code is not None and queue:  # it ended after its result (a refusal, say): a new one takes over
+            workers[i] = _spawn(w.slot, argv, logs, gpus)
+    return done, failed
 
 
 def _spawn(slot: int, argv: list[str], logs: Path, gpus: list[str]) -> Worker:

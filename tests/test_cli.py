@@ -202,3 +202,27 @@ def test_runs_first_line_comes_before_torch_is_imported(tmp_path):
                           "baseline", "--set", "epochs=1", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert f"RESULT 0 ('store: sqlite:///{tmp_path / 'm.db'}', False)" in res.stdout, res.stdout + res.stderr[-2000:]
+
+
+def test_kill_usr1_prints_the_commands_stacks_and_it_goes_on(tmp_path):
+    """For a command that seems stuck: `kill -USR1 PID` prints every thread's Python stack on its stderr (a
+    table worker's: its log) and the command carries on to its normal end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out, err = open(tmp_path / "out.log", "w"), open(tmp_path / "err.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--task", "synthetic", "--profile", "smoke",
+                             "--methods", "baseline", "--set", "epochs=40", "--out", "o"], cwd=tmp_path, env=env,
+                            stdout=out, stderr=err)
+    t0 = time.time()
+    while "epoch 1/" not in (tmp_path / "out.log").read_text() and time.time() - t0 < 120:
+        assert proc.poll() is None, (tmp_path / "err.log").read_text()[-2000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.wait(timeout=300) == 0
+    text = (tmp_path / "err.log").read_text()
+    assert "Current thread" in text and 'File "' in text and "benchmark" in text, text[-3000:]
+    assert (tmp_path / "o" / "runs.csv").is_file()

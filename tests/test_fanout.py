@@ -71,6 +71,18 @@ def _logs(tmp_path) -> str:
     return "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in logs if p.is_file())
 
 
+def _wait_or_dump(proc, workers, tmp_path, timeout=120):
+    """The parent's exit code; past the timeout, every process's Python stacks (`kill -USR1`) in its log, shown."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *workers]:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGUSR1)
+        time.sleep(2)
+        raise AssertionError(f"the parent had not ended {timeout} s after its Ctrl-C\n{_logs(tmp_path)}") from None
+
+
 def _lsof_locks(out):
     """'PID path' for each checkpoint lock file a process holds open (a run in training holds its lock)."""
     lines = []
@@ -116,7 +128,7 @@ def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_
               if (tmp_path / "o" / "checkpoints").exists() else False, what="both runs' checkpoints")
     workers = child_pids(proc.pid)
     proc.send_signal(signal.SIGINT)  # the parent alone (a terminal's Ctrl-C reaches the workers too)
-    assert proc.wait(timeout=120) == 130, (tmp_path / "parent.log").read_text()[-3000:]
+    assert _wait_or_dump(proc, workers, tmp_path) == 130, _logs(tmp_path)
     assert not any(process_alive(p) for p in workers)
     statuses = [r.info.status for r in _runs(tmp_path)]
     assert "KILLED" in statuses and "RUNNING" not in statuses, statuses  # a run may have finished before the Ctrl-C
@@ -137,3 +149,40 @@ def test_kill_9_of_the_parent_stops_its_workers(tmp_path):
     _wait_for(lambda: not any(process_alive(p) for p in workers), timeout=30, what="the workers' end")
     time.sleep(1)
     assert {r.info.status for r in _runs(tmp_path)} == {"KILLED"}, _logs(tmp_path)
+
+
+def test_a_ctrl_c_in_the_parents_pass_acts_after_it_and_every_worker_is_stopped(tmp_path, monkeypatch):
+    """A Ctrl-C acts between two passes of the parent's loop: one inside Popen.poll could leave the Popen's wait
+    lock held, and the parent then waited 120 s for a worker that had ended (a CI failure)."""
+    from types import SimpleNamespace
+
+    from benchmark import fanout
+    spawned, reads = [], []
+
+    def spawn(slot, argv, logs, gpus):
+        proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, text=True)
+        spawned.append(proc)
+        return fanout.Worker(slot, proc, logs / f"worker-{slot}.log")
+
+    def read(path):
+        reads.append(path)
+        if len(reads) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # in the middle of the pass
+        return None
+
+    monkeypatch.setattr(fanout, "_spawn", spawn)
+    monkeypatch.setattr(fanout, "_read", read)
+    args = SimpleNamespace(workers=2, argv=[], resume=False, seeds=1)
+    cfg = SimpleNamespace(num_threads=1, device="cpu", seed=0)
+    t0, before = time.time(), signal.signal(signal.SIGINT, signal.default_int_handler)  # a test worker ignores it
+    try:
+        fanout.run_table(args, cfg, ["baseline", "kd"], tmp_path / "t", on_result=lambda rec: None)
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the Ctrl-C was lost")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert len(reads) == 2  # the pass went on to its end: both workers' points were looked at
+    assert all(p.returncode == -signal.SIGTERM for p in spawned) and time.time() - t0 < 30
+    assert all(p._waitpid_lock.acquire(False) for p in spawned)
