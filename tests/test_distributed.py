@@ -4,6 +4,7 @@ import sys
 
 import mlflow
 import pandas as pd
+import pytest
 import torch
 
 from conftest import free_port, run_cli
@@ -133,8 +134,21 @@ def test_speaker_pairs_under_torchrun(tmp_path, vox_dir):
     # the fixture's EER moves in steps of 0.67 points (one trial of 150); float order differs between the
     # two reductions (measured: 29.33 vs 30.00): within two trials. The exact check is the gradient test below.
     assert (a - b).abs().max().max() <= 1.5, (a, b)
-    bad = torchrun([*args, "--out", "bad", "--set", "batch_size=6"], tmp_path)
-    assert bad.returncode != 0 and "must get whole pairs" in bad.stderr and "divisible by 4" in bad.stderr
+
+
+def test_a_speaker_batch_whose_shards_would_split_a_pair_is_refused(monkeypatch):
+    """Under torchrun each process must get whole speaker pairs: batch_size 6 over 2 processes (3 each) is
+    refused before training (a UsageError: one line, exit 2), batch_size 8 is not."""
+    from benchmark import distributed
+    from benchmark.registry import UsageError
+    from benchmark.task import Split
+    from tasks.voxceleb.task import VoxCeleb
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    y = torch.arange(8).repeat_interleave(2)
+    split = Split(torch.zeros(16, 1), y, y)
+    with pytest.raises(UsageError, match="must get whole pairs.*divisible by 4"):
+        VoxCeleb().steps_per_epoch(split, 6)
+    assert VoxCeleb().steps_per_epoch(split, 8) > 0
 
 
 def _speaker_loss_grads_on_rank(rank, port, queue):
