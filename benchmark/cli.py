@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, _on_sigterm)
             # `kill -USR1 PID` prints every thread's stack to the command's stderr (a worker's: its log), for a
             # command that seems stuck; it goes on afterwards
-            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+            try:
+                faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+            except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (called in-process)
+                pass
         if not early:
             say_store(args)
         return args.fn(args)
