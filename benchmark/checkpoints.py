@@ -83,7 +83,8 @@ def run_lock(ckpt_path: Path, method: str, seed: int):
             owner = f.read().strip() or "another process"
             raise UsageError(f"{method} seed {seed} with these settings is being trained by {owner} (lock {lock}); "
                              "wait for it or stop it first") from None
-        f.seek(0), f.truncate(), f.write(f"process {os.getpid()}"), f.flush()
+        f.seek(0), f.truncate(), f.write(f"process {os.getpid()}")
+        f.flush()
         try:
             yield
         finally:

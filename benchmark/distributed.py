@@ -16,12 +16,15 @@ training loop reads the same either way. The contract:
 from __future__ import annotations
 
 import os
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from benchmark.registry import UsageError
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def world_size() -> int:
@@ -177,7 +180,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
         with torch.no_grad():
-            if self.track_running_stats:
+            if self.track_running_stats:  # the module keeps buffers and a momentum (None, a running average: not built)
+                assert self.running_mean is not None and self.running_var is not None and self.momentum is not None
+                assert self.num_batches_tracked is not None
                 self.num_batches_tracked += 1
                 self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
                 self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
@@ -188,12 +193,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm layer of `module` as SyncBatchNorm, with its parameters and running statistics."""
+def convert_sync_batchnorm(module: M) -> M:
+    """Every BatchNorm layer of `module` as SyncBatchNorm, with its parameters and running statistics (the
+    module itself, changed in place; a lone BatchNorm given: its SyncBatchNorm)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, SyncBatchNorm):
         new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         new.load_state_dict(module.state_dict())
-        return new
+        return cast(M, new)
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child))
     return module

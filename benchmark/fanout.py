@@ -104,7 +104,8 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
             with uninterrupted():  # Ctrl-C acts between two passes: one inside Popen.poll could leave its lock held
                 done, failed = _step(workers, queue, argv, logs, gpus, args.resume, on_result, done, failed, total, t0)
         for w in workers:  # nothing left: each worker ends when its standard input does
-            w.proc.stdin.close()
+            if w.proc.stdin is not None:
+                w.proc.stdin.close()
         for w in workers:
             w.proc.wait()
     except BaseException:  # Ctrl-C or SIGTERM of the parent: stop every worker once, wait for their clean-up
@@ -177,6 +178,7 @@ def _send(w: Worker, p: Point, logs: Path, resume: bool) -> None:
     p.result = logs / f".{p.method}-seed{p.seed}.result.json"
     p.result.unlink(missing_ok=True)
     again = resume or p.tries > 1
+    assert w.proc.stdin is not None  # spawned with a pipe
     w.proc.stdin.write(f"{p.method}\t{p.seed}\t{int(again)}\t{p.result}\n")
     w.proc.stdin.flush()
     w.point = p

@@ -63,14 +63,14 @@ def builtin_listing() -> dict[str, list[tuple[str, str]]] | None:
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and (kind := _kind(node.func)) and node.args and _text(node.args[0]):
+            if isinstance(node, ast.Call) and (kind := _kind(node.func)) and node.args and (name := _text(node.args[0])):
                 at = 1 if kind in ("method", "task") and not (isinstance(node.func, ast.Attribute)
                                                               and node.func.attr == "add") else 2
                 desc = _text(node.args[at]) if len(node.args) > at else _text(next(
                     (k.value for k in node.keywords if k.arg == "description"), None))
                 if desc is None:
                     return None
-                out[kind].append((node.args[0].value, desc))
+                out[kind].append((name, desc))
             if isinstance(node, ast.ClassDef):
                 task = next((_text(d.args[0]) for d in node.decorator_list if isinstance(d, ast.Call)
                              and _kind(d.func) == "task" and d.args), None)

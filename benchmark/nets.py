@@ -1,6 +1,9 @@
 """Student networks. Each returns a StudentOut with stage maps, pooled embedding F_S and logits."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import torch
 from torch import nn
 from torchvision.models import resnet18, resnet34
@@ -14,7 +17,7 @@ class Student(nn.Module):
     """A backbone cut into stages, global average pooling and a linear classifier."""
     channels_last = True  # image students train faster in NHWC
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], widths: list[int], num_classes: int):
+    def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], widths: list[int], num_classes: int):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -109,11 +112,17 @@ class MLPStudent(Student):
         return [m[:, :, None, None] for m in super().run_stages(x)]
 
 
+def vector_input(factory: Callable[[int, int], Student]) -> Any:
+    """A student factory built with the input width too, factory(num_classes, d_in) (see build_student)."""
+    setattr(factory, "vector_input", True)
+    return factory
+
+
+@vector_input
 def _mlp(k: int, d_in: int) -> MLPStudent:
     return MLPStudent(d_in, [128, 128, 64], k)
 
 
-_mlp.vector_input = True  # built with the input width too (build_student)
 STUDENTS.add("mlp", _mlp, "3-stage MLP 128/128/64 for vector inputs (the synthetic task), d_S=64")
 
 
@@ -124,11 +133,11 @@ class LinearStudent(MLPStudent):
         Student.__init__(self, nn.Identity(), [nn.Identity()], [in_dim], num_classes)
 
 
+@vector_input
 def _linear(k: int, d_in: int) -> LinearStudent:
     return LinearStudent(d_in, k)
 
 
-_linear.vector_input = True
 STUDENTS.add("linear", _linear, "a linear classifier on vector inputs (the MFH task), d_S = the input width")
 
 
@@ -181,6 +190,7 @@ class TimmStudent(nn.Module):
     stages, from timm's own intermediate-feature API (`forward_intermediates`, the stages of its `feature_info`).
     Random initialisation: the timm package ships no weights (timm fetches pretrained ones from the Hugging Face
     hub, which needs the network); every run records that in its param student_weights."""
+    net: Any  # a timm model: its methods (forward_intermediates, feature_info) are not typed
     channels_last = True
     weights = "random initialisation (timm model, pretrained=False)"
 

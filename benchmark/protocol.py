@@ -173,6 +173,7 @@ def check_runnable(proto: Protocol, version: str) -> Declaration:
         raise UsageError(f"--protocol {proto.path}: not committed with this content: a protocol is declared by the "
                          "commit that adds it; commit it (before any of its runs), then run it")
     need = required_code_version(proto, decl)
+    assert need is not None  # a declaration gives one
     if not code_matches(version, need):
         why = "uncommitted changes in the harness" if version.endswith(".dirty") else f"this harness is {version}"
         raise UsageError(f"--protocol {proto.path}: its runs must be at code version "

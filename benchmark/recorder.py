@@ -139,6 +139,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
                 return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
         if not main:
             return {"method": method_name, "seed": cfg.seed, "run_id": "", "rank": distributed.rank()}
+        assert best is not None, "a run that reaches its test has trained at least one epoch"
         t0 = time.perf_counter()
         final, arrays = ctx.evaluate("test")
         last = {k: copy.deepcopy(m.state_dict())  # what `eval` loads

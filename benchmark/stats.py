@@ -6,6 +6,7 @@ as computed (it is not widened by the correction)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -27,7 +28,7 @@ def fmt_mean_std(mean: float, std: float, n: int) -> str:
 def describe(v: pd.Series) -> str:
     """'m ± s (n=k)' over distinct seeds."""
     s = summary(v)
-    return fmt_mean_std(s["mean"], s["std"], s["n"])
+    return fmt_mean_std(s["mean"], s["std"], int(s["n"]))
 
 
 ALPHA = 0.05
@@ -244,7 +245,7 @@ def seeds_needed(delta: float, sd: float, alpha: float = ALPHA, power: float = P
     return n
 
 
-def pooled_sd(comparisons: list["Paired | None"]) -> tuple[float, int]:
+def pooled_sd(comparisons: Sequence["Paired | None"]) -> tuple[float, int]:
     """The root mean square of the comparisons' paired SDs and the smallest n among them (a table's
     typical spread of a difference; nan, 0 without one)."""
     sds = [(c.sd, c.n) for c in comparisons if c is not None and c.n >= 2 and c.sd > 0]

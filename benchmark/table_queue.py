@@ -127,7 +127,7 @@ def ended(study: optuna.Study) -> dict[tuple[str, int], dict]:
     """Each point's result: the COMPLETE trial's, or a failure (a FAILED trial with its reason), by (method, seed)."""
     out: dict[tuple[str, int], dict] = {}
     for t in study.get_trials(deepcopy=False):
-        key = (t.params.get("method"), int(t.params.get("seed", -1)))
+        key = (str(t.params.get("method", "")), int(t.params.get("seed", -1)))
         if t.state == S.COMPLETE:
             out[key] = t.user_attrs["result"]
         elif t.state == S.FAIL and "fail_reason" in t.user_attrs and key not in out:

@@ -215,7 +215,7 @@ def uninterrupted():
                 os.kill(os.getpid(), caught[0])
 
 
-def interrupted_by(e: BaseException) -> bool:
+def interrupted_by(e: BaseException | None) -> bool:
     """Whether a Ctrl-C or SIGTERM is behind this exception (a library may wrap the KeyboardInterrupt it met)."""
     while e is not None and not isinstance(e, KeyboardInterrupt):
         e = e.__cause__ or e.__context__
@@ -379,7 +379,7 @@ class Tracker:
     def log_arrays(self, run_id: str, arrays: dict[str, np.ndarray], name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name
-            np.savez_compressed(path, **arrays)
+            np.savez_compressed(path, allow_pickle=False, **arrays)
             self.client.log_artifact(run_id, str(path))
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, facts: dict[str, Any]) -> None:

@@ -7,6 +7,12 @@ import torch
 from torch import nn
 
 
+def chw(m: torch.Tensor) -> tuple[int, int, int]:
+    """(C, H, W) of a stage map [B, C, H, W]."""
+    c, h, w = (int(d) for d in m.shape[1:])
+    return c, h, w
+
+
 @dataclass
 class StudentOut:
     maps: list[torch.Tensor]          # stage outputs, [B, C_l, H_l, W_l]

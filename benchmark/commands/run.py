@@ -66,6 +66,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
                              + (f" and {len(used) - 5} more" if len(used) > 5 else "") + "; declare other seeds (a new "
                              "protocol file) or use a store without them")
         decl = declaration(proto)
+        assert decl is not None  # check_runnable refused an undeclared protocol before
         say(f"protocol {proto.tag}: declared in commit {decl.commit[:12]} at {decl.time:%Y-%m-%d %H:%M} UTC; "
             f"{proto.primary} vs {proto.baseline} on {proto.metric}, seeds {proto.seeds[0]}-{proto.seeds[-1]} "
             f"(n = {len(proto.seeds)}, fixed), two-sided alpha {proto.alpha:g}", flush=True)
@@ -78,7 +79,8 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         out, tables_dir = Path(args.out or f"runs/{cfg.task}-{cfg.profile}"), None
     else:
         out, tables_dir = output_dirs(args.out, cfg)
-    results, failed, t0, tables_ok = [], 0, time.time(), True
+    results: list[dict] = []
+    failed, t0, tables_ok = 0, time.time(), True
     if args.queue:
         return _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, tables_dir)
     if args.workers > 1:
@@ -92,6 +94,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             tables_ok = _tables(results, tables_dir, task, tables_ok)
         args.interrupted = lambda: (f"{len(results)} finished run(s) and their tables kept; the workers' runs ended "
                                     "KILLED with their checkpoints; rerun the same command with --resume to continue")
+        assert tables_dir is not None  # the command's own table
         try:
             failed = fanout.run_table(args, cfg, methods, tables_dir, on_result)
         except fanout.WorkersGone as e:  # the runs that ended are tabled; the rest never ran
@@ -158,7 +161,9 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
         print(f"queue '{name}' in {safe_uri(args.queue)}: {len(points)} point(s); more workers: this command with "
               "--join, on any machine that reaches the database", flush=True)
     study, storage = runner.load_study(name, args.queue, {"queue": True}, args.heartbeat, tq.stale_handler(tracker, name))
-    results, seen, t0, tables_ok = [], set(), time.time(), True
+    results: list[dict] = []
+    seen: set[tuple[str, int]] = set()
+    t0, tables_ok = time.time(), True
 
     def table(rec: dict) -> None:  # tabled in the sequential order (seed, then method), whoever ran it
         nonlocal tables_ok
@@ -202,8 +207,9 @@ def _queued_points():
         yield method, int(seed), resume == "1", Path(result)
 
 
-def _finish(results: list[dict], failed: int, tables_dir: Path, task, t0: float, tables_ok: bool) -> int:
+def _finish(results: list[dict], failed: int, tables_dir: Path | None, task, t0: float, tables_ok: bool) -> int:
     from benchmark.results import summarise, to_markdown
+    assert tables_dir is not None, "a table's worker and another rank write no tables"
     if results:
         tables_ok = _tables(results, tables_dir, task, tables_ok)
         print(to_markdown(summarise(results, task.summary_metrics), task.summary_metrics))
@@ -225,17 +231,19 @@ def _say_run(task, r: dict, flush: bool = True) -> None:
           flush=flush)
 
 
-def _write_result(path: Path, record: dict) -> None:
+def _write_result(path: Path | None, record: dict) -> None:
     """A worker's one result, for the parent of a fanned-out table (written whole or not at all)."""
+    assert path is not None, "a worker's point comes with its result file"
     import json
 
     from benchmark.results import write_atomic
     write_atomic(path, json.dumps(record, default=float))
 
 
-def _tables(results: list[dict], tables_dir: Path, task, ok_before: bool) -> bool:
+def _tables(results: list[dict], tables_dir: Path | None, task, ok_before: bool) -> bool:
     """Write the results tables; a full disk under them is said once, in one line, and the runs go on (the
     tables are tried again after the next run). Whether they were written."""
+    assert tables_dir is not None, "a table's worker and another rank write no tables"
     import errno
 
     from benchmark.results import claim, write_table

@@ -42,7 +42,7 @@ class DlibFace:
                 import dlib
             except ImportError as e:
                 raise UsageError(f"teacher 'dlib-face' needs the packages dlib-bin and face-recognition-models ({e})")
-            if spec is None:
+            if spec is None or not spec.submodule_search_locations:
                 raise UsageError("teacher 'dlib-face' needs the package face-recognition-models")
             # locate the weights without importing the package (its __init__ needs pkg_resources)
             path = Path(spec.submodule_search_locations[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from benchmark.registry import TEACHERS, UsageError
+from benchmark.types import chw
 
 
 class ImageTeacher(nn.Module):
@@ -40,7 +41,8 @@ class ImageTeacher(nn.Module):
             raise UsageError("an image teacher needs a final nn.Linear classifier (its input is the teacher's feature)")
         self.head = last[-1]
         self.dim = self.head.in_features
-        self._feat, self._maps = None, {}
+        self._feat: torch.Tensor | None = None
+        self._maps: dict[str, torch.Tensor] = {}
         self.head.register_forward_hook(lambda m, inp, out: setattr(self, "_feat", inp[0]))
         modules = dict(net.named_modules())
         self.map_layers = [] if hasattr(net, "stages") else [f"layer{i}" for i in range(1, 5) if f"layer{i}" in modules]
@@ -55,12 +57,13 @@ class ImageTeacher(nn.Module):
         out = self.net(x)
         logits = out.logits if hasattr(out, "logits") else out
         maps = list(out.maps) if hasattr(out, "maps") else [self._maps[n] for n in self.map_layers]
+        assert self._feat is not None, "the classifier's hook did not run"
         return torch.flatten(self._feat, 1), logits, maps
 
     def map_shapes(self, x: torch.Tensor) -> list[tuple[int, int, int]]:
         """(C, H, W) of each stage map for inputs like x (one no-grad forward pass)."""
         with torch.no_grad():
-            return [tuple(int(d) for d in m.shape[1:]) for m in self(x[:1])[2]]
+            return [chw(m) for m in self(x[:1])[2]]
 
 
 def build_arch(arch: str, num_classes: int) -> nn.Module:
