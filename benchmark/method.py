@@ -2,20 +2,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from benchmark.fields import bounded, check_fields, choice  # noqa: F401  (choice: re-exported for methods)
-from benchmark.registry import METHODS
+from benchmark.fields import bounded, check_fields, choice
+from benchmark.registry import METHODS, UsageError
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
+
+# everything a method file needs, from this one module (see CONTRIBUTING's example)
+__all__ = ["Dims", "Hparams", "Method", "StudentOut", "TeacherOut", "Term", "UsageError", "bounded", "choice", "form_field",
+           "form_reads", "l2n", "register", "resolve_form", "stream_seed"]
 
 
 @dataclass
 class Hparams:
     ce_weight: float = bounded(1.0, 0, None)  # weight of the task's cross-entropy term (gamma)
+
+
+AnyHparams = Hparams  # a method's resolved hyperparameters (its own subclass; `Hparams` in a method's body is it)
 
 
 def validate_hparams(hp: Hparams) -> Hparams:
@@ -29,7 +36,8 @@ def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 class Method(nn.Module):
     """Subclasses set `Hparams` (a dataclass of typed hyperparameters) and implement terms()."""
-    Hparams = Hparams
+    name: ClassVar[str]  # set by @register
+    Hparams: ClassVar[type[AnyHparams]] = Hparams
     # Optuna TPE search space: field -> ("float"|"log", low, high) or ("choice", [options])
     search_space: dict[str, tuple] = {}
     # True: terms() also receives index=[B] long tensor, each sample's position in the training set
@@ -42,24 +50,31 @@ class Method(nn.Module):
     # shadow the one an instance sets
     match_connector: nn.Module | None
     # What terms() reads of the teacher: any of "embedding", "logits", "maps". The trainer fills only these
-    # fields of TeacherOut and runs no live teacher at all when the set is empty (the baseline). An instance may
-    # set its own in __init__ (a method whose form depends on whether the teacher has maps). The default
-    # reads the embedding and the logits: a method that does not declare keeps working.
+    # fields of TeacherOut and runs no live teacher at all when the set is empty (the baseline). The default
+    # reads the embedding and the logits: a method that does not declare keeps working. A method whose reads
+    # depend on its hyperparameters or on the teacher overrides reads() instead.
     teacher_reads: frozenset[str] = frozenset({"embedding", "logits"})
 
     @classmethod
-    def needs_teacher_maps(cls, hp: Hparams) -> bool:
-        """True when these hyperparameters need the teacher's stage maps: such a method is refused before any
-        run on a task whose teacher has none (Task.teacher_maps). By default: its `<name>_form` field
-        (form_field) asks for `maps`; a method that always needs maps overrides this."""
-        return getattr(hp, f"{getattr(cls, 'name', '')}_form", None) == "maps"
-
-    def __init__(self, dims: Dims, hp: Hparams):
-        super().__init__()
-        self.dims, self.hp = dims, validate_hparams(hp)
+    def reads(cls, hp: AnyHparams, teacher_has_maps: bool) -> frozenset[str]:
+        """What terms() reads of the teacher with these hyperparameters and a teacher with(out) stage maps: the
+        one declaration behind the trainer's filling of TeacherOut (an instance's `teacher_reads`) and the
+        refusal, before any run, of a method that needs maps on a task whose teacher has none."""
+        return cls.teacher_reads
 
     @classmethod
-    def tunable(cls, hp: Hparams) -> dict[str, tuple]:
+    def needs_teacher_maps(cls, hp: AnyHparams) -> bool:
+        """True when these hyperparameters read the teacher's stage maps even where it has none (then refused
+        in one line before any run, and left out of `--methods all` there)."""
+        return "maps" in cls.reads(hp, teacher_has_maps=False)
+
+    def __init__(self, dims: Dims, hp: AnyHparams):
+        super().__init__()
+        self.dims, self.hp = dims, validate_hparams(hp)
+        self.teacher_reads = type(self).reads(self.hp, bool(dims.teacher_map_shapes))
+
+    @classmethod
+    def tunable(cls, hp: AnyHparams) -> dict[str, tuple]:
         """The search space for these resolved hyperparameters (TPE studies)."""
         return dict(cls.search_space)
 
@@ -129,11 +144,6 @@ def hparam_fields(cls: type[Method]) -> dict[str, Any]:
     return {f.name: f for f in fields(cls.Hparams)}
 
 
-def fp(x: torch.Tensor) -> torch.Tensor:
-    """Upcast half/bfloat16 (autocast) to float32 for loss arithmetic; float32/float64 pass through."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 FORMS = ("auto", "maps", "vector")
 
 
@@ -143,12 +153,17 @@ def form_field(help_extra: str = "") -> Any:
                   "adaptation to a teacher embedding; auto: maps when the task's teacher has them" + help_extra)
 
 
+def form_reads(form: str, teacher_has_maps: bool) -> frozenset[str]:
+    """What a method with a `<method>_form` field reads: the maps in its map form (`maps`, or `auto` with a
+    teacher that has them), the embedding in its vector form."""
+    return frozenset({"maps" if form == "maps" or (form == "auto" and teacher_has_maps) else "embedding"})
+
+
 def resolve_form(method: str, form: str, dims: Dims) -> str:
     """`auto` -> `maps` when the teacher gives stage maps, else `vector`; `maps` without them is refused."""
     if form == "auto":
         return "maps" if dims.teacher_map_shapes else "vector"
     if form == "maps" and not dims.teacher_map_shapes:
-        from benchmark.registry import UsageError
         raise UsageError(f"method '{method}': {method}_form=maps needs a teacher with stage maps; this task's "
                          f"teacher gives none (use {method}_form=vector, or a task whose teacher has maps)")
     return form

@@ -5,7 +5,7 @@ import contextlib
 import functools
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ from benchmark.nets import build_student
 from benchmark.optim import build_optimizer, build_scheduler
 from benchmark.progress import Progress, quiet
 from benchmark.registry import METHODS, UsageError
-from benchmark.types import Dims, StudentOut, TeacherOut, Term
+from benchmark.types import Dims, StudentOut, TeacherOut, Term, chw
 
 
 class Diverged(FloatingPointError):
@@ -85,13 +85,14 @@ class Context:
         # the student's forward, compiled on request (the module itself stays as is: state_dict keys unchanged)
         self.forward = torch.compile(self.student) if cfg.compile else self.student
         self.train_split, self.data_on_device = self._resident(data.train)
-        self.train_y = data.train.y.to(self.device)
-        self.train_key = data.train.key.to(self.device)
+        self.train_y, self.train_key = data.train.y.to(self.device), data.train.key.to(self.device)
         # the shuffled-teacher control: training sample i is given the teacher's outputs for sample shuffle[i]
         # (a permutation of the training set fixed per run seed, drawn from a stream of its own; the teacher's
         # outputs for evaluation are its own rows'); a live teacher sees sample shuffle[i]'s input, augmented
         # with a generator of its own so that the student's data stream is the real-teacher run's
-        self.shuffle = self.shuffle_cpu = self.shuffle_gen = None
+        self.shuffle: torch.Tensor | None = None
+        self.shuffle_cpu: torch.Tensor | None = None
+        self.shuffle_gen: torch.Generator | None = None
         if cfg.teacher_control == "shuffled":
             g = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle"))
             self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
@@ -101,7 +102,8 @@ class Context:
         # class_mean, its class's mean teacher outputs over the training set's un-augmented rows (label-level
         # knowledge only, the teacher's statistics kept); label_smoothing, no teacher at all: logits T log p_eps of
         # a smoothed one-hot whose entropy at the method's temperature T is the teacher's mean target entropy
-        self.class_targets, self.control_params = None, {}
+        self.class_targets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        self.control_params: dict[str, Any] = {}
         if cfg.teacher_control in ("class_mean", "label_smoothing"):
             from benchmark.teacher_tables import class_means, matched_label_smoothing
             if "maps" in self.teacher_reads:
@@ -138,7 +140,7 @@ class Context:
         with torch.no_grad():
             maps = self.student(x).maps
         self.student.train(was)
-        return [tuple(int(d) for d in m.shape[1:]) for m in maps]
+        return [chw(m) for m in maps]
 
     def _resident(self, split):
         """On CUDA, a tensor training set that fits in a quarter of the free memory moves to the device once
@@ -181,18 +183,20 @@ class Context:
         elif tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
             teacher = TeacherOut()
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
-            x_t = x if self.shuffle is None else self.task.augment(
-                self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
-                .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
+            x_t = x
+            if self.shuffle_cpu is not None:
+                x_t = self.task.augment(self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
+                                        .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
             stored = self.teacher_stream.take(len(idx)) if self.teacher_stream else None
             if stored is not None:
                 teacher = TeacherOut(*stored)
             else:
                 with torch.no_grad(), self.autocast():
                     emb_t, logits_t, maps_t = tables.live(x_t)
-                teacher = TeacherOut(emb_t.float(), logits_t.float(), maps_t if "maps" in self.teacher_reads else None)
+                emb_t, logits_t = emb_t.float(), logits_t.float()
+                teacher = TeacherOut(emb_t, logits_t, [m.float() for m in maps_t] if "maps" in self.teacher_reads else None)
                 if self.teacher_stream:
-                    self.teacher_stream.record(teacher.embedding, teacher.logits)
+                    self.teacher_stream.record(emb_t, logits_t)
         else:
             if self.shuffle is not None:
                 key = self.train_key[self.shuffle[idx_d]]
@@ -209,7 +213,7 @@ class Context:
                 terms["ce"].weight = self.method.ce_weight
             # a method that asks for them (wants_index) also gets the samples' training-set indices
             terms.update(self.method.terms(s, teacher, y, **({"index": idx_d} if self.method.wants_index else {})))
-            loss = sum(t.weighted_mean() for t in terms.values())
+            loss = cast(torch.Tensor, sum(t.weighted_mean() for t in terms.values()))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.params)

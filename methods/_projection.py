@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, fp, l2n
+from benchmark.method import Hparams, Method, bounded, choice, l2n
 
 
 class ProjectionHead(nn.Module):
@@ -24,7 +23,6 @@ class ProjectionHead(nn.Module):
         self.skip = nn.Identity() if d_out == d_t else nn.Linear(d_t, d_out)
 
     def forward(self, e_t: torch.Tensor) -> torch.Tensor:
-        e_t = fp(e_t)
         return self.alpha * self.skip(e_t) + (1 - self.alpha) * self.mlp(e_t)
 
 
@@ -38,7 +36,6 @@ def alpha_path(d_t: int, d_s: int) -> str:
 def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
                     margin_deg: float, margin_mode: str) -> torch.Tensor:
     """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6), methods/README.md A2, A3."""
-    f_s, f_t = fp(f_s), fp(f_t)
     if feat_dist == "cos":
         d = 1 - F.cosine_similarity(f_s, f_t, dim=1, eps=1e-8)
         theta = math.radians(margin_deg)
@@ -90,7 +87,7 @@ class OursBase(Method):
         return self.dims.student  # the head maps E_T into the student's space
 
     def teacher_reference(self, e_t: torch.Tensor) -> torch.Tensor:
-        return self.head.skip(fp(e_t))  # the frozen path of the head: E_T itself when d_S == d_T
+        return self.head.skip(e_t)  # the frozen path of the head: E_T itself when d_S == d_T
 
     def feature_loss(self, s, f_t) -> torch.Tensor:
         hp = self.hp

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from benchmark import distributed
-from benchmark.method import fp
 
 
 class QualityWeights(nn.Module):
@@ -36,8 +35,8 @@ class QualityWeights(nn.Module):
         return z.clamp(-1, 1) if self.clip else z
 
     def forward(self, e_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
-        q_t = fp(e_t.detach()).norm(dim=1).clamp(0.001, 100)
-        q_s = fp(f_s.detach()).norm(dim=1).clamp(0.001, 100)
+        q_t = e_t.detach().norm(dim=1).clamp(0.001, 100)
+        q_s = f_s.detach().norm(dim=1).clamp(0.001, 100)
         z_t, z_s = self._z(q_t, "t"), self._z(q_s, "s")
         if self.training:
             self.initialised.fill_(True)

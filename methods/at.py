@@ -11,23 +11,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, register
-from benchmark.registry import UsageError
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, UsageError, bounded, register
 
 
 def attention_map(f: torch.Tensor, p: float) -> torch.Tensor:
-    return F.normalize(fp(f).abs().pow(p).mean(1).flatten(1), dim=1)
+    return F.normalize(f.abs().pow(p).mean(1).flatten(1), dim=1)
 
 
 def at_pair(f_s: torch.Tensor, f_t: torch.Tensor, p: float) -> torch.Tensor:
     """[B]: mean over positions of the squared difference of the two attention maps."""
     h_s, h_t = f_s.shape[2], f_t.shape[2]
     if h_s > h_t:
-        f_s = F.adaptive_avg_pool2d(fp(f_s), (h_t, f_t.shape[3]))
+        f_s = F.adaptive_avg_pool2d(f_s, (h_t, f_t.shape[3]))
     elif h_s < h_t:
-        f_t = F.adaptive_avg_pool2d(fp(f_t), (h_s, f_s.shape[3]))
+        f_t = F.adaptive_avg_pool2d(f_t, (h_s, f_s.shape[3]))
     return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean(1)
 
 
@@ -43,10 +40,6 @@ class AT(Method):
     Hparams = ATHparams
     teacher_reads = frozenset({"maps"})
     search_space = {"at_weight": ("log", 10.0, 1e4)}
-
-    @classmethod
-    def needs_teacher_maps(cls, hp):
-        return True
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)

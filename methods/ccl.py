@@ -5,9 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, l2n, register
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, l2n, register
 
 
 def _nce_rows(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -30,20 +28,20 @@ def _nce_rows_stacked(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def sup_nce(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """Multi-positive NCE N(a, b): positives are same-label columns (incl. j=i), negatives the rest."""
-    logits = l2n(fp(a)) @ l2n(fp(b)).t() / tau
+    logits = l2n(a) @ l2n(b).t() / tau
     return _nce_rows(logits, (y[:, None] == y[None, :]).to(logits.dtype))
 
 
 def sup_nce_both(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, tau: float) -> torch.Tensor:
     """N(a, b) + N(b, a) from one similarity matrix (the label mask is symmetric)."""
-    logits = l2n(fp(a)) @ l2n(fp(b)).t() / tau
+    logits = l2n(a) @ l2n(b).t() / tau
     pos = (y[:, None] == y[None, :]).to(logits.dtype)
     return _nce_rows(logits, pos) + _nce_rows(logits.t(), pos)
 
 
 def sym_kl(z1: torch.Tensor, z2: torch.Tensor, w: float = 0.5) -> torch.Tensor:
     """The reference's 'JSD': KL(p||q) + KL(q||p) per sample, times w. Returns [B]."""
-    p, q = F.softmax(fp(z1), dim=1), F.softmax(fp(z2), dim=1)
+    p, q = F.softmax(z1, dim=1), F.softmax(z2, dim=1)
     return w * (p * torch.log(p / q + 1e-10) + q * torch.log(q / p + 1e-10)).sum(1)
 
 
@@ -73,20 +71,20 @@ class CCL(Method):
         """The five terms of `reference_terms` with the same values, each normalisation, the label mask and
         its row counts computed once, and the eight NCE directions as one stacked [8, B, B] computation."""
         tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
-        v, e = self.v_proj(s.embedding), fp(t.embedding)
+        v, e = self.v_proj(s.embedding), t.embedding
         z_s_d = s.logits.detach()
-        v_n, e_n = l2n(fp(v)), l2n(e)
+        v_n, e_n = l2n(v), l2n(e)
         v_dn = v_n.detach()                            # = l2n(v.detach())
         u, z_u = self._compose(e, e_n, v_n)
         u_d, z_u_d = self._compose(e, e_n, v_dn)       # L_u' path: student inputs detached, module trainable
-        u_n, u_dn = l2n(fp(u)), l2n(fp(u_d))
+        u_n, u_dn = l2n(u), l2n(u_d)
         sims = [v_n @ u_n.t() / tau, v_n @ e_n.t() / tau, v_dn @ u_dn.t() / tau, u_dn @ e_n.t() / tau]
         nce = _nce_rows_stacked(torch.stack([x for m in sims for x in (m, m.t())]), (y[:, None] == y[None, :]).to(v_n.dtype))
         # L_v trains the student (and the module); L_u' trains only the composition module.
         return {
             "nce_student": Term((nce[0] + nce[1]) + (nce[2] + nce[3])),
             "symkl_student": Term(sym_kl(s.logits, z_u, w)),
-            "ce_composed": Term(F.cross_entropy(fp(z_u_d), y, reduction="none")),
+            "ce_composed": Term(F.cross_entropy(z_u_d, y, reduction="none")),
             "nce_composed": Term((nce[4] + nce[5]) + (nce[6] + nce[7])),
             "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
         }
@@ -94,14 +92,14 @@ class CCL(Method):
     def reference_terms(self, s, t, y):
         """The terms as defined (yanbeic/CCL): what `terms` computes, written plainly (the tests compare them)."""
         tau, w = self.hp.ccl_tau, self.hp.ccl_jsd_weight
-        v, e = self.v_proj(s.embedding), fp(t.embedding)
+        v, e = self.v_proj(s.embedding), t.embedding
         v_d, z_s_d = v.detach(), s.logits.detach()
         u, z_u = self._compose(e, l2n(e), l2n(v))
         u_d, z_u_d = self._compose(e, l2n(e), l2n(v_d))
         return {
             "nce_student": Term(sup_nce_both(v, u, y, tau) + sup_nce_both(v, e, y, tau)),
             "symkl_student": Term(sym_kl(s.logits, z_u, w)),
-            "ce_composed": Term(F.cross_entropy(fp(z_u_d), y, reduction="none")),
+            "ce_composed": Term(F.cross_entropy(z_u_d, y, reduction="none")),
             "nce_composed": Term(sup_nce_both(v_d, u_d, y, tau) + sup_nce_both(u_d, e, y, tau)),
             "symkl_composed": Term(sym_kl(z_s_d, z_u_d, w)),
         }

@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, fp, l2n, register
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, choice, l2n, register
 
 
 @dataclass
@@ -31,7 +29,7 @@ class CLIP(Method):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def terms(self, s, t, y):
-        a, b = l2n(fp(self.g_s(s.embedding))), l2n(fp(t.embedding))
+        a, b = l2n(self.g_s(s.embedding)), l2n(t.embedding)
         z = self.logit_scale.exp() * a @ b.t()
         if self.hp.clip_targets == "diagonal":
             target = torch.arange(len(y), device=y.device)

@@ -29,10 +29,7 @@ import torch
 from torch import nn
 
 from benchmark import distributed
-from benchmark.fields import bounded, choice
-from benchmark.method import Hparams, Method, fp, l2n, register, stream_seed
-from benchmark.registry import UsageError
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, UsageError, bounded, choice, l2n, register, stream_seed
 
 
 def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,
@@ -157,7 +154,7 @@ class CRD(Method):
     def terms(self, s, t, y, index=None):
         if index is None:
             raise UsageError("method 'crd' needs each sample's training-set index")
-        v_s, v_t = l2n(self.embed_s(fp(s.embedding))), l2n(self.embed_t(fp(t.embedding)))
+        v_s, v_t = l2n(self.embed_s(s.embedding)), l2n(self.embed_t(t.embedding))
         neg, keep = self.draw_negatives(index)
         neg = neg.to(index.device)
         tau, scores = self.hp.crd_tau, []

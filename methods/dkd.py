@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, register
-from benchmark.registry import UsageError
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, UsageError, bounded, register
 
 
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +64,7 @@ class DKD(Method):
     def terms(self, s, t, y):
         if t.logits is None:
             raise UsageError("method 'dkd' needs teacher logits; this task/teacher provides none")
-        tckd, nckd = dkd_terms(fp(s.logits), fp(t.logits), y, self.hp.temperature)
+        tckd, nckd = dkd_terms(s.logits, t.logits, y, self.hp.temperature)
         w = self.warm()
         return {"dkd_tckd": Term(tckd, w * self.hp.dkd_alpha), "dkd_nckd": Term(nckd, w * self.hp.dkd_beta)}
 

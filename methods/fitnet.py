@@ -15,10 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
-from benchmark.registry import UsageError
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, UsageError, bounded, choice, form_field, form_reads, register, resolve_form
 
 
 def map_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Module:
@@ -51,6 +48,10 @@ class FitNet(Method):
     Hparams = FitNetHparams
     search_space = {"fitnet_weight": ("log", 1.0, 1000.0)}
 
+    @classmethod
+    def reads(cls, hp, teacher_has_maps):
+        return form_reads(hp.fitnet_form, teacher_has_maps)
+
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("fitnet", hp.fitnet_form, dims)
@@ -59,10 +60,8 @@ class FitNet(Method):
             if i >= min(len(dims.map_shapes), len(dims.teacher_map_shapes)):
                 raise UsageError(f"fitnet_hint_stage={hp.fitnet_hint_stage}: the student has {len(dims.map_shapes)} "
                                  f"stages and the teacher {len(dims.teacher_map_shapes)}")
-            self.teacher_reads = frozenset({"maps"})
             self.regressor = map_regressor(dims.map_shapes[i], dims.teacher_map_shapes[i])
             return
-        self.teacher_reads = frozenset({"embedding"})
         d_in = dims.student if hp.hint == "embedding" else dims.map_channels[1]
         layers = [nn.Linear(d_in, dims.teacher)] + ([nn.BatchNorm1d(dims.teacher)] if hp.regressor_bn else [])
         self.regressor = nn.Sequential(*layers)
@@ -72,7 +71,7 @@ class FitNet(Method):
     def terms(self, s, t, y):
         if self.form == "maps":
             i = self.hp.fitnet_hint_stage - 1
-            err = (self.regressor(fp(s.maps[i])) - fp(t.maps[i])) ** 2
+            err = (self.regressor(s.maps[i]) - t.maps[i]) ** 2
             return {"hint": Term(err.flatten(1).mean(1), self.hp.fitnet_weight)}
         x = s.embedding if self.hp.hint == "embedding" else torch.flatten(nn.functional.adaptive_avg_pool2d(s.maps[1], 1), 1)
         err = (self.regressor(x) - t.embedding) ** 2

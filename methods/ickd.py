@@ -14,16 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, choice, form_field, form_reads, register, resolve_form
 
 
 def ickd_map_loss(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
     """Per sample ||rownorm(A_S A_S^T) - rownorm(A_T A_T^T)||_F^2 / C over [B, C, H, W] maps -> [B]
     (its batch mean is the reference's sum / (B C))."""
     b, c = a_s.shape[:2]
-    f_s, f_t = fp(a_s).reshape(b, c, -1), fp(a_t).reshape(b, c, -1)
+    f_s, f_t = a_s.reshape(b, c, -1), a_t.reshape(b, c, -1)
     g_s = F.normalize(torch.bmm(f_s, f_s.transpose(1, 2)), dim=2)
     g_t = F.normalize(torch.bmm(f_t, f_t.transpose(1, 2)), dim=2)
     return ((g_s - g_t) ** 2).flatten(1).sum(1) / c
@@ -31,15 +29,15 @@ def ickd_map_loss(a_s: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
 
 def ickd_batch_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """(I2) G = X^T X over the batch (d x d), rows L2-normalised, ||G_S - G_T||_F^2 / d."""
-    g_s = F.normalize(fp(x_s).t() @ fp(x_s), dim=1)
-    g_t = F.normalize(fp(x_t).t() @ fp(x_t), dim=1)
+    g_s = F.normalize(x_s.t() @ x_s, dim=1)
+    g_t = F.normalize(x_t.t() @ x_t, dim=1)
     return ((g_s - g_t) ** 2).sum() / x_s.shape[1]
 
 
 def ickd_degenerate_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """(I1) per-sample G = v v^T (H=W=1), rows normalised; per-sample ||.||_F^2 / d -> [B]."""
-    g_s = F.normalize(fp(x_s).unsqueeze(2) * fp(x_s).unsqueeze(1), dim=2)
-    g_t = F.normalize(fp(x_t).unsqueeze(2) * fp(x_t).unsqueeze(1), dim=2)
+    g_s = F.normalize(x_s.unsqueeze(2) * x_s.unsqueeze(1), dim=2)
+    g_t = F.normalize(x_t.unsqueeze(2) * x_t.unsqueeze(1), dim=2)
     return ((g_s - g_t) ** 2).sum(dim=(1, 2)) / x_s.shape[1]
 
 
@@ -56,21 +54,23 @@ class ICKD(Method):
     Hparams = ICKDHparams
     search_space = {"ickd_weight": ("log", 0.1, 10.0)}
 
+    @classmethod
+    def reads(cls, hp, teacher_has_maps):
+        return form_reads(hp.ickd_form, teacher_has_maps)
+
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("ickd", hp.ickd_form, dims)
         if self.form == "maps":
-            self.teacher_reads = frozenset({"maps"})
             c_t = dims.teacher_map_shapes[-1][0]
             self.connector = nn.Sequential(nn.Conv2d(dims.map_channels[-1], c_t, 1, bias=False), nn.BatchNorm2d(c_t))
             return
-        self.teacher_reads = frozenset({"embedding"})
         self.connector = nn.Sequential(nn.Linear(dims.student, dims.teacher, bias=False), nn.BatchNorm1d(dims.teacher))
         self.match_connector = self.connector
 
     def terms(self, s, t, y):
         if self.form == "maps":
-            return {"ickd": Term(ickd_map_loss(self.connector(fp(s.maps[-1])), t.maps[-1]), self.hp.ickd_weight)}
+            return {"ickd": Term(ickd_map_loss(self.connector(s.maps[-1]), t.maps[-1]), self.hp.ickd_weight)}
         x_s = self.connector(s.embedding)
         fn = ickd_batch_loss if self.hp.ickd_mode == "batch" else ickd_degenerate_loss
         return {"ickd": Term(fn(x_s, t.embedding), self.hp.ickd_weight)}

@@ -3,10 +3,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, register
-from benchmark.registry import UsageError
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, UsageError, bounded, register
 
 
 @dataclass
@@ -26,7 +23,7 @@ class KD(Method):
         if t.logits is None:
             raise UsageError("method 'kd' needs teacher logits; this task/teacher provides none")
         tau = self.hp.temperature
-        log_ps = F.log_softmax(fp(s.logits) / tau, dim=1)
-        p_t = F.softmax(fp(t.logits) / tau, dim=1)
+        log_ps = F.log_softmax(s.logits / tau, dim=1)
+        p_t = F.softmax(t.logits / tau, dim=1)
         kl = F.kl_div(log_ps, p_t, reduction="none").sum(1) * tau * tau
         return {"kd": Term(kl, self.hp.kd_weight)}

@@ -3,9 +3,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import choice, fp, l2n, register
-from benchmark.types import Term
+from benchmark.method import Term, bounded, choice, l2n, register
 from methods._projection import OursBase, OursHparams
 
 
@@ -36,16 +34,16 @@ class OursClassifier(OursBase):
     def _classify(self, s, f: torch.Tensor) -> torch.Tensor:
         if self.hp.shared_classifier == "raw":
             return s.classifier(f.to(s.embedding.dtype))
-        return self.cos_scale * l2n(fp(f)) @ l2n(fp(s.classifier.weight)).t()
+        return self.cos_scale * l2n(f) @ l2n(s.classifier.weight).t()
 
     def terms(self, s, t, y):
         f_t = self.head(t.embedding)
         z_s, z_t = self._classify(s, s.embedding), self._classify(s, f_t)
         out = {
             # CE over the 2B rows [F_S; F_T] with labels [y; y]: each half carries weight 1/2
-            "cls_ce_student": Term(F.cross_entropy(fp(z_s), y, reduction="none"), 0.5),
-            "cls_ce_teacher": Term(F.cross_entropy(fp(z_t), y, reduction="none"), 0.5),
-            "logit_mse": Term(((fp(z_s) - fp(z_t)) ** 2).mean(1), self.hp.beta),
+            "cls_ce_student": Term(F.cross_entropy(z_s, y, reduction="none"), 0.5),
+            "cls_ce_teacher": Term(F.cross_entropy(z_t, y, reduction="none"), 0.5),
+            "logit_mse": Term(((z_s - z_t) ** 2).mean(1), self.hp.beta),
         }
         if self.hp.with_feature_loss:
             out["feature"] = Term(self.feature_loss(s, f_t), self.hp.feature_weight)

@@ -1,5 +1,4 @@
-from benchmark.method import register
-from benchmark.types import Term
+from benchmark.method import Term, register
 from methods._projection import OursBase
 
 

@@ -1,8 +1,6 @@
 from dataclasses import dataclass
 
-from benchmark.fields import bounded
-from benchmark.method import choice, register
-from benchmark.types import Term
+from benchmark.method import Term, bounded, choice, register
 from methods._projection import OursBase, OursHparams
 from methods._quality import QualityWeights
 

@@ -3,9 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, register
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, register
 
 
 def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -14,7 +12,7 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
         x = torch.nan_to_num(x)
         k = (x @ x.t() + 1.0) / 2.0
         return k / k.sum(dim=1, keepdim=True)
-    p_s, p_t = cond_prob(fp(f_s)), cond_prob(fp(f_t))
+    p_s, p_t = cond_prob(f_s), cond_prob(f_t)
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 

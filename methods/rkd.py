@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, fp, register
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, register
 
 
 def _distances(e: torch.Tensor) -> torch.Tensor:
@@ -42,7 +40,6 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
 def rkd_terms(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """In fp32 (or float64) even under bf16 autocast: a Gram matrix in bf16 loses the angles' digits."""
     with torch.autocast(f_s.device.type, enabled=False):
-        f_s, f_t = fp(f_s), fp(f_t)
         with torch.no_grad():
             d_t, a_t = _distances(f_t), _angles(f_t)
         return F.smooth_l1_loss(_distances(f_s), d_t), F.smooth_l1_loss(_angles(f_s), a_t)
@@ -61,6 +58,6 @@ class RKD(Method):
     search_space = {"rkd_distance_weight": ("log", 1.0, 100.0), "rkd_angle_weight": ("log", 1.0, 100.0)}
 
     def terms(self, s, t, y):
-        loss_d, loss_a = rkd_terms(fp(s.embedding), fp(t.embedding))
+        loss_d, loss_a = rkd_terms(s.embedding, t.embedding)
         return {"rkd_distance": Term(loss_d, self.hp.rkd_distance_weight),
                 "rkd_angle": Term(loss_a, self.hp.rkd_angle_weight)}

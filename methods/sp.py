@@ -9,14 +9,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.fields import bounded
-from benchmark.method import Hparams, Method, choice, form_field, fp, register, resolve_form
-from benchmark.types import Term
+from benchmark.method import Hparams, Method, Term, bounded, choice, form_field, form_reads, register, resolve_form
 
 
 def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     b = x_s.shape[0]
-    x_s, x_t = fp(x_s.reshape(b, -1)), fp(x_t.reshape(b, -1))
+    x_s, x_t = x_s.reshape(b, -1), x_t.reshape(b, -1)
     g_s = F.normalize(x_s @ x_s.t(), dim=1)
     g_t = F.normalize(x_t @ x_t.t(), dim=1)
     return ((g_t - g_s) ** 2).sum() / (b * b)
@@ -36,10 +34,13 @@ class SP(Method):
     Hparams = SPHparams
     search_space = {"sp_weight": ("log", 100.0, 1e4)}
 
+    @classmethod
+    def reads(cls, hp, teacher_has_maps):
+        return form_reads(hp.sp_form, teacher_has_maps)
+
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
         self.form = resolve_form("sp", hp.sp_form, dims)
-        self.teacher_reads = frozenset({"maps" if self.form == "maps" else "embedding"})
 
     def terms(self, s, t, y):
         if self.form == "maps":

@@ -14,10 +14,8 @@ PLUGIN = textwrap.dedent('''
 
     import torch.nn.functional as F
 
-    from benchmark.fields import bounded
-    from benchmark.method import Hparams, Method, fp, register
+    from benchmark.method import Hparams, Method, Term, bounded, register
     from benchmark.registry import TASKS
-    from benchmark.types import Term
     from tasks.synthetic import Synthetic
 
 
@@ -31,7 +29,7 @@ PLUGIN = textwrap.dedent('''
         Hparams = MSEHparams
 
         def terms(self, s, t, y):
-            return {"logit_mse": Term(((fp(s.logits) - fp(t.logits)) ** 2).mean(1), self.hp.mse_weight)}
+            return {"logit_mse": Term(((s.logits - t.logits) ** 2).mean(1), self.hp.mse_weight)}
 
 
     @TASKS.register("toy", "the synthetic task under another name (an external plugin)")

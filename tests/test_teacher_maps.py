@@ -250,7 +250,8 @@ def test_the_baseline_never_runs_the_live_teacher_and_gives_the_same_metrics(kd_
         monkeypatch.setattr(Baseline, "teacher_reads", reads)
         counting = _Counting(tables.live)
         t = replace(tables, live=counting)
-        r = run_one(cfg, task, data, t, "baseline", {}, NullTracker(), tmp_path / label)
+        # no stored teacher stream (one of an earlier session's run would be read instead of a forward)
+        r = run_one(replace(cfg, share_teacher=False), task, data, t, "baseline", {}, NullTracker(), tmp_path / label)
         results[label] = (r, counting.calls)
     assert results["skip"][1] == 0 and results["forward"][1] > 0
     for k in ("test_top1", "test_top1_at_best_val", "match_acc", "best_val_top1"):
@@ -270,3 +271,23 @@ def test_map_methods_train_in_the_loop_with_the_teachers_maps(kd_smoke, tmp_path
             assert ctx.method.run_params()[form_key] == "maps"
         r = run_one(cfg, task, data, tables, name, {}, NullTracker(), tmp_path / name)
         assert np.isfinite(r["test_top1"])
+
+
+def test_under_bf16_a_method_gets_every_input_in_fp32(kd_smoke, monkeypatch):
+    """bf16 autocast covers the student's and the teacher's forwards only: terms() gets the student's outputs
+    and the teacher's embedding, logits and stage maps in fp32, so no method casts (the fp() calls are gone)."""
+    from benchmark.trainer import Context
+    from methods.at import AT
+    task, cfg, data, tables = kd_smoke
+    seen = []
+    original = AT.terms
+
+    def spy(self, s, t, y):
+        seen.append({"student": {s.embedding.dtype, s.logits.dtype, *(m.dtype for m in s.maps)},
+                     "teacher maps": {m.dtype for m in t.maps}})
+        return original(self, s, t, y)
+    monkeypatch.setattr(AT, "terms", spy)
+    ctx = Context(replace(cfg, precision="bf16", epochs=1), task, data, tables, "at", {})
+    assert ctx.precision_resolved == "bf16"
+    ctx.train_step(torch.arange(8))  # one step of 8 samples: bf16 is emulated (slow) on a CPU without it
+    assert seen and all(d == {"student": {torch.float32}, "teacher maps": {torch.float32}} for d in seen)
