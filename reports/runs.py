@@ -119,7 +119,17 @@ def export(runs: pd.DataFrame, path: Path) -> None:
         runs = runs.assign(start_time=pd.to_datetime(runs["start_time"], utc=True, errors="coerce", format="mixed")
                            .dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
     from benchmark.results import write_atomic
+    runs = runs.assign(**{c: runs[c].map(without_machine_path) for c in cols if c.startswith("params.")})
     write_atomic(path, lambda tmp: (runs[cols] if not runs.empty else runs).to_csv(tmp, index=False))
+
+
+def without_machine_path(value):
+    """A param that is an absolute path on the machine that ran it (data_dir, say) as `<local>/` and its last
+    part: an export is read on other machines, and the folders of this one are nobody's business there."""
+    if isinstance(value, str) and len(value) > 1 and (value.startswith(("/", "~")) or value[1:3] == ":\\"):
+        name = value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        return f"<local>/{name}"
+    return value
 
 
 def task_info(name: str):

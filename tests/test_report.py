@@ -369,3 +369,20 @@ def test_a_report_names_its_sqlite_store_without_the_building_machines_folders(f
     text = build_report(uri, tmp_path / "rep").read_text()
     folder = str(Path(uri[len("sqlite:///"):]).parent)
     assert folder not in text and f"Rebuilt from the MLflow runs at `sqlite:///{Path(uri).name}`" in text
+
+
+def test_no_machine_path_in_an_export_or_a_committed_example(tmp_path):
+    """A run's data_dir (an absolute path of the machine that ran it) is exported as `<local>/` and its last
+    part; no committed example file names a folder of the machine that built it."""
+    from reports.runs import export, without_machine_path
+    runs = pd.DataFrame({"run_id": ["a", "b"], "params.data_dir": ["/home/ana/data/cifar100/", "cifar100"],
+                         "params.method": ["kd", "kd"], "metrics.test_top1": [1.0, 2.0]})
+    export(runs, tmp_path / "runs.csv")
+    got = pd.read_csv(tmp_path / "runs.csv")
+    assert got["params.data_dir"].tolist() == ["<local>/cifar100", "cifar100"]
+    assert without_machine_path("C:\\data\\tiny") == "<local>/tiny" and without_machine_path(0.5) == 0.5
+    example = Path(__file__).resolve().parents[1] / "reports" / "example"
+    found = [f"{p.relative_to(example)}: {m.group(0)}" for p in example.rglob("*") if p.is_file()
+             and p.suffix in (".csv", ".md", ".log", ".json", ".txt")
+             for m in re.finditer(r"(?<![\w<])/(?:work|tmp|root|home|Users)/[\w./-]+", p.read_text(errors="replace"))]
+    assert found == [], found[:10]
