@@ -16,8 +16,8 @@ import pandas as pd
 
 from benchmark.registry import BASELINE
 from benchmark.stats import comparison_record, holm, paired_difference, per_seed, power_line
-from reports.grouping import baseline_of, configurations, task_pools
-from reports.leaderboard import _metrics, teacher_line
+from reports.grouping import baseline_of, configurations, reported_metrics, task_pools
+from reports.leaderboard import teacher_line
 from reports.markdown import Footnotes, table
 
 CONTROL = "params.teacher_control"
@@ -41,14 +41,14 @@ def control_tables(runs: pd.DataFrame, notes: Footnotes) -> tuple[str, list[dict
     parts, records = [], []
     for task_name, task, pool, labels in task_pools(runs, CONTROL_COLUMNS, tasks=ctrl["params.task"].unique()):
         for setting in pool.loc[pool[CONTROL] != "none", "_setting"].unique():
-            md, recs = _one(task_name, task, pool[pool["_setting"] == setting], labels[setting], notes, pool)
+            md, recs = _control_section(task_name, task, pool[pool["_setting"] == setting], labels[setting], notes, pool)
             parts.append(md), records.extend(recs)
     return "\n".join(parts), records
 
 
-def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, context: pd.DataFrame):
+def _control_section(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, context: pd.DataFrame):
     heading = f"### {task_name}: {label}"
-    metrics = _metrics(task, sel)
+    metrics = reported_metrics(task, sel)
     real = sel[sel[CONTROL] == "none"]
     base = baseline_of(real)
     if not metrics or base.empty:

@@ -110,3 +110,11 @@ def baseline_of(setting_runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Data
         return base
     biggest = base.groupby("_variant")["params.seed"].nunique().idxmax()
     return base[base["_variant"] == biggest]
+
+
+def reported_metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, label) of the task's summary metrics that these runs hold values of (test top-1 for a run of a
+    task not registered here)."""
+    ms = list(task.summary_metrics) if task else [(c.removeprefix("metrics."), c.removeprefix("metrics."))
+                                                 for c in ("metrics.test_top1",) if c in runs]
+    return [(m, lab) for m, lab in ms if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]

@@ -24,7 +24,7 @@ from benchmark.stats import (
     summary,
 )
 from reports import figures
-from reports.grouping import baseline_of, configurations, task_pools
+from reports.grouping import baseline_of, configurations, reported_metrics, task_pools
 from reports.markdown import Footnotes, slug, table
 from reports.runs import lower_is_better, why_not_finished
 
@@ -61,23 +61,18 @@ def leaderboards(runs: pd.DataFrame, out: Path, notes: Footnotes, not_done: pd.D
                  *pool.loc[~pool["_setting"].isin(done["_setting"]), "_setting"].drop_duplicates()]
         for setting in order:
             here = pool[pool["_setting"] == setting]
-            md, recs, fig, verdict = _one(task_name, task, here[here["run_id"].isin(runs["run_id"])], labels[setting],
-                                          out, notes, done, here[~here["run_id"].isin(runs["run_id"])])
+            finished = here["run_id"].isin(runs["run_id"])
+            md, recs, fig, verdict = _leaderboard_section(task_name, task, here[finished], labels[setting], out, notes, done,
+                                                          here[~finished])
             parts.append(md), records.extend(recs), summary.append(verdict)
             if fig:
                 figs.append(fig)
     return "\n".join(parts), records, figs, "\n".join(summary)
 
 
-def _metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
-    ms = list(task.summary_metrics) if task else [(c.removeprefix("metrics."), c.removeprefix("metrics."))
-                                                 for c in ("metrics.test_top1",) if c in runs]
-    return [(m, lab) for m, lab in ms if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]
-
-
-def _one(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame,
+def _leaderboard_section(task_name, task, sel: pd.DataFrame, label: str, out: Path, notes: Footnotes, context: pd.DataFrame,
          bad: pd.DataFrame):
-    metrics = _metrics(task, sel)
+    metrics = reported_metrics(task, sel)
     if not metrics:
         what = f"these {len(sel)} finished runs" if len(sel) else "any finished run (none finished)"
         lines = [f"### {task_name} [{label}]", "", f"No summary metric recorded by {what}."]

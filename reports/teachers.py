@@ -17,8 +17,7 @@ import pandas as pd
 
 from benchmark.registry import BASELINE
 from benchmark.stats import comparison_record, crossed_difference, holm, paired_difference, per_seed, pooled_sd
-from reports.grouping import baseline_of, configurations, task_pools
-from reports.leaderboard import _metrics
+from reports.grouping import baseline_of, configurations, reported_metrics, task_pools
 from reports.markdown import Footnotes, table
 
 INSTANCE = "params.teacher_seed"
@@ -35,7 +34,7 @@ def teacher_instance_tables(runs: pd.DataFrame, notes: Footnotes) -> tuple[str, 
         for setting in pool["_setting"].unique():
             sel = pool[pool["_setting"] == setting]
             if sel[INSTANCE].dropna().nunique() >= 2:
-                md, recs = _one(task_name, task, sel, labels[setting], notes, pool)
+                md, recs = _teacher_section(task_name, task, sel, labels[setting], notes, pool)
                 parts.append(md), records.extend(recs)
     return "\n".join(parts), records
 
@@ -45,9 +44,9 @@ def _instances(sel: pd.DataFrame) -> list[str]:
     return sorted(seeds, key=lambda s: (float(s), s) if s.lstrip("-").replace(".", "", 1).isdigit() else (math.inf, s))
 
 
-def _one(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, context: pd.DataFrame):
+def _teacher_section(task_name, task, sel: pd.DataFrame, label: str, notes: Footnotes, context: pd.DataFrame):
     heading = f"### {task_name}: {label}"
-    metrics = _metrics(task, sel)
+    metrics = reported_metrics(task, sel)
     if not metrics:
         return f"{heading}\n\nRuns of several teacher instances without a summary metric.\n", []
     metric, metric_label = metrics[0]

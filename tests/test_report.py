@@ -386,3 +386,19 @@ def test_no_machine_path_in_an_export_or_a_committed_example(tmp_path):
              and p.suffix in (".csv", ".md", ".log", ".json", ".txt")
              for m in re.finditer(r"(?<![\w<])/(?:work|tmp|root|home|Users)/[\w./-]+", p.read_text(errors="replace"))]
     assert found == [], found[:10]
+
+
+def test_a_report_without_out_goes_under_the_ignored_runs_folder(tmp_path):
+    """Not inside the source tree's reports/ package: under runs/reports/ (git-ignored), linked as latest."""
+    import shutil
+
+    from conftest import run_cli_inprocess
+    example = Path(__file__).resolve().parents[1] / "reports" / "example" / "synthetic"
+    shutil.copy(example / "runs.csv", tmp_path / "runs.csv")
+    res = run_cli_inprocess(["report", "--runs", "runs.csv"], tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (folder,) = [p for p in (tmp_path / "runs" / "reports").iterdir() if p.name != "latest"]
+    assert (tmp_path / "runs" / "reports" / "latest").resolve() == folder.resolve()
+    assert (folder / "report.md").is_file() and not (tmp_path / "reports").exists()
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert "runs/" in ignored

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+OUT = Path("runs")  # where a report without --out goes (git-ignored; `run`'s tables go there too)
+
 
 def cmd_report(args) -> int:
     from benchmark.results import fresh_dir
@@ -12,7 +14,7 @@ def cmd_report(args) -> int:
         from reports.compare import compare
         a, b = (_store(x, args) for x in args.compare)
         print("comparing A: " + " ".join(filter(None, a)) + " with B: " + " ".join(filter(None, b)), flush=True)
-        path = compare(a, b, (lambda: Path(args.out)) if args.out else (lambda: fresh_dir(Path("reports/compare"))),
+        path = compare(a, b, (lambda: Path(args.out)) if args.out else (lambda: fresh_dir(OUT / "compare")),
                        tuple(args.allow), tuple(args.metric))
         print(f"comparison written to {path}")
         return 0
@@ -24,13 +26,13 @@ def cmd_report(args) -> int:
             raise UsageError("--runs rebuilds the report from runs.csv files, not from a store: leave out "
                              "--tracking-uri and --experiment")
         read_exports(args.runs)  # refused before any folder is made
-        out = Path(args.out) if args.out else fresh_dir(Path("reports/generated"))
+        out = Path(args.out) if args.out else fresh_dir(OUT / "reports")
         print(f"report written to {build_report(None, out, with_paper=args.with_paper, files=args.runs)}")
         return 0
     from reports.runs import load_runs, require_runs
     uri = resolve_uri(args.tracking_uri)
     require_runs(load_runs(uri, args.experiment), uri, args.experiment)  # before any folder is made
-    out = Path(args.out) if args.out else fresh_dir(Path("reports/generated"))
+    out = Path(args.out) if args.out else fresh_dir(OUT / "reports")
     path = build_report(uri, out, args.experiment, with_paper=args.with_paper)
     print(f"report written to {path}")
     return 0
@@ -49,8 +51,8 @@ def _store(spec: str, args) -> tuple[str, str | None]:
 
 def add(sub) -> None:
     p = sub.add_parser("report", help="report.md + figures + report.csv from the MLflow runs (or --compare A B)")
-    p.add_argument("--out", help="output folder (default: a new folder under reports/generated, linked as "
-                   "reports/generated/latest)")
+    p.add_argument("--out", help="output folder (default: a new folder under runs/reports, linked as "
+                   "runs/reports/latest)")
     p.add_argument("--experiment", help="one MLflow experiment (default: every xkd-* experiment)")
     p.add_argument("--tracking-uri", dest="tracking_uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or "
                    "sqlite:///mlflow.db)")
