@@ -6,7 +6,7 @@ import textwrap
 import mlflow
 import pytest
 
-from tests.conftest import run_cli, run_cli_inprocess
+from conftest import run_cli, run_cli_inprocess
 
 PLUGIN = textwrap.dedent('''
     """An external plugin: a method and a task, registered from outside the harness."""

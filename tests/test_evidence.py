@@ -4,14 +4,12 @@ permutation of the teacher's outputs, fixed per seed; random: the teacher's arch
 import math
 from dataclasses import replace
 
-import mlflow
 import pandas as pd
 import pytest
 import torch
 
-from conftest import run_cli_inprocess
+from conftest import fake_store, log_run, run_cli_inprocess
 from reports.generate import build_report
-from test_report import _log_run
 
 
 def test_power_of_the_paired_t_test_matches_gpower():
@@ -46,11 +44,9 @@ def test_power_at_holms_strictest_step_is_not_a_step_function():
 
 
 def _store(tmp_path, rows):
-    uri = f"sqlite:///{tmp_path / 'e.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "e.db", "xkd-cifar100")
     for method, seed, acc, params in rows:
-        _log_run(client, exp, method, seed, {"test_top1": acc}, params=params)
+        log_run(client, exp, method, seed, {"test_top1": acc}, params=params)
     return uri
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import free_port, run_cli, run_cli_inprocess
+from conftest import fake_store, free_port, log_run, run_cli, run_cli_inprocess
 
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
 
@@ -195,21 +195,17 @@ def test_a_method_whose_runs_all_failed_keeps_its_row_and_its_place_in_holms_fam
 
 
 def test_killed_and_running_runs_are_named_and_a_partly_finished_method_says_how_many(tmp_path):
-    import mlflow
 
     from reports.generate import build_report
-    from test_report import _log_run
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "mlflow.db", "xkd-cifar100")
     for seed in range(3):
-        _log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed})
-        _log_run(client, exp, "kd", seed, {"test_top1": 33.0 + seed * 1.1})
-    killed = _log_run(client, exp, "pkt", 0, {})
+        log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed})
+        log_run(client, exp, "kd", seed, {"test_top1": 33.0 + seed * 1.1})
+    killed = log_run(client, exp, "pkt", 0, {})
     client.set_terminated(killed, status="KILLED")
-    running = _log_run(client, exp, "pkt", 1, {})
+    running = log_run(client, exp, "pkt", 1, {})
     client.update_run(running, status="RUNNING")
-    _log_run(client, exp, "pkt", 2, {"test_top1": 35.0})
+    log_run(client, exp, "pkt", 2, {"test_top1": 35.0})
     text = build_report(uri, tmp_path / "rep").read_text()
     rec = pd.read_csv(tmp_path / "rep" / "report.csv").set_index("method")
     assert rec.loc["pkt", "not_finished"] == "1 of 3 finished (1 killed, 1 running)"

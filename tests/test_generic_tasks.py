@@ -7,7 +7,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, run_cli_inprocess, shared_data
+from conftest import run_cli, run_cli_inprocess, shared_data
 
 
 @pytest.fixture(scope="module")

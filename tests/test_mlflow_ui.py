@@ -4,10 +4,9 @@ import re
 import shutil
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from conftest import mlflow_service
+from conftest import fake_store, mlflow_service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -18,9 +17,7 @@ def test_mlflow_ui_lists_runs_and_filters_them_by_the_method_tag(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-ui-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "mlflow.db", "xkd-ui-test")
     for method in ("ours_feature", "kd"):
         run = client.create_run(exp, run_name=f"{method}/seed7", tags={"method": method, "xkd.kind": "train"})
         client.log_metric(run.info.run_id, "test_top1", 12.5)

@@ -8,65 +8,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import fake_store, log_run
 from reports.generate import build_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _log_run(client, exp, method, seed, metrics, params=None, tags=None, history=None, features=False, tmp=None):
-    run = client.create_run(exp, run_name=f"{method}/seed{seed}",
-                            tags={"xkd.kind": "train", **(tags or {})})
-    rid = run.info.run_id
-    p = {"task": "cifar100", "method": method, "seed": seed, "student": "resnet8_w16", "profile": "quick",
-         "data_fraction": 1.0, "teacher_id": "minilm-l6-v2/raw-meanpool", "hp.feat_dist": "l2sq_norm_sum",
-         "n_train": 45000, "n_val": 5000, "n_test": 10000, **(params or {})}
-    for k, v in p.items():
-        client.log_param(rid, k, v)
-    for k, v in metrics.items():
-        client.log_metric(rid, k, v)
-    for step, (tr, va) in enumerate(history or [], start=1):
-        client.log_metric(rid, "train_loss", tr, step=step)
-        client.log_metric(rid, "val_top1", va, step=step)
-    if features:
-        g = np.random.default_rng(seed)
-        arrays = {k: g.normal(size=(60, 8)) for k in ("teacher_embedding", "teacher_common", "projected_teacher",
-                                                      "student_embedding")}
-        path = tmp / f"features-{seed}.npz"
-        np.savez(path, **arrays, label=np.arange(60) % 10, group=np.arange(60) % 4)
-        client.log_artifact(rid, str(path))
-        # the report looks for features.npz
-        client.log_artifact(rid, str(_rename(path, tmp)))
-    client.set_terminated(rid)
-    return rid
-
-
-def _rename(path, tmp):
-    d = tmp / f"art-{path.stem}"
-    d.mkdir()
-    target = d / "features.npz"
-    target.write_bytes(path.read_bytes())
-    return target
-
-
 @pytest.fixture
 def fixture_store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'fixture.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "fixture.db", "xkd-cifar100")
     ids = {}
     base = {0: 30.0, 1: 32.0}
     ours = {0: 33.0, 1: 36.0}
     for seed in (0, 1):
-        ids[("baseline", seed)] = _log_run(client, exp, "baseline", seed,
+        ids[("baseline", seed)] = log_run(client, exp, "baseline", seed,
                                            {"test_top1": base[seed], "test_top1_at_best_val": base[seed] - 1},
                                            history=[(10, 12), (20, 25)])
-        ids[("ours_feature", seed)] = _log_run(client, exp, "ours_feature", seed,
+        ids[("ours_feature", seed)] = log_run(client, exp, "ours_feature", seed,
                                                {"test_top1": ours[seed], "test_top1_at_best_val": ours[seed],
                                                 "match_acc": 40.0 + seed}, history=[(11, 13), (22, 27)],
                                                params={"alpha_path": "learned_linear_384to64"},
                                                features=True, tmp=tmp_path)
     for margin, acc in ((0.0, 20.0), (0.04, 24.0)):
-        ids[("t12", margin)] = _log_run(client, exp, "ours_feature", 0, {"test_top1": acc, "best_val_top1": acc + 1},
+        ids[("t12", margin)] = log_run(client, exp, "ours_feature", 0, {"test_top1": acc, "best_val_top1": acc + 1},
                                         params={"hp.margin": margin},
                                         tags={"xkd.study": "table12-quick", "xkd.paper_table": "table12"})
     # a failed run must not appear
@@ -133,15 +97,15 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("xkd-cifar100").experiment_id
     for seed, acc in ((0, 31.0), (1, 34.0)):  # KD is not in the paper's Table 7
-        _log_run(client, exp, "kd", seed, {"test_top1": acc}, params={"hp.temperature": 4.0})
-    _log_run(client, exp, "kd", 0, {"test_top1": 50.0}, params={"hp.temperature": 1.0})  # another configuration
-    _log_run(client, exp, "baseline", 1, {"test_top1": 32.0})  # a rerun of seed 1: not a third sample
+        log_run(client, exp, "kd", seed, {"test_top1": acc}, params={"hp.temperature": 4.0})
+    log_run(client, exp, "kd", 0, {"test_top1": 50.0}, params={"hp.temperature": 1.0})  # another configuration
+    log_run(client, exp, "baseline", 1, {"test_top1": 32.0})  # a rerun of seed 1: not a third sample
     # another teacher is another setting: its own column block, never averaged with the first
-    _log_run(client, exp, "baseline", 0, {"test_top1": 60.0}, params={"teacher_id": "open_clip/ViT-B-16/openai"})
+    log_run(client, exp, "baseline", 0, {"test_top1": 60.0}, params={"teacher_id": "open_clip/ViT-B-16/openai"})
     # a smaller data fraction than the profile's is left out of Table 7, and counted
-    _log_run(client, exp, "baseline", 0, {"test_top1": 10.0}, params={"data_fraction": 0.25})
+    log_run(client, exp, "baseline", 0, {"test_top1": 10.0}, params={"data_fraction": 0.25})
     # a run off its profile's values is its own setting, and the header names the deviation
-    _log_run(client, exp, "baseline", 0, {"test_top1": 70.0}, params={"epochs": 2})
+    log_run(client, exp, "baseline", 0, {"test_top1": 70.0}, params={"epochs": 2})
     table7 = _section(build_report(uri, tmp_path / "r").read_text(), 7)
     assert "[resnet8_w16, quick, epochs=2, teacher_id=minilm-l6-v2/raw-meanpool]" in _header(table7)
     assert "70.00 ± n/a (n=1)" in table7
@@ -160,9 +124,7 @@ def test_report_rows_are_runs_not_pooled(tmp_path, fixture_store):
 def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     """Gains against gamma: each cell is the paired difference over the seeds of that gamma only (hand values),
     with the teacher's and the baseline's accuracy; a run at another beta is not pooled in."""
-    uri = f"sqlite:///{tmp_path / 'syn.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-synthetic", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "syn.db", "xkd-synthetic")
     common = {"task": "synthetic", "student": "mlp", "teacher_id": "mlp-teacher/x", "n_train": 2000, "n_val": 1000,
               "n_test": 2000, "synth_beta": 0.25}
     acc = {  # (gamma, seed) -> (teacher, baseline, kd)
@@ -170,9 +132,9 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
         (1.0, 0): (70.0, 60.0, 64.0), (1.0, 1): (72.0, 62.0, 65.0), (1.0, 2): (71.0, 61.0, 66.0)}
     for (gamma, seed), (t, b, k) in acc.items():
         for method, v in (("baseline", b), ("kd", k)):
-            _log_run(client, exp, method, seed, {"test_top1": v},
+            log_run(client, exp, method, seed, {"test_top1": v},
                      params={**common, "synth_gamma": gamma, "teacher_test_acc": t})
-    _log_run(client, exp, "kd", 0, {"test_top1": 99.0}, params={**common, "synth_gamma": 1.0, "synth_beta": 1.0,
+    log_run(client, exp, "kd", 0, {"test_top1": 99.0}, params={**common, "synth_gamma": 1.0, "synth_beta": 1.0,
                                                                  "teacher_test_acc": 70.0})
     out = tmp_path / "r"
     report = build_report(uri, out).read_text()
@@ -221,13 +183,11 @@ def test_holm_adjustment_and_no_spread():
 
 
 def _two_settings_store(tmp_path, params_b):
-    uri = f"sqlite:///{tmp_path / 'pool.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "pool.db", "xkd-cifar100")
     fact_a = {"precision_resolved": "fp32", "world_size": 1, "code_version": "0.1.0+gaaaa"}
     for seed in (0, 1):
-        _log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed}, params=fact_a)
-        _log_run(client, exp, "kd", seed, {"test_top1": 50.0 + seed}, params={**fact_a, **params_b})
+        log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed}, params=fact_a)
+        log_run(client, exp, "kd", seed, {"test_top1": 50.0 + seed}, params={**fact_a, **params_b})
     return build_report(uri, tmp_path / "r").read_text()
 
 
@@ -243,15 +203,13 @@ def test_runs_of_another_precision_world_size_or_code_version_never_pair(tmp_pat
 
 def test_sweep_rows_are_method_configurations(tmp_path):
     """Two configurations of one method in a sweep are two rows (today's bug: +1 and -5 pooled into one)."""
-    uri = f"sqlite:///{tmp_path / 'syn.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-synthetic", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "syn.db", "xkd-synthetic")
     common = {"task": "synthetic", "student": "mlp", "teacher_id": "mlp-teacher/x", "synth_beta": 0.25}
     for gamma in (0.0, 1.0):
         for seed in (0, 1, 2):
-            _log_run(client, exp, "baseline", seed, {"test_top1": 50.0}, params={**common, "synth_gamma": gamma})
+            log_run(client, exp, "baseline", seed, {"test_top1": 50.0}, params={**common, "synth_gamma": gamma})
             for t, d in ((2.0, 1.0 + 0.1 * seed), (4.0, -5.0 + 0.1 * seed)):
-                _log_run(client, exp, "kd", seed, {"test_top1": 50.0 + d},
+                log_run(client, exp, "kd", seed, {"test_top1": 50.0 + d},
                          params={**common, "synth_gamma": gamma, "hp.temperature": t})
     text = build_report(uri, tmp_path / "r").read_text()
     section = text.split("### Synthetic task: gain over the baseline against gamma (")[1].split("\n## ")[0]
@@ -261,12 +219,10 @@ def test_sweep_rows_are_method_configurations(tmp_path):
 
 
 def test_each_table_names_its_teacher_and_how_accurate_it_was(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'kd.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100-kd", artifact_location=(tmp_path / "artifacts").as_uri())
+    uri, client, exp = fake_store(tmp_path / "kd.db", "xkd-cifar100-kd")
     for seed, acc in ((0, 61.0), (1, 63.0)):
         for method in ("baseline", "kd"):
-            _log_run(client, exp, method, seed, {"test_top1": 20.0 + seed + (method == "kd")},
+            log_run(client, exp, method, seed, {"test_top1": 20.0 + seed + (method == "kd")},
                      params={"task": "cifar100-kd", "teacher_id": "img-trained/resnet8/abc", "teacher_test_acc": acc,
                              "data_fraction": 1.0})
     report = build_report(uri, tmp_path / "r").read_text()

@@ -9,27 +9,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import fake_store, log_run, run_cli_inprocess
 from reports.generate import build_report
-from tests.conftest import run_cli_inprocess
-from tests.test_report import _log_run
 
 
 def _store(tmp_path, name="s.db", shift=0.0):
     """cifar100 runs: baseline 30, 32, 31 (seeds 0-2); kd +3, +4, +2 over it; pkt -1, 0, -2; plus a `--grid`
     study of KD's temperature (a method the paper never ablated) at T = 1 (val 41, 43) and T = 4 (val 45, 44)."""
-    uri = f"sqlite:///{tmp_path / name}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / f"art-{name}").as_uri())
+    uri, client, exp = fake_store(tmp_path / name, "xkd-cifar100")
     base = {0: 30.0, 1: 32.0, 2: 31.0}
     for seed, b in base.items():
-        _log_run(client, exp, "baseline", seed, {"test_top1": b, "wall_s": 10.0, "mean_train_images_per_s": 500.0},
+        log_run(client, exp, "baseline", seed, {"test_top1": b, "wall_s": 10.0, "mean_train_images_per_s": 500.0},
                  params={"n_params_student": 83892}, history=[(4.0, 5.0), (3.0, 9.0)])
-        _log_run(client, exp, "kd", seed, {"test_top1": b + {0: 3, 1: 4, 2: 2}[seed] + shift, "wall_s": 12.0},
+        log_run(client, exp, "kd", seed, {"test_top1": b + {0: 3, 1: 4, 2: 2}[seed] + shift, "wall_s": 12.0},
                  params={"hp.temperature": 4.0}, history=[(4.1, 6.0), (2.9, 11.0)])
-        _log_run(client, exp, "pkt", seed, {"test_top1": b + {0: -1, 1: 0, 2: -2}[seed]}, history=[(4.2, 5.0), (3.5, 8.0)])
+        log_run(client, exp, "pkt", seed, {"test_top1": b + {0: -1, 1: 0, 2: -2}[seed]}, history=[(4.2, 5.0), (3.5, 8.0)])
     for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
         for seed, v in enumerate(vals):
-            _log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
+            log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
                      tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
     return uri
 
@@ -87,12 +84,10 @@ def test_a_grid_study_of_any_method_gets_its_table_and_figure(tmp_path):
 
 
 def test_a_store_of_studies_only_says_so_and_gives_their_verdicts(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'studies_only.db'}"
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "art").as_uri())
+    uri, client, exp = fake_store(tmp_path / "studies_only.db", "xkd-cifar100")
     for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
         for seed, v in enumerate(vals):
-            _log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
+            log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
                      tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
     report = build_report(uri, tmp_path / "r").read_text()
     summary = report.split("## Summary")[1].split("## Leaderboards")[0]
@@ -195,11 +190,9 @@ def test_compare_refuses_sides_of_different_settings_unless_allowed(tmp_path):
     naming each differing field and the --allow flags, nothing written; with those flags it is compared and
     the allowed fields are named in compare.md."""
     a = _store(tmp_path, "a.db")
-    b = f"sqlite:///{tmp_path / 'b.db'}"
-    client = mlflow.MlflowClient(b)
-    exp = client.create_experiment("xkd-cifar100", artifact_location=(tmp_path / "art-b2").as_uri())
+    b, client, exp = fake_store(tmp_path / "b.db", "xkd-cifar100")
     for seed, v in {0: 31.0, 1: 33.0, 2: 32.0}.items():
-        _log_run(client, exp, "baseline", seed, {"test_top1": v}, params={"epochs": 8, "code_version": "0.2"})
+        log_run(client, exp, "baseline", seed, {"test_top1": v}, params={"epochs": 8, "code_version": "0.2"})
     res = run_cli_inprocess(["report", "--compare", a, b], tmp_path)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "cifar100 epochs: " in res.stderr and "--allow epochs" in res.stderr and "--allow code_version" in res.stderr
@@ -257,7 +250,7 @@ def test_compare_two_experiments_of_one_store(tmp_path):
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("xkd-cifar100-v2", artifact_location=(tmp_path / "art-v2").as_uri())
     for seed, b in {0: 30.0, 1: 32.0, 2: 31.0}.items():
-        _log_run(client, exp, "baseline", seed, {"test_top1": b - 1.0})  # the new recipe: 1 point lower each seed
+        log_run(client, exp, "baseline", seed, {"test_top1": b - 1.0})  # the new recipe: 1 point lower each seed
     res = run_cli_inprocess(["report", "--tracking-uri", uri, "--compare", "xkd-cifar100", "xkd-cifar100-v2",
                              "--out", str(tmp_path / "cmp")], tmp_path)
     assert res.returncode == 0, res.stderr
