@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{what}: {done}", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a full disk under the store is one line; anything else a traceback
-        from benchmark.tracking import interrupted_by
+        from benchmark.interrupts import interrupted_by
         if interrupted_by(e) and not debug:  # Ctrl-C inside a library call that wrapped it (a database write)
             done = getattr(locals().get("args"), "interrupted", "stopped before it finished")
             print(f"interrupted: {done() if callable(done) else done}", file=sys.stderr)

@@ -98,7 +98,7 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
     print(f"fan-out: {total} run(s) in {len(workers)} worker processes"
           + (f", {threads} thread(s) each" if threads else f", num_threads={cfg.num_threads} each")
           + (f", one GPU each ({', '.join(gpus)})" if gpus else "") + f"; their logs in {logs}", flush=True)
-    from benchmark.tracking import uninterrupted
+    from benchmark.interrupts import uninterrupted
     try:
         while queue or any(w.point for w in workers):
             with uninterrupted():  # Ctrl-C acts between two passes: one inside Popen.poll could leave its lock held

@@ -73,7 +73,7 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
               "plugins": ",".join(external_plugins())}  # `eval` and `report` load them again
     main = distributed.is_main()  # under torchrun, rank 0 alone logs, evaluates and writes checkpoints
     epochs = Progress(ctx.label, cfg.epochs, "epoch", start=ck["epoch"] if ck is not None and not ck.get("done") else 0)
-    from benchmark.tracking import uninterrupted
+    from benchmark.interrupts import uninterrupted
     if main:  # a RUNNING run of this key whose process died: KILLED (one alive elsewhere: refused)
         tracker.close_stale(key, resume, keep=ck["run_id"] if ck is not None else None)
     run_id, start, history, best, wall = "", 0, [], None, 0.0

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import optuna
 
-from benchmark.tracking import interrupted_by, patiently, uninterrupted
+from benchmark.interrupts import interrupted_by, patiently, uninterrupted
 from studies import runner
 
 S = optuna.trial.TrialState

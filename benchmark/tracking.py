@@ -6,16 +6,15 @@ import fcntl
 import json
 import math
 import os
-import random
-import signal
 import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmark.interrupts import patiently, uninterrupted
 
 SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
@@ -189,66 +188,6 @@ def ensure_sqlite_store(uri: str, say=print) -> None:
         tmp.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def uninterrupted():
-    """Ctrl-C and SIGTERM wait until the block ends, then act as they would have: a write to a store is never
-    cut in half. (A Ctrl-C inside an sqlite write can leave the write lock held by this process: the writes that
-    end the run then fail 'database is locked', and the interrupt reads as an error.) Main thread only: Python
-    runs signal handlers there; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in before:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
-        if caught:
-            handler = before[caught[0]]
-            if callable(handler):
-                handler(caught[0], None)  # raises KeyboardInterrupt (SIGINT) or the CLI's Terminated (SIGTERM)
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), caught[0])
-
-
-def interrupted_by(e: BaseException | None) -> bool:
-    """Whether a Ctrl-C or SIGTERM is behind this exception (a library may wrap the KeyboardInterrupt it met)."""
-    while e is not None and not isinstance(e, KeyboardInterrupt):
-        e = e.__cause__ or e.__context__
-    return e is not None
-
-
-def locked(e: BaseException | None) -> bool:
-    """Whether another process's hold on an sqlite store ('database is locked') is behind this exception (a
-    library may wrap it: Optuna's StorageInternalError, MLflow's MlflowException)."""
-    while e is not None:
-        if "database is locked" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def patiently(call, *args, wait_s: float = 120.0, **kwargs):
-    """call(*args, **kwargs), tried again while an sqlite store is locked by another process, for up to wait_s
-    seconds (then its error stands). sqlite itself waits 5 s for a lock, and not at all where a transaction that
-    has read must write while another process commits (its rule against deadlock): with several processes on one
-    store (study workers, their heartbeats, the command watching them) on a loaded machine, either can happen.
-    The failed transaction was rolled back, so it is safe to run it again."""
-    deadline, delay = time.monotonic() + wait_s, 0.05
-    while True:
-        try:
-            return call(*args, **kwargs)
-        except Exception as e:
-            if not locked(e) or interrupted_by(e) or time.monotonic() > deadline:
-                raise
-        time.sleep(delay * (0.5 + random.random()))  # jittered: processes that collided do not collide again
-        delay = min(2 * delay, 2.0)
-
-
 class _Uninterrupted:
     """An MLflow client whose every call runs whole (see uninterrupted), and again while the store is locked
     (see patiently; a Ctrl-C acts at once between tries)."""
@@ -354,7 +293,6 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        import time
 
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)

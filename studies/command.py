@@ -19,7 +19,7 @@ from typing import Any
 from benchmark.config import defining_fields
 from benchmark.fanout import without
 from benchmark.registry import METHODS, UsageError
-from studies import runner
+from studies import runner, workers
 from studies.paper import PAPER_STUDIES
 
 
@@ -136,9 +136,9 @@ def cmd_study(args) -> int:
         def pending() -> int:
             import optuna
             return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))) if grid else 0
-        lost = runner.spawn_workers(without(without(argv, "--workers"), "--study-name") +
+        lost = workers.spawn_workers(without(without(argv, "--workers"), "--study-name") +
                                     ["--study-name", name, "--storage", storage], args.workers,
-                                    lambda pid, code: runner.recover_worker(study, storage_obj, tracker, pid, code),
+                                    lambda pid, code: workers.recover_worker(study, storage_obj, tracker, pid, code),
                                     pending)
         for line in lost:
             print(line, flush=True)
@@ -153,7 +153,7 @@ def cmd_study(args) -> int:
     import optuna
     if grid and not args.join:  # points that live workers of another command still run: not lost, waited for
         watched, _ = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
-        runner.wait_for_other_workers(watched, lambda: _unfinished(watched), lambda line: print(line, flush=True))
+        workers.wait_for_other_workers(watched, lambda: _unfinished(watched), lambda line: print(line, flush=True))
     study = optuna.load_study(study_name=name, storage=storage)
     runner.end_parent_if_done(study, tracker)  # whichever worker ends last ends the parent run
     if not args.join:

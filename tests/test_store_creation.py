@@ -248,7 +248,7 @@ def test_a_deferred_sigterm_runs_its_own_handler_after_the_block(monkeypatch):
     import signal
 
     from benchmark.cli import _on_sigterm
-    from benchmark.tracking import interrupted_by, uninterrupted
+    from benchmark.interrupts import interrupted_by, uninterrupted
     from benchmark.trainer import Terminated
     before = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

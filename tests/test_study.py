@@ -279,7 +279,7 @@ def test_a_store_locked_longer_than_sqlites_wait_delays_a_claim_and_a_log_withou
 
 def test_a_lock_that_never_ends_fails_after_the_wait_with_sqlites_error():
     """patiently gives up after its wait, with the store's own error; any other error is not retried."""
-    from benchmark.tracking import patiently
+    from benchmark.interrupts import patiently
     calls = []
 
     def locked_call():
