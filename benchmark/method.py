@@ -44,6 +44,8 @@ class Method(nn.Module):
     # (a memory bank over the training set, e.g. CRD). Any state kept across steps must live in the
     # module's state_dict (buffers, or get_extra_state) so that --resume is exact.
     wants_index: bool = False
+    # The method's own named random streams of the run seed (stream_seed(dims.seed, name)), with fixed ids
+    streams: ClassVar[dict[str, int]] = {}
     # Cross-modal matching when d_S != d_T: a module mapping F_S [B, d_S] to the teacher's side [B, d_T] (set it in
     # __init__ to one of the method's own trained modules, e.g. CLIP's student projection); unset: no matching.
     # Declared without a class default: nn.Module keeps submodules in _modules, and a class attribute would
@@ -119,9 +121,10 @@ class Method(nn.Module):
         return "connector" if getattr(self, "match_connector", None) is not None else "undefined(d_S!=d_T, no connector)"
 
 
-# Named random streams of one run seed: numpy SeedSequence children, so that no two share numbers.
-STREAMS = {"init": 0, "data": 1, "crd_bank": 2, "crd_negatives": 3, "teacher_shuffle": 4, "teacher_shuffle_augment": 5,
-           "random_teacher": 6}
+# Named random streams of one run seed: numpy SeedSequence children, so that no two share numbers. The
+# harness's own here; a method's own in its class (`streams`), added when it is registered. An id is part of
+# every result drawn from it: never renumber one.
+STREAMS = {"init": 0, "data": 1, "teacher_shuffle": 4, "teacher_shuffle_augment": 5, "random_teacher": 6}
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -132,8 +135,13 @@ def stream_seed(seed: int, stream: str) -> int:
 
 
 def register(name: str, description: str):
-    """Class decorator: registers a Method subclass once, under its name."""
+    """Class decorator: registers a Method subclass once, under its name, with its own random streams."""
     def deco(cls: type[Method]) -> type[Method]:
+        for stream, sid in cls.streams.items():
+            if STREAMS.get(stream, sid) != sid or (sid in STREAMS.values() and STREAMS.get(stream) != sid):
+                raise UsageError(f"method '{name}': its random stream '{stream}' (id {sid}) clashes with the streams "
+                                 f"already declared ({STREAMS}); give it a name and an id of its own")
+            STREAMS[stream] = sid
         cls.name = name
         METHODS.add(name, cls, description)
         return cls

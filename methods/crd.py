@@ -98,6 +98,7 @@ class CRD(Method):
     teacher_reads = frozenset({"embedding"})
     Hparams = CRDHparams
     wants_index = True
+    streams = {"crd_bank": 2, "crd_negatives": 3}  # its banks' initialisation and its negative draws
     search_space = {"crd_weight": ("log", 0.1, 2.0), "crd_tau": ("log", 0.03, 0.3)}
 
     def __init__(self, dims, hp):

@@ -136,3 +136,18 @@ def test_crd_banks_and_negatives_follow_the_run_seed():
     idx = torch.arange(6)
     assert torch.equal(a.draw_negatives(idx)[0], b.draw_negatives(idx)[0])
     assert not torch.equal(build(0).draw_negatives(idx)[0], c.draw_negatives(idx)[0])
+
+
+def test_crds_streams_are_declared_by_it_with_their_old_ids_and_a_clash_is_refused():
+    """CRD declares its two streams (the core's table no longer names them) with the ids they always had, so its
+    banks and negatives are the ones of earlier runs; a method whose stream takes a used name or id is refused."""
+    from benchmark.method import STREAMS, Method, UsageError, register, stream_seed
+    from methods.crd import CRD
+    assert CRD.streams == {"crd_bank": 2, "crd_negatives": 3} and STREAMS["crd_bank"] == 2
+    old = int(np.random.SeedSequence(7, spawn_key=(2,)).generate_state(1, np.uint64)[0] & np.uint64(2 ** 63 - 1))
+    assert stream_seed(7, "crd_bank") == old
+    for streams in ({"data": 9}, {"mine": 1}):
+        cls = type("Clash", (Method,), {"streams": streams, "terms": lambda self, s, t, y: {}})
+        with pytest.raises(UsageError, match="clashes with the streams"):
+            register("clash_test", "a method whose stream clashes")(cls)
+    assert "mine" not in STREAMS
