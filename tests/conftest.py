@@ -1,8 +1,10 @@
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +238,40 @@ def _copy_as_features(path, tmp):
     target = d / "features.npz"
     target.write_bytes(path.read_bytes())
     return target
+
+
+# a seconds-long cifar100 run: 2% of the training set, 1% validation, 200 test images
+SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
+
+
+def start_cli(args, tmp_path):
+    """`python -m benchmark ARGS` started in the background (stdout and stderr piped), its store tmp_path/mlflow.db."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    # a Ctrl-C reaches the CLI as in a terminal (test runners' workers may ignore SIGINT, and children inherit it)
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for_epoch(ckpt_dir, epoch, proc, timeout=300):
+    """Block until a checkpoint of at least `epoch` finished epochs exists (0: until the run's MLflow run exists)."""
+    import torch
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        for f in ckpt_dir.glob("*.pt") if ckpt_dir.exists() else []:
+            try:
+                if torch.load(f, weights_only=False).get("epoch", 0) >= epoch:
+                    return
+            except Exception:
+                pass
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+def train_runs(tmp_path, experiment="xkd-cifar100"):
+    """The training runs of tmp_path/mlflow.db's experiment."""
+    import mlflow
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]

@@ -4,9 +4,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import fake_store, free_port, log_run, run_cli, run_cli_inprocess
-
-SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
+from conftest import SMOKE, fake_store, free_port, log_run, run_cli, run_cli_inprocess, start_cli, train_runs, wait_for_epoch
 
 
 def _refused(res, tmp_path, *needles, keep=()):
@@ -95,7 +91,6 @@ def test_unreachable_study_storage_is_one_line(tmp_path, cifar_dir):
 
 
 def test_a_corrupt_teacher_cache_entry_is_rebuilt_not_used(tmp_path, capfd):
-    import torch
 
     from benchmark.teacher_cache import TeacherCache
 
@@ -131,13 +126,6 @@ def test_speaker_trial_list_without_both_labels_is_refused(tmp_path, vox_dir):
 # ---- divergence, signals, kills, concurrency: the run ends in a known state, nothing is lost ----
 
 
-
-def _train_runs(tmp_path, experiment="xkd-cifar100"):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]
-
-
 def test_a_diverging_method_fails_alone_and_the_others_are_tabled(tmp_path, cifar_dir):
     res = run_cli(["run", "--methods", "baseline,kd,pkt", "--data-dir", str(cifar_dir), *SMOKE,
                    "--set", "kd_weight=1e30", "--out", "o"], tmp_path)
@@ -149,7 +137,7 @@ def test_a_diverging_method_fails_alone_and_the_others_are_tabled(tmp_path, cifa
     assert list(table["method"]) == ["baseline", "kd", "pkt"]
     assert table.set_index("method").loc["kd", "failed"].startswith("seed 0: loss is not finite")
     assert table.set_index("method").loc["pkt", "seeds"] == 1  # ran after the failure
-    status = {r.data.params["method"]: (r.info.status, r.data.tags.get("xkd.failure", "")) for r in _train_runs(tmp_path)}
+    status = {r.data.params["method"]: (r.info.status, r.data.tags.get("xkd.failure", "")) for r in train_runs(tmp_path)}
     assert status["baseline"][0] == status["pkt"][0] == "FINISHED"
     assert status["kd"][0] == "FAILED" and "not finite" in status["kd"][1]
     assert not list((tmp_path / "o" / "checkpoints").glob("kd-*"))  # no good epoch, no checkpoint
@@ -309,106 +297,15 @@ def test_a_full_disk_under_out_names_that_disk_frees_its_space_and_the_other_run
     assert not list(tiny_disk.glob("o/checkpoints/*.tmp*"))
     assert shutil.disk_usage(tiny_disk).used < 64 * 1024  # every temporary file's space came back
     assert len(pd.read_csv(tiny_disk / "o" / "results.csv")) == 3
-    assert {r.info.status for r in _train_runs(tmp_path, "xkd-synthetic")} == {"FAILED"}
-
-
-def _start(args, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    # a Ctrl-C reaches the CLI as in a terminal (test runners' workers may ignore SIGINT, and children inherit it)
-    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _wait_for_epoch(ckpt_dir, epoch, proc, timeout=300):
-    """Block until a checkpoint of at least `epoch` finished epochs exists (0: until the run's MLflow run exists)."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        for f in ckpt_dir.glob("*.pt") if ckpt_dir.exists() else []:
-            try:
-                if torch.load(f, weights_only=False).get("epoch", 0) >= epoch:
-                    return
-            except Exception:
-                pass
-        time.sleep(0.2)
-    raise AssertionError("no checkpoint in time")
-
-
-def _wait_for_run(tmp_path, proc, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-        try:
-            if _train_runs(tmp_path):
-                return
-        except Exception:
-            pass  # the store is being created
-        time.sleep(0.1)
-    raise AssertionError("no MLflow run in time")
-
-
-RUN3 = ["run", "--methods", "ccl", "--set", "epochs=3", *SMOKE]
-
-
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")])
-def test_sigterm_and_ctrl_c_end_the_run_killed_and_resumable(tmp_path, cifar_dir, sig, code, word):
-    args = [*RUN3, "--data-dir", str(cifar_dir), "--out", "o"]
-    proc = _start(args, tmp_path)
-    _wait_for_epoch(tmp_path / "o" / "checkpoints", 1, proc)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code, err[-2000:]
-    lines = [line for line in err.strip().splitlines() if line.strip() and "ep" not in line[:12]]
-    assert lines[-1].startswith(word) and "Traceback" not in err, err[-2000:]
-    assert "ccl seed 0 ended KILLED, its last epoch checkpoint kept" in lines[-1], lines[-1]
-    (run,) = _train_runs(tmp_path)
-    assert run.info.status == "KILLED"
-    if sig == signal.SIGINT:
-        return  # the same KILLED state as SIGTERM; resuming it is checked once, below
-    again = run_cli([*args, "--resume"], tmp_path)
-    assert again.returncode == 0, again.stderr[-2000:]
-    (run2,) = _train_runs(tmp_path)
-    assert run2.info.run_id == run.info.run_id and run2.info.status == "FINISHED"
-
-
-def test_kill_9_at_three_points_then_resume_is_identical_and_nothing_stays_running(tmp_path, cifar_dir):
-    ref = run_cli([*RUN3, "--data-dir", str(cifar_dir), "--out", "ref"], tmp_path)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    cols = ["test_top1", "test_top1_at_best_val", "match_acc", "best_val_top1"]
-    want = pd.read_csv(tmp_path / "ref" / "runs.csv")[cols]
-    args = [*RUN3, "--data-dir", str(cifar_dir), "--out", "k"]
-    for epoch in (0, 1, 2):  # as soon as its MLflow run exists (no checkpoint yet), after the first, the second
-        proc = _start([*args, "--resume"], tmp_path)
-        if epoch == 0:
-            _wait_for_run(tmp_path, proc)
-        else:
-            _wait_for_epoch(tmp_path / "k" / "checkpoints", epoch, proc)
-        proc.kill()
-        proc.wait()
-    done = run_cli([*args, "--resume"], tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert pd.read_csv(tmp_path / "k" / "runs.csv")[cols].equals(want)
-    ref_id = pd.read_csv(tmp_path / "ref" / "runs.csv")["run_id"][0]
-    runs = [r for r in _train_runs(tmp_path) if r.data.params.get("run_key") and r.info.run_id != ref_id]
-    assert "RUNNING" not in {r.info.status for r in runs}
-    assert sum(r.info.status == "FINISHED" for r in runs) == 1
-    # a rerun without --resume after a kill: the dead run is marked KILLED, a new one starts beside none RUNNING
-    proc = _start([*args[:-2], "--out", "n"], tmp_path)
-    _wait_for_epoch(tmp_path / "n" / "checkpoints", 1, proc)
-    proc.kill()
-    proc.wait()
-    fresh = run_cli([*args[:-2], "--out", "n"], tmp_path)
-    assert fresh.returncode == 0 and "marked KILLED" in fresh.stdout, fresh.stderr[-2000:]
-    assert "RUNNING" not in {r.info.status for r in _train_runs(tmp_path)}
+    assert {r.info.status for r in train_runs(tmp_path, "xkd-synthetic")} == {"FAILED"}
 
 
 def test_three_runs_starting_together_on_a_new_sqlite_store(tmp_path, cifar_dir):
-    procs = [_start(["run", "--methods", m, "--data-dir", str(cifar_dir), *SMOKE, "--set", "test_limit=100",
+    procs = [start_cli(["run", "--methods", m, "--data-dir", str(cifar_dir), *SMOKE, "--set", "test_limit=100",
                      "--out", f"o{i}"], tmp_path) for i, m in enumerate(("baseline", "kd", "pkt"))]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
-    runs = _train_runs(tmp_path)
+    runs = train_runs(tmp_path)
     assert sorted(r.data.params["method"] for r in runs) == ["baseline", "kd", "pkt"]
     assert {r.info.status for r in runs} == {"FINISHED"}
 
@@ -417,8 +314,8 @@ def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_o
     base = ["study", "--method", "ours_feature", "--grid", "margin=0.0,0.09", "--data-dir", str(cifar_dir), *SMOKE,
             "--set", "epochs=2", "--heartbeat", "1", "--study-name", "s"]
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    proc = _start(base, tmp_path)
-    _wait_for_epoch(tmp_path / "runs" / "study-s" / "checkpoints", 1, proc)
+    proc = start_cli(base, tmp_path)
+    wait_for_epoch(tmp_path / "runs" / "study-s" / "checkpoints", 1, proc)
     proc.kill()
     proc.wait()
     time.sleep(3)  # > 2 heartbeats: the trial is stale
@@ -436,21 +333,6 @@ def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_o
     (parent,) = [r for r in runs if r.data.tags["xkd.kind"] == "study"]
     assert parent.info.status == "FINISHED"
     assert sum(r.data.tags["xkd.kind"] == "train" and r.info.status == "FINISHED" for r in runs) == 2
-
-
-def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    from benchmark.checkpoints import load_checkpoint
-    from benchmark.checkpoints import save_atomic as _save_atomic
-    path = tmp_path / "m-seed0-k.pt"
-    _save_atomic({"epoch": 1}, path, keep_previous=True)
-    _save_atomic({"epoch": 2}, path, keep_previous=True)
-    assert load_checkpoint(path, "cpu")["epoch"] == 2
-    path.write_bytes(path.read_bytes()[:10])  # truncated
-    assert load_checkpoint(path, "cpu")["epoch"] == 1
-    assert "cannot be read" in capsys.readouterr().out
-    path.with_suffix(".prev").write_bytes(b"junk")
-    assert load_checkpoint(path, "cpu") is None
-    assert "starting this run from scratch" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", [["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"],
@@ -489,30 +371,3 @@ def test_a_command_that_tables_nothing_leaves_no_folder_and_resume_says_what_it_
     assert "kd seed 0: finished before; its result is read from its checkpoint" in done.stdout
     new = run_cli([*args[:-4], "--methods", "pkt", "--set", "epochs=3", "--resume"], tmp_path)
     assert new.returncode == 0 and "pkt seed 0: nothing to resume (no checkpoint): starting" in new.stdout
-
-
-def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, monkeypatch):
-    """A SIGTERM (Terminated) landing inside torch.save: its zip writer's clean-up raises a RuntimeError ("enforce
-    fail at inline_container.cc") with the interrupt as its context. Before, that read as a failed write
-    (CheckpointNotWritten: the study trial FAILED and its worker took the next one after its command was killed);
-    now the interrupt goes on, and no temporary file is left."""
-    from benchmark.checkpoints import CheckpointNotWritten, save_atomic
-    from benchmark.trainer import Terminated
-
-    def interrupted_save(obj, f):
-        try:
-            raise Terminated()
-        finally:
-            raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
-    monkeypatch.setattr(torch, "save", interrupted_save)
-    with pytest.raises(Terminated):
-        save_atomic({"x": 1}, tmp_path / "c.pt")
-    assert list(tmp_path.iterdir()) == []
-
-    def failed_save(obj, f):
-        raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
-    monkeypatch.setattr(torch, "save", failed_save)
-    with pytest.raises(CheckpointNotWritten):
-        save_atomic({"x": 1}, tmp_path / "c.pt")
-    assert list(tmp_path.iterdir()) == []
-
