@@ -137,7 +137,7 @@ def stream_seed(seed: int, stream: str) -> int:
 def register(name: str, description: str):
     """Class decorator: registers a Method subclass once, under its name, with its own random streams."""
     def deco(cls: type[Method]) -> type[Method]:
-        for stream, sid in cls.streams.items():
+        for stream, sid in getattr(cls, "streams", {}).items():
             if STREAMS.get(stream, sid) != sid or (sid in STREAMS.values() and STREAMS.get(stream) != sid):
                 raise UsageError(f"method '{name}': its random stream '{stream}' (id {sid}) clashes with the streams "
                                  f"already declared ({STREAMS}); give it a name and an id of its own")
