@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.types import Dims, StudentOut, TeacherOut
-from methods._projection import ProjectionHead, margin_distance
+from methods.ours import ProjectionHead, margin_distance
 
 rng = np.random.default_rng(0)
 B, DS, DT, K = 6, 5, 4, 3

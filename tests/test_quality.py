@@ -1,6 +1,6 @@
 import torch
 
-from methods._quality import QualityWeights
+from methods.ours import QualityWeights
 
 
 def test_weights_average_to_w_base_on_first_batch():
