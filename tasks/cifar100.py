@@ -8,22 +8,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 
 from benchmark.datasets import _complete
-from benchmark.evaluation import feature_dump, student_in_teacher_space, teacher_in_shared_space
 from benchmark.registry import TASKS, UsageError, register_dataset
-from benchmark.task import Split, Task, TaskData
-from benchmark.teacher_tables import TeacherTables, class_prototypes, linear_probe_logits, zeroshot_logits
-from benchmark.teachers import build_teacher
+from tasks.image import ImageClassification
+
+CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # per-channel training-set statistics
 
 
-def prompt_templates() -> list:
-    """CLIP's 80 ImageNet prompt templates, as shipped by open_clip."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-    return list(OPENAI_IMAGENET_TEMPLATES)
+def cifar100_arrays(cfg):
+    """CIFAR-100's arrays as ImageClassification.read gives them (the superclass of each class as its group)."""
+    xtr, ytr, xte, yte, names, f2c, _, layout = read_cifar100(cfg.data_dir)
+    return xtr, ytr, xte, yte, names, f2c, {"data_layout": layout}
 
 
 def _read_npz(d: Path):
@@ -97,25 +93,9 @@ def read_cifar100(data_dir: str):
     return _read_torchvision(d)
 
 
-def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """Independent random crop per image with batched indexing (no per-image loop)."""
-    b, _, h, w = x.shape
-    oy = torch.randint(0, h - size + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, w - size + 1, (b,), generator=gen).to(x.device)
-    ar = torch.arange(size, device=x.device)
-    rows, cols = (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]
-    return x.permute(0, 2, 3, 1)[torch.arange(b, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-
-
-def _stratified_head(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
-    per = max(1, n // num_classes)
-    return np.sort(np.concatenate([np.flatnonzero(y == c)[:per] for c in range(num_classes)]))
-
-
 @TASKS.register("cifar100", "CIFAR-100 image classification, text teacher (prompts x class names); top-1 and matching")
-class Cifar100(Task):
+class Cifar100(ImageClassification):
     name = "cifar100"
-    # the paper's full method as its Table 7 reports it (classifier-level distillation, its best row)
     data_folder = "cifar100"  # under the data root when --data-dir is not given
     profile_notes = {"smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
                      "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs (measured on 2 cores: 131-138 s "
@@ -130,123 +110,11 @@ class Cifar100(Task):
         "paper": dict(student="resnet18", teacher="clip-vit-b16", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
                       weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
     }
-    margins = {"resnet34": 0.04, "cifar_resnet34": 0.04}  # r^2: 0.2^2 for R34, 0.3^2 otherwise (Sec 4.2.1)
-    mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)  # per-channel training-set statistics
-
-    def hparam_defaults(self, cfg):
-        return {"feat_dist": "l2sq_norm_sum", "margin": self.margins.get(cfg.student, 0.09), "beta": 1.0, "ccl_tau": 0.1}
+    mean, std = CIFAR_MEAN, CIFAR_STD
 
     def read(self, cfg):
-        """(x_train, y_train, x_test, y_test, class names, a group per class or None, facts for the params)."""
-        xtr, ytr, xte, yte, names, f2c, _, layout = read_cifar100(cfg.data_dir)
-        return xtr, ytr, xte, yte, names, f2c, {"data_layout": layout}
+        return cifar100_arrays(cfg)
 
-    def load(self, cfg) -> TaskData:
-        xtr, ytr, xte, yte, names, groups, facts = self.read(cfg)
-        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
-        k = len(names)
-        n_val = round(cfg.val_fraction * len(ytr))
-        n_train = round(cfg.data_fraction * (len(ytr) - n_val))
-        for what, n in (("val_fraction", n_val), ("data_fraction", n_train)):
-            if n < k:  # a stratified split needs one image of each class on each side
-                raise UsageError(f"{what}={getattr(cfg, what)} leaves {n} images for {k} classes; a stratified "
-                                 f"split needs at least one per class")
-        idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr,
-                                           random_state=cfg.split_seed)
-        if cfg.data_fraction < 1:
-            idx_tr, _ = train_test_split(idx_tr, train_size=cfg.data_fraction, stratify=ytr[idx_tr],
-                                         random_state=cfg.split_seed)
-        idx_tr, idx_val = np.sort(idx_tr), np.sort(idx_val)
-        idx_te = _stratified_head(yte, cfg.test_limit, k) if cfg.test_limit else np.arange(len(yte))
-
-        def split(x, y, idx):
-            yy = torch.from_numpy(y[idx])
-            return Split(torch.from_numpy(np.ascontiguousarray(x[idx])).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
-
-        info = {**facts, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
-                "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})"}
-        return TaskData(split(xtr, ytr, idx_tr), split(xtr, ytr, idx_val), split(xte, yte, idx_te),
-                        [n.replace("_", " ") for n in names], k, info,
-                        class_groups=None if groups is None else torch.from_numpy(np.asarray(groups)))
-
-    def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
-        if cfg.teacher_logits not in ("zeroshot", "probe"):
-            raise UsageError(f"{self.name}: teacher_logits must be zeroshot or probe (a text teacher has no classifier)")
-        teacher = build_teacher(cfg.teacher)
-        templates = prompt_templates()
-        prompts = [t(c) for c in data.class_names for t in templates]
-        emb, key = cache.embeddings(teacher, prompts)
-        emb = emb.reshape(data.num_classes, len(templates), -1)
-        params = {"teacher_id": teacher.id, "teacher_cache_key": key, "n_templates": len(templates),
-                  "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)}
-        if cfg.teacher_logits == "zeroshot":
-            logits = zeroshot_logits(emb, cfg.zeroshot_scale)
-        else:
-            logits, acc = linear_probe_logits(emb, torch.arange(data.num_classes), data.num_classes)
-            params["teacher_probe_train_acc"] = acc
-        # the text teacher's own accuracy: each prompt's logits over the classes, argmax = its class
-        params["teacher_prompt_top1"] = round((logits.argmax(-1) == torch.arange(data.num_classes)[:, None]).float()
-                                              .mean().item() * 100, 2)
-        single = [t("{}") for t in templates].index("a photo of a {}.")
-        return TeacherTables(teacher.id, key, emb, logits, params | {"single_template_index": single})
-
-    def augment(self, x, gen, train, cfg):
-        x = x.float().div_(255.0)
-        size = cfg.image_size
-        if size != x.shape[-1]:  # the paper's Resize(256) -> (Random|Center)Crop(224) for 32x32 sources
-            x = F.interpolate(x, size=round(size * 256 / 224), mode="bilinear", align_corners=False)
-        if train:
-            if size == x.shape[-1]:
-                pad = size // 8  # 4 pixels at 32x32
-                x = F.pad(x, (pad, pad, pad, pad))
-            x = random_crop(x, size, gen)
-            flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        elif size != x.shape[-1]:
-            o = (x.shape[-1] - size) // 2
-            x = x[..., o:o + size, o:o + size]
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        x = (x - mean) / torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return x.contiguous(memory_format=torch.channels_last)
-
-    def _predict(self, ev, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and embeddings of a whole split, in eval batches (CPU tensors)."""
-        logits, emb = [], []
-        for i in range(0, len(x), ev.cfg.eval_batch_size):
-            out = ev.embed(self.augment(x[i:i + ev.cfg.eval_batch_size].to(ev.device), None, False, ev.cfg))
-            logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
-        return torch.cat(logits), torch.cat(emb)
-
-    def evaluate(self, ev, split):
-        data, method = ev.data, ev.method
-        sp = getattr(data, split)
-        logits, emb = self._predict(ev, sp.x)
-        metrics = {f"{split}_top1": (logits.argmax(1) == sp.y).float().mean().item() * 100}
-        if split != "test":
-            return metrics, {}
-        tables = ev.tables
-        with torch.no_grad():
-            e = tables.embedding.float()
-            k, v, d = e.shape
-            if ev.cfg.match_proto == "head_then_mean":
-                proto = class_prototypes(method.teacher_features(e.reshape(k * v, d)).reshape(k, v, -1))
-            else:
-                proto = teacher_in_shared_space(method, e.mean(1))
-            single = teacher_in_shared_space(method, e[:, tables.params["single_template_index"]])
-            f_s = student_in_teacher_space(method, emb, ev.device)
-            if f_s is None:
-                metrics["match_acc"] = metrics["match_acc_single"] = float("nan")
-            else:
-                metrics["match_acc"] = ((f_s @ proto.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
-                metrics["match_acc_single"] = ((f_s @ single.t()).argmax(1).cpu() == sp.y).float().mean().item() * 100
-            # features of a fixed random subset for the t-SNE figure (Fig. 8 analogue)
-            g = torch.Generator().manual_seed(0)
-            pick = torch.randperm(len(sp.y), generator=g)[: ev.cfg.tsne_samples]
-            tmpl = torch.randint(0, v, (len(pick),), generator=g)
-            e_t = e[sp.key[pick].to(e.device), tmpl.to(e.device)]
-            groups = sp.y[pick] if data.class_groups is None else data.class_groups[sp.y[pick]]
-            arrays = feature_dump(method, e_t, emb[pick], sp.y[pick].numpy(), groups.numpy())
-        return metrics, arrays
 
 
 @register_dataset("cifar100", "cifar100", "CIFAR-100, official split (torchvision)")

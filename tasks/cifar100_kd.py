@@ -23,7 +23,8 @@ from benchmark.evaluation import match_per_sample_teacher
 from benchmark.registry import STUDENTS, TASKS, UsageError
 from benchmark.task import Split, TaskData
 from benchmark.teacher_tables import TeacherTables
-from tasks.cifar100 import Cifar100
+from tasks.cifar100 import CIFAR_MEAN, CIFAR_STD, cifar100_arrays
+from tasks.image import ImageClassification
 
 IMAGE_TEACHERS = ("img-trained", "img-checkpoint")
 
@@ -52,13 +53,14 @@ def by_row(data: TaskData) -> TaskData:
 
 @TASKS.register("cifar100-kd", "CIFAR-100, same modality: an image teacher the harness trains (or a checkpoint) "
                                 "distilled into a smaller image student; the positive control")
-class Cifar100KD(Cifar100):
+class Cifar100KD(ImageClassification):
     name = "cifar100-kd"
     # random: teacher_arch at its seeded initialisation, untrained
     teacher_controls = ("random", "shuffled", "class_mean", "label_smoothing")
     positive_control = "kd"
     teacher_maps = True  # the image teacher runs in the loop and gives its stage maps (FitNet, SP, ICKD, AT)
     data_folder = "cifar100"
+    mean, std = CIFAR_MEAN, CIFAR_STD
     profile_notes = {
         "smoke": "seconds: a ResNet8-w16 teacher trained 1 epoch on 4% of each class, the same for the student",
         "quick": "CPU: ResNet8 teacher (0.3M) trained once, 6 epochs on the whole training split (about 15 min on "
@@ -80,6 +82,9 @@ class Cifar100KD(Cifar100):
                       weight_decay=5e-4, schedule="multistep", lr_milestones="150,180,210", lr_gamma=0.1,
                       val_fraction=0.1),
     }
+
+    def read(self, cfg):
+        return cifar100_arrays(cfg)
 
     def load(self, cfg) -> TaskData:
         return by_row(super().load(cfg))

@@ -11,7 +11,7 @@ import numpy as np
 
 from benchmark.registry import TASKS, UsageError
 from benchmark.task import Split, TaskData
-from tasks.cifar100 import Cifar100
+from tasks.image import ImageClassification
 
 
 def read_folder(root: Path, size: int, classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -37,7 +37,7 @@ def read_folder(root: Path, size: int, classes: list[str] | None = None) -> tupl
 
 @TASKS.register("imagefolder", "your images in ImageFolder layout (train/test[/val] of class folders), text teacher "
                                "over the class names; top-1 and matching")
-class ImageFolderTask(Cifar100):
+class ImageFolderTask(ImageClassification):
     name = "imagefolder"
     data_folder = None  # --data-dir is required: the user's own folder
     profile_notes = {"smoke": "seconds per method: 1 epoch at 32x32, ResNet8-w16 (tests)",

@@ -30,7 +30,7 @@ import numpy as np
 from benchmark.datasets import _complete
 from benchmark.registry import TASKS, UsageError, register_dataset
 from benchmark.teacher_cache import default_cache_dir
-from tasks.cifar100 import Cifar100
+from tasks.image import ImageClassification
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the official archive, as the loaders that download it check
@@ -227,7 +227,7 @@ def read_tinyimagenet(data_dir: str, cache_root: Path | None = None) -> tuple[di
 
 
 @TASKS.register("tinyimagenet", "Tiny-ImageNet (200 classes, 64x64), text teacher over the class names; top-1 and matching")
-class TinyImageNet(Cifar100):
+class TinyImageNet(ImageClassification):
     """The CIFAR-100 protocol (teacher tables, augmentation, evaluation) on Tiny-ImageNet's images."""
     name = "tinyimagenet"
     data_folder = "tiny-imagenet"

@@ -1,7 +1,8 @@
 import torch
 
 from benchmark.config import build_config
-from tasks.cifar100 import Cifar100, random_crop
+from tasks.cifar100 import Cifar100
+from tasks.image import random_crop
 
 
 def test_split_is_stratified_seeded_and_fraction_keeps_each_class(cifar_dir):
