@@ -147,6 +147,14 @@ def defining_fields() -> list[str]:
     return own + [k for k in task_field_names() if k not in own]
 
 
+def definition_hash(definition: dict[str, Any]) -> str:
+    """A short hash of what defines a study or a table's queue (its name carries it: another definition,
+    another name)."""
+    import hashlib
+    import json
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def task_field_types(task) -> dict[str, Any]:
     """The fields a task declares (its `Fields` dataclass): name -> type."""
     return {f.name: f.type for f in fields(task.Fields)} if getattr(task, "Fields", None) else {}

@@ -33,7 +33,7 @@ def definition(cfg, methods: list[str], hp: dict[str, Any], seeds: int) -> dict[
 
 
 def queue_name(cfg, spec: dict[str, Any]) -> str:
-    from studies.command import definition_hash
+    from benchmark.config import definition_hash
     return f"table-{cfg.task}-{cfg.profile}-{definition_hash(spec)}"
 
 
