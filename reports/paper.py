@@ -8,6 +8,7 @@ are counted in a note under the table. Only tables with runs are rendered unless
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -62,119 +63,164 @@ def select_pool(spec: TableSpec, runs: pd.DataFrame) -> tuple[pd.DataFrame, list
     return pool, notes
 
 
-def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
-    paper = pd.read_csv(PAPER_DIR / spec.csv, dtype=str, keep_default_na=False)  # values exactly as printed
-    pool, left_out = select_pool(spec, runs)
+@dataclass
+class _Layout:
+    """One table's runs laid out: each keyed by its setting (a column block) and its variant (a row when a
+    method ran in several configurations), the settings' labels, and the metrics of ours it shows."""
+    spec: TableSpec
+    pool: pd.DataFrame
+    labels: dict[str, str]
+    vcols: list[str]
+    ours: list[tuple[str, str]]
+
+
+def _layout(spec: TableSpec, pool: pd.DataFrame) -> _Layout:
     task = task_info(spec.task)
     ours = list(spec.ours)
     if spec.study and task is not None:
         ours.append(("best validation " + task.selection_metric, f"best_{task.selection_metric}"))
+    if pool.empty:
+        return _Layout(spec, pool, {}, [], ours)
     row_param_cols = {f"params.{p}" for p, _ in spec.row_params.values()}
-    if not pool.empty:
-        pool = pool.copy()
-        scols = setting_columns(pool, row_param_cols)
-        vcols = variant_columns(pool, row_param_cols)
-        pool["_setting"] = _key(pool, scols)
-        pool["_variant"] = _key(pool, vcols)
-        labels = setting_labels(pool, task, row_param_cols)
-    else:
-        scols, vcols, labels = [], [], {}
+    pool = pool.copy()
+    vcols = variant_columns(pool, row_param_cols)
+    pool["_setting"] = _key(pool, setting_columns(pool, row_param_cols))
+    pool["_variant"] = _key(pool, vcols)
+    return _Layout(spec, pool, setting_labels(pool, task, row_param_cols), vcols, ours)
+
+
+def _header(t: _Layout, paper: pd.DataFrame) -> list[str]:
     header = list(paper.columns)
-    for lab in labels.values():
-        header += [f"ours {m_label} [{lab}]" for m_label, _ in ours]
-        if spec.paired:
-            header.append(f"Δ {spec.paired} vs baseline, 95% CI [{lab}]")
+    for lab in t.labels.values():
+        header += [f"ours {m_label} [{lab}]" for m_label, _ in t.ours]
+        if t.spec.paired:
+            header.append(f"Δ {t.spec.paired} vs baseline, 95% CI [{lab}]")
+    return header
 
-    def rows_for(method: str, match) -> list[tuple[str, pd.DataFrame]]:
-        """(variant label, runs) of one table row; several when the method ran in several configurations."""
-        sel = pool[(pool["params.method"] == method) & match(pool)] if not pool.empty else pool
-        if sel.empty:
-            return [("", sel)]
-        variants = sel.drop_duplicates("_variant")
-        named = differing(pool[pool["params.method"] == method].drop_duplicates("_variant"), vcols)
-        return [(label_of(v, named), sel[sel["_variant"] == v["_variant"]]) for _, v in variants.iterrows()]
 
-    def cells(method: str, sel: pd.DataFrame) -> list[str]:
-        out = []
-        for setting in labels:
-            s = sel[sel["_setting"] == setting] if not sel.empty else sel
-            for _, metric in ours:
-                col = f"metrics.{metric}"
-                if s.empty:
-                    out.append("not run")
-                    continue
-                if col not in s or s[col].dropna().empty:  # the runs exist; the metric is undefined for them
-                    space = s["params.match_space"].iloc[0] if "params.match_space" in s else ""
-                    out.append(f"n/a ({len(s)} runs; {space})" if str(space).startswith("undefined") else
-                               f"n/a ({len(s)} runs without this metric)")
-                    continue
-                v = per_seed(s[col], s["params.seed"])
-                keep = s.drop_duplicates("params.seed", keep="last")
-                out.append(describe(v) + notes.add(list(keep["run_id"])))
-            if spec.paired:
-                out.append(paired_cell(method, s, pool[pool["_setting"] == setting], spec.paired))
-        return out
+def _variants(t: _Layout, method: str, match) -> list[tuple[str, pd.DataFrame]]:
+    """(variant label, runs) of one table row; several when the method ran in several configurations."""
+    pool = t.pool
+    sel = pool[(pool["params.method"] == method) & match(pool)] if not pool.empty else pool
+    if sel.empty:
+        return [("", sel)]
+    variants = sel.drop_duplicates("_variant")
+    named = differing(pool[pool["params.method"] == method].drop_duplicates("_variant"), t.vcols)
+    return [(label_of(v, named), sel[sel["_variant"] == v["_variant"]]) for _, v in variants.iterrows()]
 
-    lines = [f"## {spec.title}", ""]
-    if not pool.empty:  # how strong the teacher was, per setting: a reader must see it before the numbers
-        lines += [teacher_line(pool[pool["_setting"] == setting], lab) for setting, lab in labels.items()] + [""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    body: list[list] = []  # rows of cells; Δ cells stay Paired until their column (one family) is adjusted
-    matched = pd.Series(False, index=pool.index) if not pool.empty else None
+
+def _cells(t: _Layout, method: str, sel: pd.DataFrame, notes: Footnotes) -> list:
+    """Our cells of one row: per setting, each metric's mean ± std over seeds, then the paired Δ (a Paired
+    until its column is adjusted)."""
+    out: list = []
+    for setting in t.labels:
+        s = sel[sel["_setting"] == setting] if not sel.empty else sel
+        for _, metric in t.ours:
+            col = f"metrics.{metric}"
+            if s.empty:
+                out.append("not run")
+                continue
+            if col not in s or s[col].dropna().empty:  # the runs exist; the metric is undefined for them
+                space = s["params.match_space"].iloc[0] if "params.match_space" in s else ""
+                out.append(f"n/a ({len(s)} runs; {space})" if str(space).startswith("undefined") else
+                           f"n/a ({len(s)} runs without this metric)")
+                continue
+            v = per_seed(s[col], s["params.seed"])
+            keep = s.drop_duplicates("params.seed", keep="last")
+            out.append(describe(v) + notes.add(list(keep["run_id"])))
+        if t.spec.paired:
+            out.append(paired_cell(method, s, t.pool[t.pool["_setting"] == setting], t.spec.paired))
+    return out
+
+
+def _row_match(spec: TableSpec, row: pd.Series):
+    """The runs of a paper row: those whose parameters equal the row's values (an empty value restricts nothing:
+    Table 2's baseline rows name no teacher)."""
+    def match(df: pd.DataFrame) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for col, (param, scale) in spec.row_params.items():
+            if row[col] == "":
+                continue
+            ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
+        return ok
+    return match
+
+
+def _paper_rows(t: _Layout, paper: pd.DataFrame, notes: Footnotes) -> tuple[list[list], pd.Series | None]:
+    """The paper's rows, each with our cells beside it, and which of our runs they showed."""
+    body: list[list] = []
+    matched = pd.Series(False, index=t.pool.index) if not t.pool.empty else None
     for _, row in paper.iterrows():
-        method = spec.method_alias.get(row["method"], row["method"])
-
-        def match(df, row=row):
-            ok = pd.Series(True, index=df.index)
-            for col, (param, scale) in spec.row_params.items():
-                if row[col] == "":  # e.g. Table 2's baseline rows name no teacher: no restriction
-                    continue
-                ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
-            return ok
+        method = t.spec.method_alias.get(row["method"], row["method"])
         if not is_method(method):  # a reference row of the paper (chance level): nothing of ours belongs there
-            n_ours = len(labels) * (len(ours) + (1 if spec.paired else 0))
+            n_ours = len(t.labels) * (len(t.ours) + (1 if t.spec.paired else 0))
             body.append([str(row[c]) for c in paper.columns] + ["—"] * n_ours)
             continue
-        for variant, sel in rows_for(method, match):
+        for variant, sel in _variants(t, method, _row_match(t.spec, row)):
             if matched is not None and not sel.empty:
                 matched.loc[sel.index] = True
             first = [str(row[c]) for c in paper.columns]
             if variant:
                 first[0] = f"{first[0]} ({variant})"
-            body.append(first + cells(method, sel))
-    # rows we ran that the paper's table lacks (a method it did not run, or another grid value)
-    extra = pool[~matched] if matched is not None else pool
+            body.append(first + _cells(t, method, sel, notes))
+    return body, matched
+
+
+def _extra_rows(t: _Layout, paper: pd.DataFrame, extra: pd.DataFrame, notes: Footnotes) -> list[list]:
+    """Rows we ran that the paper's table lacks (a method it did not run, or another grid value)."""
+    body: list[list] = []
+    keys = ["params.method"] + [f"params.{p}" for p, _ in t.spec.row_params.values() if f"params.{p}" in extra]
+    for _, first_run in extra.drop_duplicates(keys).iterrows():
+        same = (extra[keys].fillna("").astype(str) == first_run[keys].fillna("").astype(str)).all(axis=1)
+        method = first_run["params.method"]
+        by_row = extra[same]
+        for variant, sel in _variants(t, method, lambda df, idx=by_row.index: df.index.isin(idx)):
+            first = []
+            for c in paper.columns:
+                if c == "method":
+                    first.append(method + (f" ({variant})" if variant else ""))
+                elif c in t.spec.row_params:
+                    param, scale = t.spec.row_params[c]
+                    val = first_run.get(f"params.{param}")
+                    try:
+                        first.append(f"{float(val) / scale:g}")
+                    except (TypeError, ValueError):
+                        first.append(str(val))
+                else:
+                    first.append("-")
+            body.append(first + _cells(t, method, sel, notes))
+    return body
+
+
+def table_section(spec: TableSpec, runs: pd.DataFrame, notes: Footnotes) -> str:
+    """One paper table: select its runs, lay them out, build the rows (the paper's, then ours it lacks) and their
+    cells, adjust each Δ column, render."""
+    paper = pd.read_csv(PAPER_DIR / spec.csv, dtype=str, keep_default_na=False)  # values exactly as printed
+    pool, left_out = select_pool(spec, runs)
+    t = _layout(spec, pool)
+    header = _header(t, paper)
+    body, matched = _paper_rows(t, paper, notes)
+    extra = t.pool[~matched] if matched is not None else t.pool
     if not extra.empty:
-        keys = ["params.method"] + [f"params.{p}" for p, _ in spec.row_params.values() if f"params.{p}" in extra]
-        for _, first_run in extra.drop_duplicates(keys).iterrows():
-            same = (extra[keys].fillna("").astype(str) == first_run[keys].fillna("").astype(str)).all(axis=1)
-            method = first_run["params.method"]
-            by_row = extra[same]
-            for variant, sel in rows_for(method, lambda df, idx=by_row.index: df.index.isin(idx)):
-                first = []
-                for c in paper.columns:
-                    if c == "method":
-                        first.append(method + (f" ({variant})" if variant else ""))
-                    elif c in spec.row_params:
-                        param, scale = spec.row_params[c]
-                        val = first_run.get(f"params.{param}")
-                        try:
-                            first.append(f"{float(val) / scale:g}")
-                        except (TypeError, ValueError):
-                            first.append(str(val))
-                    else:
-                        first.append("-")
-                body.append(first + cells(method, sel))
+        body += _extra_rows(t, paper, extra, notes)
     for col in range(len(header)):  # each Δ column (one setting) is one family of comparisons against the baseline
         holm([r[col] for r in body if isinstance(r[col], Paired)])
+    return _render(t, header, body, left_out)
+
+
+def _render(t: _Layout, header: list[str], body: list[list], left_out: list[str]) -> str:
+    lines = [f"## {t.spec.title}", ""]
+    if not t.pool.empty:  # how strong the teacher was, per setting: a reader must see it before the numbers
+        lines += [teacher_line(t.pool[t.pool["_setting"] == setting], lab) for setting, lab in t.labels.items()] + [""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
     lines.append("")
-    if not labels:
-        lines.append(f"Ours: no finished runs of task `{spec.task}`" + (f" in a `--paper {spec.id}` study" if spec.study else "")
-                     + " in this store.")
+    if not t.labels:
+        lines.append(f"Ours: no finished runs of task `{t.spec.task}`"
+                     + (f" in a `--paper {t.spec.id}` study" if t.spec.study else "") + " in this store.")
     for n in left_out:
         lines.append(f"Note: {n}.")
-    forms = form_note(pool)
+    forms = form_note(t.pool)
     if forms:
         lines.append(forms)
     return "\n".join(lines) + "\n"

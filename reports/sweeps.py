@@ -4,7 +4,9 @@ draw and teacher for every method), the baseline's and the teacher's own accurac
 with the swept value (slope); a table and a figure per swept field and setting."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,16 +69,39 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
             xs = sorted(sel["_x"].unique())
             fixed = [c for c in differing(pool, setting_columns(pool, skip)) if c in sel]
             held = ", ".join(f"{c.removeprefix('params.')}={sel[c].iloc[0]}" for c in fixed) or "profile values"
-            part, fig = _sweep_table(task, task_name, sel, xs, metric, name, meaning, held, out,
-                                     f"{task_name}_{name}{'' if n_fig == 0 else f'_{n_fig + 1}'}.png")
-            parts.append(part)
-            figs.append(fig)
+            sweep = Sweep(task, task_name, name, meaning, held, sel, xs, metric)
+            g = _gains(sweep)
+            parts.append(_sweep_table(sweep, g))
+            figs.append(_sweep_figure(sweep, g, out, f"{task_name}_{name}{'' if n_fig == 0 else f'_{n_fig + 1}'}.png"))
     return "\n".join(parts), figs
 
 
-def _sweep_table(task, task_name, sel, xs, metric, name, meaning, held, out, fig_name):
-    """One sweep's table (Markdown) and figure (title, path)."""
-    title = TASK_TITLES.get(task_name, task_name)
+@dataclass
+class Sweep:
+    """One swept field in one setting: its runs (`_x` the swept value) and how the table names them."""
+    task: Any
+    task_name: str
+    name: str        # the field's name in the paper (gamma, beta)
+    meaning: str
+    held: str        # the values held fixed, as text
+    sel: pd.DataFrame
+    xs: list[float]
+    metric: str
+
+
+@dataclass
+class Gains:
+    """Per method configuration, its paired gain at each swept value and its slope; the baseline's and the
+    teacher's own accuracy at each value."""
+    methods: list[str]
+    gains: dict[str, list]
+    slopes: dict[str, Paired | None]
+    teacher: list[pd.Series]
+    base_acc: list[pd.Series]
+
+
+def _gains(sw: Sweep) -> Gains:
+    sel, metric = sw.sel, sw.metric
     # one row per method configuration (two settings of one method are two rows, never one mean)
     rows: dict[str, pd.DataFrame] = {}
     for m in sorted(sel["params.method"].unique()):
@@ -90,7 +115,7 @@ def _sweep_table(task, task_name, sel, xs, metric, name, meaning, held, out, fig
     methods = list(rows)
     gains: dict[str, list] = {m: [] for m in methods}
     teacher, base_acc = [], []
-    for x in xs:
+    for x in sw.xs:
         at = sel[sel["_x"] == x]
         base = at[at["params.method"] == BASELINE]
         b = per_seed(base[metric], base["params.seed"])
@@ -100,27 +125,38 @@ def _sweep_table(task, task_name, sel, xs, metric, name, meaning, held, out, fig
         for m in methods:
             g = at[at.index.isin(rows[m].index)]
             gains[m].append(paired_difference(per_seed(g[metric], g["params.seed"]), b) if not b.empty else None)
+    slopes = {m: slope_cell(sel, rows[m], metric) for m in methods}
+    holm([p for m in methods for p in gains[m]])
+    holm(list(slopes.values()))
+    return Gains(methods, gains, slopes, teacher, base_acc)
+
+
+def _sweep_table(sw: Sweep, g: Gains) -> str:
+    """One sweep's table (Markdown)."""
+    name, xs, sel = sw.name, sw.xs, sw.sel
     head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " | slope of Δ per unit, 95% CI |"
-    lines = [f"### {title}: gain over the baseline against {name} ({meaning})", "",
-             f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {held}; "
-             f"{task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
+    lines = [f"### {TASK_TITLES.get(sw.task_name, sw.task_name)}: gain over the baseline against {name} ({sw.meaning})", "",
+             f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {sw.held}; "
+             f"{sw.task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
              "the data and one teacher), raw t-based 95% CI and the paired t-test's p-value adjusted with "
              "Holm's method across every cell of this table (one family); `*`: p_Holm < 0.05. Slope: each "
              f"seed's least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
              "over seeds with its 95% CI; the slope column is a family of its own.", "", head,
              "|---" * (len(xs) + 2) + "|",
-             "| teacher (own test acc.) | " + " | ".join(describe(t) for t in teacher) + " | |",
-             "| baseline (test top-1) | " + " | ".join(describe(b) for b in base_acc) + " | |"]
-    slopes = {m: slope_cell(sel, rows[m], metric) for m in methods}
-    holm([p for m in methods for p in gains[m]])
-    holm(list(slopes.values()))
-    for m in methods:
-        lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in gains[m]) + f" | {slopes[m] or '—'} |")
-    part = "\n".join(lines) + "\n"
+             "| teacher (own test acc.) | " + " | ".join(describe(t) for t in g.teacher) + " | |",
+             "| baseline (test top-1) | " + " | ".join(describe(b) for b in g.base_acc) + " | |"]
+    for m in g.methods:
+        lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in g.gains[m]) + f" | {g.slopes[m] or '—'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _sweep_figure(sw: Sweep, g: Gains, out: Path, fig_name: str) -> tuple[str, Path]:
+    """One sweep's figure (title, path): the gains with their CIs, and the baseline's and teacher's accuracy."""
+    name, xs, sel, methods = sw.name, sw.xs, sw.sel, g.methods
     fig, (ax, ax2) = figures.plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     st = figures.styles(methods)
     for i, m in enumerate(methods):
-        pts = [(x, p) for x, p in zip(xs, gains[m]) if p]
+        pts = [(x, p) for x, p in zip(xs, g.gains[m]) if p]
         if not pts:
             continue
         mean = np.array([p.mean for _, p in pts])
@@ -132,12 +168,11 @@ def _sweep_table(task, task_name, sel, xs, metric, name, meaning, held, out, fig
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel(name), ax.set_ylabel("test top-1 gain over baseline (points, 95% CI)")
     ax.legend(fontsize=6, ncol=2)
-    figures.title(fig, f"{task_name}: gain against {name}; {sel['params.student'].iloc[0]}, "
-                       f"{sel['params.profile'].iloc[0]} profile, {held} (bold: KD, FitNet, ours)")
-    for label, series, style in (("teacher (own modality)", teacher, "s--"), ("baseline student", base_acc, "o-")):
+    figures.title(fig, f"{sw.task_name}: gain against {name}; {sel['params.student'].iloc[0]}, "
+                       f"{sel['params.profile'].iloc[0]} profile, {sw.held} (bold: KD, FitNet, ours)")
+    for label, series, style in (("teacher (own modality)", g.teacher, "s--"), ("baseline student", g.base_acc, "o-")):
         ax2.errorbar(xs, [v.mean() for v in series], yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in series],
                      fmt=style, capsize=3, label=label)
     ax2.set_xlabel(name), ax2.set_ylabel("test top-1 (%)"), ax2.legend(fontsize=7), ax2.set_title("accuracy")
-    return part, (f"{title}: gain over the baseline against {name} ({held})", figures.save(fig, out / fig_name))
-
-
+    title = TASK_TITLES.get(sw.task_name, sw.task_name)
+    return f"{title}: gain over the baseline against {name} ({sw.held})", figures.save(fig, out / fig_name)
