@@ -28,7 +28,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         import re
         flag = re.search(r"unrecognized arguments: --([\w-]+)", message)
-        from benchmark.config import config_fields
+        from benchmark.resolve import config_fields
         if flag and flag.group(1).replace("-", "_") in config_fields():
             key = flag.group(1).replace("-", "_")
             message += (f"; --{flag.group(1)} is not an option: give it as --set {key}=VALUE"
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             plugins.load_plugins(extra)
         args.argv, args.debug = argv, getattr(args, "debug", False)
         if hasattr(args, "set") and not getattr(args, "late_config", False):
-            from benchmark.commands.common import apply_config
+            from benchmark.resolve import apply_config
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)

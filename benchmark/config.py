@@ -1,11 +1,10 @@
 """The resolved configuration of one run: profile values, then CLI flags, then --set overrides."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from benchmark.fields import bounded, check_fields, choice
-from benchmark.registry import UsageError
+from benchmark.fields import bounded, choice
 
 
 @dataclass
@@ -163,51 +162,3 @@ def task_field_types(task) -> dict[str, Any]:
 def task_field_names() -> list[str]:
     from benchmark.registry import TASKS
     return list(dict.fromkeys(k for e in TASKS.entries() for k in task_field_types(e.obj)))
-
-
-CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"),
-           "device": ("auto", "cpu", "cuda"),
-           "teacher_logits": ("zeroshot", "probe", "own"), "match_proto": ("head_then_mean", "mean_then_head")}
-
-
-def convert(key: str, raw: str, typ: Any) -> Any:
-    """Convert a --set string to the field's type, with an actionable error."""
-    t = typ if isinstance(typ, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(typ), str)
-    try:
-        if t is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        return t(raw)
-    except ValueError:
-        want = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(t, t.__name__)
-        raise UsageError(f"--set {key}={raw}: expected {want}") from None
-
-
-def config_fields(task=None) -> dict[str, Any]:
-    """Run-config fields (name -> type), with the task's own fields when a task is given."""
-    own = {f.name: f.type for f in fields(RunConfig) if f.name != "task_fields"}
-    return {**own, **(task_field_types(task) if task is not None else {})}
-
-
-def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]) -> RunConfig:
-    if profile not in task.profiles:
-        from benchmark.registry import did_you_mean
-        raise UsageError(f"unknown profile '{profile}' for task {task.name}; {did_you_mean(profile, task.profiles)}"
-                         f"known: {', '.join(task.profiles)}")
-    values = dict(task.profiles[profile])
-    values.update({k: v for k, v in flags.items() if v is not None})
-    types = config_fields(task)
-    for k, raw in sets.items():
-        values[k] = convert(k, raw, types[k])
-    mine = task_field_types(task)
-    extra = {k: values.pop(k) for k in list(values) if k in mine}
-    if mine:  # the task's own fields: its defaults <- profile <- --set, checked like every field
-        extra = asdict(check_fields(task.Fields(**extra)))
-    cfg = replace(RunConfig(), task=task.name, profile=profile, task_fields=extra, **values)
-    for k, allowed in CHOICES.items():
-        if getattr(cfg, k) not in allowed:
-            raise UsageError(f"{k}={getattr(cfg, k)!r} is not valid; choose one of {', '.join(allowed)}")
-    return check_fields(cfg)

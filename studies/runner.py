@@ -32,7 +32,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def parse_grid(items: list[str], hp_types: dict) -> dict[str, list]:
-    from benchmark.config import convert
+    from benchmark.resolve import convert
     grid = {}
     for item in items or []:
         if "=" not in item:

@@ -189,9 +189,9 @@ def test_eval_refuses_another_runs_checkpoint(tmp_path):
 
 
 def test_per_method_settings_target_one_method(tmp_path):
-    from benchmark.commands.common import split_sets
     from benchmark.plugins import load_plugins
     from benchmark.registry import UsageError
+    from benchmark.resolve import split_sets
     load_plugins()
     cfg, hp = split_sets({"kd.temperature": "2", "temperature": "3"}, ["kd", "dkd"])
     assert hp == {"kd.temperature": 2.0, "temperature": 3.0} and cfg == {}

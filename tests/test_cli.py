@@ -64,7 +64,7 @@ def test_readme_profile_tables_are_the_listed_ones(tmp_path):
 
 
 def test_paper_profile_uses_the_papers_teacher_and_says_when_it_cannot_load(tmp_path, cifar_dir):
-    from benchmark.config import build_config
+    from benchmark.resolve import build_config
     from tasks.cifar100 import Cifar100
     assert build_config(Cifar100(), "paper", {"data_dir": str(cifar_dir)}, {}).teacher == "clip-vit-b16"
     assert build_config(Cifar100(), "paper", {"data_dir": str(cifar_dir), "teacher": "minilm"}, {}).teacher == "minilm"
@@ -128,8 +128,8 @@ def test_an_experiment_file_with_an_emoji_in_a_path_reads_back(tmp_path):
     import tomllib
 
     from benchmark import experiment
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     task = TASKS.get("synthetic")()
     for folder in ("data 😀 ünïcode", "tab\there"):
         cfg = build_config(task, "smoke", {"data_dir": str(tmp_path / folder)}, {})

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.cuda,
 
 
 def _context(tmp_path, method="kd", **sets):
-    from benchmark.config import build_config
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
     from tasks.synthetic import Synthetic

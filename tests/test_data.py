@@ -1,6 +1,6 @@
 import torch
 
-from benchmark.config import build_config
+from benchmark.resolve import build_config
 from tasks.cifar100 import Cifar100
 from tasks.image import random_crop
 

@@ -107,7 +107,7 @@ def test_runs_carry_tags_a_dataset_input_and_optionally_the_model(tmp_path, cifa
     full = client.get_run(run.info.run_id)
     (ds,) = full.inputs.dataset_inputs
     assert ds.dataset.name == "cifar100" and len(ds.dataset.digest) >= 16
-    from benchmark.config import build_config
+    from benchmark.resolve import build_config
     from tasks.cifar100 import Cifar100
     task = Cifar100()
     cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"data_fraction": "0.02", "val_fraction": "0.01",
@@ -127,8 +127,8 @@ def test_runs_carry_tags_a_dataset_input_and_optionally_the_model(tmp_path, cifa
 def test_perf_counts_the_flops_of_a_training_step_by_hand():
     """The MLP student of the synthetic task: 2*B*in*out per Linear forward; backward twice that, except the
     first layer, whose input needs no gradient (weight gradient only). BatchNorm and ReLU are not counted."""
-    from benchmark.config import build_config
     from benchmark.perf import bare_loop_step, device_peak, step_flops
+    from benchmark.resolve import build_config
     from tasks.synthetic import Synthetic
     task = Synthetic()
     cfg = build_config(task, "smoke", {}, {})
@@ -209,7 +209,7 @@ def test_compile_gives_the_eager_step(tmp_path):
     same weights (same init and batch; float differences only), and checkpoints keep the module's own keys."""
     from dataclasses import replace
 
-    from benchmark.config import build_config
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
     from tasks.synthetic import Synthetic

@@ -86,8 +86,8 @@ def test_a_store_of_control_runs_alone_is_refused_before_writing(tmp_path):
 
 
 def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, sets=None, method="kd"):
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
     task = TASKS.get(task_name)()
@@ -204,8 +204,8 @@ def test_a_random_teacher_is_the_architecture_untrained_and_seeded(tmp_path, cif
     """teacher_control=random on cifar100-kd: teacher_arch at its initialisation from teacher_seed (the same
     weights for one seed, others for another), never trained (nothing is written to the teacher cache), at
     chance accuracy; on synthetic the MLP teacher untrained, under its own id."""
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from tasks.cifar100_kd import random_teacher
     a, tid = random_teacher("resnet8_w16", 0, 100)

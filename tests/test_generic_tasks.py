@@ -77,7 +77,7 @@ def test_imagefolder_with_a_val_folder_applies_data_fraction_to_train(tmp_path, 
     """With a val/ folder, data_fraction takes a stratified share of train/ (it was ignored, yet logged)."""
     import shutil
 
-    from benchmark.config import build_config
+    from benchmark.resolve import build_config
     from tasks.imagefolder import ImageFolderTask
     root = tmp_path / "withval"
     shutil.copytree(image_folder, root)

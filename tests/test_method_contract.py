@@ -7,10 +7,10 @@ from dataclasses import dataclass, fields
 import pytest
 import torch
 
-from benchmark.commands.common import split_sets
 from benchmark.method import Hparams, Method
 from benchmark.plugins import load_plugins
 from benchmark.registry import METHODS
+from benchmark.resolve import split_sets
 from benchmark.types import Dims, TeacherOut, Term
 
 load_plugins()

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from benchmark.config import build_config
+from benchmark.resolve import build_config
 from benchmark.task import Split
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context

@@ -11,8 +11,8 @@ from conftest import run_cli
 
 @pytest.fixture(scope="module")
 def kd_task_data(cifar_dir):
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     task = TASKS.get("cifar100-kd")()
     cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"teacher_data_fraction": "0.02"})
     return task, cfg, task.load(cfg)
@@ -95,8 +95,8 @@ def test_the_confirmatory_comparison_runs_at_kds_defaults_on_every_profile():
     """cifar100-kd's confirmatory protocol (protocols/cifar100_kd_kd.toml) tests KD at its reference T = 4,
     which is also what a run of KD gets on every profile without --set (T = 1, chosen after a look at an older
     regime, is gone); a user's --set still wins."""
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     from benchmark.trainer import resolve_hparams
     task = TASKS.get("cifar100-kd")()
     from benchmark.protocol import read

@@ -73,8 +73,8 @@ def test_the_synthetic_teacher_never_sees_the_students_rows(tmp_path):
     """The teacher trains on a draw of its own modality (synth_teacher_per_class per class); the rows the
     student trains, validates and tests on are never among them, and the run records the teacher's accuracy
     on its own draw and on the student's train and test rows."""
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.teachers import vector
     task = TASKS.get("synthetic")()

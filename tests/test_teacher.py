@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from benchmark.config import build_config
+from benchmark.resolve import build_config
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
 from tasks.cifar100 import Cifar100

@@ -201,9 +201,8 @@ def test_a_map_method_on_a_vector_teacher_is_refused_in_one_line(tmp_path, cifar
 
 
 def test_all_leaves_the_map_only_methods_out_on_a_vector_teacher_and_says_so():
-    from benchmark.commands.common import check_teacher_maps
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config, check_teacher_maps
     from benchmark.trainer import resolve_hparams
     task = TASKS.get("cifar100")()
     cfg = build_config(task, "smoke", {}, {})
@@ -216,8 +215,8 @@ def test_all_leaves_the_map_only_methods_out_on_a_vector_teacher_and_says_so():
 
 @pytest.fixture(scope="module")
 def kd_smoke(cifar_dir, tmp_path_factory):
-    from benchmark.config import build_config
     from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     task = TASKS.get("cifar100-kd")()
     cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"teacher_data_fraction": "0.02",

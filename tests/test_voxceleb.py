@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.config import build_config
 from benchmark.registry import METHODS, UsageError
+from benchmark.resolve import build_config
 from benchmark.teacher_cache import TeacherCache
 from benchmark.trainer import Context
 from conftest import run_cli, speaker_sources

@@ -10,8 +10,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from benchmark.commands.common import apply_config, common_run_args, prepare
+from benchmark.commands.common import common_run_args
 from benchmark.registry import UsageError
+from benchmark.resolve import apply_config, resolve
 
 
 def cmd_eval(args) -> int:
@@ -29,7 +30,7 @@ def cmd_eval(args) -> int:
             raise UsageError("eval needs --run-id RUN or --model-uri URI (an MLflow run of `run`), or --config "
                              "FILE.toml with --checkpoint")
         apply_config(args)
-        task, methods, hp, cfg, data = prepare(args)
+        task, methods, hp, cfg, data = resolve(args)
     if len(methods) != 1:
         raise UsageError(f"eval evaluates one method's run; got {', '.join(methods)}")
     from benchmark.checkpoints import load_checkpoint, run_key

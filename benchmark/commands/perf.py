@@ -1,13 +1,14 @@
 """`perf`: training samples/s of a bare PyTorch loop, the harness's baseline and each method."""
 from __future__ import annotations
 
-from benchmark.commands.common import common_run_args, prepare
+from benchmark.commands.common import common_run_args
+from benchmark.resolve import resolve
 
 
 def cmd_perf(args) -> int:
     from benchmark import distributed
     from benchmark.perf import perf
-    task, methods, hp, cfg, data = prepare(args)
+    task, methods, hp, cfg, data = resolve(args)
     distributed.init(cfg.device)  # under torchrun: times the data-parallel step (shard, all-reduce)
     try:
         perf(task, methods, hp, cfg, data, args)

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmark.commands.common import common_run_args, prepare
+from benchmark.commands.common import common_run_args
+from benchmark.resolve import resolve
 
 EXIT_RUNS_FAILED = 3
 
@@ -27,7 +28,7 @@ def cmd_run(args) -> int:
     if args.workers > 1 and os.environ.get("WORLD_SIZE", "1") != "1":
         raise UsageError("--workers splits a table into processes of one run each; under torchrun each run is "
                          "already split over processes: use one or the other")
-    task, methods, hp, cfg, data = prepare(args)
+    task, methods, hp, cfg, data = resolve(args)
     distributed.init(cfg.device)
     try:
         return _run_all(args, task, methods, hp, cfg, data)

@@ -96,8 +96,8 @@ def alpha_warning(task, cfg, grid: dict | None, method: str, hp_obj, data) -> st
 
 def cmd_study(args) -> int:
     from benchmark import distributed
-    from benchmark.commands.common import prepare
     from benchmark.method import hparam_fields
+    from benchmark.resolve import resolve
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import Tracker, resolve_uri
     from benchmark.trainer import resolve_hparams
@@ -125,7 +125,7 @@ def cmd_study(args) -> int:
         METHODS.get(args.method)
         grid = runner.parse_grid(args.grid, hparam_fields(METHODS.get(args.method))) or None
     args.methods = args.method
-    task, _, hp, cfg, data = prepare(args)
+    task, _, hp, cfg, data = resolve(args)
     _, hp_obj = resolve_hparams(args.method, task, cfg, hp)
     definition = study_definition(cfg, args.method, asdict(hp_obj), args.seeds, grid, args.paper, fixed)
     digest = definition_hash(definition)
