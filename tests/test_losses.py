@@ -1,4 +1,5 @@
-"""Each loss on fixed inputs against an independent float64 computation written here."""
+"""Each loss on fixed inputs against an independent float64 computation written here (the paper's method:
+tests/test_ours.py; CRD: tests/test_crd.py)."""
 import math
 
 import numpy as np
@@ -6,40 +7,7 @@ import pytest
 import torch
 
 from benchmark.types import Dims, StudentOut, TeacherOut
-from methods.ours import ProjectionHead, margin_distance
-
-rng = np.random.default_rng(0)
-B, DS, DT, K = 6, 5, 4, 3
-FS = rng.normal(size=(B, DS))
-ET = rng.normal(size=(B, DT)) * 3
-ZS = rng.normal(size=(B, K)) * 2
-ZT = rng.normal(size=(B, K)) * 2
-Y = np.array([0, 1, 2, 0, 1, 0])
-
-
-def t(a):
-    return torch.tensor(a, dtype=torch.float64)
-
-
-def softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def normalize(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def student_out(fs=FS, zs=ZS, k=K):
-    clf = torch.nn.Linear(fs.shape[1], k).double()
-    maps = [t(fs)[:, :, None, None]] * 3
-    return StudentOut(maps, t(fs).requires_grad_(), t(zs).requires_grad_(), clf)
-
-
-def make(name, ds=DS, dt=DT, **hp):
-    from benchmark.registry import METHODS
-    cls = METHODS.get(name)
-    return cls(Dims(ds, dt, K, [ds, ds, ds]), cls.Hparams(**hp)).double()
+from loss_inputs import DS, DT, ET, FS, ZS, ZT, B, K, Y, make, normalize, rng, softmax, student_out, t
 
 
 def test_kd_matches_float64_reference():
@@ -145,73 +113,6 @@ def test_ccl_gradient_routing():
         assert all(x is None or float(x.abs().sum()) == 0 for x in g), name
     g = torch.autograd.grad(terms["nce_student"].value, s.embedding)[0]
     assert float(g.abs().sum()) > 0
-
-
-@pytest.mark.parametrize("mode", ["l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum"])
-def test_margin_l2_modes_reference(mode):
-    fs, ft = rng.normal(size=(B, DT)), rng.normal(size=(B, DT))
-    d = {"l2sq_norm_sum": ((normalize(fs) - normalize(ft)) ** 2).sum(1),
-         "l2sq_raw_mean": ((fs - ft) ** 2).mean(1), "l2sq_raw_sum": ((fs - ft) ** 2).sum(1)}[mode]
-    m = float(np.median(d))
-    ref = np.maximum(d - m, 0)
-    out = margin_distance(t(fs), t(ft), mode, m, 0, "angle").numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-9)
-    assert (out[d <= m] == 0).all()
-
-
-def test_cosine_margin_hand_computed():
-    fs = t([[1.0, 0.0]])
-    ft40 = t([[math.cos(math.radians(40)), math.sin(math.radians(40))]])
-    ft20 = t([[math.cos(math.radians(20)), math.sin(math.radians(20))]]) * 7
-    # R2 (angle): zero inside 30 degrees, cos30 - cos40 = 0.866025 - 0.766044 outside
-    assert margin_distance(fs, ft40, "cos", 0, 30, "angle").item() == pytest.approx(0.0999816, abs=1e-6)
-    assert margin_distance(fs, ft20, "cos", 0, 30, "angle").item() == 0.0
-    # R1 (literal distance m = cos 30): 1 - cos40 - cos30 < 0 -> zero; at 120 degrees 1.5 - 0.866
-    ft120 = t([[math.cos(math.radians(120)), math.sin(math.radians(120))]])
-    assert margin_distance(fs, ft40, "cos", 0, 30, "distance").item() == 0.0
-    assert margin_distance(fs, ft120, "cos", 0, 30, "distance").item() == pytest.approx(1.5 - 0.8660254, abs=1e-6)
-    # margin 0: the hard cosine distance of Eq. 5
-    assert margin_distance(fs, ft40, "cos", 0, 0, "angle").item() == pytest.approx(1 - 0.7660444, abs=1e-6)
-
-
-def test_projection_head_mixes_frozen_and_mlp():
-    e = t(ET)
-    head = ProjectionHead(DT, DT, 0.6).double()
-    ref = 0.6 * e + 0.4 * head.mlp(e)
-    assert torch.allclose(head(e), ref)
-    assert torch.allclose(ProjectionHead(DT, DT, 1.0).double()(e), e)
-    assert ProjectionHead(DT, DS, 0.6)(e.float()).shape == (B, DS)
-
-
-def test_ours_classifier_reference():
-    m = make("ours_classifier", ds=DT, beta=2.0)
-    s = student_out(fs=rng.normal(size=(B, DT)))
-    f_t = m.head(t(ET)).detach().numpy()
-    w, b = s.classifier.weight.detach().numpy(), s.classifier.bias.detach().numpy()
-    z_s, z_t = s.embedding.detach().numpy() @ w.T + b, f_t @ w.T + b
-    def ce(z):
-        return -np.log(softmax(z)[np.arange(B), Y])
-    terms = m.terms(s, TeacherOut(t(ET)), torch.tensor(Y))
-    total = sum(v.weighted_mean() for v in terms.values()).item()
-    ref = np.concatenate([ce(z_s), ce(z_t)]).mean() + 2.0 * ((z_s - z_t) ** 2).mean()
-    assert total == pytest.approx(ref, rel=1e-6)
-    assert make("ours_classifier", classifier_ce="replace").ce_weight == 0.0
-
-
-def test_ours_feature_quality_weights_the_per_sample_margin_loss():
-    m = make("ours_feature_quality", ds=DT, margin=0.0)
-    s = student_out(fs=rng.normal(size=(B, DT)))
-    plain = margin_distance(s.embedding, m.head(t(ET)), "l2sq_norm_sum", 0.0, 30, "angle")
-    m.quality.train()
-    w_ref = m.quality.__class__(m.hp.quality_source).double()(t(ET), s.embedding)
-    got = m.terms(s, TeacherOut(t(ET)), torch.tensor(Y))["feature"].value
-    assert torch.allclose(got, w_ref * plain)
-
-
-def test_invalid_choice_is_refused():
-    from benchmark.registry import UsageError
-    with pytest.raises(UsageError, match="feat_dist"):
-        make("ours_feature", feat_dist="l1")
 
 
 # ---- DKD, RKD, CRD: brute-force float64 references written here, independent of the methods' code ----
