@@ -54,7 +54,7 @@ def test_list_names_every_kind(tmp_path):
             assert f"  {task}:{profile} " in res.stdout
 
 
-def test_readme_profile_tables_are_the_listed_ones(tmp_path):
+def test_docs_profile_tables_are_the_listed_ones(tmp_path):
     """docs/tasks.md shows each task's profiles as `list --profiles` prints them: one home for the values."""
     from conftest import ROOT
     res = run_cli(["list", "--profiles"], tmp_path)
