@@ -7,7 +7,8 @@ import contextlib
 import copy
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,27 @@ def run_one(cfg: RunConfig, task, data, tables, method_name: str, overrides: dic
     ctx = Context(cfg, task, data, tables, method_name, overrides)
     key = run_key(cfg, method_name, ctx.hparams)
     ckpt_path = out_dir / "checkpoints" / f"{method_name}-seed{cfg.seed}-{key}.pt"
+    rec = Record(tracker, key, ckpt_path, resume, parent_run_id, on_epoch, tags)
     with run_lock(ckpt_path, method_name, cfg.seed) if distributed.is_main() else contextlib.nullcontext():
-        return _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags,
-                    key, ckpt_path)
+        return _run(ctx, rec)
 
 
-def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_id, on_epoch, tags, key,
-         ckpt_path) -> dict[str, Any]:
+@dataclass
+class Record:
+    """Where and how one run is recorded: its MLflow tracker (and parent run, tags), its checkpoint (key, path,
+    whether to resume from it), and who is told of each epoch."""
+    tracker: Any
+    key: str
+    ckpt_path: Path
+    resume: bool = False
+    parent_run_id: str | None = None
+    on_epoch: Callable[[int, dict], None] | None = None
+    tags: dict[str, str] | None = None
+
+
+def _run(ctx: Context, rec: Record) -> dict[str, Any]:
+    cfg, task, data, tables, method_name = ctx.cfg, ctx.task, ctx.data, ctx.tables, ctx.method_name
+    tracker, key, ckpt_path, resume = rec.tracker, rec.key, rec.ckpt_path, rec.resume
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     ck = load_checkpoint(ckpt_path, ctx.device) if resume else None
     if resume and distributed.is_main():  # --resume says what it found
@@ -87,8 +102,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
             with uninterrupted():  # a SIGTERM while MLflow creates the run acts once its id is known here
                 run_id = tracker.start(f"{method_name}/seed{cfg.seed}", {
                     "task": cfg.task, "method": method_name, "profile": cfg.profile, "seed": str(cfg.seed),
-                    "student": cfg.student, "teacher": tables.teacher_id, "xkd.kind": "train", **(tags or {})},
-                    parent_run_id=parent_run_id)
+                    "student": cfg.student, "teacher": tables.teacher_id, "xkd.kind": "train", **(rec.tags or {})},
+                    parent_run_id=rec.parent_run_id)
             tracker.log_params(run_id, params)
             tracker.log_dict(run_id, params, "config.json")
             from benchmark import experiment
@@ -132,8 +147,8 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
                 raise
             distributed.rank0_outcome(None)
             epochs.update(epoch + 1, f"train loss {m['train_loss']:.3f}, {sel} {m[sel]:.2f}")
-            if on_epoch is not None:
-                on_epoch(epoch + 1, m)
+            if rec.on_epoch is not None:
+                rec.on_epoch(epoch + 1, m)
             if cfg.stop_after_epochs and epoch + 1 >= cfg.stop_after_epochs and epoch + 1 < cfg.epochs:
                 tracker.end(run_id, status="KILLED")
                 return {"interrupted_at_epoch": epoch + 1, "run_id": run_id}
@@ -174,11 +189,11 @@ def _run(ctx, cfg, task, data, tables, method_name, tracker, resume, parent_run_
         tracker.log_model(run_id, ctx.student, data.class_names, weights=f"best-validation epoch {best['epoch']}")
         tracker.log_torch(run_id, {"method": ctx.method.state_dict()}, "method_state.pt")  # for `eval --model-uri`
     tracker.end(run_id)
-    final = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
+    result: dict[str, Any] = {**final, "run_id": run_id, "method": method_name, "seed": cfg.seed}
     # the run is complete: optimiser state dropped, the last epoch's weights kept for `eval`
     try:
-        save_atomic({"done": True, "final": final, "weights": last}, ckpt_path)
+        save_atomic({"done": True, "final": result, "weights": last}, ckpt_path)
         ckpt_path.with_suffix(".prev").unlink(missing_ok=True)
     except CheckpointNotWritten as e:  # the run is finished and logged; only `eval --checkpoint` loses its file
         print(f"warning: {e}; the run itself is complete in MLflow", file=sys.stderr, flush=True)
-    return final
+    return result
