@@ -1,8 +1,8 @@
 """The command line resolved into a RunConfig, in one module and in the order it happens.
 
-1. `apply_config` (cli.main, before any method is imported: an experiment file may name plugins): a
-   `--protocol` file or `--config` experiment file merged under the command line's own flags, then the
-   defaults; the shortcuts (--epochs, --lr, --batch-size) become --set entries.
+1. `apply_config` (cli.main, once the parser has read the flags and the plugins are loaded): a `--protocol`
+   file or `--config` experiment file merged under the command line's own flags, then the defaults; the
+   shortcuts (--epochs, --lr, --batch-size) become --set entries.
 2. `resolve` (run, perf, study, eval): the task and the methods; each --set key routed to the run config or
    to the hyperparameters of every selected method that has it, or of one (`kd.temperature`), its source
    named in any error (the command line, or the file and table it came from) with the closest known names;

@@ -10,7 +10,7 @@ from benchmark.resolve import RUN_DEFAULTS, SHORTCUTS
 
 def common_run_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
     """Options of run, perf, study and eval. Defaults are applied after an experiment file is merged
-    (apply_defaults), so that a flag given on the command line always wins over the file."""
+    (benchmark/resolve.py: apply_config), so that a flag given on the command line always wins over the file."""
     from benchmark.registry import TASKS
     p.add_argument("--config", metavar="FILE.toml", help="experiment file: task, profile, methods, seeds, plugins, "
                    "student, teacher, data_dir, device, [set] KEY = VALUE and [method.NAME] KEY = VALUE (every run logs "
