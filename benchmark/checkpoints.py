@@ -1,5 +1,6 @@
 """A run's checkpoints: its key (what it computes), files written whole or not at all, read back with a
 fallback to the previous one, and the lock that lets one process at a time train a run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,11 @@ class CheckpointNotWritten(OSError):
 
 def run_key(cfg: RunConfig, method_name: str, hparams) -> str:
     # the code version too: a finished checkpoint of other code never feeds its old metrics into a new table
-    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {"method": method_name, "hp": asdict(hparams),
-                                                                              "code_version": code_version()}
+    spec = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL} | {
+        "method": method_name,
+        "hp": asdict(hparams),
+        "code_version": code_version(),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -48,6 +52,7 @@ def save_atomic(obj: Any, path: Path, keep_previous: bool = False) -> None:
             cause = cause.__context__
         import errno
         import shutil
+
         full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
         why = "no space left on its device" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
     if why:  # raised outside the handler: no reference to the failed write's frames (and open file) is kept
@@ -62,8 +67,11 @@ def load_checkpoint(path: Path, device) -> dict | None:
         try:
             return torch.load(candidate, map_location=device, weights_only=False)
         except Exception as e:
-            print(f"checkpoint {candidate} cannot be read ({type(e).__name__}); "
-                  + ("trying the previous one" if candidate == path else "starting this run from scratch"), flush=True)
+            print(
+                f"checkpoint {candidate} cannot be read ({type(e).__name__}); "
+                + ("trying the previous one" if candidate == path else "starting this run from scratch"),
+                flush=True,
+            )
     return None
 
 
@@ -73,6 +81,7 @@ def run_lock(ckpt_path: Path, method: str, seed: int):
     the same command is refused before it writes anything for that run (flock: released when the process
     ends, however it ends)."""
     import fcntl
+
     lock = ckpt_path.parent / ".locks" / f"{ckpt_path.stem}.lock"  # beside, not among, the checkpoints
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as f:
@@ -81,8 +90,10 @@ def run_lock(ckpt_path: Path, method: str, seed: int):
         except BlockingIOError:
             f.seek(0)
             owner = f.read().strip() or "another process"
-            raise UsageError(f"{method} seed {seed} with these settings is being trained by {owner} (lock {lock}); "
-                             "wait for it or stop it first") from None
+            raise UsageError(
+                f"{method} seed {seed} with these settings is being trained by {owner} (lock {lock}); "
+                "wait for it or stop it first"
+            ) from None
         f.seek(0), f.truncate(), f.write(f"process {os.getpid()}")
         f.flush()
         try:

@@ -3,6 +3,7 @@
 The entry point is the one place that loads every plugin (the harness's methods and tasks, installed
 `xkd_bench.plugins` entry points, `--plugin` modules and an experiment file's `plugins`); it loads them before
 the parser is built, so that every option lists the registries' names."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,20 +28,26 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         import re
+
         flag = re.search(r"unrecognized arguments: --([\w-]+)", message)
         from benchmark.resolve import config_fields
+
         if flag and flag.group(1).replace("-", "_") in config_fields():
             key = flag.group(1).replace("-", "_")
-            message += (f"; --{flag.group(1)} is not an option: give it as --set {key}=VALUE"
-                        + (" (--seeds N is the number of seeds, from seed 0 or --set seed=S up)" if key == "seed" else ""))
+            message += f"; --{flag.group(1)} is not an option: give it as --set {key}=VALUE" + (
+                " (--seeds N is the number of seeds, from seed 0 or --set seed=S up)" if key == "seed" else ""
+            )
         elif choice := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message):
             from benchmark.registry import did_you_mean
+
             known = re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", ")  # quoted before 3.12
             hint = did_you_mean(choice.group(1), known)
             message += f"; {hint.strip()}" if hint else ""
         elif "unrecognized arguments" in message or "ambiguous option" in message:
-            message += ("; other run settings are given as --set KEY=VALUE (e.g. --set weight_decay=0; one method's: "
-                        "--set kd.temperature=2); `python -m benchmark list --profiles` shows the keys")
+            message += (
+                "; other run settings are given as --set KEY=VALUE (e.g. --set weight_decay=0; one method's: "
+                "--set kd.temperature=2); `python -m benchmark list --profiles` shows the keys"
+            )
         print(f"error: {message} ({self.prog} --help lists the options)", file=sys.stderr)  # one line
         sys.exit(EXIT_USAGE)
 
@@ -48,17 +55,21 @@ class Parser(argparse.ArgumentParser):
 def global_options() -> argparse.ArgumentParser:
     """Flags every command takes, before or after its name."""
     g = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show the traceback of foreseen errors too")
-    g.add_argument("--plugin", action="append", default=argparse.SUPPRESS, metavar="MODULE",
-                   help="import a module that registers methods, tasks, students or teachers (repeatable)")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of foreseen errors too")
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=argparse.SUPPRESS,
+        metavar="MODULE",
+        help="import a module that registers methods, tasks, students or teachers (repeatable)",
+    )
     return g
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
-    parser = Parser(prog="python -m benchmark", description="Cross-modal distillation benchmark",
-                    parents=[global_options()])
+
+    parser = Parser(prog="python -m benchmark", description="Cross-modal distillation benchmark", parents=[global_options()])
     sub = parser.add_subparsers(dest="cmd", required=True, parser_class=Parser, metavar="COMMAND")
     _add_parents(sub, global_options())
     for name in COMMANDS:
@@ -73,6 +84,7 @@ def _add_parents(sub, parent) -> None:
     def with_globals(name, **kw):
         kw["parents"] = [*kw.get("parents", []), parent]
         return add(name, **kw)
+
     sub.add_parser = with_globals
 
 
@@ -86,12 +98,14 @@ def plugins_named(argv: list[str]) -> list[str]:
             out.append(a.split("=", 1)[1])
         elif a in ("--config", "--protocol") and i + 1 < len(argv):
             from benchmark import experiment
+
             out += experiment.read(argv[i + 1]).get("plugins", [])
     return out
 
 
 def _on_sigterm(signum, frame):
     from benchmark.trainer import Terminated
+
     raise Terminated()
 
 
@@ -99,18 +113,26 @@ def say_store(args) -> None:
     """Every command that reads or writes an MLflow store names it on its first line (rank 0 only), so that
     runs never land in a store the user did not expect (a run from another folder makes its own mlflow.db)."""
     import os
-    if hasattr(args, "tracking_uri") and not getattr(args, "compare", None) and not getattr(args, "runs", None) \
-            and os.environ.get("RANK", "0") == "0":
+
+    if (
+        hasattr(args, "tracking_uri")
+        and not getattr(args, "compare", None)
+        and not getattr(args, "runs", None)
+        and os.environ.get("RANK", "0") == "0"
+    ):
         from benchmark.tracking import resolve_uri
+
         uri = resolve_uri(args.tracking_uri)
         if uri.startswith("sqlite:///"):
             from pathlib import Path
-            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().absolute())
+
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).expanduser().absolute())
         print(f"store: {uri}", flush=True)
 
 
 def _database_log() -> str:
     from benchmark.tracking import database_log
+
     return str(database_log()) if database_log().is_file() else ""
 
 
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars on any command's console
     try:
         from benchmark import plugins
+
         extra = plugins_named(argv)
         if extra or plugins.has_entry_points():  # their names must be known to the parser: imported first
             plugins.load_plugins(extra)
@@ -129,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         # harness's methods and tasks (torch, torchvision, scikit-learn) are imported
         args = build_parser().parse_args(argv)
         # the first line (the store) before those imports, unless an experiment file may still name the store
-        early = not getattr(args, "config", None) and not getattr(args, "protocol", None) \
-            and not getattr(args, "late_config", False)
+        early = (
+            not getattr(args, "config", None) and not getattr(args, "protocol", None) and not getattr(args, "late_config", False)
+        )
         if early:
             say_store(args)
         args.plugins_loaded = bool(extra or plugins.has_entry_points())
@@ -139,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv, args.debug = argv, getattr(args, "debug", False)
         if hasattr(args, "set") and not getattr(args, "late_config", False):
             from benchmark.resolve import apply_config
+
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _on_sigterm)
@@ -160,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         from benchmark.trainer import Terminated
+
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
         done = getattr(locals().get("args"), "interrupted", "stopped before it finished")
         done = done() if callable(done) else done  # a command may say what exactly was interrupted
@@ -167,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a full disk under the store is one line; anything else a traceback
         from benchmark.interrupts import interrupted_by
+
         if interrupted_by(e) and not debug:  # Ctrl-C inside a library call that wrapped it (a database write)
             done = getattr(locals().get("args"), "interrupted", "stopped before it finished")
             print(f"interrupted: {done() if callable(done) else done}", file=sys.stderr)
@@ -175,12 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not ("database or disk is full" in text or "No space left on device" in text):
             raise
         if isinstance(e, OSError) and e.filename and "database or disk is full" not in text:  # a file, not the store
-            print(f"error: no space left on the device of {e.filename}: it could not be written (free some space "
-                  "there, or choose another folder, and rerun the same command with --resume)", file=sys.stderr)
+            print(
+                f"error: no space left on the device of {e.filename}: it could not be written (free some space "
+                "there, or choose another folder, and rerun the same command with --resume)",
+                file=sys.stderr,
+            )
             return 1
         where = getattr(locals().get("args"), "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI", "")
-        print(f"error: no space left on the device of the MLflow store {where or '(default mlflow.db)'}: nothing more "
-              "could be written there; a run it was recording stays RUNNING until the next command on this store "
-              "marks it KILLED (rerun the same command once there is space)"
-              + (f"; MLflow's report of the error: {log}" if (log := _database_log()) else ""), file=sys.stderr)
+        print(
+            f"error: no space left on the device of the MLflow store {where or '(default mlflow.db)'}: nothing more "
+            "could be written there; a run it was recording stays RUNNING until the next command on this store "
+            "marks it KILLED (rerun the same command once there is space)"
+            + (f"; MLflow's report of the error: {log}" if (log := _database_log()) else ""),
+            file=sys.stderr,
+        )
         return 1

@@ -11,6 +11,7 @@
 Each dataset is written to a temporary folder and moved in only when complete; with no network, one
 line names the URL and the layout expected.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,13 +54,15 @@ def _download(url: str, what: str, layout: str) -> bytes:
         with urllib.request.urlopen(url, timeout=60) as r:
             return r.read()
     except Exception as e:
-        raise UsageError(f"{what}: cannot download {url} ({type(e).__name__}: {e}); without a network, put "
-                         f"{layout} there yourself") from None
+        raise UsageError(
+            f"{what}: cannot download {url} ({type(e).__name__}: {e}); without a network, put {layout} there yourself"
+        ) from None
 
 
 def cmd_data(args) -> int:
     """`data fetch|list`: the datasets the tasks declare (benchmark.registry.DATASETS)."""
     from benchmark.registry import DATASETS
+
     root = Path(args.root).expanduser() if args.root else data_root()
     if args.action == "list":
         print(f"data root {root}")

@@ -1,5 +1,6 @@
 """Where and in what precision a run computes: the device, whether this CPU computes bf16 natively, and what
 `precision=auto` means here."""
+
 from __future__ import annotations
 
 import functools
@@ -24,8 +25,9 @@ def cpu_bf16_native() -> str:
     emulates bf16 as a CPU without it would: none then (e.g. ONEDNN_MAX_CPU_ISA=AVX2 turns any CPU into CI's
     AVX2-only kind for bf16)."""
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if cap != "ALL" and not (cap.startswith("AVX512_CORE_BF16") or "AMX" in cap or cap.startswith("AVX10")
-                             or cap == "AVX512_CORE_FP16"):
+    if cap != "ALL" and not (
+        cap.startswith("AVX512_CORE_BF16") or "AMX" in cap or cap.startswith("AVX10") or cap == "AVX512_CORE_FP16"
+    ):
         return ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -43,8 +45,11 @@ CPU_AUTO_BF16 = False
 @functools.lru_cache(maxsize=1)
 def _warn_emulated_bf16() -> None:
     """Once per process: bf16 asked for on a CPU that would emulate it."""
-    print("warning: precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): bf16 is emulated "
-          "here, many times slower than fp32 (precision=auto or fp32 avoids it)", file=sys.stderr)
+    print(
+        "warning: precision=bf16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16): bf16 is emulated "
+        "here, many times slower than fp32 (precision=auto or fp32 avoids it)",
+        file=sys.stderr,
+    )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

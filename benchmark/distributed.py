@@ -13,6 +13,7 @@ training loop reads the same either way. The contract:
   `--resume`. Losses that relate the samples of a batch to each other (SP, PKT, RKD, ICKD, CLIP, CCL, CRD's
   NCE) are computed within each rank's shard, as most distillation code does under DDP.
 """
+
 from __future__ import annotations
 
 import os
@@ -79,7 +80,7 @@ def average_gradients(params: list[torch.Tensor]) -> None:
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
-        part = flat[offset:offset + n].view_as(p)
+        part = flat[offset : offset + n].view_as(p)
         p.grad = part.clone() if p.grad is None else p.grad.copy_(part)
         offset += n
 
@@ -109,6 +110,7 @@ def gather_cat_with_grad(t: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return t
     from torch.distributed.nn.functional import all_gather
+
     return torch.cat(all_gather(t.contiguous()))
 
 
@@ -178,7 +180,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
         with torch.no_grad():
             if self.track_running_stats:  # the module keeps buffers and a momentum (None, a running average: not built)
                 assert self.running_mean is not None and self.running_var is not None and self.momentum is not None

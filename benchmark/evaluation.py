@@ -5,6 +5,7 @@ tables, the device, the method (in eval mode: its teacher-side map, its connecto
 student's forward pass in eval mode without gradients. It cannot reach the optimiser, the checkpoint,
 the tracker or any other trainer state, and evaluating changes nothing (no BatchNorm buffer moves).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,11 +20,11 @@ from benchmark.types import StudentOut
 
 @dataclass(frozen=True)
 class EvalInputs:
-    cfg: Any                                   # the run's RunConfig (a copy)
-    data: Any                                  # the task's own TaskData
-    tables: Any                                # TeacherTables: frozen teacher embeddings (and logits)
+    cfg: Any  # the run's RunConfig (a copy)
+    data: Any  # the task's own TaskData
+    tables: Any  # TeacherTables: frozen teacher embeddings (and logits)
     device: torch.device
-    method: Any                                # the Method, in eval mode
+    method: Any  # the Method, in eval mode
     embed: Callable[[torch.Tensor], StudentOut]  # student forward (eval mode, no grad, autocast on GPU)
 
 
@@ -45,10 +46,14 @@ def feature_dump(method, e_t: torch.Tensor, f_s: torch.Tensor, label: np.ndarray
     """The arrays of the t-SNE figure (Fig. 8): raw E_T, E_T on the head's frozen path, the projected teacher
     F_T and the student F_S of the same samples, with their labels and a grouping for the colours."""
     with torch.no_grad():
-        return {"teacher_embedding": e_t.cpu().numpy(),
-                "teacher_common": method.teacher_reference(e_t).float().cpu().numpy(),
-                "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
-                "student_embedding": f_s.float().cpu().numpy(), "label": np.asarray(label), "group": np.asarray(group)}
+        return {
+            "teacher_embedding": e_t.cpu().numpy(),
+            "teacher_common": method.teacher_reference(e_t).float().cpu().numpy(),
+            "projected_teacher": method.teacher_features(e_t).float().cpu().numpy(),
+            "student_embedding": f_s.float().cpu().numpy(),
+            "label": np.asarray(label),
+            "group": np.asarray(group),
+        }
 
 
 def match_per_sample_teacher(ev, sp, emb: torch.Tensor, groups: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:

@@ -15,6 +15,7 @@ Optional top-level keys: student, teacher, data_dir, device, cache_dir, tracking
 Flags on the command line override the file (`--set` entries are applied after the file's). Every run logs
 its fully resolved file (`experiment.toml`: one method, one seed, every field and hyperparameter) as an
 MLflow artifact; `run --config experiment.toml` reproduces that run."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,24 @@ import tomllib
 
 from benchmark.registry import UsageError
 
-KEYS = {"task", "profile", "methods", "seeds", "plugins", "set", "method", "student", "teacher", "data_dir", "device",
-        "cache_dir", "tracking_uri", "experiment", "out", "protocol"}
+KEYS = {
+    "task",
+    "profile",
+    "methods",
+    "seeds",
+    "plugins",
+    "set",
+    "method",
+    "student",
+    "teacher",
+    "data_dir",
+    "device",
+    "cache_dir",
+    "tracking_uri",
+    "experiment",
+    "out",
+    "protocol",
+}
 SCALAR = (str, int, float, bool)
 
 
@@ -40,16 +57,19 @@ def read(path: str | Path) -> dict[str, Any]:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         import re
+
         slip = re.search(r"^\s*\[methods\.([^\]]+)\]", p.read_text(encoding="utf-8", errors="replace"), re.M)
         hint = f"; one method's hyperparameters go in [method.{slip.group(1)}] (singular)" if slip else ""
         raise UsageError(f"--config {path}: not valid TOML ({e}){hint}") from None
     unknown = sorted(set(doc) - KEYS)
     if unknown:
         from benchmark.registry import did_you_mean
+
         hints = "".join(f" ({k}: {did_you_mean(k, KEYS).strip()})" for k in unknown if did_you_mean(k, KEYS))
-        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}{hints}; known: {', '.join(sorted(KEYS))}"
-                         + ("; one run's seed goes in [set] (seed = 3), the number of seeds is `seeds`"
-                            if "seed" in unknown else ""))
+        raise UsageError(
+            f"--config {path}: unknown key(s) {', '.join(unknown)}{hints}; known: {', '.join(sorted(KEYS))}"
+            + ("; one run's seed goes in [set] (seed = 3), the number of seeds is `seeds`" if "seed" in unknown else "")
+        )
     check_types(path, doc)
     sets, method_sets = [], []
     for k, v in doc.get("set", {}).items():
@@ -66,14 +86,17 @@ def read(path: str | Path) -> dict[str, Any]:
 
 
 def _kind(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a table"}.get(type(v), type(v).__name__)
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
+        type(v), type(v).__name__
+    )
 
 
 def check_types(path, doc: dict[str, Any]) -> None:
     """Each top-level value of the right type, in one line naming the file and the key."""
+
     def bad(key: str, want: str, hint: str = "") -> UsageError:
         return UsageError(f"--config {path}: {key} must be {want}, not {_kind(doc[key])} ({doc[key]!r}){hint}")
+
     for k, v in doc.items():
         if k in ("set", "method", "protocol"):
             if not isinstance(v, dict):
@@ -84,8 +107,11 @@ def check_types(path, doc: dict[str, Any]) -> None:
         elif k == "methods":
             if isinstance(v, dict):
                 first = next(iter(v), "kd")
-                raise bad(k, 'a list of method names or "all"', f"; one method's hyperparameters go in [method.{first}] "
-                          f"(singular), not [methods.{first}]")
+                raise bad(
+                    k,
+                    'a list of method names or "all"',
+                    f"; one method's hyperparameters go in [method.{first}] (singular), not [methods.{first}]",
+                )
             if not (v == "all" or isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
                 raise bad(k, 'a list of method names or "all"')
         elif k == "plugins":
@@ -119,15 +145,25 @@ def _toml(v: Any) -> str:
 
 def dump(cfg, method: str, hparams: dict[str, Any], plugins: list[str]) -> str:
     """The resolved experiment file of one run (one method, one seed)."""
-    top = {"task": cfg.task, "profile": cfg.profile, "methods": [method], "seeds": 1, "student": cfg.student,
-           "teacher": cfg.teacher, "data_dir": cfg.data_dir}
+    top = {
+        "task": cfg.task,
+        "profile": cfg.profile,
+        "methods": [method],
+        "seeds": 1,
+        "student": cfg.student,
+        "teacher": cfg.teacher,
+        "data_dir": cfg.data_dir,
+    }
     lines = ["# the resolved experiment of one run: `python -m benchmark run --config <this file>` reproduces it"]
     for k, v in top.items():
         lines.append(f"{k} = " + ("[" + ", ".join(_toml(x) for x in v) + "]" if isinstance(v, list) else _toml(v)))
     if plugins:
         lines.append("plugins = [" + ", ".join(_toml(x) for x in plugins) + "]")
     lines += ["", "[set]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in cfg.as_params().items() if k not in top and k != "device"
-              and k != "protocol" and isinstance(v, SCALAR)]
+    lines += [
+        f"{k} = {_toml(v)}"
+        for k, v in cfg.as_params().items()
+        if k not in top and k != "device" and k != "protocol" and isinstance(v, SCALAR)
+    ]
     lines += ["", f"[method.{method}]"] + [f"{k} = {_toml(v)}" for k, v in hparams.items() if isinstance(v, SCALAR)]
     return "\n".join(lines) + "\n"

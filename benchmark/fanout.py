@@ -13,6 +13,7 @@ each ends its run KILLED with its checkpoint, and the parent waits for them and 
 parent stops its workers (the kernel sends them SIGTERM: PR_SET_PDEATHSIG). A worker that dies of a signal the
 parent did not send (kill -9, the OOM killer) is replaced, and its point is run again once with --resume (its
 dead MLflow run marked KILLED, its checkpoint continued)."""
+
 from __future__ import annotations
 
 import json
@@ -72,6 +73,7 @@ def end_with_parent(ignore_ctrl_c: bool = True) -> None:
     (ignore_ctrl_c) a terminal's Ctrl-C ignored: the parent, which gets it, stops each child once with SIGTERM (a
     second signal in the middle of a child's own clean-up could cut it short). Linux only (PR_SET_PDEATHSIG)."""
     import ctypes
+
     if ignore_ctrl_c:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -88,6 +90,7 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
     gpus = _gpus(cfg, n)
     if not tables_dir.exists():  # the command's own folder: its workers' logs go there from the start
         from benchmark.results import claim
+
         claim(tables_dir)
     logs = tables_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -95,10 +98,15 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
     total, done, failed, t0 = len(queue), 0, 0, time.time()
     argv = without(args.argv, "--workers") + ["--worker-queue"] + (["--set", f"num_threads={threads}"] if threads else [])
     workers = [_spawn(k, argv, logs, gpus) for k in range(min(n, total))]
-    print(f"fan-out: {total} run(s) in {len(workers)} worker processes"
-          + (f", {threads} thread(s) each" if threads else f", num_threads={cfg.num_threads} each")
-          + (f", one GPU each ({', '.join(gpus)})" if gpus else "") + f"; their logs in {logs}", flush=True)
+    print(
+        f"fan-out: {total} run(s) in {len(workers)} worker processes"
+        + (f", {threads} thread(s) each" if threads else f", num_threads={cfg.num_threads} each")
+        + (f", one GPU each ({', '.join(gpus)})" if gpus else "")
+        + f"; their logs in {logs}",
+        flush=True,
+    )
     from benchmark.interrupts import uninterrupted
+
     try:
         while queue or any(w.point for w in workers):
             with uninterrupted():  # Ctrl-C acts between two passes: one inside Popen.poll could leave its lock held
@@ -117,8 +125,11 @@ def run_table(args, cfg, methods: list[str], tables_dir: Path, on_result) -> int
             try:
                 w.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                print(f"worker {w.slot} did not end within {STOP_WAIT_S:.0f} s of its SIGTERM: killed (its log: "
-                      f"{w.log})", file=sys.stderr, flush=True)
+                print(
+                    f"worker {w.slot} did not end within {STOP_WAIT_S:.0f} s of its SIGTERM: killed (its log: {w.log})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 w.proc.kill()
         raise
     return failed
@@ -143,18 +154,23 @@ def _step(workers, queue, argv, logs, gpus, resume, on_result, done, failed, tot
         p, w.point = w.point, None
         if rec is None:  # the worker died in this point
             if code in (-signal.SIGKILL, -signal.SIGTERM, 137, 143) and p.tries <= RETRIES:
-                print(f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
-                      "with --resume in a new worker", flush=True)
+                print(
+                    f"{p.method} seed {p.seed}: its worker was killed ({_how(code)}); running it again "
+                    "with --resume in a new worker",
+                    flush=True,
+                )
                 queue.insert(0, p)
                 workers[i] = _spawn(w.slot, argv, logs, gpus)
                 continue
-            rec = {"method": p.method, "seed": p.seed,
-                   "failure": _last_error(w.log) or f"its worker ended ({_how(code)}) without a result"}
+            rec = {
+                "method": p.method,
+                "seed": p.seed,
+                "failure": _last_error(w.log) or f"its worker ended ({_how(code)}) without a result",
+            }
         done += 1
         if "failure" in rec:
             failed += 1
-            print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr,
-                  flush=True)
+            print(f"error: {p.method} seed {p.seed}: {rec['failure']} (log: {w.log})", file=sys.stderr, flush=True)
         on_result(rec)
         print(table_line(done, total, t0), flush=True)
         if code is not None and queue:  # it ended after its result (a refusal, say): a new one takes over
@@ -168,8 +184,15 @@ def _spawn(slot: int, argv: list[str], logs: Path, gpus: list[str]) -> Worker:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot]
     log = logs / f"worker-{slot}.log"
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "benchmark", *argv], stdin=subprocess.PIPE, stdout=out,
-                                stderr=subprocess.STDOUT, env=env, text=True, preexec_fn=end_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmark", *argv],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            preexec_fn=end_with_parent,
+        )
     return Worker(slot, proc, log)
 
 
@@ -189,11 +212,13 @@ def _gpus(cfg, workers: int) -> list[str]:
     if cfg.device == "cpu":
         return []
     import torch
+
     if not torch.cuda.is_available():
         return []
     n = torch.cuda.device_count()
     if workers > n:
         from benchmark.registry import UsageError
+
         raise UsageError(f"--workers {workers} on CUDA needs a GPU per worker; this machine has {n}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [x.strip() for x in visible.split(",")] if visible else [str(i) for i in range(n)]
@@ -213,8 +238,10 @@ def _last_error(log: Path) -> str:
         lines = [x.rstrip() for x in log.read_text().splitlines() if x.strip()]
     except OSError:
         return ""
-    last = {kind: max((i for i, x in enumerate(lines) if x.startswith(kind)), default=-1)
-            for kind in ("error: ", "Traceback (most recent call last):")}
+    last = {
+        kind: max((i for i, x in enumerate(lines) if x.startswith(kind)), default=-1)
+        for kind in ("error: ", "Traceback (most recent call last):")
+    }
     if last["Traceback (most recent call last):"] > last["error: "]:
         return f"{lines[-1].strip()[:500]} (an unforeseen error: its traceback is in the log)"
     return lines[last["error: "]].removeprefix("error: ") if last["error: "] >= 0 else ""

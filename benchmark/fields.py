@@ -1,5 +1,6 @@
 """Typed fields that declare what values they accept, next to their definition (run config and method
 hyperparameters alike), and the one check that enforces it before anything runs or is written."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,11 @@ def check_fields(obj: Any) -> Any:
             raise UsageError(f"{f.name}={value!r} is not valid; choose one of {', '.join(map(str, allowed))}")
         if "range" in f.metadata:
             lo, hi, lo_open = f.metadata["range"]
-            bad = (not math.isfinite(value) or (lo is not None and (value <= lo if lo_open else value < lo))
-                   or (hi is not None and value > hi))
+            bad = (
+                not math.isfinite(value)
+                or (lo is not None and (value <= lo if lo_open else value < lo))
+                or (hi is not None and value > hi)
+            )
             if bad:
                 raise UsageError(f"{f.name}={value} is out of range; valid: {describe_range(lo, hi, lo_open)}")
     return obj

@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM around writes that must not be cut in half, and retries while an sqlite store is locked by
 another process: what every store write of the harness goes through (benchmark/tracking.py's client, the
 table queue, the study runner)."""
+
 from __future__ import annotations
 
 import contextlib

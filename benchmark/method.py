@@ -1,4 +1,5 @@
 """The method contract: an nn.Module owning only its trainable extras, returning named loss terms."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -13,8 +14,23 @@ from benchmark.registry import METHODS, UsageError
 from benchmark.types import Dims, StudentOut, TeacherOut, Term
 
 # everything a method file needs, from this one module (see CONTRIBUTING's example)
-__all__ = ["Dims", "Hparams", "Method", "StudentOut", "TeacherOut", "Term", "UsageError", "bounded", "choice", "form_field",
-           "form_reads", "l2n", "register", "resolve_form", "stream_seed"]
+__all__ = [
+    "Dims",
+    "Hparams",
+    "Method",
+    "StudentOut",
+    "TeacherOut",
+    "Term",
+    "UsageError",
+    "bounded",
+    "choice",
+    "form_field",
+    "form_reads",
+    "l2n",
+    "register",
+    "resolve_form",
+    "stream_seed",
+]
 
 
 @dataclass
@@ -36,6 +52,7 @@ def l2n(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 class Method(nn.Module):
     """Subclasses set `Hparams` (a dataclass of typed hyperparameters) and implement terms()."""
+
     name: ClassVar[str]  # set by @register
     Hparams: ClassVar[type[AnyHparams]] = Hparams
     # Optuna TPE search space: field -> ("float"|"log", low, high) or ("choice", [options])
@@ -131,20 +148,24 @@ def stream_seed(seed: int, stream: str) -> int:
     """An independent seed for one named random stream of the run seed `seed` (the weight initialisation, the
     data order and augmentation, CRD's memory banks and its negatives, the teacher controls)."""
     state = np.random.SeedSequence(seed, spawn_key=(STREAMS[stream],)).generate_state(1, np.uint64)[0]
-    return int(state & np.uint64(2 ** 63 - 1))
+    return int(state & np.uint64(2**63 - 1))
 
 
 def register(name: str, description: str):
     """Class decorator: registers a Method subclass once, under its name, with its own random streams."""
+
     def deco(cls: type[Method]) -> type[Method]:
         for stream, sid in getattr(cls, "streams", {}).items():
             if STREAMS.get(stream, sid) != sid or (sid in STREAMS.values() and STREAMS.get(stream) != sid):
-                raise UsageError(f"method '{name}': its random stream '{stream}' (id {sid}) clashes with the streams "
-                                 f"already declared ({STREAMS}); give it a name and an id of its own")
+                raise UsageError(
+                    f"method '{name}': its random stream '{stream}' (id {sid}) clashes with the streams "
+                    f"already declared ({STREAMS}); give it a name and an id of its own"
+                )
             STREAMS[stream] = sid
         cls.name = name
         METHODS.add(name, cls, description)
         return cls
+
     return deco
 
 
@@ -157,8 +178,13 @@ FORMS = ("auto", "maps", "vector")
 
 def form_field(help_extra: str = "") -> Any:
     """The `<method>_form` hyperparameter of a method with a published map form and a vector adaptation."""
-    return choice("auto", "maps", "vector", help="maps: the published form on the teacher's stage maps; vector: the "
-                  "adaptation to a teacher embedding; auto: maps when the task's teacher has them" + help_extra)
+    return choice(
+        "auto",
+        "maps",
+        "vector",
+        help="maps: the published form on the teacher's stage maps; vector: the "
+        "adaptation to a teacher embedding; auto: maps when the task's teacher has them" + help_extra,
+    )
 
 
 def form_reads(form: str, teacher_has_maps: bool) -> frozenset[str]:
@@ -172,6 +198,8 @@ def resolve_form(method: str, form: str, dims: Dims) -> str:
     if form == "auto":
         return "maps" if dims.teacher_map_shapes else "vector"
     if form == "maps" and not dims.teacher_map_shapes:
-        raise UsageError(f"method '{method}': {method}_form=maps needs a teacher with stage maps; this task's "
-                         f"teacher gives none (use {method}_form=vector, or a task whose teacher has maps)")
+        raise UsageError(
+            f"method '{method}': {method}_form=maps needs a teacher with stage maps; this task's "
+            f"teacher gives none (use {method}_form=vector, or a task whose teacher has maps)"
+        )
     return form

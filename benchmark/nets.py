@@ -1,4 +1,5 @@
 """Student networks. Each returns a StudentOut with stage maps, pooled embedding F_S and logits."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from benchmark.types import StudentOut
 
 class Student(nn.Module):
     """A backbone cut into stages, global average pooling and a linear classifier."""
+
     channels_last = True  # image students train faster in NHWC
 
     def __init__(self, stem: nn.Module, stages: Sequence[nn.Module], widths: list[int], num_classes: int):
@@ -78,27 +80,46 @@ def _cifar_resnet(depth: int, filters: list[int], num_classes: int) -> Student:
     return Student(stem, stages, list(filters[1:]), num_classes)
 
 
-STUDENTS.add("resnet8x4", lambda k: _cifar_resnet(8, [32, 64, 128, 256], k),
-             "RepDistiller's resnet8x4 (CIFAR, 32x32), 1.2M params, d_S=256: the standard KD student")
-STUDENTS.add("resnet32x4", lambda k: _cifar_resnet(32, [32, 64, 128, 256], k),
-             "RepDistiller's resnet32x4 (CIFAR, 32x32), 7.4M params, d_S=256: the standard KD teacher")
-STUDENTS.add("cifar_resnet18", lambda k: _from_torchvision(resnet18, k, True),
-             "ResNet18 with the CIFAR 3x3 stem (32x32 input), 11.2M params, d_S=512")
-STUDENTS.add("cifar_resnet34", lambda k: _from_torchvision(resnet34, k, True),
-             "ResNet34 with the CIFAR 3x3 stem (32x32 input), 21.3M params, d_S=512")
-STUDENTS.add("resnet18", lambda k: _from_torchvision(resnet18, k, False),
-             "torchvision ResNet18 for the paper's 224x224 protocol, d_S=512")
-STUDENTS.add("resnet34", lambda k: _from_torchvision(resnet34, k, False),
-             "torchvision ResNet34 for the paper's 224x224 protocol, d_S=512")
-STUDENTS.add("resnet8", lambda k: _small_resnet([32, 64, 128], k),
-             "3-stage ResNet8, widths 32/64/128, 0.3M params, d_S=128 (fast on CPU)")
-STUDENTS.add("resnet8_w16", lambda k: _small_resnet([16, 32, 64], k),
-             "3-stage ResNet8, widths 16/32/64, 0.08M params, d_S=64 (tests and smoke runs)")
+STUDENTS.add(
+    "resnet8x4",
+    lambda k: _cifar_resnet(8, [32, 64, 128, 256], k),
+    "RepDistiller's resnet8x4 (CIFAR, 32x32), 1.2M params, d_S=256: the standard KD student",
+)
+STUDENTS.add(
+    "resnet32x4",
+    lambda k: _cifar_resnet(32, [32, 64, 128, 256], k),
+    "RepDistiller's resnet32x4 (CIFAR, 32x32), 7.4M params, d_S=256: the standard KD teacher",
+)
+STUDENTS.add(
+    "cifar_resnet18",
+    lambda k: _from_torchvision(resnet18, k, True),
+    "ResNet18 with the CIFAR 3x3 stem (32x32 input), 11.2M params, d_S=512",
+)
+STUDENTS.add(
+    "cifar_resnet34",
+    lambda k: _from_torchvision(resnet34, k, True),
+    "ResNet34 with the CIFAR 3x3 stem (32x32 input), 21.3M params, d_S=512",
+)
+STUDENTS.add(
+    "resnet18", lambda k: _from_torchvision(resnet18, k, False), "torchvision ResNet18 for the paper's 224x224 protocol, d_S=512"
+)
+STUDENTS.add(
+    "resnet34", lambda k: _from_torchvision(resnet34, k, False), "torchvision ResNet34 for the paper's 224x224 protocol, d_S=512"
+)
+STUDENTS.add(
+    "resnet8", lambda k: _small_resnet([32, 64, 128], k), "3-stage ResNet8, widths 32/64/128, 0.3M params, d_S=128 (fast on CPU)"
+)
+STUDENTS.add(
+    "resnet8_w16",
+    lambda k: _small_resnet([16, 32, 64], k),
+    "3-stage ResNet8, widths 16/32/64, 0.08M params, d_S=64 (tests and smoke runs)",
+)
 
 
 class MLPStudent(Student):
     """Vector inputs [B, d_in]: stages of Linear -> BatchNorm -> ReLU; each stage's output is a [B, C, 1, 1]
     map, so map-based methods (FitNet's hint, SP on the last map) run unchanged."""
+
     channels_last = False
 
     def __init__(self, in_dim: int, widths: list[int], num_classes: int):
@@ -146,6 +167,7 @@ class HookedStudent(nn.Module):
     task's classes): F_S is that Linear's input and the stage maps are the outputs of named layers, both
     taken by forward hooks. Layers: `tv:NAME@a,b` names them; by default layer1..layer4 where the model has
     them (ResNet family), else the 4-D output of the module that feeds the classifier's pooling."""
+
     channels_last = True
 
     def __init__(self, name: str, num_classes: int, layers: list[str] | None = None):
@@ -157,12 +179,17 @@ class HookedStudent(nn.Module):
             raise UsageError(f"student 'tv:{name}': no Linear classifier to take F_S from")
         self.classifier = modules[linears[-1]]
         if layers is None:
-            layers = [f"layer{i}" for i in range(1, 5)] if all(f"layer{i}" in modules for i in range(1, 5)) else \
-                [n for n in ("features", "trunk_output", "encoder") if n in modules][:1]
+            layers = (
+                [f"layer{i}" for i in range(1, 5)]
+                if all(f"layer{i}" in modules for i in range(1, 5))
+                else [n for n in ("features", "trunk_output", "encoder") if n in modules][:1]
+            )
         missing = [n for n in layers if n not in modules]
         if missing or not layers:
-            raise UsageError(f"student 'tv:{name}': no layer named {', '.join(missing) or '(none found)'}; name "
-                             "the stage layers as tv:NAME@layer_a,layer_b (module names of the torchvision model)")
+            raise UsageError(
+                f"student 'tv:{name}': no layer named {', '.join(missing) or '(none found)'}; name "
+                "the stage layers as tv:NAME@layer_a,layer_b (module names of the torchvision model)"
+            )
         self._maps: dict[str, torch.Tensor] = {}
         self.layers = layers
         for n in layers:
@@ -180,8 +207,9 @@ class HookedStudent(nn.Module):
         self._maps = {}
         logits = self.net(x)
         maps = [self._maps[n] for n in self.layers]
-        return StudentOut(maps=maps, embedding=torch.flatten(self._maps["_embedding"], 1), logits=logits,
-                          classifier=self.classifier)
+        return StudentOut(
+            maps=maps, embedding=torch.flatten(self._maps["_embedding"], 1), logits=logits, classifier=self.classifier
+        )
 
 
 class TimmStudent(nn.Module):
@@ -190,6 +218,7 @@ class TimmStudent(nn.Module):
     stages, from timm's own intermediate-feature API (`forward_intermediates`, the stages of its `feature_info`).
     Random initialisation: the timm package ships no weights (timm fetches pretrained ones from the Hugging Face
     hub, which needs the network); every run records that in its param student_weights."""
+
     net: Any  # a timm model: its methods (forward_intermediates, feature_info) are not typed
     channels_last = True
     weights = "random initialisation (timm model, pretrained=False)"
@@ -202,26 +231,28 @@ class TimmStudent(nn.Module):
             raise UsageError(f"student 'timm:{name}' needs the timm package (pip install timm)") from None
         if name not in timm.list_models():
             from benchmark.registry import did_you_mean
-            raise UsageError(f"student 'timm:{name}': timm has no model '{name}'; "
-                             f"{did_you_mean(name, timm.list_models())}".strip().rstrip(";"))
+
+            raise UsageError(
+                f"student 'timm:{name}': timm has no model '{name}'; {did_you_mean(name, timm.list_models())}".strip().rstrip(";")
+            )
         self.net = timm.create_model(name, pretrained=False, num_classes=num_classes)
         self.classifier = self.net.get_classifier()
         if not isinstance(self.classifier, nn.Linear) or not hasattr(self.net, "forward_intermediates"):
             raise UsageError(f"student 'timm:{name}': needs a Linear classifier and timm's forward_intermediates")
         self.n_maps = min(4, len(self.net.feature_info))
-        self.map_channels = [int(f["num_chs"]) for f in self.net.feature_info][-self.n_maps:]
+        self.map_channels = [int(f["num_chs"]) for f in self.net.feature_info][-self.n_maps :]
         self.embed_dim = self.classifier.in_features
 
     def forward(self, x: torch.Tensor) -> StudentOut:
         final, maps = self.net.forward_intermediates(x, indices=self.n_maps)
         embedding = torch.flatten(self.net.forward_head(final, pre_logits=True), 1)
-        return StudentOut(maps=list(maps), embedding=embedding, logits=self.classifier(embedding),
-                          classifier=self.classifier)
+        return StudentOut(maps=list(maps), embedding=embedding, logits=self.classifier(embedding), classifier=self.classifier)
 
 
 def torchvision_model(name: str, num_classes: int, what: str) -> nn.Module:
     """An untrained torchvision classification model by name (students `tv:NAME`, teachers `teacher_arch=tv:NAME`)."""
     import torchvision
+
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise UsageError(f"{what}: torchvision has no classification model '{name}'")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
@@ -244,8 +275,10 @@ def check_student(name: str, data) -> bool:
     vector_net = getattr(student_builder(name), "vector_input", False)
     if vector_data != vector_net:
         kind = "vector inputs [N, d]" if vector_data else "images or audio"
-        raise UsageError(f"student '{name}' does not fit this task's {kind}; "
-                         f"{'use --set student=mlp' if vector_data else 'mlp is for the synthetic task only'}")
+        raise UsageError(
+            f"student '{name}' does not fit this task's {kind}; "
+            f"{'use --set student=mlp' if vector_data else 'mlp is for the synthetic task only'}"
+        )
     return vector_net
 
 

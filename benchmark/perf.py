@@ -2,6 +2,7 @@
 and the achieved FLOP/s of each training step (forward + backward as counted by torch.utils.flop_counter:
 matrix products and convolutions; element-wise work is not counted) against the device's peak: the data
 sheet's (nominal) on a known GPU, a large matmul measured at start-up on the CPU; the output says which."""
+
 from __future__ import annotations
 
 import functools
@@ -49,6 +50,7 @@ def bare_loop_step(cfg, task, data, device):
     y_all = data.train.y.to(device)
 
     from benchmark.devices import resolve_precision
+
     bf16 = resolve_precision(cfg.precision, device) == "bf16"  # the same precision as the loops it is compared with
 
     def step(i: int) -> None:
@@ -60,12 +62,12 @@ def bare_loop_step(cfg, task, data, device):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
 # Nominal dense peaks (TFLOP/s) from the vendors' data sheets: bf16 tensor cores and fp32 (non-tensor) units.
-GPU_PEAKS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9},
-             "A100": {"bf16": 312.0, "fp32": 19.5}}
+GPU_PEAKS = {"H100": {"bf16": 989.4, "fp32": 66.9}, "H200": {"bf16": 989.4, "fp32": 66.9}, "A100": {"bf16": 312.0, "fp32": 19.5}}
 
 
 def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
@@ -80,14 +82,16 @@ def device_peak(device: torch.device, bf16: bool) -> tuple[float | None, str]:
         return None, f"{name}: peak unknown (pass --peak-tflops)"
     if bf16:
         from benchmark.devices import cpu_bf16_native
+
         if not cpu_bf16_native():
             return None, "bf16: not native on this CPU (emulated); no peak measured"
     return measured_cpu_peak(dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
 @functools.lru_cache(maxsize=None)
-def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32,
-                      budget_s: float = 3.0) -> tuple[float, str]:
+def measured_cpu_peak(
+    n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.float32, budget_s: float = 3.0
+) -> tuple[float, str]:
     """The CPU's peak as this process can reach it now: the best of up to `reps` n x n x n matrix products with
     the current thread count (measured once per process), stopping early once `budget_s` seconds are spent
     (a slow or busy CPU gets fewer products, never minutes of them); the note says how many ran. Callers never
@@ -95,6 +99,7 @@ def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.f
     clock) is shown beside it, but not used: these CPUs boost above the nominal clock and two vCPUs may share
     FMA units, so the formula can sit below what one thread reaches or far above what two do."""
     import os
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     start = time.perf_counter()
     a @ b  # warm-up (thread pool, caches)
@@ -104,7 +109,7 @@ def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.f
         a @ b
         best = min(best, time.perf_counter() - t0)
         done += 1
-    peak = 2 * n ** 3 / best
+    peak = 2 * n**3 / best
     kind = "bf16" if dtype == torch.bfloat16 else "fp32"
     note = f"measured: best of {done} {n}^3 {kind} matmuls on {torch.get_num_threads()} thread(s) = {peak / 1e9:.1f} GFLOP/s"
     try:
@@ -113,8 +118,10 @@ def measured_cpu_peak(n: int = 2048, reps: int = 5, dtype: torch.dtype = torch.f
         per_cycle = 64 if " avx512f" in flags else 32 if " avx2" in flags and " fma" in flags else 8
         cores = len(os.sched_getaffinity(0))
         if kind == "fp32":
-            note += f" (nominal formula, not used: {cores} cores x {per_cycle} FLOP/cycle x {mhz:.0f} MHz = " \
-                    f"{cores * per_cycle * mhz / 1e3:.1f} GFLOP/s)"
+            note += (
+                f" (nominal formula, not used: {cores} cores x {per_cycle} FLOP/cycle x {mhz:.0f} MHz = "
+                f"{cores * per_cycle * mhz / 1e3:.1f} GFLOP/s)"
+            )
     except (OSError, ValueError):
         pass
     return peak, note
@@ -130,6 +137,7 @@ def teacher_forward(ctx, idx: torch.Tensor) -> None:
 def step_flops(fn) -> int:
     """FLOPs of one call of a training step (forward and backward), counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
+
     counter = FlopCounterMode(display=False)
     with counter:
         fn(0)
@@ -144,8 +152,11 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if distributed.is_main():  # a first line at once: what is timed, before the teacher, the loops and the peak
-        print(f"perf: task {cfg.task} | profile {cfg.profile} | student {cfg.student} | batch {cfg.batch_size} | "
-              f"methods {', '.join(methods)} | {args.steps} timed steps x 5 rounds per loop", flush=True)
+        print(
+            f"perf: task {cfg.task} | profile {cfg.profile} | student {cfg.student} | batch {cfg.batch_size} | "
+            f"methods {', '.join(methods)} | {args.steps} timed steps x 5 rounds per loop",
+            flush=True,
+        )
     tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
     b = cfg.batch_size
     ctx0 = Context(cfg, task, data, tables, "baseline", {})
@@ -170,15 +181,23 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
     bare, base = rows[0][1], rows[0 if world > 1 else 1][1]
     precision = ctx0.precision_resolved
     # the peak of the precision the loops run, and no other (on a CPU: one bounded matmul measurement)
-    peak, peak_note = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)") if args.peak_tflops else \
-        device_peak(ctx0.device, precision == "bf16")
+    peak, peak_note = (
+        (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (given)")
+        if args.peak_tflops
+        else device_peak(ctx0.device, precision == "bf16")
+    )
     achieved = [f / b * r[1] for f, r in zip(flops, rows)]  # FLOP per image x images/s
-    df = pd.DataFrame({"loop": [r[0] for r in rows], "images/s": [round(r[1], 1) for r in rows],
-                       "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
-                       "vs harness baseline": [f"{100 * (r[1] / base - 1):+.1f}%" for r in rows],
-                       "GFLOP/step": [round(f / 1e9, 3) for f in flops],
-                       "achieved GFLOP/s": [round(a / 1e9, 1) for a in achieved],
-                       "% of peak": [f"{100 * a / peak:.1f}%" if peak else "n/a" for a in achieved]})
+    df = pd.DataFrame(
+        {
+            "loop": [r[0] for r in rows],
+            "images/s": [round(r[1], 1) for r in rows],
+            "vs bare loop": [f"{100 * (r[1] / bare - 1):+.1f}%" for r in rows],
+            "vs harness baseline": [f"{100 * (r[1] / base - 1):+.1f}%" for r in rows],
+            "GFLOP/step": [round(f / 1e9, 3) for f in flops],
+            "achieved GFLOP/s": [round(a / 1e9, 1) for a in achieved],
+            "% of peak": [f"{100 * a / peak:.1f}%" if peak else "n/a" for a in achieved],
+        }
+    )
     if world > 1:
         df = df.drop(columns=["vs bare loop"])
         if ctx0.device.type == "cuda":  # one GPU per process; on CPU the processes share the machine's peak
@@ -186,9 +205,12 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
             df["% of peak"] = [f"{100 * a / (peak * world):.1f}%" if peak else "n/a" for a in achieved]
     if distributed.is_main():
         from benchmark.devices import cpu_bf16_native
-        print(f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
-              f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
-              f"{args.steps} steps x 5 interleaved rounds (median)")
+
+        print(
+            f"student {cfg.student}, global batch {b}, device {ctx0.device}, {world} process(es), threads "
+            f"{torch.get_num_threads()}, precision {precision} (native CPU bf16: {cpu_bf16_native() or 'none'}), "
+            f"{args.steps} steps x 5 interleaved rounds (median)"
+        )
         if peak is None and peak_note.startswith(f"{precision}:"):  # a CPU that emulates bf16: no peak, no column
             print(peak_note)
         else:
@@ -199,6 +221,8 @@ def perf(task, methods, hp, cfg, data, args) -> pd.DataFrame:
             readers = [r for r in rows if r[0] not in ("bare PyTorch loop", "baseline", "(live teacher forward alone)")]
             reader = next((r for r in readers if r[0] == "kd"), readers[0] if readers else None)  # KD: the plainest reader
             if reader:
-                print(f"live teacher: {100 * reader[1] / t:.0f}% of a {reader[0]} step is the teacher's forward "
-                      f"(the baseline reads no teacher output and runs none)")
+                print(
+                    f"live teacher: {100 * reader[1] / t:.0f}% of a {reader[0]} step is the teacher's forward "
+                    f"(the baseline reads no teacher output and runs none)"
+                )
     return df

@@ -2,6 +2,7 @@
 methods and tasks, the packages that declare the `xkd_bench.plugins` entry point group, and modules named
 with `--plugin` (or `plugins = [...]` in an experiment file). Only the command-line entry point (and tests)
 call this: the rest of the harness imports no plugin package."""
+
 from __future__ import annotations
 
 import importlib
@@ -30,6 +31,7 @@ def load_plugins(extra: list[str] | tuple[str, ...] = (), how: str = "--plugin")
         import methods
         import methods.baseline  # noqa: F401  (first: the reference of every table and the first colour)
         import tasks
+
         for module in ("benchmark.nets", "benchmark.teachers"):
             importlib.import_module(module)
         for pkg in (methods, tasks):
@@ -64,9 +66,12 @@ def _import(name: str, how: str) -> None:
         raise UsageError(f"{how} {name}: {e}") from None
     except Exception as e:  # noqa: BLE001 - whatever the plugin's own code raised while being imported
         import traceback
+
         where = traceback.extract_tb(e.__traceback__)[-1]
-        raise UsageError(f"{how} {name}: importing it raised {type(e).__name__}: {e} ({where.filename}, line "
-                         f"{where.lineno}); run with --debug for the traceback") from e
+        raise UsageError(
+            f"{how} {name}: importing it raised {type(e).__name__}: {e} ({where.filename}, line "
+            f"{where.lineno}); run with --debug for the traceback"
+        ) from e
     _external.append(name)
 
 

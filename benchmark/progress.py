@@ -2,6 +2,7 @@
 training, a table's runs): readable on a terminal and in a log file alike, at most one line every few seconds,
 each with elapsed time and an ETA. `--quiet` (environment XKD_QUIET=1, inherited by a table's workers) turns
 them off; results, warnings and errors are printed as before."""
+
 from __future__ import annotations
 
 import os
@@ -39,12 +40,18 @@ class Progress:
         rate = elapsed / max(done - self.start, 1)
         left = self.total - done
         eta = f", ETA {duration(rate * left)}" if left > 0 and done > self.start else ""
-        print(f"{self.what}: {self.unit} {done}/{self.total}{' ' + detail if detail else ''} "
-              f"[elapsed {duration(elapsed)}{eta}]", file=sys.stdout, flush=True)
+        print(
+            f"{self.what}: {self.unit} {done}/{self.total}{' ' + detail if detail else ''} [elapsed {duration(elapsed)}{eta}]",
+            file=sys.stdout,
+            flush=True,
+        )
 
 
 def table_line(done: int, total: int, t0: float) -> str:
     """A table's progress after a run ends: `[3/8 done, 5 left, elapsed 6.2 min, ETA 10.3 min]` (t0: time.time())."""
     elapsed, left = time.time() - t0, total - done
-    return (f"[{done}/{total} done, {left} left, elapsed {duration(elapsed)}"
-            + (f", ETA {duration(elapsed / done * left)}" if left and done else "") + "]")
+    return (
+        f"[{done}/{total} done, {left} left, elapsed {duration(elapsed)}"
+        + (f", ETA {duration(elapsed / done * left)}" if left and done else "")
+        + "]"
+    )

@@ -19,6 +19,7 @@ Its identity is the sha256 of its bytes: every run of `run --protocol FILE` reco
 run-config field, so a protocol's runs form a setting of their own). Its declaration is the first commit in
 which the file has exactly these bytes; runs older than that commit, at another code version, on other seeds,
 or beside earlier runs of the same seeds are exploratory, whatever they carry."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,7 @@ from typing import Any
 
 from benchmark.registry import UsageError
 
-PROTOCOL_KEYS = {"primary", "baseline", "metric", "alpha", "seeds", "stopping", "hypothesis", "exploratory",
-                 "code_version"}
+PROTOCOL_KEYS = {"primary", "baseline", "metric", "alpha", "seeds", "stopping", "hypothesis", "exploratory", "code_version"}
 REQUIRED = ("primary", "metric", "seeds", "hypothesis")
 STOPPING = ("fixed",)  # a group-sequential rule needs its alpha spending in the report: not offered yet
 
@@ -43,7 +43,7 @@ class Protocol:
     task: str
     profile: str
     methods: tuple[str, ...]
-    sets: tuple[str, ...]            # KEY=VALUE: the file's [set] and [method.X] entries
+    sets: tuple[str, ...]  # KEY=VALUE: the file's [set] and [method.X] entries
     primary: str
     baseline: str
     metric: str
@@ -61,8 +61,7 @@ class Protocol:
     @property
     def hparams(self) -> dict[str, str]:
         """The primary method's hyperparameters the file fixes (as text)."""
-        return {k.split(".", 1)[1].split("=", 1)[0]: k.split("=", 1)[1] for k in self.sets
-                if k.startswith(f"{self.primary}.")}
+        return {k.split(".", 1)[1].split("=", 1)[0]: k.split("=", 1)[1] for k in self.sets if k.startswith(f"{self.primary}.")}
 
 
 def read(path: str | Path) -> Protocol:
@@ -72,14 +71,16 @@ def read(path: str | Path) -> Protocol:
         raise UsageError(f"--protocol {path}: no such file")
     raw = p.read_bytes()
     from benchmark import experiment
+
     doc = experiment.read(p)
     table = doc.get("protocol")
     if not isinstance(table, dict):
         raise UsageError(f"--protocol {path}: no [protocol] table (primary, metric, seeds, hypothesis)")
     unknown = sorted(set(table) - PROTOCOL_KEYS)
     if unknown:
-        raise UsageError(f"--protocol {path}: unknown key(s) in [protocol]: {', '.join(unknown)}; known: "
-                         f"{', '.join(sorted(PROTOCOL_KEYS))}")
+        raise UsageError(
+            f"--protocol {path}: unknown key(s) in [protocol]: {', '.join(unknown)}; known: {', '.join(sorted(PROTOCOL_KEYS))}"
+        )
     missing = [k for k in REQUIRED if k not in table]
     if missing:
         raise UsageError(f"--protocol {path}: [protocol] must declare {', '.join(missing)}")
@@ -89,19 +90,24 @@ def read(path: str | Path) -> Protocol:
     if "seeds" in doc:
         raise UsageError(f"--protocol {path}: the seeds are [protocol] seeds (the exact list), not `seeds`")
     seeds = table["seeds"]
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                      for s in seeds)):
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise UsageError(f"--protocol {path}: [protocol] seeds must be a list of seeds (seeds = [1000, 1001, 1002])")
     if list(seeds) != list(range(seeds[0], seeds[0] + len(seeds))):
-        raise UsageError(f"--protocol {path}: [protocol] seeds must be consecutive ({seeds[0]}..."
-                         f"{seeds[0] + len(seeds) - 1}), as a run's seeds are")
+        raise UsageError(
+            f"--protocol {path}: [protocol] seeds must be consecutive ({seeds[0]}..."
+            f"{seeds[0] + len(seeds) - 1}), as a run's seeds are"
+        )
     if len(seeds) < 2:
-        raise UsageError(f"--protocol {path}: one seed gives no interval; declare at least 2 (n from a power "
-                         "calculation, stated in hypothesis)")
+        raise UsageError(
+            f"--protocol {path}: one seed gives no interval; declare at least 2 (n from a power "
+            "calculation, stated in hypothesis)"
+        )
     stopping = table.get("stopping", "fixed")
     if stopping not in STOPPING:
-        raise UsageError(f"--protocol {path}: stopping = {stopping!r}: only 'fixed' (n = the declared seeds, read "
-                         "once after all of them) is supported")
+        raise UsageError(
+            f"--protocol {path}: stopping = {stopping!r}: only 'fixed' (n = the declared seeds, read "
+            "once after all of them) is supported"
+        )
     alpha = table.get("alpha", 0.05)
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 < alpha < 1:
         raise UsageError(f"--protocol {path}: alpha must be a number in (0, 1), not {alpha!r}")
@@ -109,28 +115,44 @@ def read(path: str | Path) -> Protocol:
     baseline = str(table.get("baseline", "baseline"))
     for k, m in (("primary", table["primary"]), ("baseline", baseline)):
         if m not in methods:
-            raise UsageError(f"--protocol {path}: [protocol] {k} = {m!r} is not among its methods "
-                             f"({', '.join(methods) or doc['methods']})")
+            raise UsageError(
+                f"--protocol {path}: [protocol] {k} = {m!r} is not among its methods ({', '.join(methods) or doc['methods']})"
+            )
     if "exploratory" in table:
-        raise UsageError(f"--protocol {path}: the exploratory family is every other method in `methods` "
-                         "(Holm over them): list them there, not under [protocol]")
-    return Protocol(name=p.stem, path=p.resolve(), sha256=hashlib.sha256(raw).hexdigest(), task=doc["task"],
-                    profile=doc["profile"], methods=methods, sets=tuple(doc["set"]) + tuple(doc["method_sets"]),
-                    primary=str(table["primary"]), baseline=baseline, metric=str(table["metric"]),
-                    alpha=float(alpha), seeds=tuple(seeds), stopping=stopping, hypothesis=str(table["hypothesis"]),
-                    code_version=str(table.get("code_version", "")))
+        raise UsageError(
+            f"--protocol {path}: the exploratory family is every other method in `methods` "
+            "(Holm over them): list them there, not under [protocol]"
+        )
+    return Protocol(
+        name=p.stem,
+        path=p.resolve(),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        task=doc["task"],
+        profile=doc["profile"],
+        methods=methods,
+        sets=tuple(doc["set"]) + tuple(doc["method_sets"]),
+        primary=str(table["primary"]),
+        baseline=baseline,
+        metric=str(table["metric"]),
+        alpha=float(alpha),
+        seeds=tuple(seeds),
+        stopping=stopping,
+        hypothesis=str(table["hypothesis"]),
+        code_version=str(table.get("code_version", "")),
+    )
 
 
 def _git(folder: Path, *args: str) -> str | None:
     from benchmark.provenance import git_output
+
     out = git_output(*args, folder=folder)
     return None if out is None else out.decode("utf-8", "replace").strip()
 
 
 @dataclass(frozen=True)
 class Declaration:
-    commit: str          # the first commit in which the file has the protocol's bytes
-    time: datetime       # its commit time (UTC)
+    commit: str  # the first commit in which the file has the protocol's bytes
+    time: datetime  # its commit time (UTC)
 
 
 def declaration(proto: Protocol) -> Declaration | None:
@@ -143,6 +165,7 @@ def declaration(proto: Protocol) -> Declaration | None:
     rel = proto.path.relative_to(Path(top).resolve()).as_posix()
     log = _git(Path(top), "log", "--reverse", "--format=%H %ct", "--", rel)
     from benchmark.provenance import git_output
+
     for line in (log or "").splitlines():
         commit, stamp = line.split()
         blob = git_output("show", f"{commit}:{rel}", folder=Path(top))
@@ -170,17 +193,21 @@ def check_runnable(proto: Protocol, version: str) -> Declaration:
     harness's; returns the declaration."""
     decl = declaration(proto)
     if decl is None:
-        raise UsageError(f"--protocol {proto.path}: not committed with this content: a protocol is declared by the "
-                         "commit that adds it; commit it (before any of its runs), then run it")
+        raise UsageError(
+            f"--protocol {proto.path}: not committed with this content: a protocol is declared by the "
+            "commit that adds it; commit it (before any of its runs), then run it"
+        )
     need = required_code_version(proto, decl)
     assert need is not None  # a declaration gives one
     if not code_matches(version, need):
         why = "uncommitted changes in the harness" if version.endswith(".dirty") else f"this harness is {version}"
-        raise UsageError(f"--protocol {proto.path}: its runs must be at code version "
-                         f"{need.removeprefix('+g') if need.startswith('+g') else need} ("
-                         f"{'the commit that declares it' if not proto.code_version else 'its code_version'}); "
-                         f"{why} (a git worktree of that commit runs it: git worktree add DIR "
-                         f"{need.removeprefix('+g')})")
+        raise UsageError(
+            f"--protocol {proto.path}: its runs must be at code version "
+            f"{need.removeprefix('+g') if need.startswith('+g') else need} ("
+            f"{'the commit that declares it' if not proto.code_version else 'its code_version'}); "
+            f"{why} (a git worktree of that commit runs it: git worktree add DIR "
+            f"{need.removeprefix('+g')})"
+        )
     return decl
 
 
@@ -191,8 +218,12 @@ def seeds_used(tracker, proto: Protocol) -> list[tuple[int, str, str]]:
     out = []
     for r in client.search_runs([exp], filter_string=f"params.task = '{proto.task}'", max_results=50000):
         p = r.data.params
-        if p.get("method") in (proto.primary, proto.baseline) and p.get("seed", "").isdigit() \
-                and int(p["seed"]) in proto.seeds and p.get("protocol", "") != proto.tag:
+        if (
+            p.get("method") in (proto.primary, proto.baseline)
+            and p.get("seed", "").isdigit()
+            and int(p["seed"]) in proto.seeds
+            and p.get("protocol", "") != proto.tag
+        ):
             out.append((int(p["seed"]), p["method"], r.info.run_id))
     return sorted(out)
 
@@ -205,6 +236,7 @@ def command_sets(proto: Protocol) -> list[str]:
 def all_protocols(folder: Path | None = None) -> dict[str, Protocol]:
     """The protocols of a folder (default: the harness's protocols/), by tag; unreadable files are skipped."""
     from benchmark.provenance import ROOT
+
     out = {}
     for f in sorted((folder or ROOT / "protocols").glob("*.toml")):
         try:
@@ -215,15 +247,14 @@ def all_protocols(folder: Path | None = None) -> dict[str, Protocol]:
     return out
 
 
-
-
 @dataclass
 class Verdict:
     """Whether one setting's runs are a protocol's confirmatory test: `reasons` lists every way they are not."""
+
     tag: str
     protocol: Protocol | None
     declared: Declaration | None
-    first_start: Any = None          # the earliest start time of the setting's runs (a pandas Timestamp, UTC)
+    first_start: Any = None  # the earliest start time of the setting's runs (a pandas Timestamp, UTC)
     reasons: list[str] | None = None
 
     @property
@@ -240,6 +271,7 @@ def same_value(value, wanted) -> bool:
 
 def _starts(runs) -> Any:
     import pandas as pd
+
     if "start_time" not in runs:
         return pd.Series(pd.NaT, index=runs.index)
     return pd.to_datetime(runs["start_time"], utc=True, errors="coerce", format="mixed")
@@ -260,8 +292,9 @@ def assess(sel, pool, known: dict[str, Protocol]) -> Verdict | None:
     tag = tags[0]
     proto = known.get(tag)
     if proto is None:
-        return Verdict(tag, None, None, reasons=[f"no protocol file of this checkout's protocols/ has the hash "
-                                                 f"{tag.rsplit('@', 1)[-1]}"])
+        return Verdict(
+            tag, None, None, reasons=[f"no protocol file of this checkout's protocols/ has the hash {tag.rsplit('@', 1)[-1]}"]
+        )
     decl = declaration(proto)
     reasons = [] if decl is not None else ["the protocol file is not committed with these bytes"]
     arms = sel[sel["params.method"].isin([proto.primary, proto.baseline])]
@@ -270,24 +303,33 @@ def assess(sel, pool, known: dict[str, Protocol]) -> Verdict | None:
     for arm in (proto.primary, proto.baseline):
         seeds = sorted({int(float(s)) for s in arms.loc[arms["params.method"] == arm, "params.seed"]})
         if seeds != list(proto.seeds):
-            got = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds[:12]))})" \
-                if seeds else "no finished run"
+            got = (
+                f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds[:12]))})"
+                if seeds
+                else "no finished run"
+            )
             reasons.append(f"{arm} has {got}, not the declared {len(proto.seeds)} ({proto.seeds[0]}-{proto.seeds[-1]})")
     need = required_code_version(proto, decl)
     versions = sorted(set(arms["params.code_version"].fillna(""))) if "params.code_version" in arms else [""]
     if need is not None and not all(code_matches(v, need) for v in versions):
-        reasons.append(f"code version {', '.join(v or '(none recorded)' for v in versions)} is not the protocol's "
-                       f"({need.removeprefix('+g') if need.startswith('+g') else need})")
+        reasons.append(
+            f"code version {', '.join(v or '(none recorded)' for v in versions)} is not the protocol's "
+            f"({need.removeprefix('+g') if need.startswith('+g') else need})"
+        )
     if starts.isna().any():
         reasons.append("runs without a start time (an older runs.csv): they cannot be shown to follow the declaration")
     elif decl is not None and (starts < decl.time).any():
-        reasons.append(f"{int((starts < decl.time).sum())} run(s) started before the declaring commit "
-                       f"({decl.time:%Y-%m-%d %H:%M} UTC)")
+        reasons.append(
+            f"{int((starts < decl.time).sum())} run(s) started before the declaring commit ({decl.time:%Y-%m-%d %H:%M} UTC)"
+        )
     wrong = []
     if len(arms):
         head = arms.iloc[0]
-        wrong += [f"{what} {head.get(f'params.{what}')}" for what, want in (("task", proto.task), ("profile", proto.profile))
-                  if str(head.get(f"params.{what}")) != want]
+        wrong += [
+            f"{what} {head.get(f'params.{what}')}"
+            for what, want in (("task", proto.task), ("profile", proto.profile))
+            if str(head.get(f"params.{what}")) != want
+        ]
     for item in proto.sets:
         key, value = item.split("=", 1)
         col = f"params.hp.{key.split('.', 1)[1]}" if "." in key else f"params.{key}"
@@ -297,12 +339,15 @@ def assess(sel, pool, known: dict[str, Protocol]) -> Verdict | None:
     if wrong:
         reasons.append("not the declared runs: " + ", ".join(wrong))
     if len(pool) and first is not None and first == first:  # NaT compares unequal to itself
-        other = pool[pool["params.method"].isin([proto.primary, proto.baseline])
-                     & pool["params.seed"].astype(str).isin([str(s) for s in proto.seeds])
-                     & (pool["params.protocol"].fillna("") != tag if "params.protocol" in pool else True)]
+        other = pool[
+            pool["params.method"].isin([proto.primary, proto.baseline])
+            & pool["params.seed"].astype(str).isin([str(s) for s in proto.seeds])
+            & (pool["params.protocol"].fillna("") != tag if "params.protocol" in pool else True)
+        ]
         earlier = other[_starts(other) < first]
         if len(earlier):
-            reasons.append(f"declared seeds ran before outside the protocol ({len(earlier)} run(s), e.g. "
-                           f"{earlier['params.method'].iloc[0]} seed {earlier['params.seed'].iloc[0]}): not fresh")
+            reasons.append(
+                f"declared seeds ran before outside the protocol ({len(earlier)} run(s), e.g. "
+                f"{earlier['params.method'].iloc[0]} seed {earlier['params.seed'].iloc[0]}): not fresh"
+            )
     return Verdict(tag, proto, decl, first, reasons)
-

@@ -1,5 +1,6 @@
 """Which code produced a run: the package version, the git commit of the source tree and whether that tree
 had uncommitted changes. Runs of different code versions are different settings (never pooled or paired)."""
+
 from __future__ import annotations
 
 import functools

@@ -1,6 +1,7 @@
 """One registry for every pluggable kind: methods, tasks, students, teachers (profiles belong to tasks).
 
 This module imports nothing of the harness; benchmark.plugins imports the modules that register."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ class Entry:
 
 
 def did_you_mean(name: str, known) -> str:
-    """"did you mean 'x' or 'y'? " for the closest known names (difflib), or "" when none is close."""
+    """ "did you mean 'x' or 'y'? " for the closest known names (difflib), or "" when none is close."""
     import difflib
+
     near = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.6)
     return ("did you mean " + " or ".join(f"'{x}'" for x in near) + "? ") if near else ""
 
@@ -34,19 +36,18 @@ class Registry:
         def deco(obj: Any) -> Any:
             self.add(name, obj, description)
             return obj
+
         return deco
 
     def add(self, name: str, obj: Any, description: str) -> None:
         if name in self._entries:
             owner = getattr(self._entries[name].obj, "__module__", "?")
-            raise UsageError(f"{self.kind} '{name}' is registered already (by {owner}); a plugin must choose "
-                             "another name")
+            raise UsageError(f"{self.kind} '{name}' is registered already (by {owner}); a plugin must choose another name")
         self._entries[name] = Entry(name, obj, description)
 
     def get(self, name: str) -> Any:
         if name not in self._entries:
-            raise UsageError(f"unknown {self.kind} '{name}'; {did_you_mean(name, self.names())}known: "
-                             f"{', '.join(self.names())}")
+            raise UsageError(f"unknown {self.kind} '{name}'; {did_you_mean(name, self.names())}known: {', '.join(self.names())}")
         return self._entries[name].obj
 
     def names(self) -> list[str]:
@@ -64,13 +65,15 @@ BASELINE = "baseline"  # the method every comparison is against: the task loss a
 TASKS = Registry("task")
 STUDENTS = Registry("student")
 TEACHERS = Registry("teacher")
-FIXTURES = Registry("fixture")    # entries: build(sources folder, out folder, noise folder or None) -> folder
+FIXTURES = Registry("fixture")  # entries: build(sources folder, out folder, noise folder or None) -> folder
 DATASETS = Registry("dataset")  # entries: (fetch(root) -> folder, folder name under the data root)
 
 
 def register_dataset(name: str, folder: str, description: str):
     """Decorator for a task module's fetcher `fn(root) -> folder`: `data fetch <name>` runs it into root/folder."""
+
     def deco(fn):
         DATASETS.add(name, (fn, folder), description)
         return fn
+
     return deco

@@ -13,6 +13,7 @@
 What a RunConfig holds and which fields define a setting: benchmark/config.py. The options themselves:
 benchmark/commands/common.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,12 +32,15 @@ SHORTCUTS = {"epochs": int, "lr": float, "batch_size": int}  # never --seed: it 
 def apply_config(args) -> None:
     """Merge an experiment file under the command line, then the defaults; shortcuts become --set entries."""
     from benchmark import experiment
+
     proto = protocol_of(args)
     if getattr(args, "config", None):
         doc = experiment.read(args.config)
         if "protocol" in doc and proto is None:
-            raise UsageError(f"--config {args.config} declares a protocol ([protocol]): run it with `run --protocol "
-                             f"{args.config}` (its runs are then checked and recorded as the protocol's)")
+            raise UsageError(
+                f"--config {args.config} declares a protocol ([protocol]): run it with `run --protocol "
+                f"{args.config}` (its runs are then checked and recorded as the protocol's)"
+            )
         for k, v in doc.items():
             if k in ("set", "plugins", "method_sets", "protocol"):
                 continue
@@ -49,6 +53,7 @@ def apply_config(args) -> None:
         args.method_sets = doc["method_sets"]
     if proto is not None:  # its seeds and its tag, after the file's entries
         from benchmark.protocol import command_sets
+
         args.seeds = len(proto.seeds)
         args.set += command_sets(proto)
     for k, v in RUN_DEFAULTS.items():
@@ -66,17 +71,32 @@ def protocol_of(args):
     path = getattr(args, "protocol", None)
     if not path:
         return None
-    given = [flag for flag, dest in (("--config", "config"), ("--task", "task"), ("--methods", "methods"),
-                                     ("--profile", "profile"), ("--seeds", "seeds"), ("--student", "student"),
-                                     ("--teacher", "teacher")) if getattr(args, dest, None) is not None]
+    given = [
+        flag
+        for flag, dest in (
+            ("--config", "config"),
+            ("--task", "task"),
+            ("--methods", "methods"),
+            ("--profile", "profile"),
+            ("--seeds", "seeds"),
+            ("--student", "student"),
+            ("--teacher", "teacher"),
+        )
+        if getattr(args, dest, None) is not None
+    ]
     from benchmark.config import OPERATIONAL  # how runs are executed, not what they compute: allowed
+
     changed = [x for x in args.set if x.split("=", 1)[0].strip() not in OPERATIONAL]
-    given += [f"--set {x}" for x in changed[:1]] + [f"--{n.replace('_', '-')}" for n in SHORTCUTS
-                                                    if getattr(args, f"short_{n}", None) is not None]
+    given += [f"--set {x}" for x in changed[:1]] + [
+        f"--{n.replace('_', '-')}" for n in SHORTCUTS if getattr(args, f"short_{n}", None) is not None
+    ]
     if given:
-        raise UsageError(f"--protocol runs exactly what {path} declares: drop {', '.join(given)} (a changed run "
-                         "is another protocol: declare it in a new file, commit it, then run it)")
+        raise UsageError(
+            f"--protocol runs exactly what {path} declares: drop {', '.join(given)} (a changed run "
+            "is another protocol: declare it in a new file, commit it, then run it)"
+        )
     from benchmark import protocol
+
     proto = protocol.read(path)
     args.config, args.protocol_doc = str(path), proto
     return proto
@@ -95,6 +115,7 @@ def resolve(args):
     flags = {"student": args.student, "teacher": args.teacher, "data_dir": args.data_dir, "device": args.device}
     if not flags["data_dir"] and task.data_folder:  # the data root; the task fetches a missing dataset there
         from benchmark.datasets import data_root
+
         flags["data_dir"] = str(data_root() / task.data_folder)
     try:
         cfg = build_config(task, args.profile, flags, cfg_sets)
@@ -103,25 +124,31 @@ def resolve(args):
     # 3. everything else that can fail, before anything is written
     proto = getattr(args, "protocol_doc", None)
     if cfg.protocol and proto is None:
-        raise UsageError("protocol is recorded by `run --protocol FILE` only (the report checks it against the "
-                         "committed file); drop --set protocol=...")
+        raise UsageError(
+            "protocol is recorded by `run --protocol FILE` only (the report checks it against the "
+            "committed file); drop --set protocol=..."
+        )
     if proto is not None:  # declared (committed with these bytes) and at its code version, or refused here
         from benchmark.protocol import check_runnable
         from benchmark.provenance import code_version
+
         check_runnable(proto, code_version())
     if cfg.teacher_control != "none" and cfg.teacher_control not in task.teacher_controls:
         having = ", ".join(n for n in TASKS.names() if cfg.teacher_control in TASKS.get(n).teacher_controls)
-        raise UsageError(f"teacher_control={cfg.teacher_control}: the teacher of task '{task.name}' has no such "
-                         f"control (its controls: {', '.join(task.teacher_controls)}; tasks with "
-                         f"{cfg.teacher_control}: {having or 'none'})")
+        raise UsageError(
+            f"teacher_control={cfg.teacher_control}: the teacher of task '{task.name}' has no such "
+            f"control (its controls: {', '.join(task.teacher_controls)}; tasks with "
+            f"{cfg.teacher_control}: {having or 'none'})"
+        )
     from benchmark.nets import student_builder
+
     student_builder(cfg.student), TEACHERS.get(cfg.teacher)  # unknown names fail here, before anything is read
     from benchmark.devices import resolve_device
     from benchmark.method import validate_hparams
     from benchmark.trainer import resolve_hparams
+
     resolve_device(cfg.device)
-    methods = check_teacher_maps(task, methods, [resolve_hparams(m, task, cfg, hp) for m in methods],
-                                 args.methods == "all")
+    methods = check_teacher_maps(task, methods, [resolve_hparams(m, task, cfg, hp) for m in methods], args.methods == "all")
     for m in methods:  # instantiate hyperparameters now so a bad choice fails before any run starts
         try:
             validate_hparams(resolve_hparams(m, task, cfg, hp)[1])
@@ -131,6 +158,7 @@ def resolve(args):
         raise UsageError("--seeds must be >= 1")
     if getattr(args, "tracking_uri", "unused") != "unused":
         from benchmark.tracking import resolve_uri
+
         resolve_uri(args.tracking_uri)
     if getattr(args, "out", None):
         check_out_dir(Path(args.out))
@@ -141,6 +169,7 @@ def resolve(args):
     # 4. the data, and whether the student takes it
     data = task.load(cfg)
     from benchmark.nets import check_student
+
     check_student(cfg.student, data)  # an image student on vectors (or the reverse) fails here, nothing written
     return task, methods, hp, cfg, data
 
@@ -197,13 +226,15 @@ def set_sources(args, file_sets: list[str]) -> dict[str, str]:
     return out
 
 
-def split_sets(sets: dict[str, str], methods: list[str], task=None,
-               where: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, object]]:
+def split_sets(
+    sets: dict[str, str], methods: list[str], task=None, where: dict[str, str] | None = None
+) -> tuple[dict[str, str], dict[str, object]]:
     """--set keys go to the run config (the task's own fields included), to the hyperparameters of every
     selected method that has the key (`temperature=2`), or to one method's (`kd.temperature=2`); an unknown
     key or method is refused with the closest known names. `where` names each key's source (an experiment
     file's table; default `--set`), so that an error points at the line to fix."""
     from benchmark.method import hparam_fields
+
     cfg_types = config_fields(task)
     cfg_sets, hp = {}, {}
     for k, raw in sets.items():
@@ -220,17 +251,22 @@ def split_sets(sets: dict[str, str], methods: list[str], task=None,
                     raise UsageError(f"{src}: method '{method}' is not among the selected methods ({', '.join(methods)})")
                 known = hparam_fields(METHODS.get(method))
                 if field not in known:
-                    raise UsageError(f"{src}: unknown hyperparameter '{field}' of '{method}'"
-                                     f"{closest(field, list(known))}")
+                    raise UsageError(f"{src}: unknown hyperparameter '{field}' of '{method}'{closest(field, list(known))}")
                 hp[k] = convert(k, raw, known[field].type)
                 continue
             owners = [hparam_fields(METHODS.get(m))[k] for m in methods if k in hparam_fields(METHODS.get(m))]
             if not owners:
                 hp_keys = sorted({f for m in methods for f in hparam_fields(METHODS.get(m))})
                 near = closest(k, [*cfg_types, *hp_keys])
-                raise UsageError(f"{src}: unknown key '{k}'" + (near if near.startswith("; did") else
-                                 f"; run config keys: {', '.join(cfg_types)}; hyperparameters of the selected "
-                                 f"methods: {', '.join(hp_keys)} (one method's: METHOD.KEY)"))
+                raise UsageError(
+                    f"{src}: unknown key '{k}'"
+                    + (
+                        near
+                        if near.startswith("; did")
+                        else f"; run config keys: {', '.join(cfg_types)}; hyperparameters of the selected "
+                        f"methods: {', '.join(hp_keys)} (one method's: METHOD.KEY)"
+                    )
+                )
             hp[k] = convert(k, raw, owners[0].type)
         except UsageError as e:  # a type or range error of convert(): name its source too
             msg = str(e)
@@ -241,8 +277,11 @@ def split_sets(sets: dict[str, str], methods: list[str], task=None,
 def build_config(task, profile: str, flags: dict[str, Any], sets: dict[str, str]) -> RunConfig:
     if profile not in task.profiles:
         from benchmark.registry import did_you_mean
-        raise UsageError(f"unknown profile '{profile}' for task {task.name}; {did_you_mean(profile, task.profiles)}"
-                         f"known: {', '.join(task.profiles)}")
+
+        raise UsageError(
+            f"unknown profile '{profile}' for task {task.name}; {did_you_mean(profile, task.profiles)}"
+            f"known: {', '.join(task.profiles)}"
+        )
     values = dict(task.profiles[profile])
     values.update({k: v for k, v in flags.items() if v is not None})
     types = config_fields(task)
@@ -265,9 +304,13 @@ def config_fields(task=None) -> dict[str, Any]:
     return {**own, **(task_field_types(task) if task is not None else {})}
 
 
-CHOICES = {"optimizer": ("sgd", "adam"), "schedule": ("step", "multistep", "cosine", "onecycle"),
-           "device": ("auto", "cpu", "cuda"),
-           "teacher_logits": ("zeroshot", "probe", "own"), "match_proto": ("head_then_mean", "mean_then_head")}
+CHOICES = {
+    "optimizer": ("sgd", "adam"),
+    "schedule": ("step", "multistep", "cosine", "onecycle"),
+    "device": ("auto", "cpu", "cuda"),
+    "teacher_logits": ("zeroshot", "probe", "own"),
+    "match_proto": ("head_then_mean", "mean_then_head"),
+}
 
 
 def convert(key: str, raw: str, typ: Any) -> Any:
@@ -303,8 +346,10 @@ def check_teacher_maps(task, methods: list[str], resolved: list, all_selected: b
     if not needy or task.teacher_maps:
         return methods
     having = ", ".join(n for n in TASKS.names() if TASKS.get(n).teacher_maps) or "none registered"
-    why = f"need{'s' if len(needy) == 1 else ''} the teacher's stage maps, which the teacher of task " \
-          f"'{task.name}' does not give (tasks whose teachers have maps: {having})"
+    why = (
+        f"need{'s' if len(needy) == 1 else ''} the teacher's stage maps, which the teacher of task "
+        f"'{task.name}' does not give (tasks whose teachers have maps: {having})"
+    )
     if not all_selected:
         raise UsageError(f"method{'s' if len(needy) > 1 else ''} {', '.join(needy)} {why}")
     print(f"--methods all: {', '.join(needy)} left out: {why}", flush=True)
@@ -328,6 +373,7 @@ def check_out_dir(out: Path) -> None:
 def closest(name: str, known: list[str]) -> str:
     """'; did you mean 'x'?' for the nearest known names, else the list of known names."""
     import difflib
+
     near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
     if near:
         return "; did you mean " + " or ".join(f"'{x}'" for x in near) + "?"

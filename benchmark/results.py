@@ -1,6 +1,7 @@
 """The results table of one `run` command: per method, mean / std / n over distinct seeds of each summary
 metric and the paired 95% CI against the baseline on the task's primary metric, as numbers
 (results.csv, results.json) and, formatted from those numbers, as Markdown (results.md)."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,12 @@ import pandas as pd
 from benchmark.registry import BASELINE
 from benchmark.stats import Paired, comparison_record, fmt_mean_std, holm, paired_difference, per_seed, summary
 
-NOTE = ("\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
-        "p-value adjusted with Holm's method across the methods of this table; `*`: p_Holm < 0.05. "
-        "With one seed no spread or interval exists (`n/a`). The same numbers, one column each: results.csv / "
-        "results.json.\n")
+NOTE = (
+    "\nΔ: paired difference (same seeds) with its raw t-based 95% interval; p_Holm: the paired t-test's "
+    "p-value adjusted with Holm's method across the methods of this table; `*`: p_Holm < 0.05. "
+    "With one seed no spread or interval exists (`n/a`). The same numbers, one column each: results.csv / "
+    "results.json.\n"
+)
 
 
 def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFrame:
@@ -27,8 +30,11 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
     df = everything[everything["failure"].isna()] if "failure" in everything else everything
     order = list(dict.fromkeys(everything["method"]))
     primary = columns[0][0]
-    base = per_seed(df.loc[df["method"] == BASELINE, primary], df.loc[df["method"] == BASELINE, "seed"]) \
-        if "baseline" in order and primary in df else None
+    base = (
+        per_seed(df.loc[df["method"] == BASELINE, primary], df.loc[df["method"] == BASELINE, "seed"])
+        if "baseline" in order and primary in df
+        else None
+    )
     rows, family = [], []
     for m in order:
         g = df[df["method"] == m]
@@ -41,8 +47,9 @@ def summarise(results: list[dict], columns: list[tuple[str, str]]) -> pd.DataFra
             family.append(p)
             row["_paired"] = p
         if len(failures):
-            row["failed"] = "; ".join(f"seed {f.seed}: {f.failure.split(': ', 1)[-1]}"
-                                      for f in failures[failures["method"] == m].itertuples())
+            row["failed"] = "; ".join(
+                f"seed {f.seed}: {f.failure.split(': ', 1)[-1]}" for f in failures[failures["method"] == m].itertuples()
+            )
         rows.append(row)
     holm(family)  # the methods of this table are one family: stars only where Holm's adjusted p < 0.05
     for row in rows:
@@ -54,8 +61,9 @@ def fmt_delta(row: pd.Series | dict) -> str:
     n = int(row.get("delta_n", 0) or 0)
     if not n:
         return "—"
-    p = Paired(row["delta"], row["delta_ci_low"], row["delta_ci_high"], n, row["p"],
-               None if pd.isna(row["p_holm"]) else row["p_holm"])
+    p = Paired(
+        row["delta"], row["delta_ci_low"], row["delta_ci_high"], n, row["p"], None if pd.isna(row["p_holm"]) else row["p_holm"]
+    )
     return str(p)
 
 
@@ -66,8 +74,8 @@ def to_markdown(table: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
         shown[label] = [fmt_mean_std(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_n"]) for _, r in table.iterrows()]
     if "delta_n" in table and (table["method"] == BASELINE).any():
         shown[f"Δ {columns[0][1]} vs baseline, 95% CI"] = [
-            "—" if r["method"] == BASELINE else (fmt_delta(r) if r["delta_n"] else "no matched seed")
-            for _, r in table.iterrows()]
+            "—" if r["method"] == BASELINE else (fmt_delta(r) if r["delta_n"] else "no matched seed") for _, r in table.iterrows()
+        ]
     if "failed" in table:
         shown["failed"] = table["failed"].replace("", "—")
     return shown.to_markdown(index=False)
@@ -86,8 +94,6 @@ def write_atomic(path: Path, content) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
 
 
 def write_table(results: list[dict], out_dir: Path, columns: list[tuple[str, str]]) -> pd.DataFrame:
@@ -110,6 +116,7 @@ def fresh_dir(base: Path) -> Path:
 def fresh_name(base: Path) -> Path:
     """The name of this invocation's own folder under `base` (UTC time and pid), not made yet."""
     import time
+
     return base / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{os.getpid()}"
 
 

@@ -3,6 +3,7 @@ paired difference against the baseline over matched seeds with a t-based 95% con
 two-sided paired t-test p-value; across the comparisons of one table (a family) the p-values are adjusted
 with Holm's step-down method, and only an adjusted p below 0.05 earns a star. The raw interval is shown
 as computed (it is not widened by the correction)."""
+
 from __future__ import annotations
 
 import math
@@ -40,10 +41,10 @@ class Paired:
     lo: float
     hi: float
     n: int
-    p: float = math.nan        # two-sided paired t-test against zero (nan: n < 2 or no spread)
+    p: float = math.nan  # two-sided paired t-test against zero (nan: n < 2 or no spread)
     p_adj: float | None = None  # Holm-adjusted within its family (None: not adjusted)
-    sd: float = math.nan       # sample SD of the paired differences (power, benchmark.stats.mde)
-    df: float = math.nan       # the test's degrees of freedom when not n - 1 (crossed_difference)
+    sd: float = math.nan  # sample SD of the paired differences (power, benchmark.stats.mde)
+    df: float = math.nan  # the test's degrees of freedom when not n - 1 (crossed_difference)
 
     @property
     def no_spread(self) -> bool:
@@ -62,8 +63,15 @@ class Paired:
 
     def as_dict(self, prefix: str = "delta") -> dict[str, float | bool | int]:
         """The comparison as numbers: mean, CI bounds, n, raw and Holm-adjusted p, the star."""
-        return {prefix: self.mean, f"{prefix}_ci_low": self.lo, f"{prefix}_ci_high": self.hi, f"{prefix}_n": self.n,
-                "p": self.p, "p_holm": math.nan if self.p_adj is None else self.p_adj, "significant": self.significant}
+        return {
+            prefix: self.mean,
+            f"{prefix}_ci_low": self.lo,
+            f"{prefix}_ci_high": self.hi,
+            f"{prefix}_n": self.n,
+            "p": self.p,
+            "p_holm": math.nan if self.p_adj is None else self.p_adj,
+            "significant": self.significant,
+        }
 
     def __str__(self) -> str:
         if self.n < 2:
@@ -84,6 +92,7 @@ def summary(v: pd.Series) -> dict[str, float]:
     half = math.nan
     if n > 1:
         from scipy import stats
+
         half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "std": sd, "n": n, "ci_low": mean - half, "ci_high": mean + half}
 
@@ -108,6 +117,7 @@ def holm_adjust(p, m: int | None = None):
     """Holm's adjusted p-values of p [..., t] (vectorised over leading axes) in a family of m >= t members (the
     untested ones count as p = 1)."""
     import numpy as np
+
     p = np.asarray(p, dtype=float)
     m = p.shape[-1] if m is None else m
     order = np.argsort(p, axis=-1, kind="stable")
@@ -137,6 +147,7 @@ def paired_interval(d):
     low, high, p. paired_difference prints it; tests/test_coverage.py checks its coverage with many at once."""
     import numpy as np
     from scipy import stats
+
     d = np.asarray(d, dtype=float)
     n = d.shape[-1]
     mean, se = d.mean(-1), d.std(-1, ddof=1) / math.sqrt(n)
@@ -172,20 +183,21 @@ def crossed_interval(x):
     p, SE, Satterthwaite degrees of freedom (SE 0 where the variance estimate is not positive)."""
     import numpy as np
     from scipy import stats
+
     x = np.asarray(x, dtype=float)
     k, n = x.shape[-2:]
     grand, rows, cols = x.mean((-2, -1)), x.mean(-1), x.mean(-2)
     ms_t = n * ((rows - grand[..., None]) ** 2).sum(-1) / (k - 1)
     ms_s = k * ((cols - grand[..., None]) ** 2).sum(-1) / (n - 1)
     resid = x - rows[..., :, None] - cols[..., None, :] + grand[..., None, None]
-    ms_e = (resid ** 2).sum((-2, -1)) / ((k - 1) * (n - 1))
+    ms_e = (resid**2).sum((-2, -1)) / ((k - 1) * (n - 1))
     # Var(grand mean) k n = max(MS_T - MS_E, 0) + max(MS_S - MS_E, 0) + MS_E: a negative variance component is
     # taken as 0 (otherwise the difference of mean squares leaves Satterthwaite's df near 0 and a useless interval)
     c_t, c_s = (ms_t > ms_e).astype(float), (ms_s > ms_e).astype(float)
     c_e = 1.0 - c_t - c_s
     comb = c_t * ms_t + c_s * ms_s + c_e * ms_e
     with np.errstate(divide="ignore", invalid="ignore"):
-        df = comb ** 2 / ((c_t * ms_t) ** 2 / (k - 1) + (c_s * ms_s) ** 2 / (n - 1) + (c_e * ms_e) ** 2 / ((k - 1) * (n - 1)))
+        df = comb**2 / ((c_t * ms_t) ** 2 / (k - 1) + (c_s * ms_s) ** 2 / (n - 1) + (c_e * ms_e) ** 2 / ((k - 1) * (n - 1)))
         se = np.sqrt(np.clip(comb, 0, None) / (k * n))
         half = stats.t.ppf(0.975, df) * se
         p = 2 * stats.t.sf(np.abs(grand) / se, df)
@@ -200,6 +212,7 @@ POWER = 0.8
 def paired_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     """The probability that a two-sided paired t-test at level alpha rejects under a true mean difference delta."""
     from scipy import stats
+
     if n < 2 or not sd > 0:
         return math.nan
     df, nc = n - 1, abs(delta) * math.sqrt(n) / sd
@@ -217,6 +230,7 @@ def _power_by_integration(nc: float, df: int, crit: float) -> float:
     def rejects(u: float) -> float:
         s = crit * math.sqrt(stats.chi2.ppf(u, df) / df)
         return float(stats.norm.sf(s - nc) + stats.norm.cdf(-s - nc))
+
     return float(integrate.quad(rejects, 0.0, 1.0, epsabs=1e-12, epsrel=1e-10, limit=200)[0])
 
 
@@ -224,6 +238,7 @@ def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The minimum detectable paired effect: the smallest |delta| the test finds with the given power (nan
     without an SD or with n < 2)."""
     from scipy import optimize
+
     if n < 2 or not sd > 0:
         return math.nan
     hi = sd
@@ -269,12 +284,17 @@ def power_line(comparisons: list["Paired | None"], family: int, effect: float = 
     need = f"a {effect:g}-point effect would need {f'{k:.0f}' if k < math.inf else 'over 10,000'} seeds at α = {ALPHA}"
     if len(ns) == 1:
         n, sd = ns[0], sd0
-        head = (f"Power: with n = {n} seeds and a paired SD of {sd:.2f} points (root mean square over the table's "
-                f"comparisons), the minimum detectable paired effect at 80% power is ")
+        head = (
+            f"Power: with n = {n} seeds and a paired SD of {sd:.2f} points (root mean square over the table's "
+            f"comparisons), the minimum detectable paired effect at 80% power is "
+        )
         if mde(sd, n) > 100:
             return head + f"over 100 points: too few seeds to detect any effect on a 0-100 scale; {need}."
-        strict = f"; at Holm's strictest step (α/{family} = {ALPHA / family:.3g}) {mde(sd, n, ALPHA / family):.2f}" \
-            if family > 1 else ""
+        strict = (
+            f"; at Holm's strictest step (α/{family} = {ALPHA / family:.3g}) {mde(sd, n, ALPHA / family):.2f}"
+            if family > 1
+            else ""
+        )
         return head + f"{mde(sd, n):.2f} points at α = {ALPHA}{strict}; {need}."
     parts = []
     for n, group in groups:
@@ -283,7 +303,11 @@ def power_line(comparisons: list["Paired | None"], family: int, effect: float = 
         if mde(sd, n) > 100:
             parts.append(f"{size}: over 100 points, too few seeds to detect any effect")
         else:
-            parts.append(f"{size}: {mde(sd, n):.2f} points at α = {ALPHA}"
-                         + (f", {mde(sd, n, ALPHA / family):.2f} at α/{family}" if family > 1 else ""))
-    return (f"Power, per number of seeds (the comparisons have different n): the minimum detectable paired effect "
-            f"at 80% power with {'; with '.join(parts)}; {need} (at the n = {ns[0]} comparisons' SD).")
+            parts.append(
+                f"{size}: {mde(sd, n):.2f} points at α = {ALPHA}"
+                + (f", {mde(sd, n, ALPHA / family):.2f} at α/{family}" if family > 1 else "")
+            )
+    return (
+        f"Power, per number of seeds (the comparisons have different n): the minimum detectable paired effect "
+        f"at 80% power with {'; with '.join(parts)}; {need} (at the n = {ns[0]} comparisons' SD)."
+    )

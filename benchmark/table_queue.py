@@ -9,6 +9,7 @@ queues the point again (Optuna's stale-trial retry, as `study` does), so every p
 or FAILED with its reason. The command that created the queue waits until every point has ended and writes the
 table from the results stored in the queue, whichever machine ran them. The queue is named by a hash of what
 decides the table's numbers; workers given other settings are refused in one line."""
+
 from __future__ import annotations
 
 import json
@@ -27,13 +28,21 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study INFO lines
 
 def definition(cfg, methods: list[str], hp: dict[str, Any], seeds: int) -> dict[str, Any]:
     from benchmark.config import defining_fields
+
     config = {k: getattr(cfg, k) for k in defining_fields() if hasattr(cfg, k)}
-    return {"kind": "table", "config": config, "hparams": dict(sorted(hp.items())), "methods": methods,
-            "first_seed": cfg.seed, "seeds": seeds}
+    return {
+        "kind": "table",
+        "config": config,
+        "hparams": dict(sorted(hp.items())),
+        "methods": methods,
+        "first_seed": cfg.seed,
+        "seeds": seeds,
+    }
 
 
 def queue_name(cfg, spec: dict[str, Any]) -> str:
     from benchmark.config import definition_hash
+
     return f"table-{cfg.task}-{cfg.profile}-{definition_hash(spec)}"
 
 
@@ -44,8 +53,9 @@ def create(url: str, name: str, spec: dict[str, Any], points: list[tuple[str, in
         exists = name in {s.study_name for s in optuna.get_all_study_summaries(url)}
         if exists:
             runner.check_definition(name, url, spec)
-        study = optuna.create_study(study_name=name, storage=url, direction="maximize", load_if_exists=True,
-                                    sampler=runner.make_sampler({"grid": True}))
+        study = optuna.create_study(
+            study_name=name, storage=url, direction="maximize", load_if_exists=True, sampler=runner.make_sampler({"grid": True})
+        )
         if not exists:
             study.set_user_attr("definition", json.loads(json.dumps(spec, default=str)))
             for method, seed in points:
@@ -57,27 +67,39 @@ def create(url: str, name: str, spec: dict[str, Any], points: list[tuple[str, in
 def stale_handler(tracker, name: str, max_retry: int = 3):
     """A point whose worker stopped beating: its RUNNING MLflow run ends KILLED, the point is queued again
     (the study's stale-trial handler, finding the run by the point's tag)."""
+
     def runs_of(tracker, trial):
-        return tracker.client.search_runs([tracker.experiment_id], filter_string=(
-            f"tags.`xkd.queue_point` = '{_point_tag(name, trial.params)}' and attributes.status = 'RUNNING'"))
+        return tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=(f"tags.`xkd.queue_point` = '{_point_tag(name, trial.params)}' and attributes.status = 'RUNNING'"),
+        )
+
     return runner.stale_trial_handler(
-        tracker, max_retry, runs_of=runs_of, who="queue worker",
-        said=lambda t: f"{t.params.get('method')} seed {t.params.get('seed')}: its worker "
-                       f"({t.user_attrs.get('worker', '?')}) stopped; the point is queued again")
+        tracker,
+        max_retry,
+        runs_of=runs_of,
+        who="queue worker",
+        said=lambda t: (
+            f"{t.params.get('method')} seed {t.params.get('seed')}: its worker "
+            f"({t.user_attrs.get('worker', '?')}) stopped; the point is queued again"
+        ),
+    )
 
 
 def _point_tag(name: str, params: dict) -> str:
     return f"{name}:{params.get('method')}:{params.get('seed')}"
 
 
-def work(study: optuna.Study, storage, name: str, run_point: Callable[..., dict], heartbeat_s: int,
-         on_result: Callable[[dict], None]) -> int:
+def work(
+    study: optuna.Study, storage, name: str, run_point: Callable[..., dict], heartbeat_s: int, on_result: Callable[[dict], None]
+) -> int:
     """Claim and run points until none is queued; on_result(record) after each. Returns the points run here."""
     import os
     import socket
 
     from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.trainer import Diverged
+
     done = 0
     while True:
         with uninterrupted():
@@ -95,8 +117,7 @@ def work(study: optuna.Study, storage, name: str, run_point: Callable[..., dict]
             # a point queued again (its worker died, or was interrupted) resumes from its checkpoint where it has one
             again = "failed_trial" in frozen.system_attrs or "rerun_of" in frozen.user_attrs
             with runner.heartbeat(storage, trial._trial_id, heartbeat_s):
-                r = run_point(method, seed, again, {"xkd.queue_point": _point_tag(name, {"method": method,
-                                                                                          "seed": seed})})
+                r = run_point(method, seed, again, {"xkd.queue_point": _point_tag(name, {"method": method, "seed": seed})})
             record = json.loads(json.dumps(r, default=float))
         except (Diverged, CheckpointNotWritten) as e:  # that point fails alone, with its reason
             record = {"method": method, "seed": seed, "failure": str(e)}
@@ -131,8 +152,7 @@ def ended(study: optuna.Study) -> dict[tuple[str, int], dict]:
         if t.state == S.COMPLETE:
             out[key] = t.user_attrs["result"]
         elif t.state == S.FAIL and "fail_reason" in t.user_attrs and key not in out:
-            out[key] = t.user_attrs.get("result") or {"method": key[0], "seed": key[1],
-                                                      "failure": t.user_attrs["fail_reason"]}
+            out[key] = t.user_attrs.get("result") or {"method": key[0], "seed": key[1], "failure": t.user_attrs["fail_reason"]}
     return out
 
 
@@ -158,7 +178,6 @@ def wait(study: optuna.Study, total: int, on_result: Callable[[dict], None], see
         trials = study.get_trials(deepcopy=False)
         state = (sum(t.state == S.WAITING for t in trials), sum(t.state == S.RUNNING for t in trials))
         if state != last:
-            print(f"queue: {n}/{total} point(s) ended, {state[1]} running, {state[0]} waiting for a worker",
-                  flush=True)
+            print(f"queue: {n}/{total} point(s) ended, {state[1]} running, {state[0]} waiting for a worker", flush=True)
             last = state
         time.sleep(poll_s)

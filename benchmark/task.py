@@ -1,4 +1,5 @@
 """The task contract: data as tensors, teacher tables, augmentation, task loss, evaluation."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,6 +21,7 @@ class CrossEntropyTerms(nn.Module):
 @dataclass
 class Trials:
     """Verification trials as index pairs into a split, with 1 (same identity) / 0 labels."""
+
     left: torch.Tensor
     right: torch.Tensor
     labels: np.ndarray
@@ -27,9 +29,9 @@ class Trials:
 
 @dataclass
 class Split:
-    x: Any                   # student inputs: uint8 images [N, C, H, W], or an AudioBank
-    y: torch.Tensor          # int64 labels [N]
-    key: torch.Tensor        # int64 teacher key per sample [N] (class for text, video for faces)
+    x: Any  # student inputs: uint8 images [N, C, H, W], or an AudioBank
+    y: torch.Tensor  # int64 labels [N]
+    key: torch.Tensor  # int64 teacher key per sample [N] (class for text, video for faces)
     trials: Trials | None = None  # verification trials over this split (speaker validation)
 
 
@@ -40,8 +42,8 @@ class TaskData:
     test: Split
     class_names: list[str]
     num_classes: int
-    info: dict[str, Any] = field(default_factory=dict)   # logged as params (sizes, split rule, source)
-    class_groups: torch.Tensor | None = None             # a group per class (CIFAR-100 superclass), figure colours
+    info: dict[str, Any] = field(default_factory=dict)  # logged as params (sizes, split rule, source)
+    class_groups: torch.Tensor | None = None  # a group per class (CIFAR-100 superclass), figure colours
 
     def train_digest(self) -> str:
         """sha256 of the training split alone (what a teacher the harness trains learns from)."""
@@ -66,6 +68,7 @@ class TaskData:
 class Task:
     """Subclasses: name, profiles {profile: RunConfig values} with a note each, the method defaults they
     set (hparam_defaults), and the methods below. A task's module states all of its defaults in one place."""
+
     name: str = ""
     description: str = ""
     # The task's own run-config fields, beside RunConfig's: a dataclass (benchmark.fields.bounded / choice for
@@ -74,7 +77,7 @@ class Task:
     Fields: type | None = None
     profiles: dict[str, dict[str, Any]] = {}
     profile_notes: dict[str, str] = {}
-    data_folder: str | None = None       # its folder under the data root when --data-dir is absent (None: required)
+    data_folder: str | None = None  # its folder under the data root when --data-dir is absent (None: required)
     # True when the task's teacher gives its stage maps in the loop (TeacherOut.maps): methods that need them
     # (at; fitnet/sp/ickd with *_form=maps) are refused before any run on a task without them
     teacher_maps: bool = False
@@ -89,12 +92,14 @@ class Task:
     # a method that must beat the baseline in every setting of this task (KD on a same-modality task): when it
     # does not, the report says so first, and a null result of the other methods in that setting means nothing
     positive_control: str | None = None
-    selection_metric: str = "val_top1"   # chooses the best epoch; higher is better unless selection_mode == "min"
+    selection_metric: str = "val_top1"  # chooses the best epoch; higher is better unless selection_mode == "min"
     selection_mode: str = "max"
     # (metric, label) shown in the printed summary and the results table
-    summary_metrics: list[tuple[str, str]] = [("test_top1", "test top-1 (last epoch)"),
-                                              ("test_top1_at_best_val", "test top-1 (best-val epoch)"),
-                                              ("match_acc", "matching acc")]
+    summary_metrics: list[tuple[str, str]] = [
+        ("test_top1", "test top-1 (last epoch)"),
+        ("test_top1_at_best_val", "test top-1 (best-val epoch)"),
+        ("match_acc", "matching acc"),
+    ]
 
     def load(self, cfg) -> TaskData:
         raise NotImplementedError
@@ -119,7 +124,7 @@ class Task:
 
     def epoch_batches(self, split: Split, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
         order = torch.randperm(len(split.y), generator=gen)
-        return [order[i * batch_size:(i + 1) * batch_size] for i in range(self.steps_per_epoch(split, batch_size))]
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(self.steps_per_epoch(split, batch_size))]
 
     def train_inputs(self, split: Split, idx: torch.Tensor, gen: torch.Generator, cfg) -> torch.Tensor:
         """The raw inputs of a training batch (before augment); tasks reading from disk override this."""

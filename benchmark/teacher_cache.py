@@ -1,4 +1,5 @@
 """Frozen teacher embeddings computed once and stored on disk, keyed by a content hash."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,12 +50,16 @@ class TeacherCache:
             try:
                 emb = torch.load(path, map_location="cpu")
                 if not isinstance(emb, torch.Tensor) or emb.shape[0] != len(inputs) or not torch.isfinite(emb).all():
-                    raise ValueError(f"holds {type(emb).__name__} {list(getattr(emb, 'shape', []))}, expected "
-                                     f"{len(inputs)} finite rows")
+                    raise ValueError(
+                        f"holds {type(emb).__name__} {list(getattr(emb, 'shape', []))}, expected {len(inputs)} finite rows"
+                    )
                 return emb, key
             except Exception as e:  # a corrupt or truncated entry is never used: rebuilt
-                print(f"teacher cache entry {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                      "rebuilding it", file=sys.stderr)
+                print(
+                    f"teacher cache entry {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                    "rebuilding it",
+                    file=sys.stderr,
+                )
         path.parent.mkdir(parents=True, exist_ok=True)
         with _folder_lock(path.parent):  # processes starting together encode once; the others wait and read it
             if path.exists() and _readable(path, len(inputs)):

@@ -9,6 +9,7 @@ configuration (seed, data, augmentation, batch size), the precision, the device 
 code version. The stage maps that FitNet, SP, ICKD and AT read are not stored (a run that reads them runs the
 teacher as before); neither is a shuffled-teacher control's stream. An epoch is stored only when it finished;
 a stored epoch that does not fit the run (a changed size) is not used."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,11 +32,25 @@ class TeacherStream:
     @classmethod
     def for_run(cls, cfg, teacher_digest: str, precision: str, device: torch.device, root: Path) -> TeacherStream:
         from benchmark.provenance import code_version
-        fields = {k: v for k, v in asdict(cfg).items()
-                  if k not in ("stop_after_epochs", "log_model", "checkpoint_every_s", "task_fields")}
-        key = json.dumps({"cfg": fields, "task_fields": cfg.task_fields, "teacher": teacher_digest,
-                          "precision": precision, "device": device.type, "threads": torch.get_num_threads(),
-                          "code": code_version()}, sort_keys=True, default=str)
+
+        fields = {
+            k: v
+            for k, v in asdict(cfg).items()
+            if k not in ("stop_after_epochs", "log_model", "checkpoint_every_s", "task_fields")
+        }
+        key = json.dumps(
+            {
+                "cfg": fields,
+                "task_fields": cfg.task_fields,
+                "teacher": teacher_digest,
+                "precision": precision,
+                "device": device.type,
+                "threads": torch.get_num_threads(),
+                "code": code_version(),
+            },
+            sort_keys=True,
+            default=str,
+        )
         return cls(root / "teacher_stream" / hashlib.sha256(key.encode()).hexdigest()[:24])
 
     def begin_epoch(self, epoch: int, rows: int, device: torch.device, resume_at: int = 0) -> None:
@@ -60,7 +75,7 @@ class TeacherStream:
         if self.stored is None:
             return None
         emb, logits = self.stored
-        out = emb[self.pos:self.pos + n], logits[self.pos:self.pos + n]
+        out = emb[self.pos : self.pos + n], logits[self.pos : self.pos + n]
         self.pos += n
         return out
 

@@ -1,4 +1,5 @@
 """Tables the training loop gathers from: cached teacher embeddings and the teacher logits for KD."""
+
 from __future__ import annotations
 
 import math
@@ -11,10 +12,11 @@ import torch.nn.functional as F
 @dataclass
 class TeacherTables:
     """embedding[key, variant] is E_T for a sample with that teacher key and a drawn variant (template)."""
+
     teacher_id: str
     cache_key: str
-    embedding: torch.Tensor                 # [N_keys, V, d_T], raw
-    logits: torch.Tensor | None = None      # [N_keys, V, K]
+    embedding: torch.Tensor  # [N_keys, V, d_T], raw
+    logits: torch.Tensor | None = None  # [N_keys, V, K]
     params: dict = field(default_factory=dict)
     match_embedding: torch.Tensor | None = None  # the teacher's embeddings of a cross-modal matching set (CPU)
     # a frozen model run on each augmented training batch (an image teacher): x -> (embedding, logits); the
@@ -32,6 +34,7 @@ class TeacherTables:
         teacher_id names a recipe; two trainings of one recipe (another machine, another code version under
         the same cache key) are two teachers with one id and two digests."""
         import hashlib
+
         h = hashlib.sha256()
         for t in (self.embedding, self.logits):
             if t is not None:
@@ -45,38 +48,46 @@ class TeacherTables:
         return self
 
 
-def class_means(tables: TeacherTables, keys: torch.Tensor, labels: torch.Tensor,
-                num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def class_means(
+    tables: TeacherTables, keys: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The class-mean control's targets: per class, the mean of the teacher's raw embeddings [K, d_T] and logits
     [K, C] over the training samples of that class (table rows `keys`, every variant). A class with no training
     sample keeps zeros (nothing reads its row)."""
+
     def mean(table: torch.Tensor) -> torch.Tensor:
         per_sample = table[keys].float().mean(1)
         total = torch.zeros(num_classes, per_sample.shape[-1], device=per_sample.device).index_add_(0, labels, per_sample)
         count = torch.bincount(labels, minlength=num_classes).clamp(min=1).to(total)
         return total / count[:, None]
+
     return mean(tables.embedding), None if tables.logits is None else mean(tables.logits)
 
 
-def matched_label_smoothing(logits: torch.Tensor, temperature: float, num_classes: int
-                            ) -> tuple[torch.Tensor, dict[str, float]]:
+def matched_label_smoothing(logits: torch.Tensor, temperature: float, num_classes: int) -> tuple[torch.Tensor, dict[str, float]]:
     """The label-smoothing control's logits [K, K]: row c is T log p_eps(c), p_eps = (1 - eps) onehot(c) + eps / K,
     so that softmax(row / T) = p_eps exactly; eps is chosen so that H(p_eps) equals the teacher's mean target
     entropy H(softmax(z / T)) over `logits` [N, V, K] (training rows, every variant). Returns the logits and the
     parameters a run records (eps, the matched entropy)."""
     from scipy import optimize
+
     k = num_classes
     target = float(torch.distributions.Categorical(logits=logits.float().reshape(-1, k) / temperature).entropy().mean())
 
     def entropy(eps: float) -> float:
         top, rest = 1 - eps + eps / k, eps / k
         return -(top * math.log(top) if top > 0 else 0.0) - ((k - 1) * rest * math.log(rest) if rest > 0 else 0.0)
+
     top_eps = (k - 1) / k  # the uniform distribution: the largest entropy, log K
-    eps = 0.0 if target <= 0 else top_eps if target >= entropy(top_eps) else \
-        float(optimize.brentq(lambda e: entropy(e) - target, 0.0, top_eps, xtol=1e-12))
+    eps = (
+        0.0
+        if target <= 0
+        else top_eps
+        if target >= entropy(top_eps)
+        else float(optimize.brentq(lambda e: entropy(e) - target, 0.0, top_eps, xtol=1e-12))
+    )
     p = torch.full((k, k), eps / k, dtype=torch.float64) + (1 - eps) * torch.eye(k, dtype=torch.float64)
-    return (temperature * p.clamp_min(1e-30).log()).float(), {"smoothing_eps": eps,
-                                                              "teacher_mean_target_entropy": target}
+    return (temperature * p.clamp_min(1e-30).log()).float(), {"smoothing_eps": eps, "teacher_mean_target_entropy": target}
 
 
 def class_prototypes(emb: torch.Tensor) -> torch.Tensor:
@@ -89,8 +100,9 @@ def zeroshot_logits(emb: torch.Tensor, scale: float) -> torch.Tensor:
     return scale * F.normalize(emb.float(), dim=-1) @ class_prototypes(emb).t()
 
 
-def linear_probe_logits(emb: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300,
-                        seed: int = 0) -> tuple[torch.Tensor, float]:
+def linear_probe_logits(
+    emb: torch.Tensor, labels: torch.Tensor, num_classes: int, steps: int = 300, seed: int = 0
+) -> tuple[torch.Tensor, float]:
     """Train a linear classifier on frozen teacher embeddings (methods/README.md); return its logits and accuracy.
 
     emb: [N, V, d]; labels: [N] (the class of each key). The probe is trained on all variants.

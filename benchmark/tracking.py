@@ -1,4 +1,5 @@
 """MLflow tracking: one MLflow run per (task, method, seed, config); params, per-epoch metrics, artifacts."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,16 +34,22 @@ def resolve_uri(cli_uri: str | None) -> str:
     scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
     if scheme and scheme not in SCHEMES:
         from benchmark.registry import UsageError
-        raise UsageError(f"tracking URI '{uri}': unknown scheme '{scheme}'; use one of {', '.join(SCHEMES)} "
-                         "(e.g. sqlite:///mlflow.db)")
+
+        raise UsageError(
+            f"tracking URI '{uri}': unknown scheme '{scheme}'; use one of {', '.join(SCHEMES)} (e.g. sqlite:///mlflow.db)"
+        )
     if scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        path = Path(uri[len("sqlite:///") :]).expanduser().resolve()
         if path.is_dir():
             from benchmark.registry import UsageError
-            raise UsageError(f"tracking URI '{uri}': {path} is a folder, not a store file (name a file in it, "
-                             f"e.g. sqlite:///{path / 'mlflow.db'})")
+
+            raise UsageError(
+                f"tracking URI '{uri}': {path} is a folder, not a store file (name a file in it, "
+                f"e.g. sqlite:///{path / 'mlflow.db'})"
+            )
         if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
             from benchmark.registry import UsageError
+
             raise UsageError(f"tracking URI '{uri}': folder {path.parent} does not exist or is not writable")
         check_sqlite_store(path)
     return uri
@@ -53,6 +60,7 @@ def check_sqlite_store(path: Path) -> None:
     never written to (bar sqlite's own roll-back of a killed process's unfinished write: see _read_only). A
     missing or empty file is a new store."""
     import sqlite3
+
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
@@ -61,14 +69,17 @@ def check_sqlite_store(path: Path) -> None:
         result = str(e)
     if result != "ok":
         from benchmark.registry import UsageError
-        raise UsageError(f"tracking store {path} is damaged ({result}); it was not touched: move it aside (or "
-                         "restore a backup) and run again, or name another store with --tracking-uri")
+
+        raise UsageError(
+            f"tracking store {path} is damaged ({result}); it was not touched: move it aside (or "
+            "restore a backup) and run again, or name another store with --tracking-uri"
+        )
 
 
 def artifact_root(uri: str) -> str | None:
     """Artifacts of a local sqlite store go beside the database file (not into the current directory)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
     return None  # the server's or MLflow's default
 
 
@@ -79,7 +90,7 @@ def store_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    fd = os.open(Path(uri[len("sqlite:///"):]).expanduser().resolve().parent, os.O_RDONLY)
+    fd = os.open(Path(uri[len("sqlite:///") :]).expanduser().resolve().parent, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -117,6 +128,7 @@ def _read_only(path: Path, query):
             return query(con)
         finally:
             con.close()
+
     try:
         return ask()
     except sqlite3.OperationalError as e:
@@ -132,11 +144,13 @@ def _read_only(path: Path, query):
 
 def _schema_state(path: Path) -> tuple[str | None, int]:
     """(the store's MLflow schema revision or None, its number of runs; -1 when it has no runs table)."""
+
     def state(con):
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         rev = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
         runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else -1
         return (rev[0] if rev else None), runs
+
     return _read_only(path, state)
 
 
@@ -145,6 +159,7 @@ def _forget_engine(db_uri: str) -> None:
     client opens the file now at that path. Defensive: the cache is MLflow's internal."""
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
         engine = SqlAlchemyStore._engine_map.pop(db_uri, None)
     except (ImportError, AttributeError):
         return
@@ -159,17 +174,21 @@ def ensure_sqlite_store(uri: str, say=print) -> None:
     holds no run) is moved aside, said in one line, and built anew. Called under store_lock."""
     if not uri.startswith("sqlite:///"):
         return
-    path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    path = Path(uri[len("sqlite:///") :]).expanduser().resolve()
     if path.is_file() and path.stat().st_size > 0:
         from mlflow.store.db.utils import _get_latest_schema_revision
+
         rev, runs = _schema_state(path)
         if rev == _get_latest_schema_revision() or runs > 0:
             return  # complete (or an older schema holding runs: MLflow's own upgrade path, untouched)
         aside = path.with_name(f"{path.name}.incomplete-{os.getpid()}")
         os.replace(path, aside)
         _forget_engine(uri)
-        say(f"tracking store {path} was left half-created by an interrupted first command (schema {rev or 'none'}, "
-            f"no runs); moved aside to {aside.name} and created anew", flush=True)
+        say(
+            f"tracking store {path} was left half-created by an interrupted first command (schema {rev or 'none'}, "
+            f"no runs); moved aside to {aside.name} and created anew",
+            flush=True,
+        )
     for stale in path.parent.glob(f".{path.name}.new-*"):  # a creation killed outright (SIGKILL) left this
         owner = stale.name.split(".new-", 1)[1].split("-", 1)[0]
         if owner.isdigit() and process_alive(f"{socket.gethostname()}:{owner}") is False:
@@ -179,6 +198,7 @@ def ensure_sqlite_store(uri: str, say=print) -> None:
     tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         import mlflow
+
         mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)  # builds the whole schema
         _forget_engine(f"sqlite:///{tmp}")
         os.replace(tmp, path)
@@ -203,6 +223,7 @@ class _Uninterrupted:
         def once(*a, **k):
             with uninterrupted():
                 return attr(*a, **k)
+
         return lambda *a, **k: patiently(once, *a, **k)
 
 
@@ -216,6 +237,7 @@ def quiet_database_errors() -> None:
     command then says what happened in one line (a full store's disk, a locked store). Those reports go to
     database_log() instead of the console."""
     import logging
+
     db = logging.getLogger("mlflow.store.db.utils")
     if not any(getattr(h, "xkd", False) for h in db.handlers):
         handler = logging.FileHandler(database_log(), delay=True)
@@ -229,6 +251,7 @@ class Tracker:
         import logging
 
         import mlflow
+
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         quiet_database_errors()
@@ -240,14 +263,16 @@ class Tracker:
             ensure_sqlite_store(uri)
             self.client = _Uninterrupted(mlflow.MlflowClient(uri))
             exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                experiment, artifact_location=artifact_root(uri))
+            self.experiment_id = (
+                exp.experiment_id if exp else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+            )
 
     def close_stale(self, run_key: str, resume: bool, keep: str | None = None) -> None:
         """A RUNNING run of the same run key whose process is gone (killed without a word) is marked KILLED
         before a new run starts; one whose process is alive on this host is a usage error (the same run twice)."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"params.run_key = '{run_key}' "
-                                       "and attributes.status = 'RUNNING'")
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"params.run_key = '{run_key}' and attributes.status = 'RUNNING'"
+        )
         for r in runs:
             owner = r.data.tags.get("xkd.process", "")
             alive = process_alive(owner) if owner else False
@@ -255,18 +280,25 @@ class Tracker:
                 continue  # this process's own run (resumed in the same process)
             if alive:
                 from benchmark.registry import UsageError
-                raise UsageError(f"run {r.info.run_id} with the same settings is running in process {owner}; "
-                                 "wait for it or stop it first")
+
+                raise UsageError(
+                    f"run {r.info.run_id} with the same settings is running in process {owner}; wait for it or stop it first"
+                )
             if r.info.run_id == keep:
                 continue  # the run being resumed
             if alive is None:
-                print(f"warning: run {r.info.run_id} with the same settings is RUNNING on another host ({owner}); "
-                      "left as it is", flush=True)
+                print(
+                    f"warning: run {r.info.run_id} with the same settings is RUNNING on another host ({owner}); left as it is",
+                    flush=True,
+                )
                 continue
             self.client.set_tag(r.info.run_id, "xkd.failure", "its process ended without a word (found stale)")
             self.client.set_terminated(r.info.run_id, status="KILLED")
-            print(f"run {r.info.run_id} of these settings was left RUNNING by a process that died: marked KILLED"
-                  + ("" if resume else " (rerun with --resume to continue from its checkpoint)"), flush=True)
+            print(
+                f"run {r.info.run_id} of these settings was left RUNNING by a process that died: marked KILLED"
+                + ("" if resume else " (rerun with --resume to continue from its checkpoint)"),
+                flush=True,
+            )
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.client.set_tag(run_id, key, value)
@@ -277,8 +309,9 @@ class Tracker:
             self.client.set_tag(run_id, "xkd.process", process_id())
             # what the interrupted process logged after its last checkpoint (its epoch's metrics, when the store
             # or a disk failed before the checkpoint) is not logged twice by the resumed epochs
-            self._logged[run_id] = {(k, h.step) for k in self.client.get_run(run_id).data.metrics
-                                    for h in self.client.get_metric_history(run_id, k)}
+            self._logged[run_id] = {
+                (k, h.step) for k in self.client.get_run(run_id).data.metrics for h in self.client.get_metric_history(run_id, k)
+            }
             return run_id
         tags = {**tags, "xkd.process": process_id()}
         if parent_run_id:
@@ -288,17 +321,22 @@ class Tracker:
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
+
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
 
         from mlflow.entities import Metric
+
         ts = int(time.time() * 1000)
         seen = self._logged.get(run_id, set())
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items()
-                 if v is not None and not math.isnan(float(v)) and (k, step) not in seen]
+        items = [
+            Metric(k, float(v), ts, step)
+            for k, v in metrics.items()
+            if v is not None and not math.isnan(float(v)) and (k, step) not in seen
+        ]
         if items:
             self.client.log_batch(run_id, metrics=items)
 
@@ -310,6 +348,7 @@ class Tracker:
 
     def log_torch(self, run_id: str, obj: Any, name: str) -> None:
         import torch
+
         with tempfile.TemporaryDirectory() as d:
             torch.save(obj, Path(d) / name)
             self.client.log_artifact(run_id, str(Path(d) / name))
@@ -323,8 +362,14 @@ class Tracker:
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, facts: dict[str, Any]) -> None:
         """The data a run used, as an MLflow dataset input (its digest lets the UI group runs by data)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
-        ds = Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source}),
-                     profile=json.dumps(facts, default=str))
+
+        ds = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            profile=json.dumps(facts, default=str),
+        )
         inputs = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])]
         try:
             self.client.log_inputs(run_id, datasets=inputs)
@@ -338,10 +383,15 @@ class Tracker:
         class names travel in its metadata. Returns the model URI, also set as the run tag xkd.model_uri."""
         import mlflow.pytorch
         import torch
+
         with uninterrupted(), self.mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
-            info = mlflow.pytorch.log_model(model, name="student", serialization_format="pickle",
-                                            pip_requirements=[f"torch=={torch.__version__}"],
-                                            metadata={"class_names": list(class_names), "weights": weights})
+            info = mlflow.pytorch.log_model(
+                model,
+                name="student",
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__}"],
+                metadata={"class_names": list(class_names), "weights": weights},
+            )
         self.client.update_run(run_id, status="RUNNING")  # the fluent context ended it; end() decides
         self.client.set_tag(run_id, "xkd.model_uri", info.model_uri)
         return info.model_uri
@@ -352,8 +402,8 @@ class Tracker:
 
 class NullTracker:
     """What ranks other than 0 hold under torchrun: every call does nothing (rank 0 logs the run)."""
+
     uri = ""
 
     def __getattr__(self, name):
         return lambda *a, **k: ""
-

@@ -1,4 +1,5 @@
 """The one training loop: every method on every task, seeded, checkpointed each epoch, tracked in MLflow."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,13 +38,16 @@ def resolve_hparams(method_name: str, task, cfg: RunConfig, overrides: dict[str,
     """Method defaults <- task defaults (by field name) <- user overrides; returns the Hparams instance."""
     cls = METHODS.get(method_name)
     known = hparam_fields(cls)
+
     def mine(d: dict[str, Any]) -> dict[str, Any]:
-        """"field" applies to every method that has it; "method.field" (`--set kd.temperature=2`) to this one only,
+        """ "field" applies to every method that has it; "method.field" (`--set kd.temperature=2`) to this one only,
         and wins over the bare key."""
         out = {k: v for k, v in d.items() if k in known}
-        out.update({k.split(".", 1)[1]: v for k, v in d.items()
-                    if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known})
+        out.update(
+            {k.split(".", 1)[1]: v for k, v in d.items() if k.startswith(f"{method_name}.") and k.split(".", 1)[1] in known}
+        )
         return out
+
     return cls, cls.Hparams(**{**mine(task.hparam_defaults(cfg)), **mine(overrides)})
 
 
@@ -64,17 +68,26 @@ class Context:
         self.steps_per_epoch = task.steps_per_epoch(data.train, cfg.batch_size)
         if self.steps_per_epoch < 1:
             raise UsageError(f"batch_size {cfg.batch_size} is larger than the training set ({len(data.train.y)})")
-        dims = Dims(self.student.embed_dim, tables.dim, data.num_classes, list(self.student.map_channels),
-                    map_shapes=self._student_map_shapes(task, data) if tables.map_shapes else [],
-                    teacher_map_shapes=list(tables.map_shapes),
-                    train_size=len(data.train.y), train_labels=data.train.y, total_steps=cfg.epochs * self.steps_per_epoch,
-                    seed=cfg.seed)
+        dims = Dims(
+            self.student.embed_dim,
+            tables.dim,
+            data.num_classes,
+            list(self.student.map_channels),
+            map_shapes=self._student_map_shapes(task, data) if tables.map_shapes else [],
+            teacher_map_shapes=list(tables.map_shapes),
+            train_size=len(data.train.y),
+            train_labels=data.train.y,
+            total_steps=cfg.epochs * self.steps_per_epoch,
+            seed=cfg.seed,
+        )
         cls, self.hparams = resolve_hparams(method_name, task, cfg, overrides)
         self.method = cls(dims, self.hparams).to(self.device)
         self.teacher_reads = frozenset(self.method.teacher_reads)
         if "maps" in self.teacher_reads and not tables.map_shapes:
-            raise UsageError(f"method '{method_name}' reads the teacher's stage maps, but teacher "
-                             f"{tables.teacher_id} gives none (an image teacher with stages, on --task cifar100-kd)")
+            raise UsageError(
+                f"method '{method_name}' reads the teacher's stage maps, but teacher "
+                f"{tables.teacher_id} gives none (an image teacher with stages, on --task cifar100-kd)"
+            )
         self.task_loss = task.make_loss(data.num_classes, self.student.embed_dim).to(self.device)
         # The teacher is not a module here at all: only its frozen, cached table (no parameters to optimise).
         distributed.broadcast_state(self.student, self.method, self.task_loss)
@@ -106,30 +119,44 @@ class Context:
         self.control_params: dict[str, Any] = {}
         if cfg.teacher_control in ("class_mean", "label_smoothing"):
             from benchmark.teacher_tables import class_means, matched_label_smoothing
+
             if "maps" in self.teacher_reads:
-                raise UsageError(f"teacher_control={cfg.teacher_control} gives each sample its class's targets; "
-                                 f"method '{method_name}' reads the teacher's stage maps, which it has none of")
+                raise UsageError(
+                    f"teacher_control={cfg.teacher_control} gives each sample its class's targets; "
+                    f"method '{method_name}' reads the teacher's stage maps, which it has none of"
+                )
             if cfg.teacher_control == "class_mean":
                 self.class_targets = class_means(tables, self.train_key, self.train_y, data.num_classes)
             else:
                 if self.teacher_reads - {"logits"} or tables.logits is None:
-                    raise UsageError(f"teacher_control=label_smoothing replaces the teacher's logits only; method "
-                                     f"'{method_name}' reads its {', '.join(sorted(self.teacher_reads - {'logits'}))}"
-                                     if tables.logits is not None else
-                                     f"teacher_control=label_smoothing needs the teacher's logits; {tables.teacher_id} "
-                                     "gives none")
+                    raise UsageError(
+                        f"teacher_control=label_smoothing replaces the teacher's logits only; method "
+                        f"'{method_name}' reads its {', '.join(sorted(self.teacher_reads - {'logits'}))}"
+                        if tables.logits is not None
+                        else f"teacher_control=label_smoothing needs the teacher's logits; {tables.teacher_id} gives none"
+                    )
                 temperature = float(getattr(self.hparams, "temperature", 1.0))
-                logits, self.control_params = matched_label_smoothing(tables.logits[self.train_key],
-                                                                      temperature, data.num_classes)
+                logits, self.control_params = matched_label_smoothing(
+                    tables.logits[self.train_key], temperature, data.num_classes
+                )
                 self.class_targets = (None, logits.to(self.device))
         # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
         self.teacher_stream = None
-        if cfg.share_teacher and tables.live is not None and self.teacher_reads and "maps" not in self.teacher_reads \
-                and self.shuffle is None and self.class_targets is None and distributed.world_size() == 1:
+        if (
+            cfg.share_teacher
+            and tables.live is not None
+            and self.teacher_reads
+            and "maps" not in self.teacher_reads
+            and self.shuffle is None
+            and self.class_targets is None
+            and distributed.world_size() == 1
+        ):
             from benchmark.teacher_cache import default_cache_dir
             from benchmark.teacher_stream import TeacherStream
-            self.teacher_stream = TeacherStream.for_run(cfg, self.teacher_digest, self.precision_resolved, self.device,
-                                                        default_cache_dir())
+
+            self.teacher_stream = TeacherStream.for_run(
+                cfg, self.teacher_digest, self.precision_resolved, self.device, default_cache_dir()
+            )
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
         """(C, H, W) of the student's stage maps for one un-augmented training input (eval mode, no gradients:
@@ -185,8 +212,14 @@ class Context:
         elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
             x_t = x
             if self.shuffle_cpu is not None:
-                x_t = self.task.augment(self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg)
-                                        .to(self.device, non_blocking=True), self.shuffle_gen, True, cfg)
+                x_t = self.task.augment(
+                    self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg).to(
+                        self.device, non_blocking=True
+                    ),
+                    self.shuffle_gen,
+                    True,
+                    cfg,
+                )
             stored = self.teacher_stream.take(len(idx)) if self.teacher_stream else None
             if stored is not None:
                 teacher = TeacherOut(*stored)
@@ -200,8 +233,7 @@ class Context:
         else:
             if self.shuffle is not None:
                 key = self.train_key[self.shuffle[idx_d]]
-            teacher = TeacherOut(tables.embedding[key, variant],
-                                 None if tables.logits is None else tables.logits[key, variant])
+            teacher = TeacherOut(tables.embedding[key, variant], None if tables.logits is None else tables.logits[key, variant])
         with self.autocast():
             s = self.forward(x)
         # bf16 autocast covers the student's forward only: every loss (the task's and the method's, with their
@@ -241,8 +273,14 @@ class Context:
     def evaluate(self, split: str) -> tuple[dict[str, float], dict[str, Any]]:
         """The task evaluates from EvalInputs alone (student and method in eval mode, no gradients)."""
         with self.evaluating():
-            ev = EvalInputs(cfg=replace(self.cfg), data=self.data, tables=self.tables, device=self.device,
-                            method=self.method, embed=self._embed)
+            ev = EvalInputs(
+                cfg=replace(self.cfg),
+                data=self.data,
+                tables=self.tables,
+                device=self.device,
+                method=self.method,
+                embed=self._embed,
+            )
             return self.task.evaluate(ev, split)
 
     def _embed(self, x: torch.Tensor) -> StudentOut:
@@ -250,10 +288,15 @@ class Context:
             return self.student(x)
 
     def state(self) -> dict[str, Any]:
-        return {"student": self.student.state_dict(), "method": self.method.state_dict(),
-                "task_loss": self.task_loss.state_dict(),
-                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
-                **({"shuffle_gen": self.shuffle_gen.get_state()} if self.shuffle_gen is not None else {})}
+        return {
+            "student": self.student.state_dict(),
+            "method": self.method.state_dict(),
+            "task_loss": self.task_loss.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            **({"shuffle_gen": self.shuffle_gen.get_state()} if self.shuffle_gen is not None else {}),
+        }
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.student.load_state_dict(st["student"]), self.method.load_state_dict(st["method"])
@@ -274,8 +317,12 @@ class Context:
             batches = mid["batches"]
             self.gen.set_state(mid["gen"])
         if self.teacher_stream:
-            self.teacher_stream.begin_epoch(epoch, sum(len(b) for b in batches), self.device,
-                                            resume_at=sum(len(b) for b in batches[:mid["step"]]) if mid else 0)
+            self.teacher_stream.begin_epoch(
+                epoch,
+                sum(len(b) for b in batches),
+                self.device,
+                resume_at=sum(len(b) for b in batches[: mid["step"]]) if mid else 0,
+            )
         # running sums stay on the device: no host sync per step (only every 20 steps for the progress bar)
         loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), dtype=torch.long, device=self.device), 0
         term_sums: dict[str, torch.Tensor] = {}
@@ -286,12 +333,21 @@ class Context:
             loss_sum, correct = mid["loss_sum"].to(self.device), mid["correct"].to(self.device)
             term_sums = {k: v.to(self.device) for k, v in mid["term_sums"].items()}
             step_loss = mid["step_loss"].to(self.device)
-        bar = tqdm(batches[first:], desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}", initial=first,
-                   total=len(batches), leave=False, mininterval=2.0,
-                   disable=None if distributed.is_main() and not quiet() else True)
+        bar = tqdm(
+            batches[first:],
+            desc=f"{self.method_name} ep{epoch + 1}/{self.cfg.epochs}",
+            initial=first,
+            total=len(batches),
+            leave=False,
+            mininterval=2.0,
+            disable=None if distributed.is_main() and not quiet() else True,
+        )
         # in a log (no terminal: no bar), a line every 30 s of a long epoch
-        step_lines = Progress(self.label, len(batches), f"epoch {epoch + 1}/{self.cfg.epochs} step", every=30,
-                              first=False, start=first) if bar.disable and distributed.is_main() else None
+        step_lines = (
+            Progress(self.label, len(batches), f"epoch {epoch + 1}/{self.cfg.epochs} step", every=30, first=False, start=first)
+            if bar.disable and distributed.is_main()
+            else None
+        )
         every = self.cfg.checkpoint_every_s if save_mid is not None and distributed.world_size() == 1 else 0
         t0 = last_save = time.perf_counter()
         i = first - 1
@@ -308,11 +364,21 @@ class Context:
                     step_lines.update(i + 1, f"loss {loss_sum.item() / (i + 1):.3f}")
             if every and i + 1 < len(batches) and time.perf_counter() - last_save >= every:
                 self._check_finite(epoch, i, loss_sum, term_sums, step_loss)  # never a checkpoint of a diverged run
-                save_mid({"epoch": epoch, "step": i + 1, "steps": len(batches), "batches": batches,
-                          "gen": self.gen.get_state(), "seen": seen, "loss_sum": loss_sum.cpu(),
-                          "correct": correct.cpu(), "term_sums": {k: v.cpu() for k, v in term_sums.items()},
-                          "step_loss": step_loss.cpu(),
-                          "elapsed_s": time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0)})
+                save_mid(
+                    {
+                        "epoch": epoch,
+                        "step": i + 1,
+                        "steps": len(batches),
+                        "batches": batches,
+                        "gen": self.gen.get_state(),
+                        "seen": seen,
+                        "loss_sum": loss_sum.cpu(),
+                        "correct": correct.cpu(),
+                        "term_sums": {k: v.cpu() for k, v in term_sums.items()},
+                        "step_loss": step_loss.cpu(),
+                        "elapsed_s": time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0),
+                    }
+                )
                 last_save = time.perf_counter()
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
         if self.teacher_stream:
@@ -322,8 +388,13 @@ class Context:
             loss_sum, correct = distributed.all_sum(loss_sum) / w, distributed.all_sum(correct)
             term_sums = {k: distributed.all_sum(v) / w for k, v in term_sums.items()}
         dt, steps = time.perf_counter() - t0 + (mid or {}).get("elapsed_s", 0.0), max(1, i + 1)
-        out = {"train_loss": loss_sum.item() / steps, "train_top1": 100 * correct.item() / seen,
-               "lr": self.opt.param_groups[0]["lr"], "epoch_time_s": dt, "train_images_per_s": seen / dt}
+        out = {
+            "train_loss": loss_sum.item() / steps,
+            "train_top1": 100 * correct.item() / seen,
+            "lr": self.opt.param_groups[0]["lr"],
+            "epoch_time_s": dt,
+            "train_images_per_s": seen / dt,
+        }
         out.update({f"term_{k}": v.item() / steps for k, v in term_sums.items()})
         return out
 
@@ -339,11 +410,15 @@ def check_finite(who: str, epoch: int, i: int, loss_sum, term_sums, step_loss) -
     if not distributed.any_rank(local_bad):
         return
     if not local_bad:
-        raise Diverged(f"{who}: loss is not finite at epoch {epoch + 1} on another process (rank 0 of "
-                       f"{distributed.world_size()} reports this one's shard finite)" if distributed.is_main() else
-                       f"{who}: loss is not finite at epoch {epoch + 1} on another process")
-    first = int((~torch.isfinite(step_loss[:i + 1])).nonzero()[0])
+        raise Diverged(
+            f"{who}: loss is not finite at epoch {epoch + 1} on another process (rank 0 of "
+            f"{distributed.world_size()} reports this one's shard finite)"
+            if distributed.is_main()
+            else f"{who}: loss is not finite at epoch {epoch + 1} on another process"
+        )
+    first = int((~torch.isfinite(step_loss[: i + 1])).nonzero()[0])
     bad = [k for k, v in term_sums.items() if not bool(torch.isfinite(v))]
     where = f" on rank {distributed.rank()}" if distributed.world_size() > 1 else ""
-    raise Diverged(f"{who}: loss is not finite at epoch {epoch + 1}, step {first + 1}{where} "
-                   f"(terms: {', '.join(bad) or 'total only'})")
+    raise Diverged(
+        f"{who}: loss is not finite at epoch {epoch + 1}, step {first + 1}{where} (terms: {', '.join(bad) or 'total only'})"
+    )

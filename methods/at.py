@@ -6,6 +6,7 @@ a(f) = normalise_rows(mean_c |f|^p) over the H*W positions; when the spatial siz
 average-pooled to the smaller size first. The loss is sum over pairs of mean_{b, hw} (a(f_S) - a(f_T))^2.
 It needs the teacher's stage maps: on a task whose teacher is an embedding (text, faces) it is refused.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -34,8 +35,11 @@ class ATHparams(Hparams):
     at_p: float = bounded(2.0, 0, None, lo_open=True)
 
 
-@register("at", "attention transfer: normalised channel means of |f|^2 of every stage pair, beta=1000 (needs a "
-                "teacher with stage maps: cifar100-kd)")
+@register(
+    "at",
+    "attention transfer: normalised channel means of |f|^2 of every stage pair, beta=1000 (needs a "
+    "teacher with stage maps: cifar100-kd)",
+)
 class AT(Method):
     Hparams = ATHparams
     teacher_reads = frozenset({"maps"})
@@ -48,7 +52,7 @@ class AT(Method):
         self.pairs = min(len(dims.map_channels), len(dims.teacher_map_shapes))
 
     def terms(self, s, t, y):
-        loss = sum(at_pair(a, b, self.hp.at_p) for a, b in zip(s.maps[:self.pairs], t.maps[:self.pairs]))
+        loss = sum(at_pair(a, b, self.hp.at_p) for a, b in zip(s.maps[: self.pairs], t.maps[: self.pairs]))
         return {"at": Term(loss, self.hp.at_weight)}
 
     def run_params(self):

@@ -1,4 +1,5 @@
 """CCL (Chen et al. 2021): composition module, supervised multi-positive NCE, symmetric KL (yanbeic/CCL)."""
+
 from dataclasses import dataclass
 
 import torch
@@ -74,9 +75,9 @@ class CCL(Method):
         v, e = self.v_proj(s.embedding), t.embedding
         z_s_d = s.logits.detach()
         v_n, e_n = l2n(v), l2n(e)
-        v_dn = v_n.detach()                            # = l2n(v.detach())
+        v_dn = v_n.detach()  # = l2n(v.detach())
         u, z_u = self._compose(e, e_n, v_n)
-        u_d, z_u_d = self._compose(e, e_n, v_dn)       # L_u' path: student inputs detached, module trainable
+        u_d, z_u_d = self._compose(e, e_n, v_dn)  # L_u' path: student inputs detached, module trainable
         u_n, u_dn = l2n(u), l2n(u_d)
         sims = [v_n @ u_n.t() / tau, v_n @ e_n.t() / tau, v_dn @ u_dn.t() / tau, u_dn @ e_n.t() / tau]
         nce = _nce_rows_stacked(torch.stack([x for m in sims for x in (m, m.t())]), (y[:, None] == y[None, :]).to(v_n.dtype))

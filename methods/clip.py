@@ -1,4 +1,5 @@
 """CLIP loss (Radford et al. 2021; open_clip ClipLoss): symmetric InfoNCE with a learnable, clamped logit scale."""
+
 import math
 from dataclasses import dataclass
 

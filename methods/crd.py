@@ -22,6 +22,7 @@ Why the anchor is never its own negative: with uniform draws a sample is among i
 probability 1 - (1 - 1/N)^m (0.31 for N = 45,000, m = 16384), and a self-negative pushes the positive
 pair apart more than the positive term pulls it together, so positive pairs stop aligning.
 """
+
 import math
 from dataclasses import dataclass
 
@@ -32,8 +33,9 @@ from benchmark import distributed
 from benchmark.method import Hparams, Method, Term, UsageError, bounded, choice, l2n, register, stream_seed
 
 
-def nce_loss(pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None,
-             eps: float = 1e-7) -> torch.Tensor:
+def nce_loss(
+    pos: torch.Tensor, neg: torch.Tensor, m: int, n: int, keep: torch.Tensor | None = None, eps: float = 1e-7
+) -> torch.Tensor:
     """Per-sample NCE loss from normalised scores pos [B] and neg [B, m] (noise probability 1/n); `keep`
     [B, m] drops the negatives outside an anchor's pool from its sum, and then m counts the kept draws of each
     anchor. (The training step computes the same numbers through `negative_nce`, fused; this plain form is the
@@ -53,11 +55,11 @@ class NegativeNCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, c, z, tau: float, pn: float, eps: float, keep):
-        s = (c / tau).exp_().div_(z)                   # exp(c / tau) / z, as `ng / z` above
-        denom = (s + pn).add_(eps)                     # s + pn + eps
-        term = denom.reciprocal().mul_(pn).log_()      # log(pn / denom): Python's pn / x is reciprocal(x) * pn
+        s = (c / tau).exp_().div_(z)  # exp(c / tau) / z, as `ng / z` above
+        denom = (s + pn).add_(eps)  # s + pn + eps
+        term = denom.reciprocal().mul_(pn).log_()  # log(pn / denom): Python's pn / x is reciprocal(x) * pn
         if keep is not None:
-            keep = keep.to(c.dtype)                    # a 0/1 mask in the scores' dtype: converted once, not per use
+            keep = keep.to(c.dtype)  # a 0/1 mask in the scores' dtype: converted once, not per use
             term.mul_(keep)
         ctx.save_for_backward(s, denom, keep)
         ctx.tau = tau
@@ -72,8 +74,9 @@ class NegativeNCE(torch.autograd.Function):
         return g, None, None, None, None, None
 
 
-def negative_nce(c: torch.Tensor, z: torch.Tensor, tau: float, pn, keep: torch.Tensor | None = None,
-                 eps: float = 1e-7) -> torch.Tensor:
+def negative_nce(
+    c: torch.Tensor, z: torch.Tensor, tau: float, pn, keep: torch.Tensor | None = None, eps: float = 1e-7
+) -> torch.Tensor:
     """[B]: sum over the negatives of log(pn / (exp(c / tau) / z + pn + eps)), fused (NegativeNCE); pn = m / N,
     a number or one per anchor ([B, 1]: its kept draws m_i / N)."""
     return NegativeNCE.apply(c, z, tau, pn, eps, keep)
@@ -87,10 +90,10 @@ class CRDHparams(Hparams):
     crd_negatives_k: int = bounded(16384, 1, None)
     crd_tau: float = bounded(0.07, 0, None, lo_open=True)
     crd_momentum: float = bounded(0.5, 0, 1)
-    crd_negatives: str = choice("shared", "per_sample",
-                                help="one draw of negatives per batch, or per sample (RepDistiller)")
-    crd_negative_pool: str = choice("other_class", "uniform_no_self",
-                                    help="negatives from the other classes (RepDistiller) or any sample but the anchor")
+    crd_negatives: str = choice("shared", "per_sample", help="one draw of negatives per batch, or per sample (RepDistiller)")
+    crd_negative_pool: str = choice(
+        "other_class", "uniform_no_self", help="negatives from the other classes (RepDistiller) or any sample but the anchor"
+    )
 
 
 @register("crd", "contrastive representation distillation: 128-d heads, memory banks, 16384 NCE negatives, tau 0.07")
@@ -162,9 +165,9 @@ class CRD(Method):
         for bank, v in ((self.bank_t, v_s), (self.bank_s, v_t)):  # student vs teacher bank, teacher vs student bank
             pos = torch.exp((bank[index] * v).sum(1) / tau)
             if neg.dim() == 1:  # index_select: the same rows as bank[neg], copied row by row (faster gather)
-                c = v @ bank.index_select(0, neg).t()                     # [B, m] scores
+                c = v @ bank.index_select(0, neg).t()  # [B, m] scores
             else:
-                c = torch.bmm(bank[neg], v.unsqueeze(2)).squeeze(2)       # [B, m]
+                c = torch.bmm(bank[neg], v.unsqueeze(2)).squeeze(2)  # [B, m]
             scores.append((pos, c))
         if self.training and not self._z_ready:
             with torch.no_grad():
@@ -200,5 +203,4 @@ class CRD(Method):
         self._z_ready = False
 
     def run_params(self):
-        return {"crd_bank_size": self.n, "crd_negatives_effective": self.k,
-                "crd_self_negatives": "never"}
+        return {"crd_bank_size": self.n, "crd_negatives_effective": self.k, "crd_self_negatives": "never"}

@@ -11,6 +11,7 @@ KD's KL term is TCKD + (1 - p^teacher_y) NCKD (the DKD paper's decomposition; te
 its optimiser steps, `dkd_warmup_fraction`), by step, so that a 2-epoch profile still gets a warm-up.
 Teacher logits as for `kd` on each task; cross-entropy weight 1 (mdistiller's CE_WEIGHT).
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +23,13 @@ from benchmark.method import Hparams, Method, Term, UsageError, bounded, registe
 def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), each times tau^2."""
     gt = F.one_hot(y, z_s.shape[1]).bool()
+
     # binary (target, non-target) distributions in log space: log(1 - p) as a log-sum-exp over the non-target
     # classes, so a teacher (or student) sure of the target gives 0 * log 0 = 0, never nan (mdistiller: log(0))
     def binary(z):
         logp = F.log_softmax(z / tau, dim=1)
         return torch.stack([logp[gt], torch.logsumexp(logp.masked_fill(gt, float("-inf")), dim=1)], 1)
+
     lb_s, lb_t = binary(z_s), binary(z_t)
     b_t = lb_t.exp()
     tckd = (b_t * (lb_t.masked_fill(b_t == 0, 0.0) - lb_s)).sum(1)
@@ -41,8 +44,8 @@ def dkd_terms(z_s: torch.Tensor, z_t: torch.Tensor, y: torch.Tensor, tau: float)
 @dataclass
 class DKDHparams(Hparams):
     ce_weight: float = bounded(1.0, 0, None)
-    dkd_alpha: float = bounded(1.0, 0, None)   # TCKD weight
-    dkd_beta: float = bounded(8.0, 0, None)    # NCKD weight
+    dkd_alpha: float = bounded(1.0, 0, None)  # TCKD weight
+    dkd_beta: float = bounded(8.0, 0, None)  # NCKD weight
     temperature: float = bounded(4.0, 0, None, lo_open=True)
     dkd_warmup_fraction: float = bounded(20 / 240, 0, 1)  # share of the run's steps over which w ramps 0 -> 1
 

@@ -10,6 +10,7 @@ otherwise a (1 + H_s - H_t) x (1 + W_s - W_t) conv (H_s >= H_t).
 vector (the adaptation for a teacher that is an embedding: text, faces): a linear regressor (optional BN1d,
 no ReLU: teacher embeddings are signed) of the pooled F_S (or of the pooled second stage map) onto E_T, MSE.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +29,10 @@ def map_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) 
     elif h_s >= h_t and w_s >= w_t:
         conv = nn.Conv2d(c_s, c_t, kernel_size=(1 + h_s - h_t, 1 + w_s - w_t))
     else:
-        raise UsageError(f"fitnet: no regressor from a {h_s}x{w_s} student map to a {h_t}x{w_t} teacher map "
-                         "(the student's map must be at least as large, or half the teacher's)")
+        raise UsageError(
+            f"fitnet: no regressor from a {h_s}x{w_s} student map to a {h_t}x{w_t} teacher map "
+            "(the student's map must be at least as large, or half the teacher's)"
+        )
     return nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU(inplace=True))
 
 
@@ -42,8 +45,11 @@ class FitNetHparams(Hparams):
     regressor_bn: bool = False  # vector form: BN1d after the linear regressor (no ReLU: teacher embeddings are signed)
 
 
-@register("fitnet", "FitNet hint loss, lambda=100: stage map -> conv regressor -> teacher stage map (maps), or a "
-                    "linear regressor of F_S onto E_T (vector teachers)")
+@register(
+    "fitnet",
+    "FitNet hint loss, lambda=100: stage map -> conv regressor -> teacher stage map (maps), or a "
+    "linear regressor of F_S onto E_T (vector teachers)",
+)
 class FitNet(Method):
     Hparams = FitNetHparams
     search_space = {"fitnet_weight": ("log", 1.0, 1000.0)}
@@ -58,8 +64,10 @@ class FitNet(Method):
         if self.form == "maps":
             i = hp.fitnet_hint_stage - 1
             if i >= min(len(dims.map_shapes), len(dims.teacher_map_shapes)):
-                raise UsageError(f"fitnet_hint_stage={hp.fitnet_hint_stage}: the student has {len(dims.map_shapes)} "
-                                 f"stages and the teacher {len(dims.teacher_map_shapes)}")
+                raise UsageError(
+                    f"fitnet_hint_stage={hp.fitnet_hint_stage}: the student has {len(dims.map_shapes)} "
+                    f"stages and the teacher {len(dims.teacher_map_shapes)}"
+                )
             self.regressor = map_regressor(dims.map_shapes[i], dims.teacher_map_shapes[i])
             return
         d_in = dims.student if hp.hint == "embedding" else dims.map_channels[1]

@@ -8,6 +8,7 @@ L = sum_b ||G_S,b - G_T,b||_F^2 / (B C_t). The spatial sizes may differ (G is ch
 vector (the adaptation for a teacher that is an embedding, methods/README.md): (I2) the batch plays the
 spatial positions, G = X^T X over the batch (d x d) after a Linear + BN1d connector, or (I1) H = W = 1.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -48,8 +49,11 @@ class ICKDHparams(Hparams):
     ickd_mode: str = choice("batch", "degenerate", help="vector form: I2 batch-as-spatial (recommended) or I1 H=W=1")
 
 
-@register("ickd", "ICKD inter-channel correlation of the last stage maps with a 1x1 conv+BN embedding (maps), or "
-                  "batch-as-spatial with a Linear+BN connector (vector teachers), lambda=2.5")
+@register(
+    "ickd",
+    "ICKD inter-channel correlation of the last stage maps with a 1x1 conv+BN embedding (maps), or "
+    "batch-as-spatial with a Linear+BN connector (vector teachers), lambda=2.5",
+)
 class ICKD(Method):
     Hparams = ICKDHparams
     search_space = {"ickd_weight": ("log", 0.1, 10.0)}

@@ -1,4 +1,5 @@
 """KD (Hinton et al. 2015): tau^2 * KL(p_T^tau || p_S^tau), batch mean. Defaults: RepDistiller/mdistiller CIFAR."""
+
 from dataclasses import dataclass
 
 import torch.nn.functional as F

@@ -15,6 +15,7 @@ Sec. 3.4 (Eq. 11: `QualityWeights`, after AdaFace's norm scaler). The total is E
 these terms. Where the paper is silent, the readings chosen and their alternatives are A1-A9 in
 methods/README.md; each is a hyperparameter, recorded in every run.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,11 @@ class ProjectionHead(nn.Module):
         super().__init__()
         self.alpha = alpha
         hidden = hidden or d_t
-        self.mlp = (nn.Sequential(nn.Linear(d_t, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_out))
-                    if layers == 2 else nn.Linear(d_t, d_out))
+        self.mlp = (
+            nn.Sequential(nn.Linear(d_t, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d_out))
+            if layers == 2
+            else nn.Linear(d_t, d_out)
+        )
         self.skip = nn.Identity() if d_out == d_t else nn.Linear(d_t, d_out)
 
     def forward(self, e_t: torch.Tensor) -> torch.Tensor:
@@ -50,8 +54,9 @@ def alpha_path(d_t: int, d_s: int) -> str:
     return f"learned_linear_{d_t}to{d_s}"
 
 
-def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float,
-                    margin_deg: float, margin_mode: str) -> torch.Tensor:
+def margin_distance(
+    f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin: float, margin_deg: float, margin_mode: str
+) -> torch.Tensor:
     """Per-sample soft-constrained distance max(D - m, 0) (Eq. 5-6); the distance D and the margin's reading: A2, A3."""
     if feat_dist == "cos":
         d = 1 - F.cosine_similarity(f_s, f_t, dim=1, eps=1e-8)
@@ -69,8 +74,15 @@ def margin_distance(f_s: torch.Tensor, f_t: torch.Tensor, feat_dist: str, margin
 class QualityWeights(nn.Module):
     """w_i = w_base + clip(h (Q_i - mu) / (sigma + 1e-3), -1, 1) (Eq. 11) with EMA mu/sigma of feature norms (A7-A9)."""
 
-    def __init__(self, source: str = "both_mean", w_base: float = 1.0, h: float = 1 / 3,
-                 momentum: float = 0.01, sigma: str = "std", clip: bool = True):
+    def __init__(
+        self,
+        source: str = "both_mean",
+        w_base: float = 1.0,
+        h: float = 1 / 3,
+        momentum: float = 0.01,
+        sigma: str = "std",
+        clip: bool = True,
+    ):
         super().__init__()
         self.source, self.w_base, self.h, self.momentum, self.sigma_kind, self.clip = source, w_base, h, momentum, sigma, clip
         for k in ("t", "s"):
@@ -105,19 +117,25 @@ class QualityWeights(nn.Module):
 
 @dataclass
 class OursHparams(Hparams):
-    alpha: float = bounded(0.6, 0, 1)                 # weight of the frozen embedding in F_T (Tables 5, 10)
-    head_hidden: int = bounded(0, 0, None)               # 0: hidden size = d_T (A1 in methods/README.md)
-    head_layers: int = bounded(2, 1, 2)               # 2-layer MLP (recommended) or 1 linear layer
-    feat_dist: str = choice("l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum", "cos",
-                            help="distance D of the feature-level loss (A3 in methods/README.md; cos for speakers)")
-    margin: float = bounded(0.09, 0, None)               # m for the l2 distances: a squared radius r^2 (Table 12)
-    margin_deg: float = bounded(30.0, 0, 180)           # angle for feat_dist=cos (Table 6)
+    alpha: float = bounded(0.6, 0, 1)  # weight of the frozen embedding in F_T (Tables 5, 10)
+    head_hidden: int = bounded(0, 0, None)  # 0: hidden size = d_T (A1 in methods/README.md)
+    head_layers: int = bounded(2, 1, 2)  # 2-layer MLP (recommended) or 1 linear layer
+    feat_dist: str = choice(
+        "l2sq_norm_sum",
+        "l2sq_raw_mean",
+        "l2sq_raw_sum",
+        "cos",
+        help="distance D of the feature-level loss (A3 in methods/README.md; cos for speakers)",
+    )
+    margin: float = bounded(0.09, 0, None)  # m for the l2 distances: a squared radius r^2 (Table 12)
+    margin_deg: float = bounded(30.0, 0, 180)  # angle for feat_dist=cos (Table 6)
     margin_mode: str = choice("angle", "distance", help="cos margin: R2 zero when theta<=deg, or R1 literal m=cos(deg)")
-    feature_weight: float = bounded(1.0, 0, None)        # lambda_f (Eq. 1 has none: 1)
+    feature_weight: float = bounded(1.0, 0, None)  # lambda_f (Eq. 1 has none: 1)
 
 
 class OursBase(Method):
     """Shared by the three variants: a trainable projection head on the frozen teacher embedding."""
+
     Hparams = OursHparams
     teacher_reads = frozenset({"embedding"})
     search_space = {"alpha": ("float", 0.0, 1.0), "margin": ("float", 0.0, 0.25), "margin_deg": ("float", 0.0, 60.0)}
@@ -151,12 +169,14 @@ class OursBase(Method):
 
 # The three variants, registered in the order their names sort (the order of `--methods all` and of tables).
 
+
 @dataclass
 class ClassifierHparams(OursHparams):
-    beta: float = bounded(1.0, 0, None)                       # weight of the logit l2 term (1 CIFAR, 0 speaker; Table 11)
-    classifier_ce: str = choice("add", "replace",
-                                help="shared-classifier CE adds to the task CE, or replaces it (A4 in methods/README.md)")
-    with_feature_loss: bool = False          # A5 in methods/README.md: also add the margin feature loss
+    beta: float = bounded(1.0, 0, None)  # weight of the logit l2 term (1 CIFAR, 0 speaker; Table 11)
+    classifier_ce: str = choice(
+        "add", "replace", help="shared-classifier CE adds to the task CE, or replaces it (A4 in methods/README.md)"
+    )
+    with_feature_loss: bool = False  # A5 in methods/README.md: also add the margin feature loss
     shared_classifier: str = choice("raw", "cosine", help="A6 in methods/README.md: raw W F, or cosine classifier with scale 10")
 
 
@@ -203,8 +223,9 @@ class OursFeature(OursBase):
 class QualityHparams(OursHparams):
     w_base: float = bounded(1.0, 0, None)
     quality_h: float = bounded(1 / 3, 0, None, lo_open=True)
-    quality_source: str = choice("both_mean", "teacher", "student", "both_min",
-                                 help="whose norm is Q_i (A7 in methods/README.md)")
+    quality_source: str = choice(
+        "both_mean", "teacher", "student", "both_min", help="whose norm is Q_i (A7 in methods/README.md)"
+    )
     quality_sigma: str = choice("std", "variance", help="sigma_q (A8 in methods/README.md)")
     quality_momentum: float = bounded(0.01, 0, 1)
     quality_clip: bool = True
@@ -217,8 +238,9 @@ class OursFeatureQuality(OursBase):
 
     def __init__(self, dims, hp):
         super().__init__(dims, hp)
-        self.quality = QualityWeights(hp.quality_source, hp.w_base, hp.quality_h, hp.quality_momentum,
-                                      hp.quality_sigma, hp.quality_clip)
+        self.quality = QualityWeights(
+            hp.quality_source, hp.w_base, hp.quality_h, hp.quality_momentum, hp.quality_sigma, hp.quality_clip
+        )
 
     def terms(self, s, t, y):
         w = self.quality(t.embedding, s.embedding)

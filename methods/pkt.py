@@ -1,4 +1,5 @@
 """PKT (Passalis & Tefas 2018): KL between cosine-kernel conditional distributions; lambda=30000."""
+
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ def pkt_loss(f_s: torch.Tensor, f_t: torch.Tensor, eps: float = 1e-7) -> torch.T
         x = torch.nan_to_num(x)
         k = (x @ x.t() + 1.0) / 2.0
         return k / k.sum(dim=1, keepdim=True)
+
     p_s, p_t = cond_prob(f_s), cond_prob(f_t)
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 

@@ -11,6 +11,7 @@ modality are compared, no map between the spaces):
 
 The teacher side carries no gradient. Invariant to rotating or scaling either side (tested).
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -59,5 +60,4 @@ class RKD(Method):
 
     def terms(self, s, t, y):
         loss_d, loss_a = rkd_terms(s.embedding, t.embedding)
-        return {"rkd_distance": Term(loss_d, self.hp.rkd_distance_weight),
-                "rkd_angle": Term(loss_a, self.hp.rkd_angle_weight)}
+        return {"rkd_distance": Term(loss_d, self.hp.rkd_distance_weight), "rkd_angle": Term(loss_a, self.hp.rkd_angle_weight)}

@@ -4,6 +4,7 @@ maps (the published form, chosen when the teacher has stage maps): X is each net
 flattened over C*H*W (RepDistiller `feat[-2]`). vector (the adaptation for a teacher that is an embedding):
 the teacher side is E_T; the student side the last stage map (`sp_input=last_map`) or F_S.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -24,12 +25,14 @@ def sp_loss(x_s: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
 class SPHparams(Hparams):
     sp_weight: float = bounded(3000.0, 0, None)
     sp_form: str = form_field()
-    sp_input: str = choice("last_map", "embedding", help="vector form, student side: last stage map (reference) "
-                           "or pooled F_S")
+    sp_input: str = choice("last_map", "embedding", help="vector form, student side: last stage map (reference) or pooled F_S")
 
 
-@register("sp", "similarity-preserving KD: B x B similarity of the last stage maps (maps), or of the student's "
-                "last map vs E_T (vector teachers), lambda=3000")
+@register(
+    "sp",
+    "similarity-preserving KD: B x B similarity of the last stage maps (maps), or of the student's "
+    "last map vs E_T (vector teachers), lambda=3000",
+)
 class SP(Method):
     Hparams = SPHparams
     search_space = {"sp_weight": ("log", 100.0, 1e4)}

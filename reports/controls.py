@@ -10,6 +10,7 @@ baseline, which reads no teacher), and their difference, the *transfer* (real - 
 seeds), with its 95% CI and a Holm-adjusted p over the table's transfers (one family). Against class_mean the
 control gain is the label-level part of a gain and the transfer its per-sample part: only a resolved
 per-sample part is knowledge of the individual samples that a teacher of class names could not give."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -64,34 +65,73 @@ def _control_section(task_name, task, sel: pd.DataFrame, label: str, notes: Foot
                 continue
             mine = real[(real["params.method"] == method) & (real["_variant"] == g["_variant"].iloc[0])]
             r_seed, c_seed = per_seed(mine[col], mine["params.seed"]), per_seed(g[col], g["params.seed"])
-            rows.append((row_label, control, mine, g, paired_difference(r_seed, b), paired_difference(c_seed, b),
-                         paired_difference(r_seed, c_seed)))
+            rows.append(
+                (
+                    row_label,
+                    control,
+                    mine,
+                    g,
+                    paired_difference(r_seed, b),
+                    paired_difference(c_seed, b),
+                    paired_difference(r_seed, c_seed),
+                )
+            )
     transfers = [r[6] for r in rows]
     holm(transfers)
     body, records = [], []
     for row_label, control, mine, g, gain, cgain, transfer in rows:
-        ref = notes.add(list(mine.drop_duplicates("params.seed", keep="last")["run_id"])
-                        + list(g.drop_duplicates("params.seed", keep="last")["run_id"]))
-        body.append([row_label + ref, control, _unstarred(gain) if gain else "no real-teacher run",
-                     _unstarred(cgain) if cgain else "—", str(transfer) if transfer else "no matched seeds"])
-        rec = {"task": task_name, "setting": label, "configuration": row_label, "control": control,
-               "primary_metric": metric}
+        ref = notes.add(
+            list(mine.drop_duplicates("params.seed", keep="last")["run_id"])
+            + list(g.drop_duplicates("params.seed", keep="last")["run_id"])
+        )
+        body.append(
+            [
+                row_label + ref,
+                control,
+                _unstarred(gain) if gain else "no real-teacher run",
+                _unstarred(cgain) if cgain else "—",
+                str(transfer) if transfer else "no matched seeds",
+            ]
+        )
+        rec = {"task": task_name, "setting": label, "configuration": row_label, "control": control, "primary_metric": metric}
         for name, comp in (("gain", gain), ("control_gain", cgain), ("transfer", transfer)):
-            rec.update({k.replace("delta", name) if k.startswith("delta") else f"{name}_{k}": v
-                        for k, v in comparison_record(comp).items()})
+            rec.update(
+                {
+                    k.replace("delta", name) if k.startswith("delta") else f"{name}_{k}": v
+                    for k, v in comparison_record(comp).items()
+                }
+            )
         records.append(rec)
     teachers = [teacher_line(sel[sel[CONTROL] == c], f"teacher_control={c}") for c in sorted(sel[CONTROL].unique())]
-    header = ["method", "control", f"gain, real teacher: Δ {metric_label} vs baseline",
-              "gain, control teacher: Δ vs baseline", "transfer = real − control, 95% CI, p_Holm"]
-    lines = [heading, "", *[t + "  " for t in teachers], "",
-             f"Δ and transfer in percentage points, paired over seeds; the baseline is the real setting's (it reads "
-             f"no teacher). Holm over the {sum(t is not None and t.n >= 2 and not t.no_spread for t in transfers)} "
-             "transfers of this table. A gain that the random or shuffled control gives as well is regularisation, "
-             "not knowledge of the teacher: only a transfer above 0 says the real teacher taught something."
-             + (" Against class_mean (every sample given its class's mean teacher outputs) the control gain is the "
-                "label-level part of the gain and the transfer its per-sample part." if "class_mean" in set(sel[CONTROL])
-                else ""), "",
-             table(header, body), "", *decomposition(rows), power_line(transfers, max(1, len(transfers))), ""]
+    header = [
+        "method",
+        "control",
+        f"gain, real teacher: Δ {metric_label} vs baseline",
+        "gain, control teacher: Δ vs baseline",
+        "transfer = real − control, 95% CI, p_Holm",
+    ]
+    lines = [
+        heading,
+        "",
+        *[t + "  " for t in teachers],
+        "",
+        f"Δ and transfer in percentage points, paired over seeds; the baseline is the real setting's (it reads "
+        f"no teacher). Holm over the {sum(t is not None and t.n >= 2 and not t.no_spread for t in transfers)} "
+        "transfers of this table. A gain that the random or shuffled control gives as well is regularisation, "
+        "not knowledge of the teacher: only a transfer above 0 says the real teacher taught something."
+        + (
+            " Against class_mean (every sample given its class's mean teacher outputs) the control gain is the "
+            "label-level part of the gain and the transfer its per-sample part."
+            if "class_mean" in set(sel[CONTROL])
+            else ""
+        ),
+        "",
+        table(header, body),
+        "",
+        *decomposition(rows),
+        power_line(transfers, max(1, len(transfers))),
+        "",
+    ]
     return "\n".join(lines), records
 
 
@@ -103,10 +143,17 @@ def decomposition(rows) -> list[str]:
         return []
     resolved = [f"{label} {t.mean:+.2f}" for label, t in mine if t is not None and t.significant and t.mean > 0]
     other = [label for label, t in mine if not (t is not None and t.significant and t.mean > 0)]
-    return [f"**Per-sample knowledge** (the transfer against class_mean, above 0 after Holm): "
-            f"{', '.join(resolved) if resolved else 'none'}"
-            + (f"; not shown for {', '.join(other)} (their gain is not shown to be more than what the class means "
-               "give)" if other else "") + ".", ""]
+    return [
+        f"**Per-sample knowledge** (the transfer against class_mean, above 0 after Holm): "
+        f"{', '.join(resolved) if resolved else 'none'}"
+        + (
+            f"; not shown for {', '.join(other)} (their gain is not shown to be more than what the class means give)"
+            if other
+            else ""
+        )
+        + ".",
+        "",
+    ]
 
 
 def _unstarred(p) -> str:

@@ -3,6 +3,7 @@ hyperparameters and the seed (profile, student, teacher, data fraction, every ot
 the facts that change what a run computes: resolved precision, world size, code version). A *configuration*
 is a method with one set of hyperparameters. Runs of two settings never share a cell or a pair; two
 configurations of one method are two rows, never one mean."""
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -23,9 +24,15 @@ def key_of(df: pd.DataFrame, cols: list[str]) -> pd.Series:
 
 
 def setting_columns(runs: pd.DataFrame, exclude: set[str] = frozenset()) -> list[str]:
-    cols = [f"params.{f}" for f in defining_fields()] + ["params.teacher_id", "params.n_train", "params.n_val",
-                                                         "params.n_test", "params.data_layout", "params.data_subset",
-                                                         *SETTING_FACTS]
+    cols = [f"params.{f}" for f in defining_fields()] + [
+        "params.teacher_id",
+        "params.n_train",
+        "params.n_val",
+        "params.n_test",
+        "params.data_layout",
+        "params.data_subset",
+        *SETTING_FACTS,
+    ]
     return [c for c in dict.fromkeys(cols) if c in runs and c not in exclude and c != "params.task"]
 
 
@@ -44,25 +51,34 @@ def label_of(row: pd.Series, cols: list[str]) -> str:
 def off_profile(run: pd.Series, task) -> list[str]:
     """The run-config fields of a run that differ from its profile's values (e.g. `--set epochs=2`)."""
     from benchmark.config import RunConfig
+
     if task is None or run.get("params.profile") not in task.profiles:
         return []
     own = asdict(task.Fields()) if getattr(task, "Fields", None) else {}
     expected = {**asdict(RunConfig()), **own, **task.profiles[run["params.profile"]]}
-    return [f"params.{k}" for k in defining_fields()
-            if k in expected and f"params.{k}" in run and pd.notna(run[f"params.{k}"])
-            and str(run[f"params.{k}"]) != str(expected[k]) and k not in ("task", "profile")]
+    return [
+        f"params.{k}"
+        for k in defining_fields()
+        if k in expected
+        and f"params.{k}" in run
+        and pd.notna(run[f"params.{k}"])
+        and str(run[f"params.{k}"]) != str(expected[k])
+        and k not in ("task", "profile")
+    ]
 
 
 def with_keys(pool: pd.DataFrame, exclude: set[str] = frozenset()) -> pd.DataFrame:
     """The runs with `_setting` and `_variant` keys."""
-    return pool.assign(_setting=key_of(pool, setting_columns(pool, exclude)),
-                       _variant=key_of(pool, variant_columns(pool, exclude)))
+    return pool.assign(
+        _setting=key_of(pool, setting_columns(pool, exclude)), _variant=key_of(pool, variant_columns(pool, exclude))
+    )
 
 
 def task_pools(runs: pd.DataFrame, exclude: set[str] = frozenset(), tasks=None):
     """Per task (sorted; only `tasks` when given): (task name, its task class or None, its non-study runs with
     `_setting` / `_variant` keys leaving out the columns `exclude`, and their setting labels)."""
     from reports.runs import task_info
+
     main = runs[runs["tags.xkd.study"] == ""] if not runs.empty else runs
     for task_name in sorted(main["params.task"].unique() if tasks is None else tasks) if not main.empty else []:
         task = task_info(task_name)
@@ -82,13 +98,16 @@ def setting_labels(pool: pd.DataFrame, task, exclude: set[str] = frozenset()) ->
         shown += [c for c in off_profile(r, task) if c not in shown]
         if "params.data_subset" in r and pd.notna(r["params.data_subset"]) and "params.data_subset" not in shown:
             shown.append("params.data_subset")  # e.g. 100 of the official 500 training images per class
-        labels[r["_setting"]] = ", ".join([str(r["params.student"]), str(r["params.profile"])] +
-                                          [f"{c.removeprefix('params.')}={r[c]}" for c in shown if pd.notna(r[c])])
+        labels[r["_setting"]] = ", ".join(
+            [str(r["params.student"]), str(r["params.profile"])]
+            + [f"{c.removeprefix('params.')}={r[c]}" for c in shown if pd.notna(r[c])]
+        )
     return labels
 
 
-def configurations(pool: pd.DataFrame, exclude: set[str] = frozenset(),
-                   context: pd.DataFrame | None = None) -> list[tuple[str, str, pd.DataFrame]]:
+def configurations(
+    pool: pd.DataFrame, exclude: set[str] = frozenset(), context: pd.DataFrame | None = None
+) -> list[tuple[str, str, pd.DataFrame]]:
     """(row label, method, runs) per method configuration of `pool` (which has `_variant`): a method's label
     names the hyperparameters in which its configurations differ within `context` (default: `pool`; e.g.
     every run of the task, so that one table's KD says temperature=4 where another's ran at 1)."""
@@ -115,6 +134,9 @@ def baseline_of(setting_runs: pd.DataFrame, baseline: str = BASELINE) -> pd.Data
 def reported_metrics(task, runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(metric, label) of the task's summary metrics that these runs hold values of (test top-1 for a run of a
     task not registered here)."""
-    ms = list(task.summary_metrics) if task else [(c.removeprefix("metrics."), c.removeprefix("metrics."))
-                                                 for c in ("metrics.test_top1",) if c in runs]
+    ms = (
+        list(task.summary_metrics)
+        if task
+        else [(c.removeprefix("metrics."), c.removeprefix("metrics.")) for c in ("metrics.test_top1",) if c in runs]
+    )
     return [(m, lab) for m, lab in ms if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]

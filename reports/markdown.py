@@ -1,4 +1,5 @@
 """Markdown pieces shared by the report's sections: tables from rows of cells, footnotes naming run ids."""
+
 from __future__ import annotations
 
 
@@ -17,8 +18,10 @@ class Footnotes:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+    return "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    )
 
 
 def slug(text: str) -> str:

@@ -6,6 +6,7 @@ std over distinct seeds; Δ pairs each seed with the baseline's run of the same 
 95% CI, Holm over the column). Study runs appear only in the ablation of their `--paper` study; runs left out
 are counted in a note under the table. Only tables with runs are rendered unless `with_paper` is set.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ def select_pool(spec: TableSpec, runs: pd.DataFrame) -> tuple[pd.DataFrame, list
         keep = full.abs() < 1e-9
         if (~keep).any():
             fr = sorted(pool.loc[~keep, "params.data_fraction"].astype(float).unique())
-            notes.append(f"{int((~keep).sum())} finished runs at a data fraction other than their profile's "
-                         f"({', '.join(f'{f:g}' for f in fr)}) are not shown (Fig. 9 analogue)")
+            notes.append(
+                f"{int((~keep).sum())} finished runs at a data fraction other than their profile's "
+                f"({', '.join(f'{f:g}' for f in fr)}) are not shown (Fig. 9 analogue)"
+            )
         pool = pool[keep]
     return pool, notes
 
@@ -67,6 +70,7 @@ def select_pool(spec: TableSpec, runs: pd.DataFrame) -> tuple[pd.DataFrame, list
 class _Layout:
     """One table's runs laid out: each keyed by its setting (a column block) and its variant (a row when a
     method ran in several configurations), the settings' labels, and the metrics of ours it shows."""
+
     spec: TableSpec
     pool: pd.DataFrame
     labels: dict[str, str]
@@ -122,8 +126,11 @@ def _cells(t: _Layout, method: str, sel: pd.DataFrame, notes: Footnotes) -> list
                 continue
             if col not in s or s[col].dropna().empty:  # the runs exist; the metric is undefined for them
                 space = s["params.match_space"].iloc[0] if "params.match_space" in s else ""
-                out.append(f"n/a ({len(s)} runs; {space})" if str(space).startswith("undefined") else
-                           f"n/a ({len(s)} runs without this metric)")
+                out.append(
+                    f"n/a ({len(s)} runs; {space})"
+                    if str(space).startswith("undefined")
+                    else f"n/a ({len(s)} runs without this metric)"
+                )
                 continue
             v = per_seed(s[col], s["params.seed"])
             keep = s.drop_duplicates("params.seed", keep="last")
@@ -136,6 +143,7 @@ def _cells(t: _Layout, method: str, sel: pd.DataFrame, notes: Footnotes) -> list
 def _row_match(spec: TableSpec, row: pd.Series):
     """The runs of a paper row: those whose parameters equal the row's values (an empty value restricts nothing:
     Table 2's baseline rows name no teacher)."""
+
     def match(df: pd.DataFrame) -> pd.Series:
         ok = pd.Series(True, index=df.index)
         for col, (param, scale) in spec.row_params.items():
@@ -143,6 +151,7 @@ def _row_match(spec: TableSpec, row: pd.Series):
                 continue
             ok &= _match(df[f"params.{param}"], row[col], scale) if f"params.{param}" in df else False
         return ok
+
     return match
 
 
@@ -216,8 +225,11 @@ def _render(t: _Layout, header: list[str], body: list[list], left_out: list[str]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
     lines.append("")
     if not t.labels:
-        lines.append(f"Ours: no finished runs of task `{t.spec.task}`"
-                     + (f" in a `--paper {t.spec.id}` study" if t.spec.study else "") + " in this store.")
+        lines.append(
+            f"Ours: no finished runs of task `{t.spec.task}`"
+            + (f" in a `--paper {t.spec.id}` study" if t.spec.study else "")
+            + " in this store."
+        )
     for n in left_out:
         lines.append(f"Note: {n}.")
     forms = form_note(t.pool)
@@ -238,9 +250,11 @@ def form_note(pool: pd.DataFrame) -> str:
             found.append(f"{method}: {'/'.join(vals)}")
     if not found:
         return ""
-    return ("Form of the methods that have a published map form and a vector adaptation, as these runs record it "
-            f"(`*_form`): {'; '.join(found)}. `maps` is the published method (comparable with a published row); "
-            "`vector` is the adaptation to a teacher embedding.")
+    return (
+        "Form of the methods that have a published map form and a vector adaptation, as these runs record it "
+        f"(`*_form`): {'; '.join(found)}. `maps` is the published method (comparable with a published row); "
+        "`vector` is the adaptation to a teacher embedding."
+    )
 
 
 def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metric: str) -> str | Paired:
@@ -260,6 +274,7 @@ def paired_cell(method: str, sel: pd.DataFrame, setting_runs: pd.DataFrame, metr
 def _once(vals: list[str]) -> list[str]:
     """Values that differ only in their numbers (a data seed per run seed) are shown once, with a count."""
     import re
+
     if len(vals) > 1 and len({re.sub(r"\d+", "#", v) for v in vals}) == 1:
         return [f"{vals[0]} (and {len(vals) - 1} more of this form, differing only in their numbers: one per seed)"]
     return vals
@@ -268,29 +283,48 @@ def _once(vals: list[str]) -> list[str]:
 def header_section(runs: pd.DataFrame) -> str:
     """What the runs are, one column per task (so each size or teacher sits under its own task)."""
     tasks = sorted(runs["params.task"].unique())
-    fields = [("profiles", "params.profile"), ("students", "params.student"), ("teachers", "params.teacher_id"),
-              ("seeds", "params.seed"), ("data layout", "params.data_layout"), ("train/val/test sizes", None),
-              ("split rule", "params.split_rule"), ("selection rule", "params.selection_rule"),
-              ("device", "params.device_resolved"), ("torch", "params.torch_version"), ("code version", "params.code_version"),
-              *[(p, f"params.{p}") for p in AMBIGUITY_PARAMS]]
+    fields = [
+        ("profiles", "params.profile"),
+        ("students", "params.student"),
+        ("teachers", "params.teacher_id"),
+        ("seeds", "params.seed"),
+        ("data layout", "params.data_layout"),
+        ("train/val/test sizes", None),
+        ("split rule", "params.split_rule"),
+        ("selection rule", "params.selection_rule"),
+        ("device", "params.device_resolved"),
+        ("torch", "params.torch_version"),
+        ("code version", "params.code_version"),
+        *[(p, f"params.{p}") for p in AMBIGUITY_PARAMS],
+    ]
     rows = []
     for label, col in fields:
         cells = []
         for t in tasks:
             r = runs[runs["params.task"] == t]
             if col is None:
-                vals = sorted({f"{a}/{b}/{c}" for a, b, c in zip(r.get("params.n_train", []), r.get("params.n_val", []),
-                                                                  r.get("params.n_test", []))})
+                vals = sorted(
+                    {
+                        f"{a}/{b}/{c}"
+                        for a, b, c in zip(r.get("params.n_train", []), r.get("params.n_val", []), r.get("params.n_test", []))
+                    }
+                )
             else:
                 vals = sorted(r[col].dropna().astype(str).unique()) if col in r else []
                 vals = _once(vals) if label == "split rule" else vals
             cells.append(", ".join(vals))
         if any(cells):
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(["| what | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks), *rows]) + "\n\n" + \
-        ("The `hp.*` rows: the readings chosen where the paper is ambiguous (methods/README.md's register of "
-         "ambiguities; each an option of its method, recorded in every run), as the runs used them.\n"
-         if any(r.startswith("| hp.") for r in rows) else "")
+    return (
+        "\n".join(["| what | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks), *rows])
+        + "\n\n"
+        + (
+            "The `hp.*` rows: the readings chosen where the paper is ambiguous (methods/README.md's register of "
+            "ambiguities; each an option of its method, recorded in every run), as the runs used them.\n"
+            if any(r.startswith("| hp.") for r in rows)
+            else ""
+        )
+    )
 
 
 def has_runs(spec: TableSpec, runs: pd.DataFrame) -> bool:
@@ -313,8 +347,7 @@ def fig_ablations(runs: pd.DataFrame, out: Path, with_paper: bool = False) -> li
         for pc in spec.paper_cols[:2]:
             if "mindcf" in pc:
                 continue
-            ax2.plot(pd.to_numeric(paper[col]).fillna(0) * scale, pd.to_numeric(paper[pc]), "s--", alpha=0.7,
-                     label=f"paper {pc}")
+            ax2.plot(pd.to_numeric(paper[col]).fillna(0) * scale, pd.to_numeric(paper[pc]), "s--", alpha=0.7, label=f"paper {pc}")
         if not pool.empty and metric in pool and f"params.{param}" in pool:
             pool = pool.assign(_setting=_key(pool, setting_columns(pool, {f"params.{param}"})))
             for _, g in pool.groupby("_setting"):
@@ -324,17 +357,28 @@ def fig_ablations(runs: pd.DataFrame, out: Path, with_paper: bool = False) -> li
                 mean = [s.mean() for _, s in stats]
                 sd = [s.std(ddof=1) if len(s) > 1 else 0.0 for _, s in stats]
                 first = g.iloc[0]
-                ax.errorbar(xs, mean, yerr=sd, marker="o", capsize=3,
-                            label=f"ours [{first['params.student']}, {first['params.profile']}] (± std)")
+                ax.errorbar(
+                    xs,
+                    mean,
+                    yerr=sd,
+                    marker="o",
+                    capsize=3,
+                    label=f"ours [{first['params.student']}, {first['params.profile']}] (± std)",
+                )
         ax.set_xlabel(param.replace("hp.", "")), ax.set_ylabel(f"ours: {spec.ours[0][1]}"), ax2.set_ylabel("paper")
-        who = "; ".join(sorted({f"{r['params.student']}, {r['params.profile']}" for _, r in pool.iterrows()})) \
-            if not pool.empty else "no runs of ours"
+        who = (
+            "; ".join(sorted({f"{r['params.student']}, {r['params.profile']}" for _, r in pool.iterrows()}))
+            if not pool.empty
+            else "no runs of ours"
+        )
         figures.title(fig, f"{spec.title.split(':')[0]} ablation ({spec.task}; {who})")
         for a, where in ((ax, "lower left"), (ax2, "lower right")):
             if a.get_legend_handles_labels()[0]:
                 a.legend(loc=where, fontsize=7)
-        paths.append((f"Ablation curve {spec.id} (ours, paper points on the right axis)",
-                      figures.save(fig, out / f"{spec.id}_ablation.png")))
+        paths.append(
+            (
+                f"Ablation curve {spec.id} (ours, paper points on the right axis)",
+                figures.save(fig, out / f"{spec.id}_ablation.png"),
+            )
+        )
     return paths
-
-

@@ -2,6 +2,7 @@
 `--paper` ablations included): the swept values, per value the validation objective and the test metric
 with their 95% CI over seeds, the value that is best on validation and its test result; a table and a
 figure each."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,7 +50,7 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
     swept = differing(sel, variant_columns(sel) + setting_columns(sel))
     swept = [c for c in swept if c != "params.seed"]
     objective = f"best_{task.selection_metric}" if task else "best_val_top1"
-    primary, primary_label = (task.summary_metrics[0] if task else ("test_top1", "test top-1"))
+    primary, primary_label = task.summary_metrics[0] if task else ("test_top1", "test top-1")
     lower = lower_is_better(task)
     groups = list(sel.groupby(swept, sort=True)) if swept else [((), sel)]
     rows, records, xs, val_stats, test_stats = [], [], [], [], []
@@ -61,9 +62,16 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
         rows.append([*[str(x) for x in values], _ci(v) + notes.add(list(keep["run_id"])), _ci(t)])
         xs.append(_value(values[0]) if len(values) == 1 else ", ".join(map(str, values)))
         val_stats.append(v), test_stats.append(t)
-        records.append({"study": name, "task": task_name, "method": ",".join(sorted(g["params.method"].unique())),
-                        **{c.removeprefix("params.").removeprefix("hp."): x for c, x in zip(swept, values)},
-                        **{f"val_{k}": x for k, x in v.items()}, **{f"test_{k}": x for k, x in t.items()}})
+        records.append(
+            {
+                "study": name,
+                "task": task_name,
+                "method": ",".join(sorted(g["params.method"].unique())),
+                **{c.removeprefix("params.").removeprefix("hp."): x for c, x in zip(swept, values)},
+                **{f"val_{k}": x for k, x in v.items()},
+                **{f"test_{k}": x for k, x in t.items()},
+            }
+        )
     means = [s["mean"] for s in val_stats]
     valid = [i for i, m in enumerate(means) if pd.notna(m)]
     best = (min if task and task.selection_mode == "min" else max)(valid, key=lambda i: means[i]) if valid else None
@@ -76,18 +84,32 @@ def _study(name: str, sel: pd.DataFrame, out: Path, notes: Footnotes):
     heading = f"study `{name}`: {methods} on {task_name} [{label}]"
     swept_names = [c.removeprefix("params.").removeprefix("hp.") for c in swept] or ["(nothing swept)"]
     header = [*swept_names, f"validation {objective} (mean, 95% CI over seeds)", f"{primary_label} (mean, 95% CI)"]
-    lines = [f"### {heading}", "",
-             f"Swept: {', '.join(swept_names)}; {len(groups)} values x {sel['params.seed'].nunique()} seed(s); "
-             f"objective: {objective} ({'lower' if task and task.selection_mode == 'min' else 'higher'} is better), "
-             f"chosen on validation only; the test column is shown, never used to choose. "
-             f"({'lower' if lower else 'higher'} {primary} is better.)", "", table(header, rows), ""]
+    lines = [
+        f"### {heading}",
+        "",
+        f"Swept: {', '.join(swept_names)}; {len(groups)} values x {sel['params.seed'].nunique()} seed(s); "
+        f"objective: {objective} ({'lower' if task and task.selection_mode == 'min' else 'higher'} is better), "
+        f"chosen on validation only; the test column is shown, never used to choose. "
+        f"({'lower' if lower else 'higher'} {primary} is better.)",
+        "",
+        table(header, rows),
+        "",
+    ]
     if best is not None:
         b = records[best]
-        lines.append(f"Best on validation: {', '.join(f'{k}={b[k]}' for k in swept_names if k in b) or 'the only value'}; "
-                     f"its {primary_label}: {fmt_mean_std(b['test_mean'], b['test_std'], b['test_n'])}.")
+        lines.append(
+            f"Best on validation: {', '.join(f'{k}={b[k]}' for k in swept_names if k in b) or 'the only value'}; "
+            f"its {primary_label}: {fmt_mean_std(b['test_mean'], b['test_std'], b['test_n'])}."
+        )
         lines.append("")
-    path = figures.values_plot(xs, [(f"validation {objective}", val_stats), (primary_label, test_stats)],
-                               " / ".join(swept_names), heading, out / f"study_{slug(name)}.png", best)
+    path = figures.values_plot(
+        xs,
+        [(f"validation {objective}", val_stats), (primary_label, test_stats)],
+        " / ".join(swept_names),
+        heading,
+        out / f"study_{slug(name)}.png",
+        best,
+    )
     lines += [f"![{heading}]({path.name})", ""]
     return "\n".join(lines), records, (heading, path)
 
@@ -102,21 +124,26 @@ def study_summary(records: list[dict]) -> str:
         best = next((r for r in rs if r["best_on_validation"]), None)
         if best is None:
             continue
-        swept = [k for k in best if k not in ("study", "task", "method", "best_on_validation")
-                 and not k.startswith(("val_", "test_"))]
+        swept = [
+            k for k in best if k not in ("study", "task", "method", "best_on_validation") and not k.startswith(("val_", "test_"))
+        ]
         means = [r["val_mean"] for r in rs if pd.notna(r["val_mean"])]
         halves = [r["val_ci_high"] - r["val_mean"] for r in rs if pd.notna(r.get("val_ci_high"))]
         spread = max(means) - min(means)
         what = ", ".join(f"{k}={best[k]}" for k in swept) or "the only value"
-        line = (f"**Study `{name}`** ({best['method']} on {best['task']}, {len(rs)} values): best on validation "
-                f"{what} ({best['val_mean']:.2f}); its test result "
-                f"{fmt_mean_std(best['test_mean'], best['test_std'], best['test_n'])}.")
+        line = (
+            f"**Study `{name}`** ({best['method']} on {best['task']}, {len(rs)} values): best on validation "
+            f"{what} ({best['val_mean']:.2f}); its test result "
+            f"{fmt_mean_std(best['test_mean'], best['test_std'], best['test_n'])}."
+        )
         if len(rs) > 1 and halves:
-            line += (f" The values' validation means span {spread:.2f} points, "
-                     + (f"less than the seeds' spread (95% CI half-widths {min(halves):.1f}-{max(halves):.1f}): "
-                        "this table does not show that the choice matters (an unpaired reading; a paired test of the "
-                        "chosen value against the others, seed by seed, is the one that could)." if spread < min(halves) else
-                        f"more than the narrowest 95% CI half-width ({min(halves):.1f}): a lead, to be confirmed by a "
-                        "paired test of the chosen value against the others."))
+            line += f" The values' validation means span {spread:.2f} points, " + (
+                f"less than the seeds' spread (95% CI half-widths {min(halves):.1f}-{max(halves):.1f}): "
+                "this table does not show that the choice matters (an unpaired reading; a paired test of the "
+                "chosen value against the others, seed by seed, is the one that could)."
+                if spread < min(halves)
+                else f"more than the narrowest 95% CI half-width ({min(halves):.1f}): a lead, to be confirmed by a "
+                "paired test of the chosen value against the others."
+            )
         lines += [line, ""]
     return "\n".join(lines)

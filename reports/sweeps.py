@@ -2,6 +2,7 @@
 configuration's paired gain over the baseline (test top-1, matched seeds: the same seed is the same data
 draw and teacher for every method), the baseline's and the teacher's own accuracy, and how the gain changes
 with the swept value (slope); a table and a figure per swept field and setting."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,10 +21,17 @@ from reports.runs import task_info
 
 FOCUS = {"kd", "fitnet", "ours_feature", "ours_classifier", "ours_feature_quality"}
 # (task, swept param, its name, what it means, other params that move with it and so do not split settings)
-SWEEPS = [("synthetic", "synth_gamma", "gamma", "share of the teacher's decisive factors the student also sees", ()),
-          ("synthetic", "synth_beta", "beta", "student-only decisive factors, as a share of the teacher's", ()),
-          ("mfh", "mfh_gamma", "gamma", "MFH's shared share: shared / (shared + both modalities' specific decisive "
-           "features)", ("mfh_dim",))]
+SWEEPS = [
+    ("synthetic", "synth_gamma", "gamma", "share of the teacher's decisive factors the student also sees", ()),
+    ("synthetic", "synth_beta", "beta", "student-only decisive factors, as a share of the teacher's", ()),
+    (
+        "mfh",
+        "mfh_gamma",
+        "gamma",
+        "MFH's shared share: shared / (shared + both modalities' specific decisive features)",
+        ("mfh_dim",),
+    ),
+]
 TASK_TITLES = {"synthetic": "Synthetic task", "mfh": "MFH task"}
 
 
@@ -32,6 +40,7 @@ def slope_cell(sel: pd.DataFrame, method: pd.DataFrame, metric: str) -> Paired |
     baseline, same seed and value) against the value, then mean over seeds with a t-based 95% CI (seeds
     are the independent units: one seed is one data draw and one teacher across the whole sweep)."""
     from scipy import stats
+
     gains: dict[str, list] = {}
     for x, at in sel.groupby("_x"):
         b = at[at["params.method"] == BASELINE]
@@ -79,11 +88,12 @@ def synthetic_sweeps(runs: pd.DataFrame, out: Path) -> tuple[str, list[tuple[str
 @dataclass
 class Sweep:
     """One swept field in one setting: its runs (`_x` the swept value) and how the table names them."""
+
     task: Any
     task_name: str
-    name: str        # the field's name in the paper (gamma, beta)
+    name: str  # the field's name in the paper (gamma, beta)
     meaning: str
-    held: str        # the values held fixed, as text
+    held: str  # the values held fixed, as text
     sel: pd.DataFrame
     xs: list[float]
     metric: str
@@ -93,6 +103,7 @@ class Sweep:
 class Gains:
     """Per method configuration, its paired gain at each swept value and its slope; the baseline's and the
     teacher's own accuracy at each value."""
+
     methods: list[str]
     gains: dict[str, list]
     slopes: dict[str, Paired | None]
@@ -120,8 +131,12 @@ def _gains(sw: Sweep) -> Gains:
         base = at[at["params.method"] == BASELINE]
         b = per_seed(base[metric], base["params.seed"])
         base_acc.append(b)
-        teacher.append(per_seed(base["params.teacher_test_acc"] if "params.teacher_test_acc" in base
-                                else pd.Series(np.nan, index=base.index), base["params.seed"]))
+        teacher.append(
+            per_seed(
+                base["params.teacher_test_acc"] if "params.teacher_test_acc" in base else pd.Series(np.nan, index=base.index),
+                base["params.seed"],
+            )
+        )
         for m in methods:
             g = at[at.index.isin(rows[m].index)]
             gains[m].append(paired_difference(per_seed(g[metric], g["params.seed"]), b) if not b.empty else None)
@@ -135,16 +150,21 @@ def _sweep_table(sw: Sweep, g: Gains) -> str:
     """One sweep's table (Markdown)."""
     name, xs, sel = sw.name, sw.xs, sw.sel
     head = f"| {name} = | " + " | ".join(f"{x:g}" for x in xs) + " | slope of Δ per unit, 95% CI |"
-    lines = [f"### {TASK_TITLES.get(sw.task_name, sw.task_name)}: gain over the baseline against {name} ({sw.meaning})", "",
-             f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {sw.held}; "
-             f"{sw.task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
-             "the data and one teacher), raw t-based 95% CI and the paired t-test's p-value adjusted with "
-             "Holm's method across every cell of this table (one family); `*`: p_Holm < 0.05. Slope: each "
-             f"seed's least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
-             "over seeds with its 95% CI; the slope column is a family of its own.", "", head,
-             "|---" * (len(xs) + 2) + "|",
-             "| teacher (own test acc.) | " + " | ".join(describe(t) for t in g.teacher) + " | |",
-             "| baseline (test top-1) | " + " | ".join(describe(b) for b in g.base_acc) + " | |"]
+    lines = [
+        f"### {TASK_TITLES.get(sw.task_name, sw.task_name)}: gain over the baseline against {name} ({sw.meaning})",
+        "",
+        f"Setting: {sel['params.profile'].iloc[0]} profile, student {sel['params.student'].iloc[0]}, {sw.held}; "
+        f"{sw.task.summary_metrics[0][1]}. Cells: method − baseline over matched seeds (a seed is one draw of "
+        "the data and one teacher), raw t-based 95% CI and the paired t-test's p-value adjusted with "
+        "Holm's method across every cell of this table (one family); `*`: p_Holm < 0.05. Slope: each "
+        f"seed's least-squares slope of its gains against {name} (points of gain per unit of {name}), mean "
+        "over seeds with its 95% CI; the slope column is a family of its own.",
+        "",
+        head,
+        "|---" * (len(xs) + 2) + "|",
+        "| teacher (own test acc.) | " + " | ".join(describe(t) for t in g.teacher) + " | |",
+        "| baseline (test top-1) | " + " | ".join(describe(b) for b in g.base_acc) + " | |",
+    ]
     for m in g.methods:
         lines.append(f"| {m} | " + " | ".join(str(p) if p else "—" for p in g.gains[m]) + f" | {g.slopes[m] or '—'} |")
     return "\n".join(lines) + "\n"
@@ -162,17 +182,34 @@ def _sweep_figure(sw: Sweep, g: Gains, out: Path, fig_name: str) -> tuple[str, P
         mean = np.array([p.mean for _, p in pts])
         err = np.array([[p.mean - p.lo, p.hi - p.mean] if p.n > 1 else [0, 0] for _, p in pts]).T
         focus = m in FOCUS  # the paper's question: hard alignment (KD, FitNet) against its soft constraints
-        ax.errorbar([x + (i - len(methods) / 2) * 0.004 for x, _ in pts], mean, yerr=err,
-                    ms=4 if focus else 2, capsize=2, lw=2 if focus else 0.8, alpha=1.0 if focus else 0.35,
-                    label=m, **st[m])
+        ax.errorbar(
+            [x + (i - len(methods) / 2) * 0.004 for x, _ in pts],
+            mean,
+            yerr=err,
+            ms=4 if focus else 2,
+            capsize=2,
+            lw=2 if focus else 0.8,
+            alpha=1.0 if focus else 0.35,
+            label=m,
+            **st[m],
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel(name), ax.set_ylabel("test top-1 gain over baseline (points, 95% CI)")
     ax.legend(fontsize=6, ncol=2)
-    figures.title(fig, f"{sw.task_name}: gain against {name}; {sel['params.student'].iloc[0]}, "
-                       f"{sel['params.profile'].iloc[0]} profile, {sw.held} (bold: KD, FitNet, ours)")
+    figures.title(
+        fig,
+        f"{sw.task_name}: gain against {name}; {sel['params.student'].iloc[0]}, "
+        f"{sel['params.profile'].iloc[0]} profile, {sw.held} (bold: KD, FitNet, ours)",
+    )
     for label, series, style in (("teacher (own modality)", g.teacher, "s--"), ("baseline student", g.base_acc, "o-")):
-        ax2.errorbar(xs, [v.mean() for v in series], yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in series],
-                     fmt=style, capsize=3, label=label)
+        ax2.errorbar(
+            xs,
+            [v.mean() for v in series],
+            yerr=[v.std(ddof=1) if len(v) > 1 else 0 for v in series],
+            fmt=style,
+            capsize=3,
+            label=label,
+        )
     ax2.set_xlabel(name), ax2.set_ylabel("test top-1 (%)"), ax2.legend(fontsize=7), ax2.set_title("accuracy")
     title = TASK_TITLES.get(sw.task_name, sw.task_name)
     return f"{title}: gain over the baseline against {name} ({sw.held})", figures.save(fig, out / fig_name)

@@ -9,6 +9,7 @@ seed by seed and write each run's accuracies, so that their curves can be compar
 Their seeds: run i of a setting uses seed i for training data and i + 1 for test data (as their exp1/exp2).
 --compare prints, per experiment and gamma, KD - no-KD (mean [95% CI], n) of theirs and of the harness's runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,13 @@ EXPERIMENTS = (("exp1", "increase_gamma", [0, 2, 4, 6, 8, 10]), ("exp2", "increa
 
 def run_theirs(folder: Path, out: Path, runs: int) -> None:
     import torch
+
     sys.path.insert(0, str(folder))
     import main as mfh  # their module: functions only run under its __main__ guard
+
     mfh.device = torch.device("cpu")
     from tasks.mfh_data import gamma_of
+
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["experiment", "mode", "dim", "gamma", "seed", "teacher_acc", "no_kd_acc", "kd_acc"])
@@ -41,12 +45,15 @@ def compare(ref: Path, uri: str) -> None:
     import pandas as pd
 
     from benchmark.stats import holm, paired_difference, per_seed
+
     theirs = pd.read_csv(ref)
     mlflow.set_tracking_uri(uri)
     ours = mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")
     ours = ours[ours["params.task"] == "mfh"]
-    print("| experiment | gamma | theirs: teacher / no-KD / KD | theirs: KD - no-KD | ours: teacher / no-KD / KD "
-          "| ours: KD - no-KD |")
+    print(
+        "| experiment | gamma | theirs: teacher / no-KD / KD | theirs: KD - no-KD | ours: teacher / no-KD / KD "
+        "| ours: KD - no-KD |"
+    )
     print("|---|---|---|---|---|---|")
     rows = []
     for (exp, mode, d), g in theirs.groupby(["experiment", "mode", "dim"], sort=False):
@@ -61,8 +68,10 @@ def compare(ref: Path, uri: str) -> None:
         holm([r[3] for r in rows if r[0] == exp])
         holm([r[7] for r in rows if r[0] == exp])
     for exp, mode, g, diff, t_ours, b, k, mine in rows:
-        print(f"| {exp} ({mode}) | {g['gamma'].iloc[0]:.2f} | {g['teacher_acc'].mean():.2f} / {g['no_kd_acc'].mean():.2f} / "
-              f"{g['kd_acc'].mean():.2f} | {diff} | {t_ours:.2f} / {b.mean():.2f} / {k.mean():.2f} | {mine or '—'} |")
+        print(
+            f"| {exp} ({mode}) | {g['gamma'].iloc[0]:.2f} | {g['teacher_acc'].mean():.2f} / {g['no_kd_acc'].mean():.2f} / "
+            f"{g['kd_acc'].mean():.2f} | {diff} | {t_ours:.2f} / {b.mean():.2f} / {k.mean():.2f} | {mine or '—'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ computation). Holm over the image - text comparisons of the table. A method whos
 teachers (FitNet, SP and ICKD read the image teacher's stage maps but the text teacher's embedding: the
 `params.<method>_form` of its runs) is named with both forms: its image - text difference is then also a
 difference of loss, not of the teacher alone."""
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,10 @@ def _named(runs: pd.DataFrame, method: str) -> str:
     column = f"params.{method}_form"
     if column not in runs:
         return method
-    form = {t: sorted(set(runs.loc[(runs["params.task"] == t) & (runs["params.method"] == method), column].dropna()))
-            for t in (IMAGE, TEXT)}
+    form = {
+        t: sorted(set(runs.loc[(runs["params.task"] == t) & (runs["params.method"] == method), column].dropna()))
+        for t in (IMAGE, TEXT)
+    }
     if form[IMAGE] == form[TEXT]:
         return method
     image, text = "/".join(form[IMAGE]) or "n/a", "/".join(form[TEXT]) or "n/a"
@@ -53,33 +56,55 @@ def table(runs: pd.DataFrame) -> str:
     def seeds(task, method):
         g = runs[(runs["params.task"] == task) & (runs["params.method"] == method)]
         return per_seed(g[METRIC], g["params.seed"])
+
     base = {t: seeds(t, "baseline") for t in (TEXT, IMAGE)}
-    methods = sorted(set(runs.loc[runs["params.task"] == TEXT, "params.method"])
-                     & set(runs.loc[runs["params.task"] == IMAGE, "params.method"]) - {"baseline"})
-    rows = [(_named(runs, m), paired_difference(seeds(TEXT, m), base[TEXT]), paired_difference(seeds(IMAGE, m), base[IMAGE]),
-             paired_difference(seeds(IMAGE, m), seeds(TEXT, m))) for m in methods]
+    methods = sorted(
+        set(runs.loc[runs["params.task"] == TEXT, "params.method"])
+        & set(runs.loc[runs["params.task"] == IMAGE, "params.method"]) - {"baseline"}
+    )
+    rows = [
+        (
+            _named(runs, m),
+            paired_difference(seeds(TEXT, m), base[TEXT]),
+            paired_difference(seeds(IMAGE, m), base[IMAGE]),
+            paired_difference(seeds(IMAGE, m), seeds(TEXT, m)),
+        )
+        for m in methods
+    ]
     holm([r[3] for r in rows])
     same = paired_difference(base[IMAGE], base[TEXT])
-    out = [f"baselines: text task {base[TEXT].mean():.2f}, image task {base[IMAGE].mean():.2f} "
-           f"(image - text {same}; the same computation on both tasks)", "",
-           "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |"
-           + (" label-level part: image class-mean − baseline | image class-mean − text, p_Holm | per-sample part: "
-              "image − image class-mean, p_Holm |" if len(means) else ""),
-           "|---|---|---|---|" + ("---|---|---|" if len(means) else "")]
+    out = [
+        f"baselines: text task {base[TEXT].mean():.2f}, image task {base[IMAGE].mean():.2f} "
+        f"(image - text {same}; the same computation on both tasks)",
+        "",
+        "| method | gain, text teacher (cifar100) | gain, image teacher (cifar100-kd) | image − text, 95% CI, p_Holm |"
+        + (
+            " label-level part: image class-mean − baseline | image class-mean − text, p_Holm | per-sample part: "
+            "image − image class-mean, p_Holm |"
+            if len(means)
+            else ""
+        ),
+        "|---|---|---|---|" + ("---|---|---|" if len(means) else ""),
+    ]
     split = {}
     if len(means):
         for m in methods:
             g = means[means["params.method"] == m]
             cm = per_seed(g[METRIC], g["params.seed"])
-            split[m] = (paired_difference(cm, base[IMAGE]), paired_difference(cm, seeds(TEXT, m)),
-                        paired_difference(seeds(IMAGE, m), cm))
+            split[m] = (
+                paired_difference(cm, base[IMAGE]),
+                paired_difference(cm, seeds(TEXT, m)),
+                paired_difference(seeds(IMAGE, m), cm),
+            )
         holm([v[1] for v in split.values()]), holm([v[2] for v in split.values()])
     for m, (name, t, i, d) in zip(methods, rows):
         line = f"| {name} | {str(t).removesuffix(' *')} | {str(i).removesuffix(' *')} | {d} |"
         if len(means):
             level, versus_text, per_sample = split[m]
-            line += "".join(f" {str(x).removesuffix(' *') if k == 0 else x} |" if x is not None else " no class-mean runs |"
-                            for k, x in enumerate((level, versus_text, per_sample)))
+            line += "".join(
+                f" {str(x).removesuffix(' *') if k == 0 else x} |" if x is not None else " no class-mean runs |"
+                for k, x in enumerate((level, versus_text, per_sample))
+            )
         out.append(line)
     return "\n".join(out)
 

@@ -6,6 +6,7 @@ Optuna's GridSampler alone can re-evaluate a point when workers race (it warns a
 benchmark cannot accept. A worker that dies mid-trial stops its heartbeat; the next worker to look for work
 fails that stale trial and re-queues its point (Optuna's RetryHeartbeatStaleTrialCallback): every point
 completes exactly once. The command's own worker processes: studies/workers.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -33,6 +34,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 def parse_grid(items: list[str], hp_types: dict) -> dict[str, list]:
     from benchmark.resolve import convert
+
     grid = {}
     for item in items or []:
         if "=" not in item:
@@ -62,7 +64,8 @@ def storage_lock(url: str):
     if url.startswith("sqlite:///"):
         import fcntl
         from pathlib import Path
-        db = Path(url[len("sqlite:///"):]).expanduser().absolute()
+
+        db = Path(url[len("sqlite:///") :]).expanduser().absolute()
         if not db.parent.is_dir():
             yield  # opening the storage fails with its own message
             return
@@ -74,6 +77,7 @@ def storage_lock(url: str):
             os.close(fd)  # releases the lock
     elif url.startswith("postgresql"):
         import sqlalchemy
+
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(7162534)"))  # one key: the harness's studies
@@ -92,8 +96,9 @@ def check_storage(url: str) -> None:
         with storage_lock(url):
             optuna.storages.get_storage(url)
     except Exception as e:
-        raise UsageError(f"cannot open the study storage {safe_uri(url)}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UsageError(
+            f"cannot open the study storage {safe_uri(url)}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
@@ -110,17 +115,22 @@ def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
 def check_definition(name: str, storage: str, definition: dict) -> None:
     """The study must exist and have been created with the same definition as this command's."""
     import json
+
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise UsageError(f"study '{name}' does not exist in {safe_uri(storage)}; create it first "
-                         "(the same command without --join, or with --create-only)") from None
+        raise UsageError(
+            f"study '{name}' does not exist in {safe_uri(storage)}; create it first "
+            "(the same command without --join, or with --create-only)"
+        ) from None
     stored = study.user_attrs.get("definition")
     wanted = json.loads(json.dumps(definition, default=str))  # as stored: JSON types
     if stored is not None and stored != wanted:
         diff = _differences(stored, wanted)
-        raise UsageError(f"study '{name}' was created with another definition ({'; '.join(diff[:3])}"
-                         f"{' ...' if len(diff) > 3 else ''}); use another --study-name or the original options")
+        raise UsageError(
+            f"study '{name}' was created with another definition ({'; '.join(diff[:3])}"
+            f"{' ...' if len(diff) > 3 else ''}); use another --study-name or the original options"
+        )
 
 
 def end_parent_if_done(study: optuna.Study, tracker) -> None:
@@ -142,12 +152,21 @@ def _trial_runs(tracker, trial: optuna.trial.FrozenTrial) -> list:
     run = trial.user_attrs.get("mlflow_run_id")
     if not run:
         return []
-    return [*tracker.client.search_runs([tracker.experiment_id], filter_string=(
-        f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'")), tracker.client.get_run(run)]
+    return [
+        *tracker.client.search_runs(
+            [tracker.experiment_id], filter_string=(f"tags.mlflow.parentRunId = '{run}' and attributes.status = 'RUNNING'")
+        ),
+        tracker.client.get_run(run),
+    ]
 
 
-def stale_trial_handler(tracker, max_retry: int = 3, runs_of=_trial_runs, who: str = "study worker",
-                        said=lambda trial: f"trial {trial.number} lost its worker: its point is queued again"):
+def stale_trial_handler(
+    tracker,
+    max_retry: int = 3,
+    runs_of=_trial_runs,
+    who: str = "study worker",
+    said=lambda trial: f"trial {trial.number} lost its worker: its point is queued again",
+):
     """Called for a trial whose worker stopped beating: its MLflow runs (runs_of(tracker, trial)) that are still
     RUNNING end KILLED, and its point is queued again (up to max_retry times); said(trial) is printed."""
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -159,6 +178,7 @@ def stale_trial_handler(tracker, max_retry: int = 3, runs_of=_trial_runs, who: s
                 tracker.end(r.info.run_id, status="KILLED")
         patiently(retry, study, trial)
         print(said(trial), flush=True)
+
     return handle
 
 
@@ -170,6 +190,7 @@ def heartbeat(storage, trial_id: int, every: int):
     def beat() -> None:
         while not stop.wait(every):
             patiently(storage.record_heartbeat, trial_id)
+
     patiently(storage.record_heartbeat, trial_id)
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
@@ -180,8 +201,9 @@ def heartbeat(storage, trial_id: int, every: int):
         thread.join()
 
 
-def create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
-                 definition: dict, fixed: dict):
+def create_study(
+    name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict, definition: dict, fixed: dict
+):
     """Create the study (schema included) and its MLflow parent run, before any worker starts; an existing study
     of this name is reused only when its stored definition is the same. Under the storage's lock: two commands
     creating the same study at once make one study, one parent run and one queue of grid points."""
@@ -189,23 +211,38 @@ def create_study(name: str, storage: str, direction: str, grid: dict[str, list] 
         return _create_study(name, storage, direction, grid, tracker, tags, definition, fixed)
 
 
-def _create_study(name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict,
-                  definition: dict, fixed: dict):
+def _create_study(
+    name: str, storage: str, direction: str, grid: dict[str, list] | None, tracker, tags: dict, definition: dict, fixed: dict
+):
     import json
+
     try:
         exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     except Exception:
         exists = False
     if exists:
         check_definition(name, storage, definition)
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=make_sampler(grid),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3), load_if_exists=True)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=direction,
+        sampler=make_sampler(grid),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3),
+        load_if_exists=True,
+    )
     if "mlflow_parent_run_id" not in study.user_attrs:
         parent = tracker.start(f"study:{name}", {**tags, "xkd.kind": "study", "study_name": name})
-        tracker.log_params(parent, {"storage": safe_uri(storage), "direction": direction, **tags,
-                                    "grid_mechanism": "enqueued trials, claimed atomically" if grid else "TPE",
-                                    **({f"grid.{k}": v for k, v in grid.items()} if grid else {}),
-                                    **{f"fixed.{k}": v for k, v in fixed.items()}})
+        tracker.log_params(
+            parent,
+            {
+                "storage": safe_uri(storage),
+                "direction": direction,
+                **tags,
+                "grid_mechanism": "enqueued trials, claimed atomically" if grid else "TPE",
+                **({f"grid.{k}": v for k, v in grid.items()} if grid else {}),
+                **{f"fixed.{k}": v for k, v in fixed.items()},
+            },
+        )
         tracker.log_dict(parent, definition, "study_definition.json")
         study.set_user_attr("mlflow_parent_run_id", parent)
         study.set_user_attr("definition", json.loads(json.dumps(definition, default=str)))
@@ -227,10 +264,14 @@ def make_sampler(grid: dict | None):
 def load_study(name: str, storage_url: str, grid: dict | None, heartbeat_s: int, on_stale):
     """The study and the storage object it reads through (trial claims must use the same object), with
     heartbeats: a trial whose worker is silent for 2 x heartbeat_s is failed and handed to on_stale."""
-    storage = optuna.storages.get_storage(optuna.storages.RDBStorage(  # the cached wrapper the study itself uses
-        storage_url, heartbeat_interval=heartbeat_s, heartbeat_stale_trial_callback=on_stale))
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(grid),
-                              pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
+    storage = optuna.storages.get_storage(
+        optuna.storages.RDBStorage(  # the cached wrapper the study itself uses
+            storage_url, heartbeat_interval=heartbeat_s, heartbeat_stale_trial_callback=on_stale
+        )
+    )
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=make_sampler(grid), pruner=optuna.pruners.MedianPruner(n_startup_trials=3)
+    )
     return study, storage
 
 
@@ -252,8 +293,10 @@ def requeue_unfinished(study: optuna.Study) -> list[str]:
         if interrupted and len(interrupted) == len(trials):
             last = max(interrupted, key=lambda t: t.number)
             study.enqueue_trial(dict(last.params), user_attrs={"rerun_of": last.number})
-            lines.append(f"trial {last.number} ({', '.join(f'{k}={v}' for k, v in last.params.items())}) was "
-                         "interrupted: its point is queued again")
+            lines.append(
+                f"trial {last.number} ({', '.join(f'{k}={v}' for k, v in last.params.items())}) was "
+                "interrupted: its point is queued again"
+            )
     return lines
 
 
@@ -278,8 +321,20 @@ class Objective:
     """One trial = the method trained on `seeds` seeds; value = mean best validation metric."""
 
     def __init__(self, cfg, task, data, tables, method, base_hp, tracker, out, seeds, grid, prune, fixed=None):
-        self.__dict__.update(cfg=cfg, task=task, data=data, tables=tables, method=method, base_hp=base_hp,
-                             tracker=tracker, out=out, seeds=seeds, grid=grid, prune=prune, fixed=fixed or {})
+        self.__dict__.update(
+            cfg=cfg,
+            task=task,
+            data=data,
+            tables=tables,
+            method=method,
+            base_hp=base_hp,
+            tracker=tracker,
+            out=out,
+            seeds=seeds,
+            grid=grid,
+            prune=prune,
+            fixed=fixed or {},
+        )
 
     def params_for(self, trial: optuna.trial.Trial) -> dict:
         if self.grid:
@@ -299,14 +354,24 @@ class Objective:
             with uninterrupted():  # the trial's bookkeeping is written whole (a Ctrl-C waits for its end)
                 paper_table = trial.study.user_attrs.get("paper_table", "")
                 patiently(trial.set_user_attr, "worker", f"{socket.gethostname()}:{os.getpid()}")
-                run = self.tracker.start(f"trial-{trial.number}", {
-                    "xkd.kind": "trial", "trial_number": str(trial.number), "study_name": trial.study.study_name},
-                    parent_run_id=trial.study.user_attrs["mlflow_parent_run_id"])
+                run = self.tracker.start(
+                    f"trial-{trial.number}",
+                    {"xkd.kind": "trial", "trial_number": str(trial.number), "study_name": trial.study.study_name},
+                    parent_run_id=trial.study.user_attrs["mlflow_parent_run_id"],
+                )
                 patiently(trial.set_user_attr, "mlflow_run_id", run)
-                self.tracker.log_params(run, {"trial_number": trial.number, "method": self.method,
-                                              "n_seeds": self.seeds, **{f"fixed.{k}": v for k, v in self.fixed.items()},
-                                              **params})
+                self.tracker.log_params(
+                    run,
+                    {
+                        "trial_number": trial.number,
+                        "method": self.method,
+                        "n_seeds": self.seeds,
+                        **{f"fixed.{k}": v for k, v in self.fixed.items()},
+                        **params,
+                    },
+                )
             for seed in range(self.cfg.seed, self.cfg.seed + self.seeds):
+
                 def report(epoch, m, first=seed == self.cfg.seed):
                     if self.prune and first:
                         with uninterrupted():
@@ -314,13 +379,25 @@ class Objective:
                             pruned = patiently(trial.should_prune)
                         if pruned:
                             raise optuna.TrialPruned()
+
                 from benchmark.teacher_cache import TeacherCache
-                self.data, self.tables = self.task.data_for_seed(replace(self.cfg, seed=seed), self.data, self.tables,
-                                                                 TeacherCache())
-                r = run_one(replace(self.cfg, seed=seed), self.task, self.data, self.tables, self.method,
-                            {**self.base_hp, **params}, self.tracker, self.out, parent_run_id=run, on_epoch=report,
-                            tags={"xkd.study": trial.study.study_name, "study": trial.study.study_name,
-                                  "xkd.paper_table": paper_table})
+
+                self.data, self.tables = self.task.data_for_seed(
+                    replace(self.cfg, seed=seed), self.data, self.tables, TeacherCache()
+                )
+                r = run_one(
+                    replace(self.cfg, seed=seed),
+                    self.task,
+                    self.data,
+                    self.tables,
+                    self.method,
+                    {**self.base_hp, **params},
+                    self.tracker,
+                    self.out,
+                    parent_run_id=run,
+                    on_epoch=report,
+                    tags={"xkd.study": trial.study.study_name, "study": trial.study.study_name, "xkd.paper_table": paper_table},
+                )
                 values.append(r[key])
         except optuna.TrialPruned:
             self.tracker.end(run, "KILLED")
@@ -336,8 +413,7 @@ class Objective:
             if run:
                 self.tracker.set_tag(run, "xkd.failure", reason[:5000])
                 self.tracker.end(run, "FAILED")
-            print(f"error: trial {trial.number}: {reason}; trial ended FAILED, the study goes on", file=sys.stderr,
-                  flush=True)
+            print(f"error: trial {trial.number}: {reason}; trial ended FAILED, the study goes on", file=sys.stderr, flush=True)
             raise
         except BaseException:  # interrupted: the trial is not a result; a rerun of the command queues it again
             _end_quietly(self.tracker, run)
@@ -355,8 +431,11 @@ def _end_quietly(tracker, run: str | None) -> None:
         if run:
             tracker.end(run, "FAILED")
     except Exception as e:  # noqa: BLE001
-        print(f"warning: trial run {run} could not be marked FAILED ({type(e).__name__}); the next command on "
-              "this store marks it", file=sys.stderr, flush=True)
+        print(
+            f"warning: trial run {run} could not be marked FAILED ({type(e).__name__}); the next command on this store marks it",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def work(study: optuna.Study, storage, objective: Objective, n_trials: int | None, heartbeat_s: int) -> int:

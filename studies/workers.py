@@ -1,5 +1,6 @@
 """A study's worker processes on this machine, watched by the command that started them: a worker that dies has
 its trial failed and its point queued again at once; points left when every worker ended get a new round."""
+
 from __future__ import annotations
 
 import socket
@@ -19,10 +20,16 @@ def spawn_workers(argv: list[str], n: int, on_exit, pending, rounds: int = 3) ->
     only once its heartbeat is stale). When every worker has ended and points are still queued
     (pending() > 0), a new round of workers runs them. Returns one line per recovery."""
     import time
+
     account: list[str] = []
     for _ in range(rounds):
-        procs = {p.pid: p for p in (subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"],
-                                                     preexec_fn=_stop_with_parent) for _ in range(n))}
+        procs = {
+            p.pid: p
+            for p in (
+                subprocess.Popen([sys.executable, "-m", "benchmark", *argv, "--join"], preexec_fn=_stop_with_parent)
+                for _ in range(n)
+            )
+        }
         while procs:
             for pid, p in list(procs.items()):
                 code = p.poll()
@@ -48,6 +55,7 @@ def wait_for_other_workers(study: optuna.Study, unfinished, say, poll_s: float =
     failed and its point queued again (Optuna's stale-trial check, through the study's heartbeat storage), and
     the wait ends for it. `unfinished()` lists the trials of points without a COMPLETE trial."""
     import time
+
     told = False
     while True:
         optuna.storages.fail_stale_trials(study)
@@ -55,8 +63,11 @@ def wait_for_other_workers(study: optuna.Study, unfinished, say, poll_s: float =
         if not running:
             return
         if not told:
-            say(f"waiting for {len(running)} grid point(s) that other live workers are running (trial(s) "
-                + ", ".join(f"{t.number} by {t.user_attrs.get('worker', '?')}" for t in running) + ")")
+            say(
+                f"waiting for {len(running)} grid point(s) that other live workers are running (trial(s) "
+                + ", ".join(f"{t.number} by {t.user_attrs.get('worker', '?')}" for t in running)
+                + ")"
+            )
             told = True
         time.sleep(poll_s)
 

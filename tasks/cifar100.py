@@ -1,4 +1,5 @@
 """CIFAR-100 with a frozen text teacher (CLIP prompt templates x class names), as in the paper's Sec. 4.2."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def _read_npz(d: Path):
         meta = json.loads(meta_path.read_text())
         names, f2c, coarse = meta["fine_label_names"], np.asarray(meta["fine_to_coarse"]), meta["coarse_label_names"]
     except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{meta_path} is not valid: {type(e).__name__}: {e} (needs fine_label_names, fine_to_coarse, "
-                         "coarse_label_names)") from None
+        raise UsageError(
+            f"{meta_path} is not valid: {type(e).__name__}: {e} (needs fine_label_names, fine_to_coarse, coarse_label_names)"
+        ) from None
     try:
         with np.load(path) as z:
             arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -52,12 +54,14 @@ def check_arrays(path: Path, a: dict, num_classes: int) -> None:
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise UsageError(f"{path}: y_{split} has labels {y.min()}..{y.max()} but meta.json names {num_classes} classes")
     if len(np.unique(a["y_train"])) != num_classes:
-        raise UsageError(f"{path}: the training labels cover {len(np.unique(a['y_train']))} classes but meta.json "
-                         f"names {num_classes}")
+        raise UsageError(
+            f"{path}: the training labels cover {len(np.unique(a['y_train']))} classes but meta.json names {num_classes}"
+        )
 
 
 def _read_torchvision(d: Path):
     from torchvision.datasets import CIFAR100
+
     tr, te = CIFAR100(str(d), train=True, download=False), CIFAR100(str(d), train=False, download=False)
     with open(d / "cifar-100-python" / "train", "rb") as f:
         raw = pickle.load(f, encoding="latin1")
@@ -65,8 +69,16 @@ def _read_torchvision(d: Path):
         coarse_names = pickle.load(f, encoding="latin1")["coarse_label_names"]
     f2c = np.zeros(100, dtype=np.int64)
     f2c[np.asarray(raw["fine_labels"])] = np.asarray(raw["coarse_labels"])
-    return (tr.data, np.asarray(tr.targets), te.data, np.asarray(te.targets), tr.classes, f2c, coarse_names,
-            "torchvision cifar-100-python")
+    return (
+        tr.data,
+        np.asarray(tr.targets),
+        te.data,
+        np.asarray(te.targets),
+        tr.classes,
+        f2c,
+        coarse_names,
+        "torchvision cifar-100-python",
+    )
 
 
 def read_cifar100(data_dir: str):
@@ -79,6 +91,7 @@ def read_cifar100(data_dir: str):
     created = not d.exists()
     try:
         from torchvision.datasets import CIFAR100
+
         d.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=d) as tmp:
             CIFAR100(tmp, train=True, download=True)
@@ -86,10 +99,12 @@ def read_cifar100(data_dir: str):
     except Exception as e:
         if created:
             shutil.rmtree(d, ignore_errors=True)
-        raise UsageError(f"CIFAR-100 not found in '{d}' (expected cifar100_uint8.npz + meta.json, or "
-                         f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}; give the "
-                         "folder that holds it with --data-dir (or set XKD_DATA to the data root), or fetch it once "
-                         "on a machine with a network: python -m benchmark data fetch cifar100") from None
+        raise UsageError(
+            f"CIFAR-100 not found in '{d}' (expected cifar100_uint8.npz + meta.json, or "
+            f"cifar-100-python/) and the torchvision download failed: {type(e).__name__}: {e}; give the "
+            "folder that holds it with --data-dir (or set XKD_DATA to the data root), or fetch it once "
+            "on a machine with a network: python -m benchmark data fetch cifar100"
+        ) from None
     return _read_torchvision(d)
 
 
@@ -97,18 +112,41 @@ def read_cifar100(data_dir: str):
 class Cifar100(ImageClassification):
     name = "cifar100"
     data_folder = "cifar100"  # under the data root when --data-dir is not given
-    profile_notes = {"smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
-                     "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs (measured on 2 cores: 131-138 s "
-                              "a baseline run, 137 s an ours_classifier run; the 14 methods about 40 min a seed)",
-                     "paper": "the paper's recipe: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, "
-                              "wd 1e-4, CLIP ViT-B/16 teacher; GPU"}
+    profile_notes = {
+        "smoke": "seconds per method: 4% of each class, 1 epoch, ResNet8-w16 (tests, CI)",
+        "quick": "CPU default: the full training set, ResNet8-w16, 4 epochs (measured on 2 cores: 131-138 s "
+        "a baseline run, 137 s an ours_classifier run; the 14 methods about 40 min a seed)",
+        "paper": "the paper's recipe: ResNet18, 224x224, SGD 0.1 x0.1/30 ep, 90 epochs, batch 32, "
+        "wd 1e-4, CLIP ViT-B/16 teacher; GPU",
+    }
     profiles = {
-        "smoke": dict(student="resnet8_w16", epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
-                      val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
-        "quick": dict(student="resnet8_w16", epochs=4, batch_size=128, lr=0.1, schedule="onecycle",
-                      weight_decay=5e-4, nesterov=True),
-        "paper": dict(student="resnet18", teacher="clip-vit-b16", image_size=224, epochs=90, batch_size=32, lr=0.1, momentum=0.9,
-                      weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
+        "smoke": dict(
+            student="resnet8_w16",
+            epochs=1,
+            batch_size=64,
+            lr=0.05,
+            data_fraction=0.04,
+            val_fraction=0.02,
+            test_limit=1000,
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        "quick": dict(
+            student="resnet8_w16", epochs=4, batch_size=128, lr=0.1, schedule="onecycle", weight_decay=5e-4, nesterov=True
+        ),
+        "paper": dict(
+            student="resnet18",
+            teacher="clip-vit-b16",
+            image_size=224,
+            epochs=90,
+            batch_size=32,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            schedule="step",
+            lr_step_epochs=30,
+            lr_gamma=0.1,
+        ),
     }
     mean, std = CIFAR_MEAN, CIFAR_STD
 
@@ -116,22 +154,32 @@ class Cifar100(ImageClassification):
         return cifar100_arrays(cfg)
 
 
-
 @register_dataset("cifar100", "cifar100", "CIFAR-100, official split (torchvision)")
 def fetch_cifar100(root: Path) -> Path:
     def build(tmp: Path) -> None:
         try:
             from torchvision.datasets import CIFAR100
+
             CIFAR100(str(tmp), train=True, download=True)  # downloads and md5-checks the archive
         except Exception as e:
-            raise UsageError(f"cifar100: the torchvision download (https://www.cs.toronto.edu/~kriz/"
-                             f"cifar-100-python.tar.gz) failed ({type(e).__name__}: {e}); without a network, put "
-                             "cifar-100-python/ or cifar100_uint8.npz + meta.json in the folder") from None
+            raise UsageError(
+                f"cifar100: the torchvision download (https://www.cs.toronto.edu/~kriz/"
+                f"cifar-100-python.tar.gz) failed ({type(e).__name__}: {e}); without a network, put "
+                "cifar-100-python/ or cifar100_uint8.npz + meta.json in the folder"
+            ) from None
         (tmp / "cifar-100-python.tar.gz").unlink(missing_ok=True)
         xtr, ytr, xte, yte, names, f2c, coarse, _ = _read_torchvision(tmp)
-        np.savez(tmp / "cifar100_uint8.npz", x_train=xtr, y_train=ytr.astype(np.int64), x_test=xte,
-                 y_test=yte.astype(np.int64), fine_to_coarse=f2c)
-        (tmp / "meta.json").write_text(json.dumps({"fine_label_names": list(names), "coarse_label_names": list(coarse),
-                                                   "fine_to_coarse": f2c.tolist()}))
+        np.savez(
+            tmp / "cifar100_uint8.npz",
+            x_train=xtr,
+            y_train=ytr.astype(np.int64),
+            x_test=xte,
+            y_test=yte.astype(np.int64),
+            fine_to_coarse=f2c,
+        )
+        (tmp / "meta.json").write_text(
+            json.dumps({"fine_label_names": list(names), "coarse_label_names": list(coarse), "fine_to_coarse": f2c.tolist()})
+        )
         read_cifar100(str(tmp))  # what the loader reads, checked
+
     return _complete(root / "cifar100", build)

@@ -13,6 +13,7 @@ of the training split; `data_fraction` is the student's share (the quick profile
 of the data, the regime in which a teacher's soft targets are known to help most). Validation and test rows
 are never seen by the teacher.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -34,6 +35,7 @@ def random_teacher(arch: str, seed: int, num_classes: int):
     frozen like a trained teacher (BatchNorm at its initial running statistics)."""
     from benchmark.method import stream_seed
     from benchmark.teachers.image import ImageTeacher, build_arch
+
     with torch.random.fork_rng():
         torch.manual_seed(stream_seed(seed, "random_teacher"))
         net = build_arch(arch, num_classes)
@@ -51,8 +53,11 @@ def by_row(data: TaskData) -> TaskData:
     return replace(data, train=splits[0], val=splits[1], test=splits[2])
 
 
-@TASKS.register("cifar100-kd", "CIFAR-100, same modality: an image teacher the harness trains (or a checkpoint) "
-                                "distilled into a smaller image student; the positive control")
+@TASKS.register(
+    "cifar100-kd",
+    "CIFAR-100, same modality: an image teacher the harness trains (or a checkpoint) "
+    "distilled into a smaller image student; the positive control",
+)
 class Cifar100KD(ImageClassification):
     name = "cifar100-kd"
     # random: teacher_arch at its seeded initialisation, untrained
@@ -64,23 +69,62 @@ class Cifar100KD(ImageClassification):
     profile_notes = {
         "smoke": "seconds: a ResNet8-w16 teacher trained 1 epoch on 4% of each class, the same for the student",
         "quick": "CPU: ResNet8 teacher (0.3M) trained once, 6 epochs on the whole training split (about 15 min on "
-                 "2 cores, cached); the student budget of cifar100:quick (ResNet8-w16, the whole training split, "
-                 "4 epochs), so that the image and the text teacher compare at equal cost (docs/tasks.md: the rule "
-                 "and the measured time of a run)",
+        "2 cores, cached); the student budget of cifar100:quick (ResNet8-w16, the whole training split, "
+        "4 epochs), so that the image and the text teacher compare at equal cost (docs/tasks.md: the rule "
+        "and the measured time of a run)",
         "paper": "RepDistiller/mdistiller's recipe on a GPU: resnet32x4 teacher -> resnet8x4 student, 240 epochs, "
-                 "batch 64, SGD lr 0.05 x0.1 at 150/180/210, wd 5e-4 (teacher trained with the same recipe)"}
+        "batch 64, SGD lr 0.05 x0.1 at 150/180/210, wd 5e-4 (teacher trained with the same recipe)",
+    }
     _common = dict(teacher="img-trained", teacher_logits="own")
     profiles = {
-        "smoke": dict(_common, student="resnet8_w16", teacher_arch="resnet8_w16", teacher_epochs=1, teacher_lr=0.05,
-                      teacher_data_fraction=0.04, epochs=1, batch_size=64, lr=0.05, data_fraction=0.04,
-                      val_fraction=0.02, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
-        "quick": dict(_common, student="resnet8_w16", teacher_arch="resnet8", teacher_epochs=6, teacher_lr=0.1,
-                      teacher_data_fraction=1.0, epochs=4, batch_size=128, lr=0.1, data_fraction=1.0,
-                      schedule="onecycle", weight_decay=5e-4, nesterov=True),
-        "paper": dict(_common, student="resnet8x4", teacher_arch="resnet32x4", teacher_epochs=240, teacher_lr=0.05,
-                      teacher_data_fraction=1.0, epochs=240, batch_size=64, lr=0.05, momentum=0.9,
-                      weight_decay=5e-4, schedule="multistep", lr_milestones="150,180,210", lr_gamma=0.1,
-                      val_fraction=0.1),
+        "smoke": dict(
+            _common,
+            student="resnet8_w16",
+            teacher_arch="resnet8_w16",
+            teacher_epochs=1,
+            teacher_lr=0.05,
+            teacher_data_fraction=0.04,
+            epochs=1,
+            batch_size=64,
+            lr=0.05,
+            data_fraction=0.04,
+            val_fraction=0.02,
+            test_limit=1000,
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        "quick": dict(
+            _common,
+            student="resnet8_w16",
+            teacher_arch="resnet8",
+            teacher_epochs=6,
+            teacher_lr=0.1,
+            teacher_data_fraction=1.0,
+            epochs=4,
+            batch_size=128,
+            lr=0.1,
+            data_fraction=1.0,
+            schedule="onecycle",
+            weight_decay=5e-4,
+            nesterov=True,
+        ),
+        "paper": dict(
+            _common,
+            student="resnet8x4",
+            teacher_arch="resnet32x4",
+            teacher_epochs=240,
+            teacher_lr=0.05,
+            teacher_data_fraction=1.0,
+            epochs=240,
+            batch_size=64,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="multistep",
+            lr_milestones="150,180,210",
+            lr_gamma=0.1,
+            val_fraction=0.1,
+        ),
     }
 
     def read(self, cfg):
@@ -91,6 +135,7 @@ class Cifar100KD(ImageClassification):
 
     def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
         from benchmark.teachers.image import load_checkpoint_teacher, trained_teacher
+
         if cfg.teacher not in IMAGE_TEACHERS:
             raise UsageError(f"{self.name} needs an image teacher ({', '.join(IMAGE_TEACHERS)}), not '{cfg.teacher}'")
         if cfg.teacher_logits != "own":
@@ -100,15 +145,25 @@ class Cifar100KD(ImageClassification):
             teacher, tid = random_teacher(cfg.teacher_arch, cfg.teacher_seed, data.num_classes)
         elif cfg.teacher == "img-trained":
             if cfg.teacher_arch not in STUDENTS and not cfg.teacher_arch.startswith("timm:"):
-                raise UsageError(f"img-trained trains a registry architecture ({', '.join(STUDENTS.names())}) or a "
-                                 f"timm:<model>; "
-                                 f"'{cfg.teacher_arch}' can serve through img-checkpoint")
-            tdata = data if cfg.teacher_data_fraction == cfg.data_fraction else \
-                self.load(replace(cfg, data_fraction=cfg.teacher_data_fraction))
+                raise UsageError(
+                    f"img-trained trains a registry architecture ({', '.join(STUDENTS.names())}) or a "
+                    f"timm:<model>; "
+                    f"'{cfg.teacher_arch}' can serve through img-checkpoint"
+                )
+            tdata = (
+                data
+                if cfg.teacher_data_fraction == cfg.data_fraction
+                else self.load(replace(cfg, data_fraction=cfg.teacher_data_fraction))
+            )
             teacher, tid, info = trained_teacher(cfg, self, tdata, cache)
-            params.update({"teacher_train_rows": len(tdata.train.y), "teacher_train_time_s": info["train_time_s"],
-                           "teacher_trained_on": f"{info['device']}, {info['threads']} threads",
-                           "teacher_trained_by": info.get("code_version", "not recorded (cached before teachers saved it)")})
+            params.update(
+                {
+                    "teacher_train_rows": len(tdata.train.y),
+                    "teacher_train_time_s": info["train_time_s"],
+                    "teacher_trained_on": f"{info['device']}, {info['threads']} threads",
+                    "teacher_trained_by": info.get("code_version", "not recorded (cached before teachers saved it)"),
+                }
+            )
         else:
             teacher, tid = load_checkpoint_teacher(cfg.teacher_checkpoint, cfg.teacher_arch, data.num_classes)
         emb, logits = self._teacher_outputs(teacher, cfg, data)
@@ -116,15 +171,22 @@ class Cifar100KD(ImageClassification):
 
         def acc(rows, y):
             return round((logits[rows].argmax(1) == y).float().mean().item() * 100, 2)
-        params.update({"teacher_id": tid, "teacher_cache_key": tid.rsplit("/", 1)[-1],
-                       "teacher_train_acc": acc(slice(0, n_tr), data.train.y),
-                       "teacher_val_acc": acc(slice(n_tr, n_tr + n_val), data.val.y),
-                       "teacher_test_acc": acc(slice(n_tr + n_val, None), data.test.y),
-                       "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)})
+
+        params.update(
+            {
+                "teacher_id": tid,
+                "teacher_cache_key": tid.rsplit("/", 1)[-1],
+                "teacher_train_acc": acc(slice(0, n_tr), data.train.y),
+                "teacher_val_acc": acc(slice(n_tr, n_tr + n_val), data.val.y),
+                "teacher_test_acc": acc(slice(n_tr + n_val, None), data.test.y),
+                "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4),
+            }
+        )
         shapes = teacher.map_shapes(self.augment(data.train.x[:1], None, False, cfg))
         params["teacher_map_shapes"] = ", ".join("x".join(map(str, s)) for s in shapes) or "none"
-        return TeacherTables(tid, params["teacher_cache_key"], emb.unsqueeze(1), logits.unsqueeze(1), params,
-                             live=teacher, map_shapes=shapes)
+        return TeacherTables(
+            tid, params["teacher_cache_key"], emb.unsqueeze(1), logits.unsqueeze(1), params, live=teacher, map_shapes=shapes
+        )
 
     def _teacher_outputs(self, teacher, cfg, data) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's features and logits on every un-augmented row (train, validation, test), CPU."""
@@ -132,7 +194,7 @@ class Cifar100KD(ImageClassification):
         with torch.no_grad():
             for sp in (data.train, data.val, data.test):
                 for i in range(0, len(sp.y), cfg.eval_batch_size):
-                    e, z, _ = teacher(self.augment(sp.x[i:i + cfg.eval_batch_size], None, False, cfg))
+                    e, z, _ = teacher(self.augment(sp.x[i : i + cfg.eval_batch_size], None, False, cfg))
                     embs.append(e.float()), logits.append(z.float())
         return torch.cat(embs), torch.cat(logits)
 

@@ -6,6 +6,7 @@ batch as the student sees it (pad-and-crop or the paper's resize-and-crop, flips
 builds its tables from CLIP's prompt templates over the class names and reports top-1 and cross-modal matching.
 A task with another teacher (cifar100-kd's image teacher) overrides `teacher_tables` and `evaluate`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,6 +24,7 @@ from benchmark.teachers import build_teacher
 def prompt_templates() -> list:
     """CLIP's 80 ImageNet prompt templates, as shipped by open_clip."""
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
     return list(OPENAI_IMAGENET_TEMPLATES)
 
 
@@ -43,6 +45,7 @@ def _stratified_head(y: np.ndarray, n: int, num_classes: int) -> np.ndarray:
 
 class ImageClassification(Task):
     """Top-1 image classification with a frozen teacher; subclasses give `read`, `mean` and `std`."""
+
     mean: tuple[float, ...]
     std: tuple[float, ...]
     margins = {"resnet34": 0.04, "cifar_resnet34": 0.04}  # r^2: 0.2^2 for R34, 0.3^2 otherwise (Sec 4.2.1)
@@ -62,13 +65,15 @@ class ImageClassification(Task):
         n_train = round(cfg.data_fraction * (len(ytr) - n_val))
         for what, n in (("val_fraction", n_val), ("data_fraction", n_train)):
             if n < k:  # a stratified split needs one image of each class on each side
-                raise UsageError(f"{what}={getattr(cfg, what)} leaves {n} images for {k} classes; a stratified "
-                                 f"split needs at least one per class")
-        idx_tr, idx_val = train_test_split(np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr,
-                                           random_state=cfg.split_seed)
+                raise UsageError(
+                    f"{what}={getattr(cfg, what)} leaves {n} images for {k} classes; a stratified "
+                    f"split needs at least one per class"
+                )
+        idx_tr, idx_val = train_test_split(
+            np.arange(len(ytr)), test_size=cfg.val_fraction, stratify=ytr, random_state=cfg.split_seed
+        )
         if cfg.data_fraction < 1:
-            idx_tr, _ = train_test_split(idx_tr, train_size=cfg.data_fraction, stratify=ytr[idx_tr],
-                                         random_state=cfg.split_seed)
+            idx_tr, _ = train_test_split(idx_tr, train_size=cfg.data_fraction, stratify=ytr[idx_tr], random_state=cfg.split_seed)
         idx_tr, idx_val = np.sort(idx_tr), np.sort(idx_val)
         idx_te = _stratified_head(yte, cfg.test_limit, k) if cfg.test_limit else np.arange(len(yte))
 
@@ -76,11 +81,22 @@ class ImageClassification(Task):
             yy = torch.from_numpy(y[idx])
             return Split(torch.from_numpy(np.ascontiguousarray(x[idx])).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
 
-        info = {**facts, "n_train": len(idx_tr), "n_val": len(idx_val), "n_test": len(idx_te),
-                "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})"}
-        return TaskData(split(xtr, ytr, idx_tr), split(xtr, ytr, idx_val), split(xte, yte, idx_te),
-                        [n.replace("_", " ") for n in names], k, info,
-                        class_groups=None if groups is None else torch.from_numpy(np.asarray(groups)))
+        info = {
+            **facts,
+            "n_train": len(idx_tr),
+            "n_val": len(idx_val),
+            "n_test": len(idx_te),
+            "split_rule": f"stratified {cfg.val_fraction:g} of train as validation (seed {cfg.split_seed})",
+        }
+        return TaskData(
+            split(xtr, ytr, idx_tr),
+            split(xtr, ytr, idx_val),
+            split(xte, yte, idx_te),
+            [n.replace("_", " ") for n in names],
+            k,
+            info,
+            class_groups=None if groups is None else torch.from_numpy(np.asarray(groups)),
+        )
 
     def teacher_tables(self, cfg, data: TaskData, cache) -> TeacherTables:
         if cfg.teacher_logits not in ("zeroshot", "probe"):
@@ -90,16 +106,21 @@ class ImageClassification(Task):
         prompts = [t(c) for c in data.class_names for t in templates]
         emb, key = cache.embeddings(teacher, prompts)
         emb = emb.reshape(data.num_classes, len(templates), -1)
-        params = {"teacher_id": teacher.id, "teacher_cache_key": key, "n_templates": len(templates),
-                  "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4)}
+        params = {
+            "teacher_id": teacher.id,
+            "teacher_cache_key": key,
+            "n_templates": len(templates),
+            "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4),
+        }
         if cfg.teacher_logits == "zeroshot":
             logits = zeroshot_logits(emb, cfg.zeroshot_scale)
         else:
             logits, acc = linear_probe_logits(emb, torch.arange(data.num_classes), data.num_classes)
             params["teacher_probe_train_acc"] = acc
         # the text teacher's own accuracy: each prompt's logits over the classes, argmax = its class
-        params["teacher_prompt_top1"] = round((logits.argmax(-1) == torch.arange(data.num_classes)[:, None]).float()
-                                              .mean().item() * 100, 2)
+        params["teacher_prompt_top1"] = round(
+            (logits.argmax(-1) == torch.arange(data.num_classes)[:, None]).float().mean().item() * 100, 2
+        )
         single = [t("{}") for t in templates].index("a photo of a {}.")
         return TeacherTables(teacher.id, key, emb, logits, params | {"single_template_index": single})
 
@@ -117,7 +138,7 @@ class ImageClassification(Task):
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         elif size != x.shape[-1]:
             o = (x.shape[-1] - size) // 2
-            x = x[..., o:o + size, o:o + size]
+            x = x[..., o : o + size, o : o + size]
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         x = (x - mean) / torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return x.contiguous(memory_format=torch.channels_last)
@@ -126,7 +147,7 @@ class ImageClassification(Task):
         """Logits and embeddings of a whole split, in eval batches (CPU tensors)."""
         logits, emb = [], []
         for i in range(0, len(x), ev.cfg.eval_batch_size):
-            out = ev.embed(self.augment(x[i:i + ev.cfg.eval_batch_size].to(ev.device), None, False, ev.cfg))
+            out = ev.embed(self.augment(x[i : i + ev.cfg.eval_batch_size].to(ev.device), None, False, ev.cfg))
             logits.append(out.logits.float().cpu()), emb.append(out.embedding.float().cpu())
         return torch.cat(logits), torch.cat(emb)
 

@@ -3,6 +3,7 @@ optionally DATA_DIR/val/<class>/...), with the CIFAR-100 protocol: a text teache
 folder names, `_` read as a space), the same augmentation, top-1, cross-modal matching and t-SNE. Without a
 val/ folder, validation is a stratified `val_fraction` of train. Images are resized to `image_size` squares
 once, at load, and kept as uint8 tensors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,13 +19,16 @@ def read_folder(root: Path, size: int, classes: list[str] | None = None) -> tupl
     """Images [N, size, size, 3] uint8 and labels of one split folder (torchvision's ImageFolder reads it)."""
     from PIL import Image
     from torchvision.datasets import ImageFolder
+
     try:
         ds = ImageFolder(str(root))
     except (FileNotFoundError, OSError) as e:
         raise UsageError(f"imagefolder: {root}: {e}") from None
     if classes is not None and ds.classes != classes:
-        raise UsageError(f"imagefolder: {root} has classes {ds.classes[:5]}... but train/ has {classes[:5]}...; "
-                         "every split needs the same class folders")
+        raise UsageError(
+            f"imagefolder: {root} has classes {ds.classes[:5]}... but train/ has {classes[:5]}...; "
+            "every split needs the same class folders"
+        )
     xs = np.empty((len(ds.samples), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(ds.samples):
         try:
@@ -35,18 +39,42 @@ def read_folder(root: Path, size: int, classes: list[str] | None = None) -> tupl
     return xs, np.asarray(ds.targets, dtype=np.int64), list(ds.classes)
 
 
-@TASKS.register("imagefolder", "your images in ImageFolder layout (train/test[/val] of class folders), text teacher "
-                               "over the class names; top-1 and matching")
+@TASKS.register(
+    "imagefolder",
+    "your images in ImageFolder layout (train/test[/val] of class folders), text teacher "
+    "over the class names; top-1 and matching",
+)
 class ImageFolderTask(ImageClassification):
     name = "imagefolder"
     data_folder = None  # --data-dir is required: the user's own folder
-    profile_notes = {"smoke": "seconds per method: 1 epoch at 32x32, ResNet8-w16 (tests)",
-                     "quick": "ResNet8-w16 at 32x32, 10 epochs"}
+    profile_notes = {
+        "smoke": "seconds per method: 1 epoch at 32x32, ResNet8-w16 (tests)",
+        "quick": "ResNet8-w16 at 32x32, 10 epochs",
+    }
     profiles = {
-        "smoke": dict(student="resnet8_w16", teacher="minilm", image_size=32, epochs=1, batch_size=16, lr=0.05,
-                      val_fraction=0.2, schedule="onecycle", weight_decay=5e-4),
-        "quick": dict(student="resnet8_w16", teacher="minilm", image_size=32, epochs=10, batch_size=64, lr=0.05,
-                      val_fraction=0.1, schedule="onecycle", weight_decay=5e-4, nesterov=True),
+        "smoke": dict(
+            student="resnet8_w16",
+            teacher="minilm",
+            image_size=32,
+            epochs=1,
+            batch_size=16,
+            lr=0.05,
+            val_fraction=0.2,
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        "quick": dict(
+            student="resnet8_w16",
+            teacher="minilm",
+            image_size=32,
+            epochs=10,
+            batch_size=64,
+            lr=0.05,
+            val_fraction=0.1,
+            schedule="onecycle",
+            weight_decay=5e-4,
+            nesterov=True,
+        ),
     }
 
     def read(self, cfg):
@@ -58,8 +86,9 @@ class ImageFolderTask(ImageClassification):
     def _decode(self, cfg):
         root = Path(cfg.data_dir).expanduser()
         if not cfg.data_dir or not (root / "train").is_dir() or not (root / "test").is_dir():
-            raise UsageError(f"imagefolder: --data-dir must hold train/ and test/ folders of class subfolders "
-                             f"(got '{cfg.data_dir}')")
+            raise UsageError(
+                f"imagefolder: --data-dir must hold train/ and test/ folders of class subfolders (got '{cfg.data_dir}')"
+            )
         xtr, ytr, names = read_folder(root / "train", cfg.image_size)
         xte, yte, _ = read_folder(root / "test", cfg.image_size, names)
         self.val = read_folder(root / "val", cfg.image_size, names) if (root / "val").is_dir() else None
@@ -76,17 +105,23 @@ class ImageFolderTask(ImageClassification):
 
         def split(x, y):
             import torch
+
             yy = torch.from_numpy(y)
             return Split(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous(), yy, yy.clone())
+
         xv, yv, _ = self.val
         rule = "the given train/val/test folders"
         if cfg.data_fraction < 1:  # the same stratified share of train/ as without a val/ folder
             from sklearn.model_selection import train_test_split
+
             if round(cfg.data_fraction * len(ytr)) < len(names := np.unique(ytr)):
-                raise UsageError(f"data_fraction={cfg.data_fraction} leaves fewer than one training image per class "
-                                 f"({len(names)} classes, {len(ytr)} images in train/)")
-            keep, _ = train_test_split(np.arange(len(ytr)), train_size=cfg.data_fraction, stratify=ytr,
-                                       random_state=cfg.split_seed)
+                raise UsageError(
+                    f"data_fraction={cfg.data_fraction} leaves fewer than one training image per class "
+                    f"({len(names)} classes, {len(ytr)} images in train/)"
+                )
+            keep, _ = train_test_split(
+                np.arange(len(ytr)), train_size=cfg.data_fraction, stratify=ytr, random_state=cfg.split_seed
+            )
             keep = np.sort(keep)
             xtr, ytr = xtr[keep], ytr[keep]
             rule += f"; a stratified {cfg.data_fraction:g} of train/ (seed {cfg.split_seed})"

@@ -6,6 +6,7 @@ half the per-sample KL summed over the classes, hence kd_weight 0.5 here). Their
 same 200 training rows as the student; so does ours in this task (their protocol, not the synthetic task's).
 A harness epoch is 100 full-batch steps, so the `quick` profile's 10 epochs are their 1000.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ def seeds(cfg) -> np.random.SeedSequence:
 def fit_linear(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, steps: int = 1000, lr: float = 0.1) -> torch.nn.Linear:
     """Their train(): a linear classifier, full-batch SGD, cross-entropy."""
     with torch.random.fork_rng():
-        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=gen)))
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
         model = torch.nn.Linear(x.shape[1], 2)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     with torch.enable_grad():
@@ -50,6 +51,7 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, steps: in
 
 class LinearTeacher:
     """Registry entry: the mfh task trains it itself (on the teacher modality's training rows)."""
+
     modality = "vector"
 
     def __init__(self, options=None):
@@ -59,15 +61,28 @@ class LinearTeacher:
 TEACHERS.add("linear-teacher", LinearTeacher, "linear classifier on the teacher modality, full-batch SGD (the mfh task)")
 
 
-@TASKS.register("mfh", "the Modality Focusing Hypothesis setting (Xue et al. 2023): hyperplane labels, sliding teacher "
-                       "window, linear models, full-batch SGD; seconds per run")
+@TASKS.register(
+    "mfh",
+    "the Modality Focusing Hypothesis setting (Xue et al. 2023): hyperplane labels, sliding teacher "
+    "window, linear models, full-batch SGD; seconds per run",
+)
 class MFH(Task):
     name = "mfh"
     main_setting = (("mfh_gamma", 1.0),)
     summary_metrics = [("test_top1", "test top-1 (last epoch)"), ("test_top1_at_best_val", "test top-1 (best-val epoch)")]
     profile_notes = {"smoke": "200 full-batch steps (tests)", "quick": "their protocol: 1000 full-batch steps, lr 0.1"}
-    _common = dict(student="linear", teacher="linear-teacher", teacher_logits="own", batch_size=N_TRAIN, lr=0.1,
-                   momentum=0.0, nesterov=False, weight_decay=0.0, schedule="step", lr_step_epochs=1000)
+    _common = dict(
+        student="linear",
+        teacher="linear-teacher",
+        teacher_logits="own",
+        batch_size=N_TRAIN,
+        lr=0.1,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        schedule="step",
+        lr_step_epochs=1000,
+    )
     profiles = {"smoke": dict(_common, epochs=2), "quick": dict(_common, epochs=10)}
 
     def hparam_defaults(self, cfg):
@@ -84,8 +99,14 @@ class MFH(Task):
             splits.append(Split(d.x_student, d.y, torch.arange(offset, offset + len(d.y))))
             offset += len(d.y)
         label = f"SeedSequence({root.entropy}, spawn_key={tuple(root.spawn_key)})"
-        info = {"n_train": N_TRAIN, "n_val": N_VAL, "n_test": N_TEST, "mfh_gamma": round(gamma_of(cfg.mfh_mode, cfg.mfh_dim), 4),
-                "mfh_data_seed": label, "split_rule": f"independent draws per split ({label})"}
+        info = {
+            "n_train": N_TRAIN,
+            "n_val": N_VAL,
+            "n_test": N_TEST,
+            "mfh_gamma": round(gamma_of(cfg.mfh_mode, cfg.mfh_dim), 4),
+            "mfh_data_seed": label,
+            "split_rule": f"independent draws per split ({label})",
+        }
         return MFHData(*splits, ["0", "1"], 2, info, teacher_x=torch.cat([d.x_teacher for d in draws]))
 
     def teacher_tables(self, cfg, data, cache) -> TeacherTables:
@@ -99,8 +120,13 @@ class MFH(Task):
 
         def acc(split):
             return round((logits[split.key].argmax(1) == split.y).float().mean().item() * 100, 2)
-        params = {"teacher_id": "linear-teacher/sgd0.1/1000", "teacher_cache_key": "", "teacher_train_acc": acc(data.train),
-                  "teacher_test_acc": acc(data.test)}
+
+        params = {
+            "teacher_id": "linear-teacher/sgd0.1/1000",
+            "teacher_cache_key": "",
+            "teacher_train_acc": acc(data.train),
+            "teacher_test_acc": acc(data.test),
+        }
         return TeacherTables("linear-teacher/sgd0.1/1000", "", x_a.unsqueeze(1), logits.unsqueeze(1), params)
 
     def data_for_seed(self, cfg, data, tables, cache):

@@ -17,6 +17,7 @@ The student's input depends only on the seed, never on the overlap (its no-KD ba
 gamma); only the teacher's window moves. Every stream (hyperplane, each split's features and noise) comes
 from its own child of one numpy SeedSequence per seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,10 +32,10 @@ HYPERPLANE_DIM = 500  # as their code: one long random vector, cut to the decisi
 
 @dataclass
 class MFHDraw:
-    y: torch.Tensor           # [N] int64, 0/1
-    x_teacher: torch.Tensor   # [N, d_a] float32
-    x_student: torch.Tensor   # [N, d_b] float32
-    decisive: torch.Tensor    # [N, D] the decisive features x_s (tests)
+    y: torch.Tensor  # [N] int64, 0/1
+    x_teacher: torch.Tensor  # [N, d_a] float32
+    x_student: torch.Tensor  # [N, d_b] float32
+    decisive: torch.Tensor  # [N, D] the decisive features x_s (tests)
 
 
 def gamma_of(mode: str, dim: int) -> float:
@@ -43,6 +44,7 @@ def gamma_of(mode: str, dim: int) -> float:
 
 def check(mode: str, dim: int) -> None:
     from benchmark.registry import UsageError
+
     if mode == "increase_gamma" and not 0 <= dim <= 10:
         raise UsageError(f"mfh_dim={dim}: the overlap of increase_gamma is 0..10")
     if mode == "increase_alpha" and not 0 <= dim <= 40:
@@ -66,8 +68,8 @@ def draw(mode: str, dim: int, n: int, seed, split: int) -> MFHDraw:
     x_b[:, :10] = xs[:, :10]
     x_a = noise.standard_normal((n, d_a))
     if mode == "increase_gamma":
-        x_a[:, 10 - dim:20 - dim] = xs[:, 10 - dim:20 - dim]
+        x_a[:, 10 - dim : 20 - dim] = xs[:, 10 - dim : 20 - dim]
     else:
-        x_a[:, :10 + dim] = xs[:, :10 + dim]
+        x_a[:, : 10 + dim] = xs[:, : 10 + dim]
     f = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
     return MFHDraw(torch.from_numpy(y), f(x_a), f(x_b), f(xs))

@@ -35,6 +35,7 @@ input is the same at every gamma while the teacher's window of decisive features
 shared count over shared plus both modalities' specific counts; here the teacher is fixed, the student
 gains information as gamma grows and gamma = D_sh / D. `tasks/mfh_data.py` is that generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,15 +48,15 @@ import torch
 @dataclass
 class SyntheticSpec:
     classes: int = 20
-    factors: int = 16          # D
+    factors: int = 16  # D
     gamma: float = 0.5
     beta: float = 0.25
-    nuisance: int = 8          # n, per modality
-    separation: float = 1.0    # s
-    noise: float = 0.5         # sigma, the student's modality
+    nuisance: int = 8  # n, per modality
+    separation: float = 1.0  # s
+    noise: float = 0.5  # sigma, the student's modality
     teacher_noise: float | None = None  # sigma_T, the teacher's modality (None: sigma)
-    teacher_dim: int = 64      # d_T
-    student_dim: int = 48      # d_S
+    teacher_dim: int = 64  # d_T
+    student_dim: int = 48  # d_S
 
     @property
     def d_sh(self) -> int:
@@ -69,12 +70,13 @@ class SyntheticSpec:
 @dataclass
 class Draw:
     """One split: labels, both modalities' inputs and the latent factors (for tests and probes)."""
-    y: torch.Tensor            # [N] int64
-    x_teacher: torch.Tensor    # [N, d_T] float32
-    x_student: torch.Tensor    # [N, d_S] float32
-    z_shared: torch.Tensor     # [N, D_sh]
-    z_teacher: torch.Tensor    # [N, D_to]
-    z_student: torch.Tensor    # [N, D_so]
+
+    y: torch.Tensor  # [N] int64
+    x_teacher: torch.Tensor  # [N, d_T] float32
+    x_student: torch.Tensor  # [N, d_S] float32
+    z_shared: torch.Tensor  # [N, D_sh]
+    z_teacher: torch.Tensor  # [N, D_to]
+    z_student: torch.Tensor  # [N, D_so]
 
 
 Seeds = "int | np.random.SeedSequence"
@@ -91,7 +93,7 @@ def child(seed, i: int) -> np.random.SeedSequence:
 
 
 def torch_generator(seed) -> torch.Generator:
-    return torch.Generator().manual_seed(int(streams(seed).generate_state(1, np.uint64)[0]) & (2 ** 63 - 1))
+    return torch.Generator().manual_seed(int(streams(seed).generate_state(1, np.uint64)[0]) & (2**63 - 1))
 
 
 class Generator:
@@ -124,17 +126,18 @@ class Generator:
     def draw(self, per_class: int, seed: Seeds) -> Draw:
         sp = self.spec
         y = torch.arange(sp.classes).repeat_interleave(per_class)
-        n, c = len(y), math.sqrt(1 + sp.separation ** 2)
+        n, c = len(y), math.sqrt(1 + sp.separation**2)
         g = torch_generator(child(seed, 0))  # the teacher's modality: the same for every gamma and beta
         z_t = self.means_t[y] + torch.randn(n, sp.factors, generator=g, dtype=torch.float64)
         u_t = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
-        x_t = self._apply(self.map_t, torch.cat([z_t, u_t], 1) / c) + \
-            (sp.noise if sp.teacher_noise is None else sp.teacher_noise) * \
-            torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
+        x_t = self._apply(self.map_t, torch.cat([z_t, u_t], 1) / c) + (
+            sp.noise if sp.teacher_noise is None else sp.teacher_noise
+        ) * torch.randn(n, sp.teacher_dim, generator=g, dtype=torch.float64)
         g = torch_generator(child(seed, 1))  # the student's own draws
         z_so = self.means_s[y] + torch.randn(n, sp.d_so, generator=g, dtype=torch.float64)
         u_s = torch.randn(n, sp.nuisance, generator=g, dtype=torch.float64)
-        z_sh, z_to = z_t[:, :sp.d_sh], z_t[:, sp.d_sh:]
-        x_s = self._apply(self.map_s, torch.cat([z_sh, z_so, u_s], 1) / c) + \
-            sp.noise * torch.randn(n, sp.student_dim, generator=g, dtype=torch.float64)
+        z_sh, z_to = z_t[:, : sp.d_sh], z_t[:, sp.d_sh :]
+        x_s = self._apply(self.map_s, torch.cat([z_sh, z_so, u_s], 1) / c) + sp.noise * torch.randn(
+            n, sp.student_dim, generator=g, dtype=torch.float64
+        )
         return Draw(y, x_t.float(), x_s.float(), z_sh.float(), z_to.float(), z_so.float())

@@ -10,6 +10,7 @@ validation split is carved from train, as for CIFAR-100.
 JPEGs are decoded once: the uint8 arrays are stored under the cache root (`--cache-dir`, default
 ~/.cache/xkd-bench/data), keyed by the source's content hash, written whole or not at all.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,8 +37,7 @@ URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 MD5 = "90528d7ca1a48142e341f4ef8d21d0de"  # of the official archive, as the loaders that download it check
 ROOT = "tiny-imagenet-200"
 OFFICIAL_TRAIN_PER_CLASS = 500
-LAYOUT = (f"{ROOT}/{{wnids.txt, words.txt, train/<wnid>/images/<wnid>_<i>.JPEG, val/images/*.JPEG, "
-          "val/val_annotations.txt}")
+LAYOUT = f"{ROOT}/{{wnids.txt, words.txt, train/<wnid>/images/<wnid>_<i>.JPEG, val/images/*.JPEG, val/val_annotations.txt}}"
 
 
 class _Zip:
@@ -50,7 +50,7 @@ class _Zip:
 
     def list(self, prefix: str) -> list[str]:
         p = f"{ROOT}/{prefix}"
-        return [n[len(ROOT) + 1:] for n in self.names if n.startswith(p) and not n.endswith("/")]
+        return [n[len(ROOT) + 1 :] for n in self.names if n.startswith(p) and not n.endswith("/")]
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -106,8 +106,10 @@ def locate(data_dir: Path):
         if _is_layout_zip(z):
             return _Zip(z)
     if zips:
-        raise UsageError(f"no zip in {data_dir} holds {ROOT}/wnids.txt ({', '.join(z.name for z in zips)} checked; "
-                         f"a truncated or corrupt archive reads as none)")
+        raise UsageError(
+            f"no zip in {data_dir} holds {ROOT}/wnids.txt ({', '.join(z.name for z in zips)} checked; "
+            f"a truncated or corrupt archive reads as none)"
+        )
     return None
 
 
@@ -134,13 +136,16 @@ def download(data_dir: Path) -> _Zip:
         Path(getattr(locals().get("tmp"), "name", "/nonexistent")).unlink(missing_ok=True)
         if created:
             shutil.rmtree(data_dir, ignore_errors=True)
-        raise UsageError(f"Tiny-ImageNet not found in '{data_dir}' (expected a zip of {LAYOUT}, or the extracted "
-                         f"folder) and the download of {URL} failed: {type(e).__name__}: {e}") from None
+        raise UsageError(
+            f"Tiny-ImageNet not found in '{data_dir}' (expected a zip of {LAYOUT}, or the extracted "
+            f"folder) and the download of {URL} failed: {type(e).__name__}: {e}"
+        ) from None
     return _Zip(target)
 
 
 def _decode(src, rel: str) -> np.ndarray:
     from PIL import Image
+
     try:
         img = Image.open(io.BytesIO(src.read(rel)))
         img = np.asarray(img.convert("RGB"))
@@ -217,18 +222,24 @@ def read_tinyimagenet(data_dir: str, cache_root: Path | None = None) -> tuple[di
             shutil.rmtree(tmp, ignore_errors=True)
         source = "decoded JPEGs (now cached)"
     per_class = np.bincount(arrays["y_train"], minlength=len(arrays["wnids"]))
-    info = {"data_layout": f"tiny-imagenet {'zip' if isinstance(src, _Zip) else 'folder'}",
-            "data_source_sha256": digest, "data_load": source, "data_load_s": round(time.perf_counter() - t0, 2),
-            "train_images_per_class": int(per_class.min()) if per_class.min() == per_class.max()
-            else f"{per_class.min()}-{per_class.max()}"}
+    info = {
+        "data_layout": f"tiny-imagenet {'zip' if isinstance(src, _Zip) else 'folder'}",
+        "data_source_sha256": digest,
+        "data_load": source,
+        "data_load_s": round(time.perf_counter() - t0, 2),
+        "train_images_per_class": int(per_class.min())
+        if per_class.min() == per_class.max()
+        else f"{per_class.min()}-{per_class.max()}",
+    }
     if per_class.max() < OFFICIAL_TRAIN_PER_CLASS:
-        info["data_subset"] = (f"{per_class.min()} of the official {OFFICIAL_TRAIN_PER_CLASS} training images per class")
+        info["data_subset"] = f"{per_class.min()} of the official {OFFICIAL_TRAIN_PER_CLASS} training images per class"
     return arrays, info
 
 
 @TASKS.register("tinyimagenet", "Tiny-ImageNet (200 classes, 64x64), text teacher over the class names; top-1 and matching")
 class TinyImageNet(ImageClassification):
     """The CIFAR-100 protocol (teacher tables, augmentation, evaluation) on Tiny-ImageNet's images."""
+
     name = "tinyimagenet"
     data_folder = "tiny-imagenet"
     mean = (0.4802, 0.4481, 0.3975)
@@ -236,22 +247,52 @@ class TinyImageNet(ImageClassification):
     profile_notes = {
         "smoke": "seconds per method: 5% of each class, 1 epoch, ResNet8-w16 at 32x32 (tests, CI)",
         "quick": "CPU: ResNet8-w16 at 32x32 (downsampled from 64x64: 4x cheaper a step), 4 epochs; measured on 2 "
-                 "cores with 100 training images per class: 57-86 s a run (13 methods, 3 seeds each)",
+        "cores with 100 training images per class: 57-86 s a run (13 methods, 3 seeds each)",
         "paper": "the paper's recipe as for CIFAR-100: ResNet34, input upsampled to 224, SGD 0.1 x0.1/30 ep, 90 "
-                 "epochs, batch 32, wd 1e-4, CLIP ViT-B/16 teacher; the full archive (500 per class); GPU"}
+        "epochs, batch 32, wd 1e-4, CLIP ViT-B/16 teacher; the full archive (500 per class); GPU",
+    }
     profiles = {
-        "smoke": dict(student="resnet8_w16", image_size=32, epochs=1, batch_size=64, lr=0.05, data_fraction=0.05,
-                      val_fraction=0.1, test_limit=1000, schedule="onecycle", weight_decay=5e-4),
-        "quick": dict(student="resnet8_w16", image_size=32, epochs=4, batch_size=128, lr=0.1, val_fraction=0.1,
-                      schedule="onecycle", weight_decay=5e-4, nesterov=True),
-        "paper": dict(student="resnet34", teacher="clip-vit-b16", image_size=224, epochs=90, batch_size=32, lr=0.1,
-                      momentum=0.9, weight_decay=1e-4, schedule="step", lr_step_epochs=30, lr_gamma=0.1),
+        "smoke": dict(
+            student="resnet8_w16",
+            image_size=32,
+            epochs=1,
+            batch_size=64,
+            lr=0.05,
+            data_fraction=0.05,
+            val_fraction=0.1,
+            test_limit=1000,
+            schedule="onecycle",
+            weight_decay=5e-4,
+        ),
+        "quick": dict(
+            student="resnet8_w16",
+            image_size=32,
+            epochs=4,
+            batch_size=128,
+            lr=0.1,
+            val_fraction=0.1,
+            schedule="onecycle",
+            weight_decay=5e-4,
+            nesterov=True,
+        ),
+        "paper": dict(
+            student="resnet34",
+            teacher="clip-vit-b16",
+            image_size=224,
+            epochs=90,
+            batch_size=32,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            schedule="step",
+            lr_step_epochs=30,
+            lr_gamma=0.1,
+        ),
     }
 
     def read(self, cfg):
         a, info = read_tinyimagenet(cfg.data_dir)
-        return (a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(n) for n in a["class_names"]],
-                None, info)
+        return (a["x_train"], a["y_train"], a["x_test"], a["y_test"], [str(n) for n in a["class_names"]], None, info)
 
 
 @register_dataset("tinyimagenet", "tiny-imagenet", "Tiny-ImageNet 200 (CS231n archive)")

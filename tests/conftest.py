@@ -11,8 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where tests look for real data, in order: $XKD_SHARED_DATA, ../shared/data beside the clone, the data root.
-DATA_ROOTS = [Path(p) for p in (os.environ.get("XKD_SHARED_DATA"), ROOT.parent / "shared" / "data",
-                                os.environ.get("XKD_DATA", Path.home() / ".cache" / "xkd-bench" / "data")) if p]
+DATA_ROOTS = [
+    Path(p)
+    for p in (
+        os.environ.get("XKD_SHARED_DATA"),
+        ROOT.parent / "shared" / "data",
+        os.environ.get("XKD_DATA", Path.home() / ".cache" / "xkd-bench" / "data"),
+    )
+    if p
+]
 # One teacher-embedding cache for the whole test session (and across sessions): the text teacher
 # is encoded once per cache key, which is itself one of the behaviours under test.
 os.environ.setdefault("XKD_CACHE_DIR", str(ROOT / ".cache" / "test-teachers"))
@@ -29,49 +36,68 @@ def shared_data(*rels: str, what: str, how: str) -> Path:
     for base in DATA_ROOTS:
         if all((base / r).exists() for r in rels):
             return base
-    msg = (f"{what} not found ({', '.join(rels)} under {' or '.join(map(str, DATA_ROOTS))}); {how}. "
-           "Set XKD_SHARED_DATA to the folder that holds it.")
+    msg = (
+        f"{what} not found ({', '.join(rels)} under {' or '.join(map(str, DATA_ROOTS))}); {how}. "
+        "Set XKD_SHARED_DATA to the folder that holds it."
+    )
     if os.environ.get("XKD_REQUIRE_DATA") == "1":
         pytest.fail(msg)
     pytest.skip(msg)
 
 
-CIFAR_HOW = ("the tests read the cifar100_uint8.npz (x_train [50000, 32, 32, 3] uint8, y_train, x_test, y_test) + "
-             "meta.json (fine_label_names, coarse_label_names, fine_to_coarse) layout; the harness itself also reads "
-             "torchvision's cifar-100-python/ and downloads it where a network exists")
+CIFAR_HOW = (
+    "the tests read the cifar100_uint8.npz (x_train [50000, 32, 32, 3] uint8, y_train, x_test, y_test) + "
+    "meta.json (fine_label_names, coarse_label_names, fine_to_coarse) layout; the harness itself also reads "
+    "torchvision's cifar-100-python/ and downloads it where a network exists"
+)
 
 
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
-    return shared_data("cifar100/meta.json", "cifar100/cifar100_uint8.npz", what="real CIFAR-100 (npz layout)",
-                       how=CIFAR_HOW) / "cifar100"
+    return (
+        shared_data("cifar100/meta.json", "cifar100/cifar100_uint8.npz", what="real CIFAR-100 (npz layout)", how=CIFAR_HOW)
+        / "cifar100"
+    )
 
 
 def speaker_sources() -> Path:
-    return shared_data("fsdd/recordings", "faces-orl/orl_faces_uint8.npz", what="FSDD speech and ORL faces",
-                       how="FSDD: github.com/Jakobovski/free-spoken-digit-dataset (recordings/*.wav); ORL/AT&T faces "
-                           "as orl_faces_uint8.npz (images [400, 112, 92] uint8, labels [400])")
+    return shared_data(
+        "fsdd/recordings",
+        "faces-orl/orl_faces_uint8.npz",
+        what="FSDD speech and ORL faces",
+        how="FSDD: github.com/Jakobovski/free-spoken-digit-dataset (recordings/*.wav); ORL/AT&T faces "
+        "as orl_faces_uint8.npz (images [400, 112, 92] uint8, labels [400])",
+    )
 
 
 @pytest.fixture(scope="session")
 def vox_dir(tmp_path_factory):
     """The small real speaker fixture (FSDD speech, ORL faces, sonic-pi noise), built once per session."""
     from tasks.voxceleb.fixture import build_fixture
+
     return build_fixture(speaker_sources(), tmp_path_factory.mktemp("vox") / "fixture")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def plugins():
     from benchmark.plugins import load_plugins
+
     load_plugins()
 
 
 def run_cli(args, tmp_path, extra_env=None, launcher=None):
     """Run `python -m benchmark ...` (or `launcher + args`, e.g. torchrun) in a subprocess; returns CompletedProcess."""
     import subprocess
+
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **(extra_env or {})}
-    return subprocess.run([*(launcher or [sys.executable, "-m", "benchmark"]), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [*(launcher or [sys.executable, "-m", "benchmark"]), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def run_cli_inprocess(args, tmp_path, extra_env=None):
@@ -84,6 +110,7 @@ def run_cli_inprocess(args, tmp_path, extra_env=None):
     import subprocess
 
     from benchmark.cli import main
+
     env, cwd, handler = dict(os.environ), os.getcwd(), signal.getsignal(signal.SIGTERM)
     out, err = io.StringIO(), io.StringIO()
     try:
@@ -105,6 +132,7 @@ def run_cli_inprocess(args, tmp_path, extra_env=None):
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a server a test starts."""
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -114,6 +142,7 @@ def vector_teacher_methods() -> list[str]:
     """Every registered method that runs against a teacher without stage maps (text, faces, vectors): what
     `--methods all` selects on such a task (the map-only ones, such as `at`, are left out with a line)."""
     from benchmark.registry import METHODS
+
     return [m for m in METHODS.names() if not METHODS.get(m).needs_teacher_maps(METHODS.get(m).Hparams())]
 
 
@@ -126,20 +155,39 @@ def postgres():
         pytest.fail("PostgreSQL is not installed (apt-get install postgresql); .ci/run installs it")
     bindir = bins[-1].parent
     import tempfile
+
     root = Path(tempfile.mkdtemp(prefix="xkd-pg-"))  # outside pytest's 0700 tree: the postgres user must reach it
     data = root / "data"
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_pg:
         shutil.chown(root, "postgres")
     port = free_port()
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {root}", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(root / "log"),
+            "-w",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {root}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         for db in ("optuna", "mlflow"):  # one database each: both keep their schema version in alembic_version
-            subprocess.run([*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [*as_pg, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
+                check=True,
+                capture_output=True,
+            )
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
     finally:
         subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
@@ -167,11 +215,16 @@ def mlflow_service(args: list[str], cwd=None, timeout: float = 120):
     import signal
     import time
     import urllib.request
+
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), *args, "--host", "127.0.0.1", "--port",
-                               str(port), "--workers", "1"], cwd=cwd, start_new_session=True,
-                              env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=cwd,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + timeout
         while True:
@@ -197,6 +250,7 @@ def fake_store(path: Path, experiment: str = "xkd-cifar100"):
     """An empty sqlite MLflow store at `path` with one experiment (artifacts beside it): (uri, client,
     experiment id), for log_run to fill. The one fixture store of the report tests."""
     import mlflow
+
     uri = f"sqlite:///{path}"
     client = mlflow.MlflowClient(uri)
     return uri, client, client.create_experiment(experiment, artifact_location=(path.parent / f"art-{path.stem}").as_uri())
@@ -205,12 +259,22 @@ def fake_store(path: Path, experiment: str = "xkd-cifar100"):
 def log_run(client, exp, method, seed, metrics, params=None, tags=None, history=None, features=False, tmp=None):
     """A finished run as the harness logs one (its params, metrics, per-epoch history and, with features, the
     t-SNE arrays): the report tests' hand-made runs. Returns its id."""
-    run = client.create_run(exp, run_name=f"{method}/seed{seed}",
-                            tags={"xkd.kind": "train", **(tags or {})})
+    run = client.create_run(exp, run_name=f"{method}/seed{seed}", tags={"xkd.kind": "train", **(tags or {})})
     rid = run.info.run_id
-    p = {"task": "cifar100", "method": method, "seed": seed, "student": "resnet8_w16", "profile": "quick",
-         "data_fraction": 1.0, "teacher_id": "minilm-l6-v2/raw-meanpool", "hp.feat_dist": "l2sq_norm_sum",
-         "n_train": 45000, "n_val": 5000, "n_test": 10000, **(params or {})}
+    p = {
+        "task": "cifar100",
+        "method": method,
+        "seed": seed,
+        "student": "resnet8_w16",
+        "profile": "quick",
+        "data_fraction": 1.0,
+        "teacher_id": "minilm-l6-v2/raw-meanpool",
+        "hp.feat_dist": "l2sq_norm_sum",
+        "n_train": 45000,
+        "n_val": 5000,
+        "n_test": 10000,
+        **(params or {}),
+    }
     for k, v in p.items():
         client.log_param(rid, k, v)
     for k, v in metrics.items():
@@ -220,9 +284,11 @@ def log_run(client, exp, method, seed, metrics, params=None, tags=None, history=
         client.log_metric(rid, "val_top1", va, step=step)
     if features:
         import numpy as np
+
         g = np.random.default_rng(seed)
-        arrays = {k: g.normal(size=(60, 8)) for k in ("teacher_embedding", "teacher_common", "projected_teacher",
-                                                      "student_embedding")}
+        arrays = {
+            k: g.normal(size=(60, 8)) for k in ("teacher_embedding", "teacher_common", "projected_teacher", "student_embedding")
+        }
         path = tmp / f"features-{seed}.npz"
         np.savez(path, **arrays, label=np.arange(60) % 10, group=np.arange(60) % 4)
         client.log_artifact(rid, str(path))
@@ -248,14 +314,21 @@ def start_cli(args, tmp_path):
     """`python -m benchmark ARGS` started in the background (stdout and stderr piped), its store tmp_path/mlflow.db."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     # a Ctrl-C reaches the CLI as in a terminal (test runners' workers may ignore SIGINT, and children inherit it)
-    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmark", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_epoch(ckpt_dir, epoch, proc, timeout=300):
     """Block until a checkpoint of at least `epoch` finished epochs exists (0: until the run's MLflow run exists)."""
     import torch
+
     t0 = time.time()
     while time.time() - t0 < timeout:
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -272,6 +345,7 @@ def wait_for_epoch(ckpt_dir, epoch, proc, timeout=300):
 def train_runs(tmp_path, experiment="xkd-cifar100"):
     """The training runs of tmp_path/mlflow.db's experiment."""
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]

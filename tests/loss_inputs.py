@@ -1,4 +1,5 @@
 """Fixed inputs and small helpers of the float64 loss references (tests/test_losses.py, tests/test_ours.py)."""
+
 import numpy as np
 import torch
 
@@ -34,5 +35,6 @@ def student_out(fs=FS, zs=ZS, k=K):
 
 def make(name, ds=DS, dt=DT, **hp):
     from benchmark.registry import METHODS
+
     cls = METHODS.get(name)
     return cls(Dims(ds, dt, K, [ds, ds, ds]), cls.Hparams(**hp)).double()

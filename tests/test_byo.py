@@ -1,5 +1,6 @@
 """Bring your own: external plugins (--plugin, entry points), experiment files that reproduce a run,
 per-method settings, eval of a trained run, and the command line's guard rails."""
+
 import os
 import textwrap
 
@@ -70,11 +71,15 @@ def test_an_external_package_registers_a_method_and_a_task(tmp_path, how):
     assert res.returncode == 0, res.stderr[-3000:]
     client, runs = _runs(tmp_path, "xkd-toy")
     assert {r.data.params["method"] for r in runs} == {"baseline", "logit_mse"}
-    toml = client.download_artifacts(next(r.info.run_id for r in runs if r.data.params["method"] == "logit_mse"),
-                                     "experiment.toml", str(tmp_path))
+    toml = client.download_artifacts(
+        next(r.info.run_id for r in runs if r.data.params["method"] == "logit_mse"), "experiment.toml", str(tmp_path)
+    )
     assert 'plugins = ["myplug.plugin"]' in open(toml).read()
-    rep = run_cli([*(["--plugin", "myplug.plugin"] if how == "--plugin" else []), "report", "--out", "r"], tmp_path,
-                  extra_env=_env(tmp_path))
+    rep = run_cli(
+        [*(["--plugin", "myplug.plugin"] if how == "--plugin" else []), "report", "--out", "r"],
+        tmp_path,
+        extra_env=_env(tmp_path),
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     report = (tmp_path / "r" / "report.md").read_text()
     assert "### toy: mlp, smoke" in report and "| logit_mse[^" in report.replace(" (", "[").replace("[^", "[^")
@@ -83,6 +88,7 @@ def test_an_external_package_registers_a_method_and_a_task(tmp_path, how):
 def _contributing_block(first_line: str) -> str:
     """The ```python block of CONTRIBUTING.md that starts with `first_line`, as written there."""
     from pathlib import Path
+
     text = (Path(__file__).parent.parent / "CONTRIBUTING.md").read_text()
     for block in text.split("```python\n")[1:]:
         code = block.split("```", 1)[0]
@@ -102,24 +108,46 @@ def test_the_from_scratch_task_of_contributing_runs_as_written_with_its_own_fiel
     env, plug = _env(tmp_path), ["--plugin", "mypkg.blobs"]
     listing = run_cli([*plug, "list", "--profiles"], tmp_path, extra_env=env)
     assert listing.returncode == 0 and "#### `blobs`" in listing.stdout and "| blob_noise | 3.0 |" in listing.stdout
-    res = run_cli([*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "2",
-                   "--set", "blob_noise=4", "--out", "o"], tmp_path, extra_env=env)
+    res = run_cli(
+        [
+            *plug,
+            "run",
+            "--task",
+            "blobs",
+            "--profile",
+            "smoke",
+            "--methods",
+            "baseline,kd",
+            "--seeds",
+            "2",
+            "--set",
+            "blob_noise=4",
+            "--out",
+            "o",
+        ],
+        tmp_path,
+        extra_env=env,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     client, runs = _runs(tmp_path, "xkd-blobs")
     assert len(runs) == 4 and {(r.data.params["blob_noise"], r.data.params["blob_dim"]) for r in runs} == {("4.0", "16")}
     toml = open(client.download_artifacts(runs[0].info.run_id, "experiment.toml", str(tmp_path))).read()
     assert "blob_noise = 4.0" in toml and "blob_dim = 16" in toml
     exp = tmp_path / "exp.toml"
-    exp.write_text('task = "blobs"\nprofile = "smoke"\nmethods = ["baseline"]\nplugins = ["mypkg.blobs"]\n'
-                   '[set]\nblob_dim = 8\n')
+    exp.write_text('task = "blobs"\nprofile = "smoke"\nmethods = ["baseline"]\nplugins = ["mypkg.blobs"]\n[set]\nblob_dim = 8\n')
     res = run_cli(["run", "--config", str(exp), "--out", "e"], tmp_path, extra_env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     _, runs = _runs(tmp_path, "xkd-blobs")
     assert any(r.data.params["blob_dim"] == "8" for r in runs)
-    for bad, needle in (("blob_noise=-1", "blob_noise=-1.0 is out of range"),
-                        ("blob_nois=1", "--set blob_nois: unknown key 'blob_nois'; did you mean 'blob_noise'")):
-        res = run_cli([*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline", "--set", bad,
-                       "--out", "x"], tmp_path, extra_env=env)
+    for bad, needle in (
+        ("blob_noise=-1", "blob_noise=-1.0 is out of range"),
+        ("blob_nois=1", "--set blob_nois: unknown key 'blob_nois'; did you mean 'blob_noise'"),
+    ):
+        res = run_cli(
+            [*plug, "run", "--task", "blobs", "--profile", "smoke", "--methods", "baseline", "--set", bad, "--out", "x"],
+            tmp_path,
+            extra_env=env,
+        )
         assert res.returncode == 2 and needle in res.stderr and not (tmp_path / "x").exists(), res.stderr
     rep = run_cli([*plug, "report", "--out", "r"], tmp_path, extra_env=env)
     assert rep.returncode == 0, rep.stderr[-3000:]
@@ -130,8 +158,10 @@ def test_the_from_scratch_task_of_contributing_runs_as_written_with_its_own_fiel
 
 def test_run_config_reproduces_a_run_from_its_logged_file(tmp_path):
     cfg = tmp_path / "exp.toml"
-    cfg.write_text('task = "synthetic"\nprofile = "smoke"\nmethods = ["kd", "pkt"]\nseeds = 1\n'
-                   '[set]\nepochs = 2\nseed = 1\n[method.kd]\ntemperature = 2.0\n')
+    cfg.write_text(
+        'task = "synthetic"\nprofile = "smoke"\nmethods = ["kd", "pkt"]\nseeds = 1\n'
+        "[set]\nepochs = 2\nseed = 1\n[method.kd]\ntemperature = 2.0\n"
+    )
     res = run_cli(["run", "--config", str(cfg), "--out", "a"], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     client, runs = _runs(tmp_path, "xkd-synthetic")
@@ -154,8 +184,9 @@ def test_run_config_reproduces_a_run_from_its_logged_file(tmp_path):
 def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     """From the checkpoint (last epoch: the run's test metrics) and from the logged MLflow model (best-validation
     epoch: the run's *_at_best_val metrics)."""
-    res = run_cli(["run", "--task", "synthetic", "--methods", "ours_feature", "--profile", "smoke",
-                   "--set", "log_model=true"], tmp_path)
+    res = run_cli(
+        ["run", "--task", "synthetic", "--methods", "ours_feature", "--profile", "smoke", "--set", "log_model=true"], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     _, runs = _runs(tmp_path, "xkd-synthetic")
     r = runs[0]
@@ -163,12 +194,13 @@ def test_eval_reproduces_the_runs_test_metrics(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "Downloading artifacts" not in ev.stderr  # no MLflow progress bars on the console
     import json
-    metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
+
+    metrics = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1"], abs=1e-9)
     assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc"], abs=1e-9)
     ev = run_cli(["eval", "--model-uri", r.data.tags["xkd.model_uri"]], tmp_path)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    metrics = json.loads(ev.stdout[ev.stdout.index("{"):])
+    metrics = json.loads(ev.stdout[ev.stdout.index("{") :])
     assert metrics["test_top1"] == pytest.approx(r.data.metrics["test_top1_at_best_val"], abs=1e-9)
     assert metrics["match_acc"] == pytest.approx(r.data.metrics["match_acc_at_best_val"], abs=1e-9)
     bad = run_cli_inprocess(["eval", "--run-id", "0" * 32], tmp_path)
@@ -192,18 +224,22 @@ def test_per_method_settings_target_one_method(tmp_path):
     from benchmark.plugins import load_plugins
     from benchmark.registry import UsageError
     from benchmark.resolve import split_sets
+
     load_plugins()
     cfg, hp = split_sets({"kd.temperature": "2", "temperature": "3"}, ["kd", "dkd"])
     assert hp == {"kd.temperature": 2.0, "temperature": 3.0} and cfg == {}
     from benchmark.config import RunConfig
     from benchmark.registry import TASKS
     from benchmark.trainer import resolve_hparams
+
     task = TASKS.get("synthetic")()
     assert resolve_hparams("kd", task, RunConfig(task="synthetic"), hp)[1].temperature == 2.0  # its own wins
     assert resolve_hparams("dkd", task, RunConfig(task="synthetic"), hp)[1].temperature == 3.0
-    for sets, needle in (({"nosuch.temperature": "2"}, "unknown method 'nosuch'"),
-                         ({"kd.nosuch": "2"}, "unknown hyperparameter 'nosuch' of 'kd'"),
-                         ({"pkt.ce_weight": "2"}, "'pkt' is not among the selected methods")):
+    for sets, needle in (
+        ({"nosuch.temperature": "2"}, "unknown method 'nosuch'"),
+        ({"kd.nosuch": "2"}, "unknown hyperparameter 'nosuch' of 'kd'"),
+        ({"pkt.ce_weight": "2"}, "'pkt' is not among the selected methods"),
+    ):
         with pytest.raises(UsageError, match=needle):
             split_sets(sets, ["kd", "dkd"])
     res = run_cli_inprocess(["run", "--task", "synthetic", "--methods", "kd", "--set", "kd.nosuch=1"], tmp_path)
@@ -215,8 +251,10 @@ def test_command_line_guard_rails(tmp_path):
     assert res.returncode == 2 and "--set seed=VALUE" in res.stderr and not (tmp_path / "runs").exists()
     with pytest.raises(Exception):  # --debug after the subcommand: the foreseen error raises instead
         from benchmark.cli import main
+
         main(["run", "--task", "synthetic", "--methods", "baseline", "--seeds", "0", "--debug"])
     from benchmark.cli import build_parser
+
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd").choices
     study_opts = {o for a in sub["study"]._actions for o in a.option_strings}
@@ -233,6 +271,7 @@ def test_command_line_guard_rails(tmp_path):
 
 def test_a_run_logs_only_its_own_tasks_fields(tmp_path):
     from benchmark.config import RunConfig
+
     p = RunConfig(task="tinyimagenet", teacher="minilm").as_params()
     assert "synth_per_class" not in p and "val_trials_per_speaker" not in p and "mfh_dim" not in p
     assert "teacher_arch" not in p and "epochs" in p and "image_size" in p
@@ -252,8 +291,9 @@ def test_eval_report_and_compare_follow_a_plugin_tasks_runs_without_flags(tmp_pa
         (tmp_path / side).mkdir()
         res = run_cli([*plug, *toy], tmp_path / side, extra_env=env)
         assert res.returncode == 0, res.stderr[-3000:]
-    res = run_cli(["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke", "--out", "s"],
-                  tmp_path / "a")  # another task's runs beside them in store a: they log the synth_* fields
+    res = run_cli(
+        ["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke", "--out", "s"], tmp_path / "a"
+    )  # another task's runs beside them in store a: they log the synth_* fields
     assert res.returncode == 0, res.stderr[-3000:]
     client, runs = _runs(tmp_path / "a", "xkd-toy")
     assert {r.data.params["plugins"] for r in runs} == {"myplug.plugin"}
@@ -263,8 +303,11 @@ def test_eval_report_and_compare_follow_a_plugin_tasks_runs_without_flags(tmp_pa
     rep = run_cli(["report", "--out", "r"], tmp_path / "a", extra_env=env)
     assert rep.returncode == 0, rep.stderr[-3000:]
     assert "### toy: mlp, smoke" in (tmp_path / "a" / "r" / "report.md").read_text()
-    cmp = run_cli(["report", "--compare", str(tmp_path / "a" / "mlflow.db"), str(tmp_path / "b" / "mlflow.db"),
-                   "--out", "c"], tmp_path, extra_env=env)
+    cmp = run_cli(
+        ["report", "--compare", str(tmp_path / "a" / "mlflow.db"), str(tmp_path / "b" / "mlflow.db"), "--out", "c"],
+        tmp_path,
+        extra_env=env,
+    )
     assert cmp.returncode == 0 and "settings differ" not in cmp.stderr, cmp.stderr[-3000:]
     assert "synth_" not in (tmp_path / "c" / "compare.md").read_text()
     missing = run_cli(["report", "--out", "r2"], tmp_path / "a")  # the plugin's package is not importable here

@@ -1,6 +1,7 @@
 """benchmark/checkpoints.py and the run's resume: SIGTERM, Ctrl-C and kill -9 at three points end a run so
 that --resume gives the uninterrupted numbers; an unreadable checkpoint falls back to the previous one; an
 interrupt inside a checkpoint write stays an interrupt."""
+
 import signal
 import time
 
@@ -82,6 +83,7 @@ def test_kill_9_at_three_points_then_resume_is_identical_and_nothing_stays_runni
 def test_an_unreadable_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     from benchmark.checkpoints import load_checkpoint
     from benchmark.checkpoints import save_atomic as _save_atomic
+
     path = tmp_path / "m-seed0-k.pt"
     _save_atomic({"epoch": 1}, path, keep_previous=True)
     _save_atomic({"epoch": 2}, path, keep_previous=True)
@@ -107,6 +109,7 @@ def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, mon
             raise Terminated()
         finally:
             raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
+
     monkeypatch.setattr(torch, "save", interrupted_save)
     with pytest.raises(Terminated):
         save_atomic({"x": 1}, tmp_path / "c.pt")
@@ -114,6 +117,7 @@ def test_an_interrupt_inside_a_checkpoint_write_stays_an_interrupt(tmp_path, mon
 
     def failed_save(obj, f):
         raise RuntimeError("[enforce fail at inline_container.cc:67] . PytorchStreamWriter failed writing file")
+
     monkeypatch.setattr(torch, "save", failed_save)
     with pytest.raises(CheckpointNotWritten):
         save_atomic({"x": 1}, tmp_path / "c.pt")

@@ -1,6 +1,7 @@
 """Every interval the report prints holds its coverage, and Holm's correction its family-wise error rate: data
 drawn with known effects and variance components like the measured ones, the report's own functions applied,
 the empirical rate compared with the nominal one within Monte-Carlo error (3 standard errors)."""
+
 import math
 
 import numpy as np
@@ -35,8 +36,12 @@ def test_the_paired_interval_covers_95_percent(n):
 
 def crossed_draw(rng, reps: int, k: int, n: int, delta: float, var=(TEACHER_VAR, SEED_VAR, RESIDUAL_VAR)):
     """Gains [reps, k, n] of k teachers on n shared student seeds: delta + teacher + seed + residual."""
-    return (delta + rng.normal(0, math.sqrt(var[0]), (reps, k, 1)) + rng.normal(0, math.sqrt(var[1]), (reps, 1, n))
-            + rng.normal(0, math.sqrt(var[2]), (reps, k, n)))
+    return (
+        delta
+        + rng.normal(0, math.sqrt(var[0]), (reps, k, 1))
+        + rng.normal(0, math.sqrt(var[1]), (reps, 1, n))
+        + rng.normal(0, math.sqrt(var[2]), (reps, k, n))
+    )
 
 
 @pytest.mark.parametrize("var", [(0.0, 0.0, 0.6), (0.01, 0.05, 0.6), (1.0, 0.0, 0.1), (0.0, 1.0, 0.1)])
@@ -75,13 +80,13 @@ def test_the_crossed_teacher_interval_holds_its_coverage_and_the_old_one_does_no
 def test_the_crossed_interval_reproduces_the_measured_case():
     """The decomposition's figures: SE = sqrt((0.84 + 3.06 - 0.12) / 9) = 0.648 with about 2.8 degrees of
     freedom, against the old SE sqrt(0.84 / 9) = 0.306: [+4.40, +8.66] where the report printed [+5.22, +7.84]."""
-    t = np.array([-1, 0, 1]) * math.sqrt(0.84 / 3)   # MS_teacher = n * sum(row effects^2) / (k - 1) = 0.84
-    s = np.array([-1, 0, 1]) * math.sqrt(3.06 / 3)   # MS_seed = 3.06
+    t = np.array([-1, 0, 1]) * math.sqrt(0.84 / 3)  # MS_teacher = n * sum(row effects^2) / (k - 1) = 0.84
+    s = np.array([-1, 0, 1]) * math.sqrt(3.06 / 3)  # MS_seed = 3.06
     e = np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 0]]) * math.sqrt(0.12)  # double-centred: MS_residual 0.12
     d = 6.53 + t[:, None] + s[None, :] + e
     mean, lo, hi, p, se, df = crossed_interval(d)
     assert mean == pytest.approx(6.53) and se == pytest.approx(math.sqrt((0.84 + 3.06 - 0.12) / 9))
-    assert df == pytest.approx(3.78 ** 2 / (0.84 ** 2 / 2 + 3.06 ** 2 / 2 + 0.12 ** 2 / 4))
+    assert df == pytest.approx(3.78**2 / (0.84**2 / 2 + 3.06**2 / 2 + 0.12**2 / 4))
     assert (lo, hi) == pytest.approx((4.40, 8.66), abs=0.02)  # the review's [+4.40, +8.66]
     _, old_lo, old_hi, _ = paired_interval(d.mean(-1))
     assert (old_lo, old_hi) == pytest.approx((5.22, 7.84), abs=0.02)  # what the report printed: too narrow

@@ -1,5 +1,6 @@
 """methods/crd.py: its memory banks, negative draws and NCE loss against float64 references written here,
 its state across a resume, its streams of the run seed."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +13,12 @@ CRD_LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])  # the class of each o
 
 def _crd(n=10, k=4, negatives="per_sample", pool="other_class"):
     from benchmark.registry import METHODS
+
     cls = METHODS.get("crd")
-    m = cls(Dims(DS, DT, K, [DS] * 3, train_size=n, total_steps=10, train_labels=CRD_LABELS[:n]),
-            cls.Hparams(crd_dim=3, crd_negatives_k=k, crd_negatives=negatives, crd_negative_pool=pool)).double()
+    m = cls(
+        Dims(DS, DT, K, [DS] * 3, train_size=n, total_steps=10, train_labels=CRD_LABELS[:n]),
+        cls.Hparams(crd_dim=3, crd_negatives_k=k, crd_negatives=negatives, crd_negative_pool=pool),
+    ).double()
     return m
 
 
@@ -45,6 +49,7 @@ def test_crd_never_draws_the_anchor_as_its_own_negative(negatives, pool):
 
 def test_crd_other_class_pool_needs_labels():
     from benchmark.registry import METHODS, UsageError
+
     cls = METHODS.get("crd")
     with pytest.raises(UsageError, match="training labels"):
         cls(Dims(DS, DT, K, [DS] * 3, train_size=10), cls.Hparams(crd_dim=3))
@@ -67,6 +72,7 @@ def test_crd_nce_on_a_fixed_bank_matches_float64_reference(negatives, pool):
     def embed(lin, x):
         w, b = lin.weight.detach().numpy(), lin.bias.detach().numpy()
         return normalize(x @ w.T + b)
+
     v_s, v_t = embed(m.embed_s, FS), embed(m.embed_t, ET)
     raw = {}
     for side, bank, v in (("S", bank_t, v_s), ("T", bank_s, v_t)):
@@ -106,6 +112,7 @@ def test_crd_fused_negative_term_gives_the_same_numbers_and_gradients(with_keep)
     """negative_nce (the training step's fused form) against nce_loss's negative term, written plainly: the same
     values bit for bit in float32, and the same gradient (autograd through the plain form) to rounding."""
     from methods.crd import negative_nce
+
     g = torch.Generator().manual_seed(3)
     for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
         c = (torch.randn(16, 300, generator=g, dtype=dtype) * 0.3).requires_grad_()
@@ -125,11 +132,15 @@ def test_crd_fused_negative_term_gives_the_same_numbers_and_gradients(with_keep)
 def test_crd_banks_and_negatives_follow_the_run_seed():
     """Each run seed its own bank initialisation and negative draws; the same seed the same ones."""
     from benchmark.registry import METHODS
+
     cls = METHODS.get("crd")
 
     def build(seed):
-        return cls(Dims(DS, DT, K, [DS] * 3, train_size=10, train_labels=CRD_LABELS[:10], seed=seed),
-                   cls.Hparams(crd_dim=3, crd_negatives_k=4))
+        return cls(
+            Dims(DS, DT, K, [DS] * 3, train_size=10, train_labels=CRD_LABELS[:10], seed=seed),
+            cls.Hparams(crd_dim=3, crd_negatives_k=4),
+        )
+
     a, b, c = build(0), build(0), build(1)
     assert torch.equal(a.bank_s, b.bank_s) and not torch.equal(a.bank_s, c.bank_s)
     assert not torch.equal(a.bank_s, a.bank_t)
@@ -143,8 +154,9 @@ def test_crds_streams_are_declared_by_it_with_their_old_ids_and_a_clash_is_refus
     banks and negatives are the ones of earlier runs; a method whose stream takes a used name or id is refused."""
     from benchmark.method import STREAMS, Method, UsageError, register, stream_seed
     from methods.crd import CRD
+
     assert CRD.streams == {"crd_bank": 2, "crd_negatives": 3} and STREAMS["crd_bank"] == 2
-    old = int(np.random.SeedSequence(7, spawn_key=(2,)).generate_state(1, np.uint64)[0] & np.uint64(2 ** 63 - 1))
+    old = int(np.random.SeedSequence(7, spawn_key=(2,)).generate_state(1, np.uint64)[0] & np.uint64(2**63 - 1))
     assert stream_seed(7, "crd_bank") == old
     for streams in ({"data": 9}, {"mine": 1}):
         cls = type("Clash", (Method,), {"streams": streams, "terms": lambda self, s, t, y: {}})

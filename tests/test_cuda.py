@@ -1,6 +1,7 @@
 """The branches that run only on CUDA (marked `cuda`; skipped with a reason on a machine without a GPU):
 the training set resident on the device or pinned, bf16 autocast with fp32 losses, torch.compile, and
 NCCL under torchrun. scripts/gpu_check.sh runs them (`pytest -m cuda`) whenever a GPU is at hand."""
+
 import sys
 from dataclasses import replace
 
@@ -10,8 +11,10 @@ import torch
 
 from conftest import run_cli
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.sh on one)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run scripts/gpu_check.sh on one)"),
+]
 
 
 def _context(tmp_path, method="kd", **sets):
@@ -19,6 +22,7 @@ def _context(tmp_path, method="kd", **sets):
     from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
     from tasks.synthetic import Synthetic
+
     task = Synthetic()
     cfg = replace(build_config(task, "smoke", {}, {}), device="cuda", **sets)
     data = task.load(cfg)
@@ -42,12 +46,17 @@ def test_a_set_too_large_for_the_device_is_pinned(tmp_path, monkeypatch):
 
 def test_rkd_under_cuda_bf16_autocast_matches_float64():
     from methods.rkd import rkd_terms
+
     g = np.random.default_rng(5)
     fs, ft = 2 + 0.3 * g.normal(size=(64, 128)), 2 + 0.3 * g.normal(size=(64, 96))
     ref = [float(v) for v in rkd_terms(torch.tensor(fs), torch.tensor(ft))]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        got = [float(v) for v in rkd_terms(torch.tensor(fs, dtype=torch.float32, device="cuda"),
-                                           torch.tensor(ft, dtype=torch.float32, device="cuda"))]
+        got = [
+            float(v)
+            for v in rkd_terms(
+                torch.tensor(fs, dtype=torch.float32, device="cuda"), torch.tensor(ft, dtype=torch.float32, device="cuda")
+            )
+        ]
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=0)
 
 
@@ -62,9 +71,11 @@ def test_compile_gives_the_eager_step_on_cuda(tmp_path):
 
 
 def test_nccl_one_process_torchrun_smoke(tmp_path):
-    res = run_cli(["run", "--task", "synthetic", "--methods", "baseline,crd", "--profile", "smoke", "--out", "o"], tmp_path,
-                  launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                            "-m", "benchmark"])
+    res = run_cli(
+        ["run", "--task", "synthetic", "--methods", "baseline,crd", "--profile", "smoke", "--out", "o"],
+        tmp_path,
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "benchmark"],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
 
@@ -73,6 +84,7 @@ def test_nccl_collectives_on_one_gpu():
     import torch.distributed as dist
 
     from conftest import free_port
+
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         t = torch.arange(4.0, device="cuda")

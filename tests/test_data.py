@@ -25,7 +25,7 @@ def test_batched_random_crop_matches_per_image_crop():
     g = torch.Generator().manual_seed(3)
     oy, ox = torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g)
     for i in range(2):
-        assert torch.equal(out[i], x[i, :, oy[i]:oy[i] + 6, ox[i]:ox[i] + 6])
+        assert torch.equal(out[i], x[i, :, oy[i] : oy[i] + 6, ox[i] : ox[i] + 6])
 
 
 def test_augment_paper_resolution_and_eval_is_deterministic(cifar_dir):

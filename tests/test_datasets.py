@@ -1,5 +1,6 @@
 """`data fetch|list` and the data root: offline failures are one line with nothing left behind; the FSDD
 conversion checked on the real recordings (the download itself replaced by a local archive)."""
+
 import io
 import json
 import tarfile
@@ -19,16 +20,25 @@ def test_data_list_shows_what_is_present(tmp_path):
     assert res.returncode == 0 and res.stdout.count("absent") == 4
 
 
-@pytest.mark.parametrize("name,needle", [("orl", "fetch_olivetti_faces"), ("fsdd", "github.com/Jakobovski"),
-                                         ("tinyimagenet", "cs231n.stanford.edu"), ("cifar100", "cs.toronto.edu")])
+@pytest.mark.parametrize(
+    "name,needle",
+    [
+        ("orl", "fetch_olivetti_faces"),
+        ("fsdd", "github.com/Jakobovski"),
+        ("tinyimagenet", "cs231n.stanford.edu"),
+        ("cifar100", "cs.toronto.edu"),
+    ],
+)
 def test_fetch_without_a_network_is_one_line_and_leaves_nothing(tmp_path, name, needle, monkeypatch):
     import urllib.request
 
     def offline(*a, **k):
         raise OSError("no network (test)")
+
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     from benchmark.plugins import load_plugins
     from benchmark.registry import DATASETS, UsageError
+
     load_plugins()
     root = tmp_path / "root"
     with pytest.raises(UsageError, match=needle) as e:
@@ -42,8 +52,11 @@ def test_run_without_data_dir_uses_the_data_root_and_says_what_is_missing(tmp_pa
     root.mkdir()
     work = tmp_path / "work"
     work.mkdir()
-    res = run_cli(["run", "--task", "cifar100", "--methods", "baseline", "--profile", "smoke"], work,
-                  extra_env={"XKD_DATA": str(root), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})
+    res = run_cli(
+        ["run", "--task", "cifar100", "--methods", "baseline", "--profile", "smoke"],
+        work,
+        extra_env={"XKD_DATA": str(root), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"},
+    )
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and f"CIFAR-100 not found in '{root / 'cifar100'}'" in lines[0]
@@ -56,6 +69,7 @@ def http_folder(tmp_path, monkeypatch):
     import functools
     import http.server
     import threading
+
     folder = tmp_path / "served"
     folder.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
@@ -73,7 +87,7 @@ def http_folder(tmp_path, monkeypatch):
 def _corrupt(data: bytes) -> bytes:
     """The same length with bytes flipped in the middle (a damaged download, not a short one)."""
     mid = len(data) // 2
-    return data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 64]) + data[mid + 64:]
+    return data[:mid] + bytes(b ^ 0xFF for b in data[mid : mid + 64]) + data[mid + 64 :]
 
 
 def test_fsdd_fetch_over_http_checks_the_recordings_and_converts(tmp_path, http_folder, monkeypatch):
@@ -98,12 +112,14 @@ def test_fsdd_fetch_over_http_checks_the_recordings_and_converts(tmp_path, http_
             info.size = len(code)
             tar.addfile(info, io.BytesIO(code))
         return buf.getvalue()
+
     good = archive()
     (folder / "good.tar.gz").write_bytes(good)
     (folder / "flipped.tar.gz").write_bytes(archive(flip="3_theo_7.wav"))
     (folder / "short.tar.gz").write_bytes(good[: len(good) // 3])
     from benchmark.registry import UsageError
     from tasks.voxceleb import fetch as datasets
+
     root = tmp_path / "root"
     for name, needle in (("flipped", "have sha256"), ("short", "cannot be read")):
         monkeypatch.setattr(datasets, "FSDD_URL", f"{base}/{name}.tar.gz")
@@ -124,6 +140,7 @@ def test_tinyimagenet_fetch_over_http_checks_the_md5(tmp_path, http_folder, monk
 
     from test_tinyimagenet import archive as real_archive
     from test_tinyimagenet import make_subset
+
     folder, base = http_folder
     with zipfile.ZipFile(real_archive()) as real:
         make_subset(real, folder / "tiny.zip", train_per_class=(0,))
@@ -132,6 +149,7 @@ def test_tinyimagenet_fetch_over_http_checks_the_md5(tmp_path, http_folder, monk
     import tasks.tinyimagenet as datasets
     import tasks.tinyimagenet as tin
     from benchmark.registry import UsageError
+
     monkeypatch.setattr(tin, "MD5", hashlib.md5(good).hexdigest())
     root = tmp_path / "root"
     monkeypatch.setattr(tin, "URL", f"{base}/damaged.zip")
@@ -153,16 +171,23 @@ def test_cifar100_fetch_over_http_uses_torchvision_and_writes_the_arrays(tmp_pat
 
     import numpy as np
     from torchvision.datasets import CIFAR100
+
     folder, base = http_folder
     rng = np.random.default_rng(0)
     files = {}
     for split, per in (("train", 2), ("test", 1)):
         fine = np.repeat(np.arange(100), per)
-        files[split] = pickle.dumps({"data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
-                                     "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(),
-                                     "filenames": [f"{i}.png" for i in range(len(fine))]})
-    files["meta"] = pickle.dumps({"fine_label_names": [f"class{i:02d}" for i in range(100)],
-                                  "coarse_label_names": [f"super{i:02d}" for i in range(20)]})
+        files[split] = pickle.dumps(
+            {
+                "data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
+                "fine_labels": fine.tolist(),
+                "coarse_labels": (fine // 5).tolist(),
+                "filenames": [f"{i}.png" for i in range(len(fine))],
+            }
+        )
+    files["meta"] = pickle.dumps(
+        {"fine_label_names": [f"class{i:02d}" for i in range(100)], "coarse_label_names": [f"super{i:02d}" for i in range(20)]}
+    )
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name, data in files.items():
@@ -179,6 +204,7 @@ def test_cifar100_fetch_over_http_uses_torchvision_and_writes_the_arrays(tmp_pat
     monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5["meta"]})
     import tasks.cifar100 as datasets
     from benchmark.registry import UsageError
+
     root = tmp_path / "root"
     monkeypatch.setattr(CIFAR100, "url", f"{base}/damaged.tar.gz")
     with pytest.raises(UsageError, match="torchvision download") as e:
@@ -187,6 +213,7 @@ def test_cifar100_fetch_over_http_uses_torchvision_and_writes_the_arrays(tmp_pat
     monkeypatch.setattr(CIFAR100, "url", f"{base}/good.tar.gz")
     out = datasets.fetch_cifar100(root)
     from tasks.cifar100 import read_cifar100
+
     xtr, ytr, xte, yte, names, f2c, coarse, layout = read_cifar100(str(out))
     assert layout == "npz" and xtr.shape == (200, 32, 32, 3) and xte.shape == (100, 32, 32, 3)
     assert list(f2c) == [i // 5 for i in range(100)] and names[7] == "class07" and coarse[3] == "super03"
@@ -203,10 +230,17 @@ def test_readmes_main_command_as_written_starts_training_from_the_data_root(tmp_
     import time
 
     import mlflow
+
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["XKD_DATA"] = str(cifar_dir.parent)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark", "run", "--task", "cifar100", "--methods", "all"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "run", "--task", "cifar100", "--methods", "all"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, runs = time.time() + 300, []
         while not runs:
@@ -215,8 +249,15 @@ def test_readmes_main_command_as_written_starts_training_from_the_data_root(tmp_
             try:
                 client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # README's default store
                 exp = client.get_experiment_by_name("xkd-cifar100")
-                runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"
-                        and "data_dir" in r.data.params] if exp else []  # a run is created, then its params logged
+                runs = (
+                    [
+                        r
+                        for r in client.search_runs([exp.experiment_id])
+                        if r.data.tags.get("xkd.kind") == "train" and "data_dir" in r.data.params
+                    ]
+                    if exp
+                    else []
+                )  # a run is created, then its params logged
             except Exception:
                 pass  # the store is being created
     finally:

@@ -1,5 +1,6 @@
 """torchrun DDP (2 processes, gloo, CPU): the same metrics as one process, one MLflow run per method (rank 0
 logs), and --resume after an interruption. The synthetic task keeps it to seconds."""
+
 import sys
 
 import mlflow
@@ -10,14 +11,26 @@ import torch
 from conftest import free_port, run_cli
 
 # ours_feature_quality: its running mean/std of feature norms come from the global batch (all ranks alike)
-ARGS = ["run", "--task", "synthetic", "--methods", "baseline,kd,crd,ours_feature_quality", "--profile", "smoke",
-        "--set", "sync_bn=true"]
+ARGS = [
+    "run",
+    "--task",
+    "synthetic",
+    "--methods",
+    "baseline,kd,crd,ours_feature_quality",
+    "--profile",
+    "smoke",
+    "--set",
+    "sync_bn=true",
+]
 COLS = ["test_top1", "test_top1_at_best_val", "match_acc", "best_val_top1"]
 
 
 def torchrun(args, tmp_path):
-    return run_cli(args, tmp_path, launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                             "--nproc_per_node", "2", "-m", "benchmark"])
+    return run_cli(
+        args,
+        tmp_path,
+        launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "benchmark"],
+    )
 
 
 def test_two_process_ddp_matches_one_process_logs_once_and_resumes(tmp_path):
@@ -45,14 +58,14 @@ def test_two_process_ddp_matches_one_process_logs_once_and_resumes(tmp_path):
     resumed = [x for x in client.search_runs([exp.experiment_id]) if x.data.params.get("world_size") == "2"]
     assert len(resumed) == 8 and {x.info.status for x in resumed} == {"FINISHED"}
     # perf under torchrun times the data-parallel step (rank 0 prints one table)
-    perf = torchrun(["perf", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--steps", "2"],
-                    tmp_path)
+    perf = torchrun(["perf", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--steps", "2"], tmp_path)
     assert perf.returncode == 0, perf.stderr[-3000:]
     assert "2 process(es)" in perf.stdout and perf.stdout.count("| kd ") == 1 and "achieved GFLOP/s" in perf.stdout
 
 
 def test_sync_batchnorm_equals_batchnorm_in_one_process():
     from benchmark.distributed import SyncBatchNorm, convert_sync_batchnorm
+
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4))
     sync = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4)))
@@ -66,6 +79,7 @@ def _finite_check_on_rank(rank, port, queue):
     import torch.distributed as dist
 
     from benchmark.trainer import Diverged, check_finite
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     loss = torch.tensor(float("nan") if rank == 1 else 1.0)
     try:
@@ -82,6 +96,7 @@ def _outcome_on_rank(rank, port, queue):
     import torch.distributed as dist
 
     from benchmark.distributed import rank0_outcome
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     t0 = time.perf_counter()
     # rank 0 fails while saving; rank 1 was waiting for the epoch's outcome
@@ -94,6 +109,7 @@ def test_a_failure_on_rank_0_reaches_every_rank_at_once():
     """What rank 0 does alone (evaluate, log, save) ends with a collective carrying its outcome: a failure there
     reaches the waiting ranks at once with its reason (they used to wait at a barrier until the timeout)."""
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("fork")
     queue, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_outcome_on_rank, args=(r, port, queue)) for r in (0, 1)]
@@ -109,6 +125,7 @@ def test_a_nan_on_one_rank_stops_every_rank():
     """The finiteness flag is reduced over the ranks: a NaN on rank 1 only stops both ranks (before, rank 0
     went on and hung in the next collective)."""
     import torch.multiprocessing as mp
+
     ctx = mp.get_context("fork")
     queue, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_finite_check_on_rank, args=(r, port, queue)) for r in (0, 1)]
@@ -123,8 +140,19 @@ def test_a_nan_on_one_rank_stops_every_rank():
 def test_speaker_pairs_under_torchrun(tmp_path, vox_dir):
     """The speaker loss sees every pair of the global batch (embeddings gathered with their gradients): two
     processes give the one-process metrics; a batch whose shards would split a pair is refused."""
-    args = ["run", "--task", "voxceleb", "--methods", "ours_feature_quality", "--profile", "smoke",
-            "--data-dir", str(vox_dir), "--set", "sync_bn=true"]
+    args = [
+        "run",
+        "--task",
+        "voxceleb",
+        "--methods",
+        "ours_feature_quality",
+        "--profile",
+        "smoke",
+        "--data-dir",
+        str(vox_dir),
+        "--set",
+        "sync_bn=true",
+    ]
     one = run_cli([*args, "--out", "one"], tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     two = torchrun([*args, "--out", "two"], tmp_path)
@@ -143,6 +171,7 @@ def test_a_speaker_batch_whose_shards_would_split_a_pair_is_refused(monkeypatch)
     from benchmark.registry import UsageError
     from benchmark.task import Split
     from tasks.voxceleb.task import VoxCeleb
+
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     y = torch.arange(8).repeat_interleave(2)
     split = Split(torch.zeros(16, 1), y, y)
@@ -157,6 +186,7 @@ def _speaker_loss_grads_on_rank(rank, port, queue):
     from benchmark import distributed
     from benchmark.types import StudentOut
     from tasks.voxceleb.sampler import AngularPrototypical
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.manual_seed(0)
     emb, logits, y = torch.randn(8, 5), torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
@@ -179,6 +209,7 @@ def test_speaker_loss_over_shards_has_the_one_process_gradient():
 
     from benchmark.types import StudentOut
     from tasks.voxceleb.sampler import AngularPrototypical
+
     torch.manual_seed(0)
     emb, logits, y = torch.randn(8, 5), torch.randn(8, 4), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     loss_fn = AngularPrototypical()

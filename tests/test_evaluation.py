@@ -1,4 +1,5 @@
 """Evaluation has no side effects: eval mode, no buffer changes, same result twice and at any batch size."""
+
 from dataclasses import replace
 
 import torch
@@ -19,8 +20,9 @@ def test_evaluation_is_repeatable_and_leaves_no_trace(cifar_dir, tmp_path, count
     m1, a1 = ctx.evaluate("test")
     assert ctx.student.training and ctx.method.training, "evaluation must restore train mode"
     after = _buffers(ctx)
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), \
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), (
         "evaluation changed a buffer (e.g. BatchNorm running statistics)"
+    )
     m2, a2 = ctx.evaluate("test")
     ctx.cfg = replace(ctx.cfg, eval_batch_size=37)
     m3, a3 = ctx.evaluate("test")
@@ -34,6 +36,7 @@ def test_evaluation_is_repeatable_and_leaves_no_trace(cifar_dir, tmp_path, count
 def test_ours_run_params_say_what_the_alpha_path_is():
     from benchmark.registry import METHODS
     from benchmark.types import Dims
+
     cls = METHODS.get("ours_feature")
     assert cls(Dims(64, 384, 10), cls.Hparams()).run_params() == {"alpha_path": "learned_linear_384to64"}
     assert cls(Dims(384, 384, 10), cls.Hparams()).run_params() == {"alpha_path": "frozen_identity"}

@@ -1,6 +1,7 @@
 """What makes a table citable: comparisons counted and corrected as a family, and the negative-control teachers
 (shuffled: a permutation of the teacher's outputs, fixed per seed; random: the teacher's architecture
 untrained, seeded; class-mean and label-smoothing targets). The power arithmetic: tests/test_stats.py."""
+
 from dataclasses import replace
 
 import pandas as pd
@@ -26,8 +27,10 @@ def test_a_comparison_that_survives_below_the_baseline_is_counted_as_worse(tmp_p
     rows = [("baseline", s, base[s], {}) for s in range(3)]
     rows += [(m, s, base[s] + d[s], {}) for m, d in diffs.items() for s in range(3)]
     report = build_report(_store(tmp_path, rows), tmp_path / "r").read_text()
-    assert ("**Exploratory** (2 comparisons with the baseline, Holm): 2 survive the correction (1 better than the "
-            "baseline, 1 worse); the best is kd") in report
+    assert (
+        "**Exploratory** (2 comparisons with the baseline, Holm): 2 survive the correction (1 better than the "
+        "baseline, 1 worse); the best is kd"
+    ) in report
 
 
 def test_without_a_protocol_every_comparison_is_exploratory_and_keeps_holm(tmp_path):
@@ -44,13 +47,15 @@ def test_without_a_protocol_every_comparison_is_exploratory_and_keeps_holm(tmp_p
     report = build_report(_store(tmp_path, rows), out).read_text()
     csv = pd.read_csv(out / "report.csv").set_index("method")
     assert not csv["confirmatory"].any()
-    p_ours, p_kd = 1 - 12 ** 0.5 / 14 ** 0.5, 1 - 75 ** 0.5 / 77 ** 0.5
+    p_ours, p_kd = 1 - 12**0.5 / 14**0.5, 1 - 75**0.5 / 77**0.5
     assert csv.loc["kd", "p_holm"] == pytest.approx(3 * p_kd, rel=1e-9)
     assert csv.loc["ours_classifier", "p_holm"] == pytest.approx(2 * p_ours, rel=1e-9)
-    assert csv.loc["pkt", "p_holm"] == pytest.approx(1 - 3 ** 0.5 / 5 ** 0.5, rel=1e-9)
+    assert csv.loc["pkt", "p_holm"] == pytest.approx(1 - 3**0.5 / 5**0.5, rel=1e-9)
     assert "Confirmatory" not in report and "pre-registered" not in report
-    assert ("**Exploratory** (3 comparisons with the baseline, Holm): 1 survives the correction (1 better than the "
-            "baseline, 0 worse); the best is kd") in report
+    assert (
+        "**Exploratory** (3 comparisons with the baseline, Holm): 1 survives the correction (1 better than the "
+        "baseline, 0 worse); the best is kd"
+    ) in report
     assert "Power: with n = 3 seeds" in report and "minimum detectable paired effect at 80% power" in report
 
 
@@ -61,8 +66,7 @@ def test_control_runs_leave_the_leaderboard_and_show_their_transfer(tmp_path):
     base = [30.0, 31.0, 32.0]
     rows = [("baseline", s, base[s], {}) for s in range(3)]
     rows += [("kd", s, base[s] + (5, 6, 7)[s], {"hp.temperature": 4.0}) for s in range(3)]
-    rows += [("kd", s, base[s] + (1, 1, 4)[s], {"hp.temperature": 4.0, "teacher_control": "shuffled"})
-             for s in range(3)]
+    rows += [("kd", s, base[s] + (1, 1, 4)[s], {"hp.temperature": 4.0, "teacher_control": "shuffled"}) for s in range(3)]
     out = tmp_path / "r"
     report = build_report(_store(tmp_path, rows), out).read_text()
     board = report.split("## Leaderboards")[1].split("\n## ")[0]
@@ -71,7 +75,7 @@ def test_control_runs_leave_the_leaderboard_and_show_their_transfer(tmp_path):
     row = next(line for line in controls.splitlines() if line.startswith("| kd"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1] == "shuffled" and cells[2].startswith("+6.00 [") and cells[3].startswith("+2.00 [")
-    half = 4.302653 * 1.0 / 3 ** 0.5  # t(0.975, 2) * sd / sqrt(n)
+    half = 4.302653 * 1.0 / 3**0.5  # t(0.975, 2) * sd / sqrt(n)
     assert cells[4].startswith(f"+4.00 [{4 - half:+.2f}, {4 + half:+.2f}] (n=3)")
     rec = pd.read_csv(out / "controls.csv").iloc[0]
     assert rec["transfer"] == pytest.approx(4.0) and rec["control_gain"] == pytest.approx(2.0) and rec["gain"] == 6.0
@@ -79,6 +83,7 @@ def test_control_runs_leave_the_leaderboard_and_show_their_transfer(tmp_path):
 
 def test_a_store_of_control_runs_alone_is_refused_before_writing(tmp_path):
     from benchmark.registry import UsageError
+
     uri = _store(tmp_path, [("kd", 0, 30.0, {"teacher_control": "random"})])
     with pytest.raises(UsageError, match="used a control teacher"):
         build_report(uri, tmp_path / "r")
@@ -90,9 +95,11 @@ def _context(task_name, profile, control, data_dir=None, seed=0, cache=None, set
     from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.trainer import Context
+
     task = TASKS.get(task_name)()
-    cfg = build_config(task, profile, {"data_dir": data_dir} if data_dir else {},
-                       {"teacher_control": control, "seed": str(seed), **(sets or {})})
+    cfg = build_config(
+        task, profile, {"data_dir": data_dir} if data_dir else {}, {"teacher_control": control, "seed": str(seed), **(sets or {})}
+    )
     data = task.load(cfg)
     tables = task.teacher_tables(cfg, data, TeacherCache(cache))
     return Context(cfg, task, data, tables, method, {})
@@ -105,6 +112,7 @@ def _teacher_logits_of_one_epoch(ctx):
     def spy(s, t, y, **kw):
         seen.setdefault("logits", []).append(t.logits.detach().clone())
         return terms(s, t, y, **kw)
+
     ctx.method.terms = spy
     order = []
     for idx in ctx.task.epoch_batches(ctx.data.train, ctx.cfg.batch_size, ctx.gen):
@@ -152,6 +160,7 @@ def test_the_label_smoothing_control_matches_the_teachers_mean_target_entropy(tm
     softmax at T is the smoothed one-hot (1 - eps) onehot(y) + eps / K, with eps chosen so that its entropy is
     the teacher's mean entropy of softmax(z / T) over the training rows (computed here by hand)."""
     from benchmark.registry import UsageError
+
     ctx = _context("synthetic", "smoke", "label_smoothing", cache=tmp_path / "c")
     train, k, t = ctx.data.train, ctx.data.num_classes, 4.0
     probs = torch.softmax(ctx.tables.logits[train.key].double() / t, -1)
@@ -170,9 +179,17 @@ def test_the_label_smoothing_control_matches_the_teachers_mean_target_entropy(tm
 
 def test_the_class_mean_control_refuses_a_method_reading_stage_maps(tmp_path, cifar_dir):
     from benchmark.registry import UsageError
+
     with pytest.raises(UsageError, match="class_mean .* reads the teacher's stage maps"):
-        _context("cifar100-kd", "smoke", "class_mean", str(cifar_dir), cache=tmp_path / "c",
-                 sets={"teacher_data_fraction": "0.02"}, method="at")
+        _context(
+            "cifar100-kd",
+            "smoke",
+            "class_mean",
+            str(cifar_dir),
+            cache=tmp_path / "c",
+            sets={"teacher_data_fraction": "0.02"},
+            method="at",
+        )
 
 
 def test_a_shuffled_live_teacher_sees_another_samples_image_and_the_student_its_own(tmp_path, cifar_dir):
@@ -208,6 +225,7 @@ def test_a_random_teacher_is_the_architecture_untrained_and_seeded(tmp_path, cif
     from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from tasks.cifar100_kd import random_teacher
+
     a, tid = random_teacher("resnet8_w16", 0, 100)
     b, _ = random_teacher("resnet8_w16", 0, 100)
     c, _ = random_teacher("resnet8_w16", 1, 100)
@@ -230,10 +248,14 @@ def test_a_random_teacher_is_the_architecture_untrained_and_seeded(tmp_path, cif
 
 @pytest.mark.parametrize("task,control", [("cifar100", "random"), ("paired", "random")])
 def test_a_control_a_teacher_cannot_give_is_refused_before_writing(tmp_path, task, control):
-    r = run_cli_inprocess(["run", "--task", task, "--profile", "smoke", "--methods", "kd",
-                           "--set", f"teacher_control={control}"], tmp_path)
-    assert r.returncode == 2 and f"teacher_control={control}: the teacher of task '{task}' has no such control" \
-        in r.stderr and "tasks with random: cifar100-kd, synthetic" in r.stderr
+    r = run_cli_inprocess(
+        ["run", "--task", task, "--profile", "smoke", "--methods", "kd", "--set", f"teacher_control={control}"], tmp_path
+    )
+    assert (
+        r.returncode == 2
+        and f"teacher_control={control}: the teacher of task '{task}' has no such control" in r.stderr
+        and "tasks with random: cifar100-kd, synthetic" in r.stderr
+    )
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
@@ -243,6 +265,7 @@ def test_the_control_table_splits_a_gain_into_label_level_and_per_sample_parts(t
     per-sample part 0, 0, -1 (p = 0.42). With 3 seeds neither is claimed; with a fourth seed (kd +9 real, +5
     class-mean: parts 3, 3, 6, 4, p = 0.011; pkt 0, 0, -1, 0, p = 0.39) Holm gives kd 2 x 0.011 = 0.022: kd's
     per-sample part is claimed, pkt's not."""
+
     def report_of(seeds, folder):
         base = [30.0, 31.0, 32.0, 33.0]
         rows = [("baseline", s, base[s], {}) for s in range(seeds)]
@@ -251,6 +274,7 @@ def test_the_control_table_splits_a_gain_into_label_level_and_per_sample_parts(t
             rows += [(m, s, base[s] + mean[s], {"teacher_control": "class_mean"}) for s in range(seeds)]
         text = build_report(_store(folder, rows), folder / "r").read_text()
         return text.split("## Negative controls")[1].split("\n## ")[0]
+
     three = report_of(3, tmp_path / "a")
     assert "the control gain is the label-level part of the gain and the transfer its per-sample part" in three
     kd = [c.strip() for c in next(x for x in three.splitlines() if x.startswith("| kd")).split("|")[1:-1]]
@@ -267,20 +291,36 @@ def test_the_teacher_modality_table_pairs_the_same_method_and_seed_across_the_tw
     on the other) is named with both forms."""
     import sys
     from pathlib import Path
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from teacher_modality import table
+
     rows = []
     for task, gains in (("cifar100", (1, 2, 3)), ("cifar100-kd", (6, 7, 5))):
         for s in range(3):
             rows.append({"params.task": task, "params.method": "baseline", "params.seed": s, "metrics.test_top1": 30 + s})
-            rows.append({"params.task": task, "params.method": "kd", "params.seed": s,
-                         "metrics.test_top1": 30 + s + gains[s]})
-    rows.append({"params.task": "cifar100-kd", "params.method": "kd", "params.seed": 0, "metrics.test_top1": 1.0,
-                 "params.teacher_control": "shuffled"})
+            rows.append({"params.task": task, "params.method": "kd", "params.seed": s, "metrics.test_top1": 30 + s + gains[s]})
+    rows.append(
+        {
+            "params.task": "cifar100-kd",
+            "params.method": "kd",
+            "params.seed": 0,
+            "metrics.test_top1": 1.0,
+            "params.teacher_control": "shuffled",
+        }
+    )
     rows.append({"params.task": "cifar100-kd", "params.method": "pkt", "params.seed": 0, "metrics.test_top1": 50.0})
     for task, form in (("cifar100", "vector"), ("cifar100-kd", "maps")):
-        rows += [{"params.task": task, "params.method": "fitnet", "params.seed": s, "metrics.test_top1": 31.0 + s,
-                  "params.fitnet_form": form} for s in range(3)]
+        rows += [
+            {
+                "params.task": task,
+                "params.method": "fitnet",
+                "params.seed": s,
+                "metrics.test_top1": 31.0 + s,
+                "params.fitnet_form": form,
+            }
+            for s in range(3)
+        ]
     runs = pd.DataFrame(rows).assign(**{"params.code_version": "x", "tags.xkd.study": ""})
     runs["params.teacher_control"] = runs["params.teacher_control"].fillna("none")
     out = table(runs)
@@ -300,15 +340,25 @@ def test_the_teacher_type_table_splits_the_image_gain_with_the_class_mean_contro
     per-sample part (image gains +6, +7, +5 minus class-mean: +4, +4, +4, no spread)."""
     import sys
     from pathlib import Path
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from teacher_modality import table
+
     rows = []
     for task, gains in (("cifar100", (1, 2, 3)), ("cifar100-kd", (6, 7, 5))):
         for s in range(3):
             rows.append({"params.task": task, "params.method": "baseline", "params.seed": s, "metrics.test_top1": 30 + s})
             rows.append({"params.task": task, "params.method": "kd", "params.seed": s, "metrics.test_top1": 30 + s + gains[s]})
-    rows += [{"params.task": "cifar100-kd", "params.method": "kd", "params.seed": s, "params.teacher_control": "class_mean",
-              "metrics.test_top1": 30 + s + (2, 3, 1)[s]} for s in range(3)]
+    rows += [
+        {
+            "params.task": "cifar100-kd",
+            "params.method": "kd",
+            "params.seed": s,
+            "params.teacher_control": "class_mean",
+            "metrics.test_top1": 30 + s + (2, 3, 1)[s],
+        }
+        for s in range(3)
+    ]
     runs = pd.DataFrame(rows).assign(**{"params.code_version": "x", "tags.xkd.study": ""})
     out = table(runs)
     assert "label-level part: image class-mean − baseline" in out
@@ -333,16 +383,25 @@ def test_a_gain_is_tested_across_teacher_instances_with_teachers_and_seeds_cross
     sqrt(6 / 9), df 4. Holm over both. A fourth teacher with kd runs but no baseline is named and left out;
     control runs take no part."""
     from scipy import stats
+
     rows = []
     for t, (kd, pkt) in enumerate((((5, 6, 7), (1, 2, 3)), ((2, 3, 4), (2, 3, 4)), ((8, 9, 10), (3, 4, 5)))):
-        params = {"task": "cifar100-kd", "teacher_seed": t, "teacher_id": f"img-trained/resnet8/key{t}",
-                  "teacher_test_acc": 47.0 + t}
+        params = {
+            "task": "cifar100-kd",
+            "teacher_seed": t,
+            "teacher_id": f"img-trained/resnet8/key{t}",
+            "teacher_test_acc": 47.0 + t,
+        }
         for s in range(3):
-            rows += [("baseline", s, 30.0 + s, params), ("kd", s, 30.0 + s + kd[s], params),
-                     ("pkt", s, 30.0 + s + pkt[s], params),
-                     ("kd", s, 1.0, {**params, "teacher_control": "shuffled"})]
-    rows += [("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3"})
-             for s in range(3)]
+            rows += [
+                ("baseline", s, 30.0 + s, params),
+                ("kd", s, 30.0 + s + kd[s], params),
+                ("pkt", s, 30.0 + s + pkt[s], params),
+                ("kd", s, 1.0, {**params, "teacher_control": "shuffled"}),
+            ]
+    rows += [
+        ("kd", s, 90.0, {"task": "cifar100-kd", "teacher_seed": 3, "teacher_id": "img-trained/resnet8/key3"}) for s in range(3)
+    ]
     out = tmp_path / "r"
     report = build_report(_store(tmp_path, rows), out).read_text()
     section = report.split("## Teacher instances")[1].split("\n## ")[0]
@@ -351,7 +410,7 @@ def test_a_gain_is_tested_across_teacher_instances_with_teachers_and_seeds_cross
     assert "teacher_seed=1 (teacher 48.00%): Δ" in section and "teacher_seed=3 (" not in section
     kd = [c.strip() for c in next(x for x in section.splitlines() if x.startswith("| kd")).split("|")[1:-1]]
     assert [c.split(" [")[0] for c in kd[1:4]] == ["+6.00", "+3.00", "+9.00"]
-    se_kd, df_kd = (30 / 9) ** 0.5, 900 / (27 ** 2 / 2 + 3 ** 2 / 2)
+    se_kd, df_kd = (30 / 9) ** 0.5, 900 / (27**2 / 2 + 3**2 / 2)
     half = stats.t.ppf(0.975, df_kd) * se_kd
     assert kd[4].startswith(f"+6.00 [{6 - half:+.2f}, {6 + half:+.2f}] (n=3)") and kd[5:] == ["3.00", "1.00"]
     rec = pd.read_csv(out / "teachers.csv").set_index("configuration")
@@ -367,13 +426,18 @@ def test_a_gain_is_tested_across_teacher_instances_with_teachers_and_seeds_cross
     assert "Power over teachers: with k = 3 teachers crossed with the student seeds" in section
     summary = report.split("## Summary")[1].split("\n## ")[0]
     survive = int(rec.loc["kd", "p_holm"] < 0.05) + int(rec.loc["pkt", "p_holm"] < 0.05)
-    assert (f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, teachers and seeds crossed): "
-            f"{survive} of 2 methods survive") in summary and f"the largest gain is kd, Δ +6.00 [{6 - half:+.2f}" in summary
+    assert (
+        f"**Across 3 teacher instances** (cifar100-kd: resnet8_w16, quick, teachers and seeds crossed): "
+        f"{survive} of 2 methods survive"
+    ) in summary and f"the largest gain is kd, Δ +6.00 [{6 - half:+.2f}" in summary
 
 
 def test_a_store_of_one_teacher_instance_has_no_teacher_instance_section(tmp_path):
-    rows = [(m, s, 30.0 + s + (m == "kd") * (1 + s), {"task": "cifar100-kd", "teacher_seed": 0}) for m in ("baseline", "kd")
-            for s in range(3)]
+    rows = [
+        (m, s, 30.0 + s + (m == "kd") * (1 + s), {"task": "cifar100-kd", "teacher_seed": 0})
+        for m in ("baseline", "kd")
+        for s in range(3)
+    ]
     out = tmp_path / "r"
     assert "## Teacher instances" not in build_report(_store(tmp_path, rows), out).read_text()
     assert not (out / "teachers.csv").exists()
@@ -387,8 +451,9 @@ def test_a_method_run_with_one_teacher_only_is_not_a_teacher_instance_row(tmp_pa
         params = {"task": "cifar100-kd", "teacher_seed": t, "teacher_id": f"img-trained/resnet8/key{t}"}
         rows += [("baseline", s, 30.0 + s, params) for s in range(2)]
         rows += [("kd", s, 30.0 + s + 1 + s + 2 * t, params) for s in range(2)]
-    rows += [("pkt", s, 35.0, {"task": "cifar100-kd", "teacher_seed": 0, "teacher_id": "img-trained/resnet8/key0"})
-             for s in range(2)]
+    rows += [
+        ("pkt", s, 35.0, {"task": "cifar100-kd", "teacher_seed": 0, "teacher_id": "img-trained/resnet8/key0"}) for s in range(2)
+    ]
     out = tmp_path / "r"
     section = build_report(_store(tmp_path, rows), out).read_text().split("## Teacher instances")[1].split("\n## ")[0]
     assert "| pkt" not in section and "| kd" in section

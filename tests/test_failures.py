@@ -1,4 +1,5 @@
 """Foreseeable bad input: one clear line, exit code 2, nothing left behind (no out folder, no MLflow store)."""
+
 import contextlib
 import json
 import math
@@ -27,15 +28,18 @@ def _refused(res, tmp_path, *needles, keep=()):
     assert left == [], f"left behind: {left}"
 
 
-@pytest.mark.parametrize("sets,needle", [
-    (["--set", "lr=-1"], "lr=-1.0 is out of range; valid: (0, inf]"),
-    (["--set", "epochs=0"], "epochs=0 is out of range"),
-    (["--set", "data_fraction=1.5"], "data_fraction=1.5 is out of range"),
-    (["--methods", "ours_feature", "--set", "margin=-1"], "margin=-1.0 is out of range; valid: [0, inf]"),
-    (["--methods", "ours_feature", "--set", "alpha=5"], "alpha=5.0 is out of range; valid: [0, 1]"),
-    (["--methods", "kd", "--set", "temperature=0"], "temperature=0.0 is out of range"),
-    (["--methods", "ours_feature", "--set", "alpha=nan"], "alpha=nan is out of range"),
-])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["--set", "lr=-1"], "lr=-1.0 is out of range; valid: (0, inf]"),
+        (["--set", "epochs=0"], "epochs=0 is out of range"),
+        (["--set", "data_fraction=1.5"], "data_fraction=1.5 is out of range"),
+        (["--methods", "ours_feature", "--set", "margin=-1"], "margin=-1.0 is out of range; valid: [0, inf]"),
+        (["--methods", "ours_feature", "--set", "alpha=5"], "alpha=5.0 is out of range; valid: [0, 1]"),
+        (["--methods", "kd", "--set", "temperature=0"], "temperature=0.0 is out of range"),
+        (["--methods", "ours_feature", "--set", "alpha=nan"], "alpha=nan is out of range"),
+    ],
+)
 def test_out_of_range_values_are_refused(tmp_path, cifar_dir, sets, needle):
     res = run_cli_inprocess(["run", "--data-dir", str(cifar_dir), *SMOKE, *sets], tmp_path)
     _refused(res, tmp_path, needle)
@@ -44,6 +48,7 @@ def test_out_of_range_values_are_refused(tmp_path, cifar_dir, sets, needle):
 @pytest.fixture
 def bad_cifar(tmp_path_factory, cifar_dir):
     """Copies of the real CIFAR-100 layout with one thing wrong each (made once per test)."""
+
     def make(kind):
         d = tmp_path_factory.mktemp(f"cifar-{kind}")
         meta = json.loads((cifar_dir / "meta.json").read_text())
@@ -57,14 +62,18 @@ def bad_cifar(tmp_path_factory, cifar_dir):
         if kind != "no_meta":
             (d / "meta.json").write_text(json.dumps(meta))
         return d
+
     return make
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("truncated", "cifar100_uint8.npz cannot be read"),
-    ("no_meta", "meta.json is missing"),
-    ("ten_names", "meta.json names 10 classes"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("truncated", "cifar100_uint8.npz cannot be read"),
+        ("no_meta", "meta.json is missing"),
+        ("ten_names", "meta.json names 10 classes"),
+    ],
+)
 def test_broken_cifar_data_is_named(tmp_path, bad_cifar, kind, needle):
     d = bad_cifar(kind)
     cache = tmp_path / "cache"
@@ -74,13 +83,15 @@ def test_broken_cifar_data_is_named(tmp_path, bad_cifar, kind, needle):
 
 def test_out_and_tracking_uri_are_checked_before_anything_is_written(tmp_path, cifar_dir):
     (tmp_path / "afile").write_text("x")
-    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"],
-                            tmp_path)
+    res = run_cli_inprocess(
+        ["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile/sub"], tmp_path
+    )
     _refused(res, tmp_path, "--out afile/sub", "is a file", keep=("afile",))
     res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--out", "afile"], tmp_path)
     _refused(res, tmp_path, "exists and is not a folder", keep=("afile",))
-    res = run_cli_inprocess(["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"],
-                            tmp_path)
+    res = run_cli_inprocess(
+        ["run", "--methods", "baseline", "--data-dir", str(cifar_dir), *SMOKE, "--tracking-uri", "foo://x"], tmp_path
+    )
     _refused(res, tmp_path, "unknown scheme 'foo'", keep=("afile",))
 
 
@@ -101,6 +112,7 @@ def test_a_corrupt_teacher_cache_entry_is_rebuilt_not_used(tmp_path, capfd):
         def encode(self, texts):
             Counting.calls += 1
             return torch.arange(len(texts) * 3, dtype=torch.float32).reshape(len(texts), 3)
+
     prompts = ["a photo of a cat.", "a photo of a dog."]
     good, key = TeacherCache(tmp_path).embeddings(Counting(), prompts)
     entry = TeacherCache(tmp_path).path_for(key)
@@ -127,8 +139,10 @@ def test_speaker_trial_list_without_both_labels_is_refused(tmp_path, vox_dir):
 
 
 def test_a_diverging_method_fails_alone_and_the_others_are_tabled(tmp_path, cifar_dir):
-    res = run_cli(["run", "--methods", "baseline,kd,pkt", "--data-dir", str(cifar_dir), *SMOKE,
-                   "--set", "kd_weight=1e30", "--out", "o"], tmp_path)
+    res = run_cli(
+        ["run", "--methods", "baseline,kd,pkt", "--data-dir", str(cifar_dir), *SMOKE, "--set", "kd_weight=1e30", "--out", "o"],
+        tmp_path,
+    )
     assert res.returncode == 3, res.stderr[-2000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "kd seed 0: loss is not finite at epoch 1, step" in errors[0] and "terms: " in errors[0]
@@ -152,6 +166,7 @@ def test_a_method_whose_runs_all_failed_keeps_its_row_and_its_place_in_holms_fam
     has a row 'kd ... 0 of 2 finished (2 diverged)', names it in the summary and exports its runs with their
     status; a report rebuilt from that export gives the same numbers."""
     from reports.generate import build_report
+
     ok, bad = tmp_path / "ok", tmp_path / "bad"
     ok.mkdir(), bad.mkdir()
     res = run_cli([*SYNTH, "--out", "o"], ok)
@@ -185,6 +200,7 @@ def test_a_method_whose_runs_all_failed_keeps_its_row_and_its_place_in_holms_fam
 def test_killed_and_running_runs_are_named_and_a_partly_finished_method_says_how_many(tmp_path):
 
     from reports.generate import build_report
+
     uri, client, exp = fake_store(tmp_path / "mlflow.db", "xkd-cifar100")
     for seed in range(3):
         log_run(client, exp, "baseline", seed, {"test_top1": 30.0 + seed})
@@ -206,6 +222,7 @@ def test_killed_and_running_runs_are_named_and_a_partly_finished_method_says_how
 
 def test_methods_get_a_did_you_mean_and_a_busy_out_folder_is_refused(tmp_path):
     import fcntl
+
     res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd,fitnett"], tmp_path)
     _refused(res, tmp_path, "--methods kd,fitnett: unknown method 'fitnett'; did you mean 'fitnet'?")
     out = tmp_path / "o"
@@ -216,8 +233,9 @@ def test_methods_get_a_did_you_mean_and_a_busy_out_folder_is_refused(tmp_path):
         res = run_cli_inprocess([*SYNTH, "--out", "o"], tmp_path)
     finally:
         os.close(fd)
-    assert res.returncode == 2 and res.stderr.startswith("error: --out o is in use: another command is writing its "
-                                                         "results tables there"), res.stderr
+    assert res.returncode == 2 and res.stderr.startswith(
+        "error: --out o is in use: another command is writing its results tables there"
+    ), res.stderr
     assert list(out.iterdir()) == []
     res = run_cli_inprocess([*SYNTH, "--methods", "baseline", "--seeds", "1", "--out", "o"], tmp_path)
     assert res.returncode == 0 and (out / "results.csv").is_file(), res.stderr[-2000:]
@@ -228,8 +246,7 @@ def _small_disk(tmp_path, size: str):
     """A small tmpfs (root only; the test is skipped with the reason elsewhere), unmounted afterwards."""
     mnt = tmp_path / f"disk-{size}"
     mnt.mkdir()
-    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                         text=True)
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True, text=True)
     if got.returncode:
         pytest.skip(f"cannot mount a small tmpfs here ({got.stderr.strip()[:200]}): needs root")
     try:
@@ -261,8 +278,11 @@ def test_the_stores_full_disk_is_one_line_and_resume_continues(tmp_path):
         again = run_cli([*args, "--resume"], tmp_path, env)
         assert again.returncode == 0, again.stderr[-3000:]
         client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-        (run,) = [r for r in client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
-                  if r.data.params["method"] == "kd" and r.info.status == "FINISHED"]
+        (run,) = [
+            r
+            for r in client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
+            if r.data.params["method"] == "kd" and r.info.status == "FINISHED"
+        ]
         steps = [h.step for h in client.get_metric_history(run.info.run_id, "val_top1")]
         assert steps == list(range(1, 9))
 
@@ -271,6 +291,7 @@ def test_a_resumed_run_never_logs_a_step_twice(tmp_path):
     """Metrics of an epoch logged before its checkpoint was written (the process died between them) are not
     logged again when --resume trains that epoch again. Before: two rows at that step."""
     from benchmark.tracking import Tracker
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "xkd-test")
     rid = tracker.start("kd/seed0", {"xkd.kind": "train"})
@@ -301,8 +322,12 @@ def test_a_full_disk_under_out_names_that_disk_frees_its_space_and_the_other_run
 
 
 def test_three_runs_starting_together_on_a_new_sqlite_store(tmp_path, cifar_dir):
-    procs = [start_cli(["run", "--methods", m, "--data-dir", str(cifar_dir), *SMOKE, "--set", "test_limit=100",
-                     "--out", f"o{i}"], tmp_path) for i, m in enumerate(("baseline", "kd", "pkt"))]
+    procs = [
+        start_cli(
+            ["run", "--methods", m, "--data-dir", str(cifar_dir), *SMOKE, "--set", "test_limit=100", "--out", f"o{i}"], tmp_path
+        )
+        for i, m in enumerate(("baseline", "kd", "pkt"))
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [o[1][-1500:] for o in outs]
     runs = train_runs(tmp_path)
@@ -311,8 +336,22 @@ def test_three_runs_starting_together_on_a_new_sqlite_store(tmp_path, cifar_dir)
 
 
 def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_once(tmp_path, cifar_dir):
-    base = ["study", "--method", "ours_feature", "--grid", "margin=0.0,0.09", "--data-dir", str(cifar_dir), *SMOKE,
-            "--set", "epochs=2", "--heartbeat", "1", "--study-name", "s"]
+    base = [
+        "study",
+        "--method",
+        "ours_feature",
+        "--grid",
+        "margin=0.0,0.09",
+        "--data-dir",
+        str(cifar_dir),
+        *SMOKE,
+        "--set",
+        "epochs=2",
+        "--heartbeat",
+        "1",
+        "--study-name",
+        "s",
+    ]
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     proc = start_cli(base, tmp_path)
     wait_for_epoch(tmp_path / "runs" / "study-s" / "checkpoints", 1, proc)
@@ -335,14 +374,19 @@ def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_o
     assert sum(r.data.tags["xkd.kind"] == "train" and r.info.status == "FINISHED" for r in runs) == 2
 
 
-@pytest.mark.parametrize("command", [["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"],
-                                     ["report", "--out", "rep"],
-                                     ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke",
-                                      "--grid", "temperature=2,4"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"],
+        ["report", "--out", "rep"],
+        ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--grid", "temperature=2,4"],
+    ],
+)
 def test_a_damaged_tracking_store_is_one_line_and_never_written(tmp_path, command):
     """A truncated mlflow.db (half of a real store): one line naming the file, exit 2, its bytes unchanged."""
     import hashlib
     import sqlite3
+
     db = tmp_path / "mlflow.db"
     con = sqlite3.connect(db)
     con.executescript("create table t (x); " + "".join(f"insert into t values ({'x' * 40!r}); " for _ in range(3000)))

@@ -1,5 +1,6 @@
 """`run --workers N` (benchmark/fanout.py): the table's points in worker processes give the sequential command's
 numbers per run; killed workers, Ctrl-C and kill -9 of the parent are handled as a sequential run's."""
+
 import os
 import signal
 import subprocess
@@ -13,8 +14,7 @@ import pandas as pd
 from conftest import child_pids, process_alive, run_cli
 
 TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd,pkt", "--seeds", "2"]
-SLOW = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "1",
-        "--set", "epochs=400"]
+SLOW = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "1", "--set", "epochs=400"]
 METRICS = ["test_top1", "match_acc", "test_top1_at_best_val", "match_acc_at_best_val", "best_val_epoch", "best_val_top1"]
 
 
@@ -50,9 +50,14 @@ def test_two_workers_give_the_sequential_commands_numbers_per_run(tmp_path):
 def _start(args, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     with open(tmp_path / "parent.log", "w") as log:  # a file: nobody dies of writing to a closed pipe
-        return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        return subprocess.Popen(
+            [sys.executable, "-m", "benchmark", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
 
 
 def _wait_for(cond, timeout=120, what="condition"):
@@ -104,16 +109,17 @@ def test_a_killed_worker_has_its_point_run_again_and_the_table_completes(tmp_pat
     proc = _start([*SLOW, "--workers", "2", "--out", "o"], tmp_path)
     ckpts = lambda: list((out / "checkpoints").glob("kd-*.pt")) if (out / "checkpoints").exists() else []  # noqa: E731
     _wait_for(ckpts, what="kd checkpoint")  # kd has trained an epoch or more
-    kd_worker = _wait_for(lambda: next((int(line.split()[0]) for line in _lsof_locks(out) if "kd-" in line), None),
-                          what="the process holding kd's run lock")
+    kd_worker = _wait_for(
+        lambda: next((int(line.split()[0]) for line in _lsof_locks(out) if "kd-" in line), None),
+        what="the process holding kd's run lock",
+    )
     os.kill(kd_worker, signal.SIGKILL)
     assert proc.wait(timeout=600) == 0, _logs(tmp_path)
     log = (tmp_path / "parent.log").read_text()
     assert "kd seed 0: its worker was killed (signal 9); running it again with --resume in a new worker" in log
     assert "[2/2 done, 0 left" in log
     runs = _runs(tmp_path)
-    assert sorted((r.data.params["method"], r.info.status) for r in runs) == [("baseline", "FINISHED"),
-                                                                             ("kd", "FINISHED")]
+    assert sorted((r.data.params["method"], r.info.status) for r in runs) == [("baseline", "FINISHED"), ("kd", "FINISHED")]
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
@@ -124,8 +130,12 @@ def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_
     assert full.returncode == 0, full.stderr[-2000:]
     args = [*SLOW, "--set", "epochs=150", "--workers", "2", "--out", "o"]
     proc = _start(args, tmp_path)
-    _wait_for(lambda: len(list((tmp_path / "o" / "checkpoints").glob("*.pt"))) >= 2
-              if (tmp_path / "o" / "checkpoints").exists() else False, what="both runs' checkpoints")
+    _wait_for(
+        lambda: (
+            len(list((tmp_path / "o" / "checkpoints").glob("*.pt"))) >= 2 if (tmp_path / "o" / "checkpoints").exists() else False
+        ),
+        what="both runs' checkpoints",
+    )
     workers = child_pids(proc.pid)
     proc.send_signal(signal.SIGINT)  # the parent alone (a terminal's Ctrl-C reaches the workers too)
     assert _wait_or_dump(proc, workers, tmp_path) == 130, _logs(tmp_path)
@@ -141,8 +151,7 @@ def test_ctrl_c_of_the_parent_ends_the_workers_runs_killed_and_resume_gives_the_
 
 def test_kill_9_of_the_parent_stops_its_workers(tmp_path):
     proc = _start([*SLOW, "--set", "epochs=3000", "--workers", "2", "--out", "o"], tmp_path)
-    workers = _wait_for(lambda: child_pids(proc.pid) if len(child_pids(proc.pid)) == 2 else None,
-                        what="two workers")
+    workers = _wait_for(lambda: child_pids(proc.pid) if len(child_pids(proc.pid)) == 2 else None, what="two workers")
     _wait_for(lambda: len(_runs(tmp_path)) == 2 if (tmp_path / "mlflow.db").exists() else False, what="two runs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -157,6 +166,7 @@ def test_a_ctrl_c_in_the_parents_pass_acts_after_it_and_every_worker_is_stopped(
     from types import SimpleNamespace
 
     from benchmark import fanout
+
     spawned, reads = [], []
 
     def spawn(slot, argv, logs, gpus):

@@ -1,6 +1,7 @@
 """The generic tasks on small real data: `imagefolder` (Tiny-ImageNet images written as an ImageFolder tree
 with the classes' real names) and `paired` (ORL faces: the student sees a 14x12 thumbnail, the teacher side is
 the full face, as precomputed embeddings or as inputs for a teacher the harness trains). Every method runs."""
+
 import zipfile
 
 import mlflow
@@ -12,8 +13,11 @@ from conftest import run_cli, run_cli_inprocess, shared_data
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    base = shared_data("tiny-imagenet/tiny-imagenet-200-sub100.zip", what="Tiny-ImageNet (100 per class)",
-                       how="the tests read tiny-imagenet/tiny-imagenet-200-sub100.zip")
+    base = shared_data(
+        "tiny-imagenet/tiny-imagenet-200-sub100.zip",
+        what="Tiny-ImageNet (100 per class)",
+        how="the tests read tiny-imagenet/tiny-imagenet-200-sub100.zip",
+    )
     root = tmp_path_factory.mktemp("imagefolder")
     with zipfile.ZipFile(base / "tiny-imagenet" / "tiny-imagenet-200-sub100.zip") as z:
         words = dict(line.split("\t") for line in z.read("tiny-imagenet-200/words.txt").decode().splitlines())
@@ -34,6 +38,7 @@ def paired_dir(tmp_path_factory):
     import torch
     import torch.nn.functional as F
     from sklearn.decomposition import PCA
+
     base = shared_data("faces-orl/orl_faces_uint8.npz", what="ORL faces", how="the tests read faces-orl/orl_faces_uint8.npz")
     z = np.load(base / "faces-orl" / "orl_faces_uint8.npz")
     x, y = z["images"].astype(np.float32) / 255, z["labels"]
@@ -45,10 +50,18 @@ def paired_dir(tmp_path_factory):
     for kind, teacher_side in (("emb", "teacher_embedding"), ("inputs", "teacher_x")):
         (root / kind).mkdir()
         for name, m in (("train", ~test), ("test", test)):
-            side = pca.transform(full[m]).astype(np.float32) if kind == "emb" else \
-                F.adaptive_avg_pool2d(torch.from_numpy(x[m])[:, None], (28, 23)).reshape(int(m.sum()), -1).numpy()
-            np.savez(root / kind / f"{name}.npz", x=thumb[m], y=y[m], **{teacher_side: side},
-                     class_names=np.array([f"person {i}" for i in range(40)]))
+            side = (
+                pca.transform(full[m]).astype(np.float32)
+                if kind == "emb"
+                else F.adaptive_avg_pool2d(torch.from_numpy(x[m])[:, None], (28, 23)).reshape(int(m.sum()), -1).numpy()
+            )
+            np.savez(
+                root / kind / f"{name}.npz",
+                x=thumb[m],
+                y=y[m],
+                **{teacher_side: side},
+                class_names=np.array([f"person {i}" for i in range(40)]),
+            )
     return root
 
 
@@ -59,13 +72,17 @@ def _finished(tmp_path, exp):
 
 
 def test_imagefolder_runs_every_method(tmp_path, image_folder):
-    res = run_cli(["run", "--task", "imagefolder", "--data-dir", str(image_folder), "--profile", "smoke",
-                   "--methods", "all", "--out", "o"], tmp_path)
+    res = run_cli(
+        ["run", "--task", "imagefolder", "--data-dir", str(image_folder), "--profile", "smoke", "--methods", "all", "--out", "o"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = _finished(tmp_path, "xkd-imagefolder")
     from benchmark.plugins import load_plugins
+
     load_plugins()
     from conftest import vector_teacher_methods
+
     assert {r.data.params["method"] for r in runs} == set(vector_teacher_methods())  # `at`: image teachers only
     r = next(r for r in runs if r.data.params["method"] == "ours_feature")
     assert r.data.params["n_train"] == "64" and r.data.params["n_val"] == "16" and r.data.params["n_test"] == "40"
@@ -79,6 +96,7 @@ def test_imagefolder_with_a_val_folder_applies_data_fraction_to_train(tmp_path, 
 
     from benchmark.resolve import build_config
     from tasks.imagefolder import ImageFolderTask
+
     root = tmp_path / "withval"
     shutil.copytree(image_folder, root)
     shutil.copytree(image_folder / "test", root / "val")
@@ -97,8 +115,24 @@ def test_imagefolder_refuses_a_folder_without_splits(tmp_path):
 
 @pytest.mark.parametrize("kind,teacher", [("emb", "precomputed"), ("inputs", "mlp-teacher")])
 def test_paired_runs_every_method(tmp_path, paired_dir, kind, teacher):
-    res = run_cli(["run", "--task", "paired", "--data-dir", str(paired_dir / kind), "--teacher", teacher,
-                   "--profile", "smoke", "--methods", "all", "--out", "o"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "paired",
+            "--data-dir",
+            str(paired_dir / kind),
+            "--teacher",
+            teacher,
+            "--profile",
+            "smoke",
+            "--methods",
+            "all",
+            "--out",
+            "o",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = _finished(tmp_path, "xkd-paired")
     assert len(runs) == 14
@@ -160,24 +194,27 @@ def _bad_pair(z, case):
     return tr, te
 
 
-@pytest.mark.parametrize("case,message", [
-    ("x_longer", "train.npz: its arrays differ in length (x 325, y 320"),
-    ("x_shorter", "train.npz: its arrays differ in length (x 315, y 320"),
-    ("teacher_width", "teacher_embedding has another width in each split (train [32], test [33])"),
-    ("x_width", "x has another width in each split"),
-    ("nan_x", "train.npz: x has NaN or infinite values in 1 row(s)"),
-    ("nan_test_x", "test.npz: x has NaN or infinite values in 1 row(s)"),
-    ("nan_teacher", "train.npz: teacher_embedding has NaN or infinite values in 1 row(s)"),
-    ("float_labels", "y must be integer class labels"),
-    ("truncated", "cannot be read as .npz (BadZipFile"),
-    ("text_file", "train.npz is not an .npz archive (numpy.savez writes a zip file"),
-    ("negative_label", "train.npz: y has negative labels (-1; 1 row(s)); classes are numbered 0..K-1"),
-    ("unseen_test_label", "test.npz has labels that train.npz never has: "),
-    ("one_row_class", "train.npz has only one row of class 0: the validation split"),
-    ("zero_row_class", "test.npz has labels that train.npz never has: 0 ("),
-    ("test_lacks_teacher_embedding", "test.npz lacks teacher_embedding"),
-    ("empty_test", "test.npz has no rows"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("x_longer", "train.npz: its arrays differ in length (x 325, y 320"),
+        ("x_shorter", "train.npz: its arrays differ in length (x 315, y 320"),
+        ("teacher_width", "teacher_embedding has another width in each split (train [32], test [33])"),
+        ("x_width", "x has another width in each split"),
+        ("nan_x", "train.npz: x has NaN or infinite values in 1 row(s)"),
+        ("nan_test_x", "test.npz: x has NaN or infinite values in 1 row(s)"),
+        ("nan_teacher", "train.npz: teacher_embedding has NaN or infinite values in 1 row(s)"),
+        ("float_labels", "y must be integer class labels"),
+        ("truncated", "cannot be read as .npz (BadZipFile"),
+        ("text_file", "train.npz is not an .npz archive (numpy.savez writes a zip file"),
+        ("negative_label", "train.npz: y has negative labels (-1; 1 row(s)); classes are numbered 0..K-1"),
+        ("unseen_test_label", "test.npz has labels that train.npz never has: "),
+        ("one_row_class", "train.npz has only one row of class 0: the validation split"),
+        ("zero_row_class", "test.npz has labels that train.npz never has: 0 ("),
+        ("test_lacks_teacher_embedding", "test.npz lacks teacher_embedding"),
+        ("empty_test", "test.npz has no rows"),
+    ],
+)
 def test_paired_refuses_each_malformed_file_in_one_line_before_writing(tmp_path, paired_dir, case, message):
     """Each malformed paired input (without val.npz, so the split would run on it) is one line and exit 2
     before any store or folder is made (these were an IndexError, a BadZipFile, a ValueError, a crash at
@@ -196,7 +233,8 @@ def test_paired_refuses_each_malformed_file_in_one_line_before_writing(tmp_path,
         tr, te = _bad_pair(z, case)
         np.savez(bad / "train.npz", **tr)
         np.savez(bad / "test.npz", **te)
-    res = run_cli_inprocess(["run", "--task", "paired", "--data-dir", str(bad), "--profile", "smoke",
-                             "--methods", "baseline,kd"], tmp_path)
+    res = run_cli_inprocess(
+        ["run", "--task", "paired", "--data-dir", str(bad), "--profile", "smoke", "--methods", "baseline,kd"], tmp_path
+    )
     assert res.returncode == 2 and message in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()

@@ -1,6 +1,7 @@
 """reports/leaderboard.py's checks: the summary says what went wrong before any table (issue 45): a run at or
 below chance, a flat training loss, a failed positive control, a smoke-profile table, no primary line; and
 the power line per comparison's own n (benchmark/stats.py power_line)."""
+
 import math
 
 import pandas as pd
@@ -12,13 +13,27 @@ from reports.generate import build_report
 def _runs(path, rows, task="cifar100-kd", profile="quick"):
     recs = []
     for k, (method, seed, top1, first, last) in enumerate(rows):
-        recs.append({"run_id": f"{k:032x}", "params.task": task, "params.method": method, "params.seed": seed,
-                     "params.profile": profile, "params.student": "resnet8_w16", "params.num_classes": 20,
-                     "params.data_fraction": 1.0, "params.teacher_id": "img-trained/resnet32x4/k", "params.n_train": 900,
-                     "params.n_val": 100, "params.n_test": 200,
-                     "params.hp.temperature": 4.0 if method == "kd" else None,
-                     "metrics.test_top1": top1, "metrics.first_epoch_train_loss": first, "metrics.train_loss": last,
-                     "tags.xkd.kind": "train"})
+        recs.append(
+            {
+                "run_id": f"{k:032x}",
+                "params.task": task,
+                "params.method": method,
+                "params.seed": seed,
+                "params.profile": profile,
+                "params.student": "resnet8_w16",
+                "params.num_classes": 20,
+                "params.data_fraction": 1.0,
+                "params.teacher_id": "img-trained/resnet32x4/k",
+                "params.n_train": 900,
+                "params.n_val": 100,
+                "params.n_test": 200,
+                "params.hp.temperature": 4.0 if method == "kd" else None,
+                "metrics.test_top1": top1,
+                "metrics.first_epoch_train_loss": first,
+                "metrics.train_loss": last,
+                "tags.xkd.kind": "train",
+            }
+        )
     pd.DataFrame(recs).to_csv(path, index=False)
     return path
 
@@ -26,14 +41,20 @@ def _runs(path, rows, task="cifar100-kd", profile="quick"):
 def _summary(tmp_path, rows, **kw):
     tmp_path.mkdir(exist_ok=True)
     report = build_report(None, tmp_path / "out", files=[_runs(tmp_path / "runs.csv", rows, **kw)]).read_text()
-    return report[report.index("## Summary"):report.index("## Leaderboards")]
+    return report[report.index("## Summary") : report.index("## Leaderboards")]
 
 
 def test_below_chance_flat_loss_and_a_failed_positive_control_are_said_first(tmp_path):
-    rows = [(m, s, top1 + s * d, first, last)
-            for s in range(3)
-            for m, top1, d, first, last in (("baseline", 30.0, 1.0, 3.0, 2.0), ("kd", 29.0, 1.3, 3.0, 2.1),
-                                            ("fitnet", 4.4, 0.05, 2.996, 2.995), ("pkt", 33.0, 0.9, 3.0, 1.9))]
+    rows = [
+        (m, s, top1 + s * d, first, last)
+        for s in range(3)
+        for m, top1, d, first, last in (
+            ("baseline", 30.0, 1.0, 3.0, 2.0),
+            ("kd", 29.0, 1.3, 3.0, 2.1),
+            ("fitnet", 4.4, 0.05, 2.996, 2.995),
+            ("pkt", 33.0, 0.9, 3.0, 1.9),
+        )
+    ]
     text = _summary(tmp_path, rows)
     assert "**Check**: fitnet: test top-1 (last epoch) 4.45 is at or below chance (5.00 for 20 classes)" in text
     assert "**Check**: fitnet: its training loss stayed flat (2.996 after the first epoch, 2.995 after the last)" in text
@@ -45,14 +66,12 @@ def test_below_chance_flat_loss_and_a_failed_positive_control_are_said_first(tmp
 
 
 def test_a_passing_control_is_quiet_and_a_smoke_table_says_it_is_a_plumbing_check(tmp_path):
-    rows = [(m, s, top1 + s * d, 3.0, 2.0) for s in range(3)
-            for m, top1, d in (("baseline", 30.0, 1.0), ("kd", 33.0, 1.2))]
+    rows = [(m, s, top1 + s * d, 3.0, 2.0) for s in range(3) for m, top1, d in (("baseline", 30.0, 1.0), ("kd", 33.0, 1.2))]
     text = _summary(tmp_path, rows, profile="smoke")
     assert "**Check**" not in text
     assert "**Smoke profile**: a plumbing check" in text
     assert "`python -m benchmark run --task cifar100-kd --profile quick --seeds 3`" in text
-    text = _summary(tmp_path / "b", [(m, s, v + s, 3.0, 2.0) for s in range(2) for m, v in (("baseline", 30.0),
-                                                                                             ("pkt", 31.0))])
+    text = _summary(tmp_path / "b", [(m, s, v + s, 3.0, 2.0) for s in range(2) for m, v in (("baseline", 30.0), ("pkt", 31.0))])
     assert "Confirmatory" not in text and "pre-registered" not in text
 
 

@@ -1,5 +1,6 @@
 """Each loss on fixed inputs against an independent float64 computation written here (the paper's method:
 tests/test_ours.py; CRD: tests/test_crd.py)."""
+
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from loss_inputs import DS, DT, ET, FS, ZS, ZT, B, K, Y, make, normalize, rng, s
 def test_kd_matches_float64_reference():
     tau = 4.0
     ps, pt = softmax(ZS / tau), softmax(ZT / tau)
-    ref = tau ** 2 * (pt * (np.log(pt) - np.log(ps))).sum(1)
+    ref = tau**2 * (pt * (np.log(pt) - np.log(ps))).sum(1)
     m = make("kd")
     terms = m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y))
     np.testing.assert_allclose(terms["kd"].value.detach().numpy(), ref, rtol=1e-6)
@@ -25,6 +26,7 @@ def test_pkt_reference():
         xn = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-7)
         k = (xn @ xn.T + 1) / 2
         return k / k.sum(1, keepdims=True)
+
     ps, pt = cond(FS), cond(ET)
     ref = np.mean(pt * np.log((pt + 1e-7) / (ps + 1e-7)))
     v = make("pkt").terms(student_out(), TeacherOut(t(ET)), torch.tensor(Y))["pkt"]
@@ -35,7 +37,8 @@ def test_sp_reference_on_embedding_and_map():
     def g(x):
         m = x @ x.T
         return m / np.linalg.norm(m, axis=1, keepdims=True)
-    ref = ((g(ET) - g(FS)) ** 2).sum() / B ** 2
+
+    ref = ((g(ET) - g(FS)) ** 2).sum() / B**2
     for mode in ("embedding", "last_map"):  # the map here is F_S[:, :, None, None]: same flattening
         v = make("sp", sp_input=mode).terms(student_out(), TeacherOut(t(ET)), torch.tensor(Y))["sp"]
         assert v.value.item() == pytest.approx(ref, rel=1e-9)
@@ -43,10 +46,13 @@ def test_sp_reference_on_embedding_and_map():
 
 def test_ickd_batch_and_degenerate_reference():
     from methods.ickd import ickd_batch_loss, ickd_degenerate_loss
+
     xs = rng.normal(size=(B, DT))
+
     def gram_rows(x):
         g = x.T @ x
         return g / np.linalg.norm(g, axis=1, keepdims=True)
+
     ref = ((gram_rows(xs) - gram_rows(ET)) ** 2).sum() / DT
     assert ickd_batch_loss(t(xs), t(ET)).item() == pytest.approx(ref, rel=1e-9)
     per = []
@@ -71,9 +77,11 @@ def test_clip_reference_and_clamp():
     fs = rng.normal(size=(B, DT))
     a, b = normalize(fs), normalize(ET)
     z = (1 / 0.07) * a @ b.T
+
     def ce(logits):
         lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         return -np.mean(np.diag(lp))
+
     ref = 0.5 * (ce(z) + ce(z.T))
     v = m.terms(student_out(fs=fs), TeacherOut(t(ET)), torch.tensor(Y))["clip"]
     assert v.value.item() == pytest.approx(ref, rel=1e-6)
@@ -85,15 +93,16 @@ def test_clip_reference_and_clamp():
 
 def test_ccl_nce_and_symmetric_kl_reference():
     from methods.ccl import sup_nce, sup_nce_both, sym_kl
+
     a, b = rng.normal(size=(B, DT)), rng.normal(size=(B, DT))
     q = softmax(normalize(a) @ normalize(b).T / 0.1)
     pos = (Y[:, None] == Y[None, :]).astype(float)
-    ref = np.mean(-(np.log(q + 1e-10) * pos).sum(1) / pos.sum(1)
-                  - (np.log(1 - q + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1))
+    ref = np.mean(-(np.log(q + 1e-10) * pos).sum(1) / pos.sum(1) - (np.log(1 - q + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1))
     assert sup_nce(t(a), t(b), torch.tensor(Y), 0.1).item() == pytest.approx(ref, rel=1e-6)
     q_t = softmax(normalize(b) @ normalize(a).T / 0.1)
-    ref_t = np.mean(-(np.log(q_t + 1e-10) * pos).sum(1) / pos.sum(1)
-                    - (np.log(1 - q_t + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1))
+    ref_t = np.mean(
+        -(np.log(q_t + 1e-10) * pos).sum(1) / pos.sum(1) - (np.log(1 - q_t + 1e-10) * (1 - pos)).sum(1) / (1 - pos).sum(1)
+    )
     assert sup_nce_both(t(a), t(b), torch.tensor(Y), 0.1).item() == pytest.approx(ref + ref_t, rel=1e-6)
     p, r = softmax(ZS), softmax(ZT)
     ref_kl = 0.5 * (p * np.log(p / r + 1e-10) + r * np.log(r / p + 1e-10)).sum(1)
@@ -108,14 +117,16 @@ def test_ccl_gradient_routing():
     s = student_out(fs=rng.normal(size=(B, DT)))
     terms = m.terms(s, TeacherOut(t(ET)), torch.tensor(Y))
     for name in ("ce_composed", "nce_composed", "symkl_composed"):
-        g = torch.autograd.grad(terms[name].value.mean(), [s.embedding, s.logits], allow_unused=True,
-                                retain_graph=True)  # the NCE terms share one stacked graph
+        g = torch.autograd.grad(
+            terms[name].value.mean(), [s.embedding, s.logits], allow_unused=True, retain_graph=True
+        )  # the NCE terms share one stacked graph
         assert all(x is None or float(x.abs().sum()) == 0 for x in g), name
     g = torch.autograd.grad(terms["nce_student"].value, s.embedding)[0]
     assert float(g.abs().sum()) > 0
 
 
 # ---- DKD, RKD, CRD: brute-force float64 references written here, independent of the methods' code ----
+
 
 def _kl(p, q):
     return float((p * (np.log(p) - np.log(q))).sum())
@@ -125,12 +136,12 @@ def test_dkd_matches_per_sample_float64_reference():
     tau = 4.0
     ref_tc, ref_nc = [], []
     for i in range(B):
-        ps, pt = softmax(ZS[i:i + 1] / tau)[0], softmax(ZT[i:i + 1] / tau)[0]
+        ps, pt = softmax(ZS[i : i + 1] / tau)[0], softmax(ZT[i : i + 1] / tau)[0]
         y = Y[i]
-        ref_tc.append(tau ** 2 * _kl(np.array([pt[y], 1 - pt[y]]), np.array([ps[y], 1 - ps[y]])))
+        ref_tc.append(tau**2 * _kl(np.array([pt[y], 1 - pt[y]]), np.array([ps[y], 1 - ps[y]])))
         others = [c for c in range(K) if c != y]
         qs, qt = ps[others] / ps[others].sum(), pt[others] / pt[others].sum()
-        ref_nc.append(tau ** 2 * _kl(qt, qs))
+        ref_nc.append(tau**2 * _kl(qt, qs))
     m = make("dkd")
     terms = m.terms(student_out(), TeacherOut(t(ET), t(ZT)), torch.tensor(Y))
     np.testing.assert_allclose(terms["dkd_tckd"].value.detach().numpy(), ref_tc, rtol=1e-9)
@@ -141,6 +152,7 @@ def test_dkd_matches_per_sample_float64_reference():
 def test_dkd_with_beta_one_minus_teacher_target_prob_is_kd():
     """The DKD paper's decomposition: KL = TCKD + (1 - p^T_y) NCKD, per sample."""
     from methods.dkd import dkd_terms
+
     zs, zt, y = t(ZS * 3), t(ZT * 3), torch.tensor(Y)
     for tau in (1.0, 4.0):
         tc, nc = dkd_terms(zs, zt, y, tau)
@@ -151,6 +163,7 @@ def test_dkd_with_beta_one_minus_teacher_target_prob_is_kd():
 
 def test_dkd_warms_up_linearly_over_its_share_of_the_steps_and_resumes():
     from benchmark.registry import METHODS
+
     cls = METHODS.get("dkd")
     m = cls(Dims(DS, DT, K, [DS] * 3, train_size=100, total_steps=120), cls.Hparams())  # 120 steps / 12 = 10
     weights = []
@@ -181,7 +194,8 @@ def _rkd_reference(fs, ft):
 
     def smooth_l1(a, b):
         d = np.abs(a - b)
-        return np.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+        return np.where(d < 1, 0.5 * d**2, d - 0.5).mean()
+
     return smooth_l1(dist(fs), dist(ft)), smooth_l1(angles(fs), angles(ft))
 
 
@@ -198,6 +212,7 @@ def test_rkd_matches_brute_force_pairs_and_triplets():
 
 def test_rkd_is_unchanged_by_rotating_or_scaling_either_side():
     from methods.rkd import rkd_terms
+
     q_s, _ = np.linalg.qr(rng.normal(size=(DS, DS)))
     q_t, _ = np.linalg.qr(rng.normal(size=(DT, DT)))
     base = [float(v) for v in rkd_terms(t(FS), t(ET))]
@@ -209,6 +224,7 @@ def test_rkd_under_bf16_autocast_matches_float64():
     """Features with a shared offset (2 ± 0.3): a bf16 Gram matrix loses the angles (mean cosine error 0.07
     before the fix); the loss stays in fp32 and centres first."""
     from methods.rkd import rkd_terms
+
     g = np.random.default_rng(5)
     fs, ft = 2 + 0.3 * g.normal(size=(16, 32)), 2 + 0.3 * g.normal(size=(16, 24))
     ref = [float(v) for v in rkd_terms(t(fs), t(ft))]
@@ -240,6 +256,7 @@ def test_ccl_step_gives_the_reference_terms_and_gradients():
 
 def test_weight_init_and_data_order_draw_from_separate_streams_of_the_seed():
     from benchmark.method import STREAMS, stream_seed
+
     seeds = {(s, name): stream_seed(s, name) for s in range(3) for name in STREAMS}
     assert len(set(seeds.values())) == len(seeds)  # no two streams of any seed share a seed
     assert all(v != s for (s, _), v in seeds.items())
@@ -250,6 +267,7 @@ def test_the_resume_key_includes_the_code_version(monkeypatch):
     from benchmark import checkpoints
     from benchmark.config import RunConfig
     from methods.kd import KDHparams
+
     a = checkpoints.run_key(RunConfig(), "kd", KDHparams())
     monkeypatch.setattr(checkpoints, "code_version", lambda: "0.0+gdeadbeef")
     assert checkpoints.run_key(RunConfig(), "kd", KDHparams()) != a

@@ -1,6 +1,7 @@
 """The method contract, checked for every registered method (a new method is covered with no edit here):
 finite scalar or per-sample terms, gradients reach the student and the method's own parameters and never
 the teacher, every hyperparameter reachable by --set, d_S != d_T and d_S == d_T, state through a checkpoint."""
+
 import io
 from dataclasses import dataclass, fields
 
@@ -19,6 +20,7 @@ B, K = 8, 5
 
 def _teacher_net(name: str = "resnet8"):
     from benchmark.nets import student_builder
+
     torch.manual_seed(1)
     return student_builder(name)(K).eval()  # a map teacher (resnet8: 3 stages of 32/64/128 channels)
 
@@ -44,6 +46,7 @@ def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16", maps:
     is an embedding (text, faces), and a method that needs maps must refuse in one UsageError at construction."""
     from benchmark.nets import student_builder
     from benchmark.registry import UsageError
+
     cls = METHODS.get(name)
     torch.manual_seed(0)
     student = student_builder(student_name)(K)
@@ -53,8 +56,17 @@ def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16", maps:
         s_shapes = shape(student.eval()(probe).maps) if maps else []
         t_shapes = shape(_teacher_net(maps if isinstance(maps, str) else "resnet8")(probe).maps) if maps else []
     student.train()
-    dims = Dims(student.embed_dim, d_t, K, list(student.map_channels), map_shapes=s_shapes, teacher_map_shapes=t_shapes,
-                train_size=4 * B, total_steps=10, train_labels=torch.arange(4 * B) % K)
+    dims = Dims(
+        student.embed_dim,
+        d_t,
+        K,
+        list(student.map_channels),
+        map_shapes=s_shapes,
+        teacher_map_shapes=t_shapes,
+        train_size=4 * B,
+        total_steps=10,
+        train_labels=torch.arange(4 * B) % K,
+    )
     if not maps and cls.needs_teacher_maps(cls.Hparams()):
         with pytest.raises(UsageError, match="stage maps"):
             cls(dims, cls.Hparams())
@@ -69,16 +81,18 @@ def check_contract(name: str, d_t: int, student_name: str = "resnet8_w16", maps:
 
     s = student(x)
     terms = method.terms(s, teacher, y, **kw)
-    assert isinstance(terms, dict) and all(isinstance(t,
-                                                      Term) for t in terms.values()), f"{name}: terms() must return named Terms"
+    assert isinstance(terms, dict) and all(isinstance(t, Term) for t in terms.values()), (
+        f"{name}: terms() must return named Terms"
+    )
     for k, t in terms.items():
         assert t.value.shape in ((), (B,)), f"{name}.{k}: a batch scalar or a per-sample [B] vector, got {tuple(t.value.shape)}"
         assert torch.isfinite(t.value).all(), f"{name}.{k} is not finite"
     loss = torch.nn.functional.cross_entropy(s.logits, y) * method.ce_weight + sum(t.weighted_mean() for t in terms.values())
     opt.zero_grad()
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), \
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), (
         f"{name}: no gradient reaches the student"
+    )
     for pname, p in method.named_parameters():
         if p.requires_grad:
             assert p.grad is not None, f"{name}: its parameter {pname} gets no gradient"
@@ -125,6 +139,7 @@ def test_a_timm_student_by_name_keeps_the_contract(name):
 def test_a_timm_student_exposes_its_stages_and_bad_names_are_one_line():
     from benchmark.nets import student_builder
     from benchmark.registry import UsageError
+
     s = student_builder("timm:test_resnet")(K)
     out = s(torch.randn(2, 3, 32, 32))
     assert out.embedding.shape == (2, s.embed_dim) and out.logits.shape == (2, K)
@@ -138,6 +153,7 @@ def test_a_timm_student_exposes_its_stages_and_bad_names_are_one_line():
 def test_a_torchvision_student_exposes_hooked_features():
     from benchmark.nets import student_builder
     from benchmark.registry import UsageError
+
     s = student_builder("tv:resnet18")(K)
     out = s(torch.randn(2, 3, 32, 32))
     assert out.embedding.shape == (2, 512) and out.logits.shape == (2, K)
@@ -172,6 +188,7 @@ class ToyHparams(Hparams):
 
 class Toy(Method):
     """A method written by a newcomer: a linear map of F_S regressed on E_T."""
+
     Hparams = ToyHparams
 
     def __init__(self, dims, hp):
@@ -195,6 +212,7 @@ def registered():
         METHODS.add(name, cls, "test method registered at runtime")
         cls.name = name
         added.append(name)
+
     yield add
     for name in added:
         METHODS._entries.pop(name)

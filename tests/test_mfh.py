@@ -1,4 +1,5 @@
 """The MFH task (tasks/mfh_data.py): the generator's definition holds, and baseline/KD run end to end."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,8 +26,8 @@ def test_the_students_input_is_the_same_at_every_gamma_and_the_teachers_window_s
         d = draw("increase_gamma", overlap, 100, root, 0)
         assert torch.equal(d.x_student, ref.x_student) and torch.equal(d.y, ref.y)  # the baseline never moves
         assert torch.equal(d.x_student[:, :10], d.decisive[:, :10])
-        window = d.x_teacher[:, 10 - overlap:20 - overlap]
-        assert torch.equal(window, d.decisive[:, 10 - overlap:20 - overlap])  # overlap of them are the student's
+        window = d.x_teacher[:, 10 - overlap : 20 - overlap]
+        assert torch.equal(window, d.decisive[:, 10 - overlap : 20 - overlap])  # overlap of them are the student's
         shared = set(range(10 - overlap, 20 - overlap)) & set(range(10))
         assert len(shared) == overlap
         assert gamma_of("increase_gamma", overlap) == pytest.approx(overlap / (20 - overlap))
@@ -37,12 +38,29 @@ def test_the_students_input_is_the_same_at_every_gamma_and_the_teachers_window_s
 
 
 def test_mfh_baseline_and_kd_run(tmp_path):
-    res = run_cli(["run", "--task", "mfh", "--methods", "baseline,kd", "--profile", "smoke", "--seeds", "2",
-                   "--set", "mfh_dim=6", "--out", "o"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "mfh",
+            "--methods",
+            "baseline,kd",
+            "--profile",
+            "smoke",
+            "--seeds",
+            "2",
+            "--set",
+            "mfh_dim=6",
+            "--out",
+            "o",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = pd.read_csv(tmp_path / "o" / "runs.csv")
     assert len(runs) == 4 and runs["test_top1"].between(30, 100).all()
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("xkd-mfh")
     params = [r.data.params for r in client.search_runs([exp.experiment_id])]

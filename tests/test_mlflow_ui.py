@@ -1,5 +1,6 @@
 """`mlflow ui` on 127.0.0.1 shows logged runs in headless Chromium (Debian's chromium, driven by Playwright), and
 its search box filters them by the `method` tag every run carries."""
+
 import re
 import shutil
 from pathlib import Path
@@ -9,14 +10,23 @@ import pytest
 from conftest import fake_store, mlflow_service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def test_mlflow_ui_lists_runs_and_filters_them_by_the_method_tag(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
     from playwright.sync_api import sync_playwright
+
     uri, client, exp = fake_store(tmp_path / "mlflow.db", "xkd-ui-test")
     for method in ("ours_feature", "kd"):
         run = client.create_run(exp, run_name=f"{method}/seed7", tags={"method": method, "xkd.kind": "train"})

@@ -1,5 +1,6 @@
 """methods/ours.py, the paper's method: the margin distances, the projection head, the shared classifier and the
 quality weights against float64 references and hand-computed values written here."""
+
 import math
 
 import numpy as np
@@ -14,8 +15,11 @@ from methods.ours import ProjectionHead, QualityWeights, margin_distance
 @pytest.mark.parametrize("mode", ["l2sq_norm_sum", "l2sq_raw_mean", "l2sq_raw_sum"])
 def test_margin_l2_modes_reference(mode):
     fs, ft = rng.normal(size=(B, DT)), rng.normal(size=(B, DT))
-    d = {"l2sq_norm_sum": ((normalize(fs) - normalize(ft)) ** 2).sum(1),
-         "l2sq_raw_mean": ((fs - ft) ** 2).mean(1), "l2sq_raw_sum": ((fs - ft) ** 2).sum(1)}[mode]
+    d = {
+        "l2sq_norm_sum": ((normalize(fs) - normalize(ft)) ** 2).sum(1),
+        "l2sq_raw_mean": ((fs - ft) ** 2).mean(1),
+        "l2sq_raw_sum": ((fs - ft) ** 2).sum(1),
+    }[mode]
     m = float(np.median(d))
     ref = np.maximum(d - m, 0)
     out = margin_distance(t(fs), t(ft), mode, m, 0, "angle").numpy()
@@ -53,8 +57,10 @@ def test_ours_classifier_reference():
     f_t = m.head(t(ET)).detach().numpy()
     w, b = s.classifier.weight.detach().numpy(), s.classifier.bias.detach().numpy()
     z_s, z_t = s.embedding.detach().numpy() @ w.T + b, f_t @ w.T + b
+
     def ce(z):
         return -np.log(softmax(z)[np.arange(B), Y])
+
     terms = m.terms(s, TeacherOut(t(ET)), torch.tensor(Y))
     total = sum(v.weighted_mean() for v in terms.values()).item()
     ref = np.concatenate([ce(z_s), ce(z_t)]).mean() + 2.0 * ((z_s - z_t) ** 2).mean()
@@ -74,6 +80,7 @@ def test_ours_feature_quality_weights_the_per_sample_margin_loss():
 
 def test_invalid_choice_is_refused():
     from benchmark.registry import UsageError
+
     with pytest.raises(UsageError, match="feat_dist"):
         make("ours_feature", feat_dist="l1")
 
@@ -94,8 +101,8 @@ def test_clip_bounds_ema_and_eval_freeze():
     base = torch.ones(4, 3)
     q(base * torch.tensor([[1.0], [2.0], [3.0], [4.0]]), base)
     mu0 = q.mu_t.item()
-    norms = torch.tensor([1.0, 2.0, 3.0, 100.0]) * 3 ** 0.5
-    w = q(base * norms[:, None] / 3 ** 0.5, base)
+    norms = torch.tensor([1.0, 2.0, 3.0, 100.0]) * 3**0.5
+    w = q(base * norms[:, None] / 3**0.5, base)
     assert w.min() >= 0.0 and w.max() <= 2.0 and w.max() == 2.0  # clipped at w_base + 1
     expected = 0.99 * mu0 + 0.01 * norms.clamp(0.001, 100).mean().item()
     assert abs(q.mu_t.item() - expected) < 1e-5

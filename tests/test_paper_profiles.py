@@ -1,6 +1,7 @@
 """The paper path cannot rot unseen: each task's `paper` profile (its real student and input size) trains a
 few steps and evaluates on CPU, in fp32 and under bf16 autocast, with the offline teacher in place of the
 paper's (CLIP ViT-B/16 and IR-50 weights cannot be downloaded here), on a handful of real samples."""
+
 import math
 from dataclasses import replace
 
@@ -40,14 +41,20 @@ def _steps(task, cfg, data, tables, method, n_steps=2):
 @pytest.mark.parametrize("task_name,precision", [("cifar100", "bf16"), ("tinyimagenet", "fp32")])
 def test_image_paper_profiles_train_and_evaluate(task_name, precision, cifar_dir, tmp_path):
     from benchmark.registry import TASKS
+
     task = TASKS.get(task_name)()
     if task_name == "cifar100":
         data_dir = cifar_dir
     else:
         from test_tinyimagenet import archive
+
         data_dir = archive().parent
-    cfg = build_config(task, "paper", {"data_dir": str(data_dir), "teacher": "minilm"},
-                       {"batch_size": "2", "precision": precision, "test_limit": "200", "num_threads": "1"})
+    cfg = build_config(
+        task,
+        "paper",
+        {"data_dir": str(data_dir), "teacher": "minilm"},
+        {"batch_size": "2", "precision": precision, "test_limit": "200", "num_threads": "1"},
+    )
     assert cfg.image_size == 224 and cfg.student in ("resnet18", "resnet34")
     full = task.load(cfg)
     data = replace(full, train=_few(full.train, 4), val=_few(full.val, 4), test=_few(full.test, 4))
@@ -61,10 +68,22 @@ def test_image_paper_profiles_train_and_evaluate(task_name, precision, cifar_dir
 
 def test_speaker_paper_profile_trains_and_evaluates(vox_dir):
     from tasks.voxceleb.task import VoxCeleb
+
     task = VoxCeleb()
-    cfg = build_config(task, "paper", {"data_dir": str(vox_dir), "teacher": "dlib-face"},
-                       {"batch_size": "4", "precision": "bf16", "num_threads": "1", "eval_crops": "1",
-                        "eval_seconds": "0.5", "val_utts_per_speaker": "2", "val_trials_per_speaker": "1"})
+    cfg = build_config(
+        task,
+        "paper",
+        {"data_dir": str(vox_dir), "teacher": "dlib-face"},
+        {
+            "batch_size": "4",
+            "precision": "bf16",
+            "num_threads": "1",
+            "eval_crops": "1",
+            "eval_seconds": "0.5",
+            "val_utts_per_speaker": "2",
+            "val_trials_per_speaker": "1",
+        },
+    )
     assert cfg.student == "resnet34_asp"
     data = task.load(cfg)
     tables = task.teacher_tables(cfg, data, TeacherCache())

@@ -1,4 +1,5 @@
 """A plugin that cannot be imported, or that takes a name already registered, is one line and exit 2 (issue 29)."""
+
 import os
 
 import pytest
@@ -6,13 +7,18 @@ import pytest
 from conftest import run_cli
 
 
-@pytest.mark.parametrize("body,needles", [
-    ("def broken(:\n    pass\n", ["--plugin badplug.mod: syntax error in", "line 1"]),
-    ("raise RuntimeError('no licence file')\n", ["importing it raised RuntimeError: no licence file", "line 1"]),
-    ("import not_a_module_anywhere\n", ["importing it failed: No module named 'not_a_module_anywhere'"]),
-    ("from benchmark.method import Method, register\n@register('kd', 'a second kd')\nclass KD2(Method):\n    pass\n",
-     ["method 'kd' is registered already (by methods.kd)"]),
-])
+@pytest.mark.parametrize(
+    "body,needles",
+    [
+        ("def broken(:\n    pass\n", ["--plugin badplug.mod: syntax error in", "line 1"]),
+        ("raise RuntimeError('no licence file')\n", ["importing it raised RuntimeError: no licence file", "line 1"]),
+        ("import not_a_module_anywhere\n", ["importing it failed: No module named 'not_a_module_anywhere'"]),
+        (
+            "from benchmark.method import Method, register\n@register('kd', 'a second kd')\nclass KD2(Method):\n    pass\n",
+            ["method 'kd' is registered already (by methods.kd)"],
+        ),
+    ],
+)
 def test_a_broken_plugin_is_one_line_and_exit_2(tmp_path, body, needles):
     pkg = tmp_path / "ext" / "badplug"
     pkg.mkdir(parents=True)

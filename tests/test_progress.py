@@ -1,4 +1,5 @@
 """benchmark/progress.py: progress lines with elapsed time and ETA, in a log as on a terminal; --quiet."""
+
 import re
 
 from conftest import run_cli
@@ -6,6 +7,7 @@ from conftest import run_cli
 
 def test_a_line_for_the_first_unit_then_at_most_one_per_interval_with_an_eta(monkeypatch, capsys):
     from benchmark import progress
+
     clock = [100.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
     monkeypatch.delenv("XKD_QUIET", raising=False)
@@ -16,8 +18,10 @@ def test_a_line_for_the_first_unit_then_at_most_one_per_interval_with_an_eta(mon
     lines = capsys.readouterr().out.splitlines()
     # 4 s an epoch: after 1 epoch, 9 left -> ETA 36 s; epochs 2 and 3 come within 10 s of that line; after 4
     # epochs in 30 s, 6 left -> 45 s
-    assert lines == ["kd seed 0: epoch 1/10 loss 1.000 [elapsed 4s, ETA 36s]",
-                     "kd seed 0: epoch 4/10 loss 1.000 [elapsed 30s, ETA 45s]"]
+    assert lines == [
+        "kd seed 0: epoch 1/10 loss 1.000 [elapsed 4s, ETA 36s]",
+        "kd seed 0: epoch 4/10 loss 1.000 [elapsed 30s, ETA 45s]",
+    ]
     steps = progress.Progress("kd seed 0", 100, "epoch 1/3 step", every=30, first=False)
     clock[0] += 5
     steps.update(1)
@@ -39,8 +43,9 @@ def test_a_run_in_a_log_says_its_epochs_and_the_tables_progress_and_quiet_says_n
     args = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--set", "epochs=3"]
     res = run_cli([*args, "--out", "a"], tmp_path)  # stdout is a pipe: no bar, plain lines
     assert res.returncode == 0, res.stderr[-2000:]
-    assert re.search(r"^baseline seed 0: epoch 1/3 train loss [\d.]+, val_top1 [\d.]+ \[elapsed \d+s, ETA \d+s\]$",
-                     res.stdout, re.M), res.stdout
+    assert re.search(
+        r"^baseline seed 0: epoch 1/3 train loss [\d.]+, val_top1 [\d.]+ \[elapsed \d+s, ETA \d+s\]$", res.stdout, re.M
+    ), res.stdout
     assert re.search(r"^\[1/2 done, 1 left, elapsed \d+s, ETA \d+s\]$", res.stdout, re.M)
     assert re.search(r"^\[2/2 done, 0 left, elapsed \d+s\]$", res.stdout, re.M)
     quiet = run_cli([*args, "--out", "b", "--quiet"], tmp_path)

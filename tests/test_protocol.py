@@ -1,5 +1,6 @@
 """Confirmatory protocols (benchmark/protocol.py): declared by a commit, run exactly, refused when they cannot be
 confirmatory; the report labels a comparison confirmatory only when its runs match the declaration."""
+
 import subprocess
 
 import pytest
@@ -25,8 +26,9 @@ hypothesis = "a test's protocol"
 
 
 def git(repo, *args):
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def declared(tmp_path, text=PROTOCOL, name="proto.toml", commit=True):
@@ -46,6 +48,7 @@ def declared(tmp_path, text=PROTOCOL, name="proto.toml", commit=True):
 
 def harness_version():
     from benchmark.provenance import code_version
+
     return code_version()
 
 
@@ -53,15 +56,18 @@ def pinned(text=PROTOCOL):
     return text.replace('hypothesis = "a', f'code_version = "{harness_version()}"\nhypothesis = "a')
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.replace("seeds = [1000, 1001]", "seeds = [1000, 1002]"), "must be consecutive"),
-    (lambda t: t.replace("seeds = [1000, 1001]", "seeds = [1000]"), "at least 2"),
-    (lambda t: t.replace('primary = "kd"', 'primary = "dkd"'), "not among its methods"),
-    (lambda t: t.replace('hypothesis = "a test\'s protocol"\n', ""), "must declare hypothesis"),
-    (lambda t: t.replace("[protocol]", "[protocol]\nstopping = \"peek\""), "only 'fixed'"),
-    (lambda t: t.replace("[protocol]", "[protocol]\nalpha = 2"), "alpha must be"),
-    (lambda t: t.replace("[protocol]", "[protocol]\nexploratory = [\"kd\"]"), "not under [protocol]"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("seeds = [1000, 1001]", "seeds = [1000, 1002]"), "must be consecutive"),
+        (lambda t: t.replace("seeds = [1000, 1001]", "seeds = [1000]"), "at least 2"),
+        (lambda t: t.replace('primary = "kd"', 'primary = "dkd"'), "not among its methods"),
+        (lambda t: t.replace('hypothesis = "a test\'s protocol"\n', ""), "must declare hypothesis"),
+        (lambda t: t.replace("[protocol]", '[protocol]\nstopping = "peek"'), "only 'fixed'"),
+        (lambda t: t.replace("[protocol]", "[protocol]\nalpha = 2"), "alpha must be"),
+        (lambda t: t.replace("[protocol]", '[protocol]\nexploratory = ["kd"]'), "not under [protocol]"),
+    ],
+)
 def test_a_bad_protocol_is_refused_naming_the_file(tmp_path, edit, message):
     f = declared(tmp_path, pinned(edit(PROTOCOL)))
     r = run_cli_inprocess(["run", "--protocol", str(f), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"], tmp_path)
@@ -92,12 +98,32 @@ def test_a_protocol_runs_only_as_committed_at_its_code_version(tmp_path):
     assert not (tmp_path / "m.db").exists()
 
 
-@pytest.mark.skipif(harness_version().endswith(".dirty") or "+g" not in harness_version(),
-                    reason="a protocol runs only at a committed code version (CI's clean clone has one)")
+@pytest.mark.skipif(
+    harness_version().endswith(".dirty") or "+g" not in harness_version(),
+    reason="a protocol runs only at a committed code version (CI's clean clone has one)",
+)
 def test_a_protocol_run_records_itself_and_refuses_used_seeds(tmp_path):
     uri = f"sqlite:///{tmp_path}/m.db"
-    r = run_cli(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd", "--set", "seed=1001",
-                 "--set", "synth_gamma=1", "--tracking-uri", uri, "--out", str(tmp_path / "before")], tmp_path)
+    r = run_cli(
+        [
+            "run",
+            "--task",
+            "synthetic",
+            "--profile",
+            "smoke",
+            "--methods",
+            "kd",
+            "--set",
+            "seed=1001",
+            "--set",
+            "synth_gamma=1",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "before"),
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     f = declared(tmp_path, pinned())
     r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p")], tmp_path)
@@ -106,23 +132,29 @@ def test_a_protocol_run_records_itself_and_refuses_used_seeds(tmp_path):
     r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p")], tmp_path)
     assert r.returncode == 0, r.stderr
     from benchmark.protocol import read
+
     proto = read(f)
     assert f"protocol {proto.tag}: declared in commit" in r.stdout
     from reports.runs import load_runs
+
     runs = load_runs(uri)
     assert sorted(runs["params.seed"].astype(int)) == [1000, 1000, 1001, 1001]
-    assert set(runs["params.protocol"]) == {proto.tag} and \
-        set(runs.loc[runs["params.method"] == "kd", "params.hp.temperature"].astype(float)) == {4.0}
+    assert set(runs["params.protocol"]) == {proto.tag} and set(
+        runs.loc[runs["params.method"] == "kd", "params.hp.temperature"].astype(float)
+    ) == {4.0}
     assert (runs["params.synth_gamma"].astype(float) == 1.0).all()
     # the same command again (--resume) finds the protocol's own runs, not a used seed
-    r = run_cli(["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p"), "--resume",
-                 "--set", "num_threads=1"], tmp_path)  # an operational field (as --workers adds) is allowed
+    r = run_cli(
+        ["run", "--protocol", str(f), "--tracking-uri", uri, "--out", str(tmp_path / "p"), "--resume", "--set", "num_threads=1"],
+        tmp_path,
+    )  # an operational field (as --workers adds) is allowed
     assert r.returncode == 0, r.stderr
     assert "finished before; its result is read from its checkpoint" in r.stdout
 
 
 def test_the_committed_protocols_read():
     from benchmark.protocol import all_protocols
+
     found = all_protocols(ROOT / "protocols")
     assert {p.name for p in found.values()} >= {"cifar100_kd_kd", "cifar100_ours_classifier", "synthetic_kd"}
     for p in found.values():
@@ -132,20 +164,34 @@ def test_the_committed_protocols_read():
 def runs_of(proto, seeds=(1000, 1001), version=None, start="2100-01-01T00:00:00Z", tag=None):
     """A protocol's finished runs as a report reads them (runs.csv columns), one per method and seed."""
     import pandas as pd
+
     rows = []
     for seed in seeds:
         for method, top1 in (("baseline", 50.0 + seed % 7), ("kd", 52.0 + seed % 7 + 0.1 * (seed % 3))):
-            rows.append({"run_id": f"{method}{seed}".ljust(32, "0"), "start_time": start, "params.task": proto.task,
-                         "params.profile": proto.profile, "params.method": method, "params.seed": str(seed),
-                         "params.synth_gamma": "1.0", "params.hp.temperature": "4.0" if method == "kd" else None,
-                         "params.code_version": version or proto.code_version, "params.protocol": tag or proto.tag,
-                         "params.student": "mlp", "tags.xkd.study": "", "metrics.test_top1": top1})
+            rows.append(
+                {
+                    "run_id": f"{method}{seed}".ljust(32, "0"),
+                    "start_time": start,
+                    "params.task": proto.task,
+                    "params.profile": proto.profile,
+                    "params.method": method,
+                    "params.seed": str(seed),
+                    "params.synth_gamma": "1.0",
+                    "params.hp.temperature": "4.0" if method == "kd" else None,
+                    "params.code_version": version or proto.code_version,
+                    "params.protocol": tag or proto.tag,
+                    "params.student": "mlp",
+                    "tags.xkd.study": "",
+                    "metrics.test_top1": top1,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 @pytest.fixture
 def lab_protocol(tmp_path):
     from benchmark.protocol import read
+
     return read(declared(tmp_path, PROTOCOL.replace('hypothesis = "a', 'code_version = "9.9.9+gabc"\nhypothesis = "a')))
 
 
@@ -153,6 +199,7 @@ def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
     import pandas as pd
 
     from benchmark.protocol import assess
+
     proto, known = lab_protocol, {lab_protocol.tag: lab_protocol}
     good = runs_of(proto)
     v = assess(good, good, known)
@@ -162,6 +209,7 @@ def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
         v = assess(runs, runs if pool is None else pool, known)
         assert not v.confirmatory
         return "; ".join(v.reasons)
+
     assert "started before the declaring commit" in reasons(runs_of(proto, start="2000-01-01T00:00:00Z"))
     assert "not the declared 2 (1000-1001)" in reasons(runs_of(proto, seeds=(1000,)))
     assert "not the declared 2" in reasons(runs_of(proto, seeds=(1000, 1001, 1002)))  # a seed added afterwards
@@ -181,6 +229,7 @@ def test_assess_calls_only_matching_runs_confirmatory(lab_protocol):
 def test_the_report_labels_a_protocols_runs_and_nothing_older(lab_protocol, monkeypatch, tmp_path):
     from reports import leaderboard
     from reports.markdown import Footnotes
+
     monkeypatch.setattr(leaderboard, "known_protocols", lambda: {lab_protocol.tag: lab_protocol})
     md, records, _, summary = leaderboard.leaderboards(runs_of(lab_protocol), tmp_path, Footnotes())
     assert "**Confirmatory** (protocol `proto`, declared in commit" in summary

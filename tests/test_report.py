@@ -1,4 +1,5 @@
 """The report is rebuilt from an MLflow store alone: a fixture store with known runs."""
+
 import re
 from pathlib import Path
 
@@ -21,18 +22,35 @@ def fixture_store(tmp_path):
     base = {0: 30.0, 1: 32.0}
     ours = {0: 33.0, 1: 36.0}
     for seed in (0, 1):
-        ids[("baseline", seed)] = log_run(client, exp, "baseline", seed,
-                                           {"test_top1": base[seed], "test_top1_at_best_val": base[seed] - 1},
-                                           history=[(10, 12), (20, 25)])
-        ids[("ours_feature", seed)] = log_run(client, exp, "ours_feature", seed,
-                                               {"test_top1": ours[seed], "test_top1_at_best_val": ours[seed],
-                                                "match_acc": 40.0 + seed}, history=[(11, 13), (22, 27)],
-                                               params={"alpha_path": "learned_linear_384to64"},
-                                               features=True, tmp=tmp_path)
+        ids[("baseline", seed)] = log_run(
+            client,
+            exp,
+            "baseline",
+            seed,
+            {"test_top1": base[seed], "test_top1_at_best_val": base[seed] - 1},
+            history=[(10, 12), (20, 25)],
+        )
+        ids[("ours_feature", seed)] = log_run(
+            client,
+            exp,
+            "ours_feature",
+            seed,
+            {"test_top1": ours[seed], "test_top1_at_best_val": ours[seed], "match_acc": 40.0 + seed},
+            history=[(11, 13), (22, 27)],
+            params={"alpha_path": "learned_linear_384to64"},
+            features=True,
+            tmp=tmp_path,
+        )
     for margin, acc in ((0.0, 20.0), (0.04, 24.0)):
-        ids[("t12", margin)] = log_run(client, exp, "ours_feature", 0, {"test_top1": acc, "best_val_top1": acc + 1},
-                                        params={"hp.margin": margin},
-                                        tags={"xkd.study": "table12-quick", "xkd.paper_table": "table12"})
+        ids[("t12", margin)] = log_run(
+            client,
+            exp,
+            "ours_feature",
+            0,
+            {"test_top1": acc, "best_val_top1": acc + 1},
+            params={"hp.margin": margin},
+            tags={"xkd.study": "table12-quick", "xkd.paper_table": "table12"},
+        )
     # a failed run must not appear
     bad = client.create_run(exp, tags={"xkd.kind": "train"})
     client.log_param(bad.info.run_id, "method", "baseline")
@@ -125,22 +143,42 @@ def test_synthetic_sweep_table_pairs_by_seed_per_gamma(tmp_path):
     """Gains against gamma: each cell is the paired difference over the seeds of that gamma only (hand values),
     with the teacher's and the baseline's accuracy; a run at another beta is not pooled in."""
     uri, client, exp = fake_store(tmp_path / "syn.db", "xkd-synthetic")
-    common = {"task": "synthetic", "student": "mlp", "teacher_id": "mlp-teacher/x", "n_train": 2000, "n_val": 1000,
-              "n_test": 2000, "synth_beta": 0.25}
+    common = {
+        "task": "synthetic",
+        "student": "mlp",
+        "teacher_id": "mlp-teacher/x",
+        "n_train": 2000,
+        "n_val": 1000,
+        "n_test": 2000,
+        "synth_beta": 0.25,
+    }
     acc = {  # (gamma, seed) -> (teacher, baseline, kd)
-        (0.0, 0): (70.0, 20.0, 18.0), (0.0, 1): (72.0, 22.0, 21.0), (0.0, 2): (71.0, 21.0, 19.0),
-        (1.0, 0): (70.0, 60.0, 64.0), (1.0, 1): (72.0, 62.0, 65.0), (1.0, 2): (71.0, 61.0, 66.0)}
+        (0.0, 0): (70.0, 20.0, 18.0),
+        (0.0, 1): (72.0, 22.0, 21.0),
+        (0.0, 2): (71.0, 21.0, 19.0),
+        (1.0, 0): (70.0, 60.0, 64.0),
+        (1.0, 1): (72.0, 62.0, 65.0),
+        (1.0, 2): (71.0, 61.0, 66.0),
+    }
     for (gamma, seed), (t, b, k) in acc.items():
         for method, v in (("baseline", b), ("kd", k)):
-            log_run(client, exp, method, seed, {"test_top1": v},
-                     params={**common, "synth_gamma": gamma, "teacher_test_acc": t})
-    log_run(client, exp, "kd", 0, {"test_top1": 99.0}, params={**common, "synth_gamma": 1.0, "synth_beta": 1.0,
-                                                                 "teacher_test_acc": 70.0})
+            log_run(client, exp, method, seed, {"test_top1": v}, params={**common, "synth_gamma": gamma, "teacher_test_acc": t})
+    log_run(
+        client,
+        exp,
+        "kd",
+        0,
+        {"test_top1": 99.0},
+        params={**common, "synth_gamma": 1.0, "synth_beta": 1.0, "teacher_test_acc": 70.0},
+    )
     out = tmp_path / "r"
     report = build_report(uri, out).read_text()
     section = report.split("### Synthetic task: gain over the baseline against gamma")[1].split("\n### ")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in section.splitlines()
-            if line.startswith("| ") and not line.startswith("| gamma")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| gamma")
+    }
     assert rows["teacher (own test acc.)"] == ["71.00 ± 1.00 (n=3)"] * 2 + [""]
     assert rows["baseline (test top-1)"] == ["21.00 ± 1.00 (n=3)", "61.00 ± 1.00 (n=3)", ""]
     # kd - baseline: gamma 0: -2, -1, -2 (mean -1.67); gamma 1: +4, +3, +5 (mean +4.00, sd 1, CI +-2.48)
@@ -172,6 +210,7 @@ def test_holm_adjustment_and_no_spread():
     the same difference on every seed has no interval, no p-value, no star; it and a comparison without runs
     (None) are untested members that still count in m: in a family of 5, 0.01 x 5, 0.03 x 4, 0.04 x 3."""
     from benchmark.stats import Paired, holm, paired_difference
+
     fam = [Paired(1, 0.5, 2, 3, p) for p in (0.01, 0.04, 0.03)]
     holm(fam)
     assert [round(x.p_adj, 10) for x in fam] == [0.03, 0.06, 0.06]
@@ -209,8 +248,9 @@ def test_sweep_rows_are_method_configurations(tmp_path):
         for seed in (0, 1, 2):
             log_run(client, exp, "baseline", seed, {"test_top1": 50.0}, params={**common, "synth_gamma": gamma})
             for t, d in ((2.0, 1.0 + 0.1 * seed), (4.0, -5.0 + 0.1 * seed)):
-                log_run(client, exp, "kd", seed, {"test_top1": 50.0 + d},
-                         params={**common, "synth_gamma": gamma, "hp.temperature": t})
+                log_run(
+                    client, exp, "kd", seed, {"test_top1": 50.0 + d}, params={**common, "synth_gamma": gamma, "hp.temperature": t}
+                )
     text = build_report(uri, tmp_path / "r").read_text()
     section = text.split("### Synthetic task: gain over the baseline against gamma (")[1].split("\n## ")[0]
     kd = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| kd")}
@@ -222,9 +262,19 @@ def test_each_table_names_its_teacher_and_how_accurate_it_was(tmp_path):
     uri, client, exp = fake_store(tmp_path / "kd.db", "xkd-cifar100-kd")
     for seed, acc in ((0, 61.0), (1, 63.0)):
         for method in ("baseline", "kd"):
-            log_run(client, exp, method, seed, {"test_top1": 20.0 + seed + (method == "kd")},
-                     params={"task": "cifar100-kd", "teacher_id": "img-trained/resnet8/abc", "teacher_test_acc": acc,
-                             "data_fraction": 1.0})
+            log_run(
+                client,
+                exp,
+                method,
+                seed,
+                {"test_top1": 20.0 + seed + (method == "kd")},
+                params={
+                    "task": "cifar100-kd",
+                    "teacher_id": "img-trained/resnet8/abc",
+                    "teacher_test_acc": acc,
+                    "data_fraction": 1.0,
+                },
+            )
     report = build_report(uri, tmp_path / "r").read_text()
     section = report.split("## Same-modality control")[1].split("\n## ")[0]
     assert "Teacher [resnet8_w16, quick]: img-trained/resnet8/abc; test top-1 62.00 ± 1.41 (n=2) (over seeds)" in section
@@ -246,10 +296,15 @@ def test_the_report_exports_every_run_beside_it(fixture_store, tmp_path):
 
 
 # Every published folder with a runs.csv rebuilds from it, but those named here (and why)
-NOT_REBUILT = {"bf16_cpu": "a `report --compare` of two stores (gone): its runs.csv files hold the runs, and "
-                           "compare_quick.* were written by --compare, which reads stores, not exports"}
-EXAMPLES = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "reports" / "example").glob("*/runs.csv")
-                  if p.parent.name not in NOT_REBUILT)
+NOT_REBUILT = {
+    "bf16_cpu": "a `report --compare` of two stores (gone): its runs.csv files hold the runs, and "
+    "compare_quick.* were written by --compare, which reads stores, not exports"
+}
+EXAMPLES = sorted(
+    p.parent
+    for p in (Path(__file__).resolve().parents[1] / "reports" / "example").glob("*/runs.csv")
+    if p.parent.name not in NOT_REBUILT
+)
 
 
 def test_every_example_folder_with_runs_is_rebuilt_or_named():
@@ -265,11 +320,15 @@ def test_every_published_report_rebuilds_from_its_runs_csv_to_the_same_numbers(e
     the store they were recorded in (not in the repository) is not needed to check them."""
     if "params.protocol" in (example / "runs.csv").read_text().split("\n", 1)[0]:
         import subprocess
-        shallow = subprocess.run(["git", "-C", str(example), "rev-parse", "--is-shallow-repository"],
-                                 capture_output=True, text=True).stdout.strip()
+
+        shallow = subprocess.run(
+            ["git", "-C", str(example), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True
+        ).stdout.strip()
         if shallow != "false":  # a protocol's declaration is a commit: the report checks it in the history
-            pytest.skip("a protocol's runs are confirmatory only against its declaring commit, which a shallow "
-                        "clone (or no git) lacks; clone with full history to check this folder")
+            pytest.skip(
+                "a protocol's runs are confirmatory only against its declaring commit, which a shallow "
+                "clone (or no git) lacks; clone with full history to check this folder"
+            )
     out = tmp_path / "rebuilt"
     text = build_report(None, out, files=[example / "runs.csv"]).read_text()
     for name in ("report.csv", "controls.csv", "teachers.csv", "studies.csv", "runs.csv"):
@@ -302,6 +361,7 @@ def test_rebuilding_from_two_exports_counts_a_run_once(fixture_store, tmp_path):
 @pytest.mark.parametrize("case", ["missing", "not_an_export", "empty", "with_store"])
 def test_report_from_runs_refuses_bad_input_with_exit_2_and_writes_nothing(case, tmp_path):
     from conftest import run_cli_inprocess
+
     bad = tmp_path / "bad.csv"
     args = ["report", "--runs", str(bad), "--out", str(tmp_path / "out")]
     if case == "not_an_export":
@@ -312,8 +372,12 @@ def test_report_from_runs_refuses_bad_input_with_exit_2_and_writes_nothing(case,
         bad.write_text("run_id,params.task,params.method\nx,synthetic,kd\n")
         args += ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     res = run_cli_inprocess(args, tmp_path)
-    expected = {"missing": "no such file", "not_an_export": "not a runs.csv export",
-                "empty": "a header without rows", "with_store": "leave out --tracking-uri"}[case]
+    expected = {
+        "missing": "no such file",
+        "not_an_export": "not a runs.csv export",
+        "empty": "a header without rows",
+        "with_store": "leave out --tracking-uri",
+    }[case]
     assert res.returncode == 2 and expected in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
 
@@ -323,7 +387,7 @@ def test_a_report_names_its_sqlite_store_without_the_building_machines_folders(f
     can use (the runs themselves are in runs.csv beside the report)."""
     uri, _ = fixture_store
     text = build_report(uri, tmp_path / "rep").read_text()
-    folder = str(Path(uri[len("sqlite:///"):]).parent)
+    folder = str(Path(uri[len("sqlite:///") :]).parent)
     assert folder not in text and f"Rebuilt from the MLflow runs at `sqlite:///{Path(uri).name}`" in text
 
 
@@ -331,16 +395,26 @@ def test_no_machine_path_in_an_export_or_a_committed_example(tmp_path):
     """A run's data_dir (an absolute path of the machine that ran it) is exported as `<local>/` and its last
     part; no committed example file names a folder of the machine that built it."""
     from reports.runs import export, without_machine_path
-    runs = pd.DataFrame({"run_id": ["a", "b"], "params.data_dir": ["/home/ana/data/cifar100/", "cifar100"],
-                         "params.method": ["kd", "kd"], "metrics.test_top1": [1.0, 2.0]})
+
+    runs = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "params.data_dir": ["/home/ana/data/cifar100/", "cifar100"],
+            "params.method": ["kd", "kd"],
+            "metrics.test_top1": [1.0, 2.0],
+        }
+    )
     export(runs, tmp_path / "runs.csv")
     got = pd.read_csv(tmp_path / "runs.csv")
     assert got["params.data_dir"].tolist() == ["<local>/cifar100", "cifar100"]
     assert without_machine_path("C:\\data\\tiny") == "<local>/tiny" and without_machine_path(0.5) == 0.5
     example = Path(__file__).resolve().parents[1] / "reports" / "example"
-    found = [f"{p.relative_to(example)}: {m.group(0)}" for p in example.rglob("*") if p.is_file()
-             and p.suffix in (".csv", ".md", ".log", ".json", ".txt")
-             for m in re.finditer(r"(?<![\w<])/(?:work|tmp|root|home|Users)/[\w./-]+", p.read_text(errors="replace"))]
+    found = [
+        f"{p.relative_to(example)}: {m.group(0)}"
+        for p in example.rglob("*")
+        if p.is_file() and p.suffix in (".csv", ".md", ".log", ".json", ".txt")
+        for m in re.finditer(r"(?<![\w<])/(?:work|tmp|root|home|Users)/[\w./-]+", p.read_text(errors="replace"))
+    ]
     assert found == [], found[:10]
 
 
@@ -349,6 +423,7 @@ def test_a_report_without_out_goes_under_the_ignored_runs_folder(tmp_path):
     import shutil
 
     from conftest import run_cli_inprocess
+
     example = Path(__file__).resolve().parents[1] / "reports" / "example" / "synthetic"
     shutil.copy(example / "runs.csv", tmp_path / "runs.csv")
     res = run_cli_inprocess(["report", "--runs", "runs.csv"], tmp_path)

@@ -1,5 +1,6 @@
 """The report about the user's own runs: leaderboard first, every study, numbers as numbers, --compare,
 an empty store refused; and `run`'s own results files (numeric, never overwritten by another process)."""
+
 import json
 import subprocess
 import sys
@@ -19,15 +20,36 @@ def _store(tmp_path, name="s.db", shift=0.0):
     uri, client, exp = fake_store(tmp_path / name, "xkd-cifar100")
     base = {0: 30.0, 1: 32.0, 2: 31.0}
     for seed, b in base.items():
-        log_run(client, exp, "baseline", seed, {"test_top1": b, "wall_s": 10.0, "mean_train_images_per_s": 500.0},
-                 params={"n_params_student": 83892}, history=[(4.0, 5.0), (3.0, 9.0)])
-        log_run(client, exp, "kd", seed, {"test_top1": b + {0: 3, 1: 4, 2: 2}[seed] + shift, "wall_s": 12.0},
-                 params={"hp.temperature": 4.0}, history=[(4.1, 6.0), (2.9, 11.0)])
+        log_run(
+            client,
+            exp,
+            "baseline",
+            seed,
+            {"test_top1": b, "wall_s": 10.0, "mean_train_images_per_s": 500.0},
+            params={"n_params_student": 83892},
+            history=[(4.0, 5.0), (3.0, 9.0)],
+        )
+        log_run(
+            client,
+            exp,
+            "kd",
+            seed,
+            {"test_top1": b + {0: 3, 1: 4, 2: 2}[seed] + shift, "wall_s": 12.0},
+            params={"hp.temperature": 4.0},
+            history=[(4.1, 6.0), (2.9, 11.0)],
+        )
         log_run(client, exp, "pkt", seed, {"test_top1": b + {0: -1, 1: 0, 2: -2}[seed]}, history=[(4.2, 5.0), (3.5, 8.0)])
     for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
         for seed, v in enumerate(vals):
-            log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
-                     tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
+            log_run(
+                client,
+                exp,
+                "kd",
+                seed,
+                {"test_top1": v - 10, "best_val_top1": v},
+                params={"hp.temperature": t},
+                tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""},
+            )
     return uri
 
 
@@ -35,8 +57,12 @@ def test_leaderboard_first_sorted_with_numeric_csv(tmp_path):
     uri = _store(tmp_path)
     out = tmp_path / "r"
     report = build_report(uri, out).read_text()
-    assert report.index("## Summary") < report.index("## Leaderboards") < report.index("## Studies") \
+    assert (
+        report.index("## Summary")
+        < report.index("## Leaderboards")
+        < report.index("## Studies")
         < report.index("## The paper's tables")
+    )
     board = report.split("## Leaderboards")[1].split("## Studies")[0]
     summary = report.split("## Summary")[1].split("## Leaderboards")[0]  # the verdict first, its forest plot under it
     rows = [line for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
@@ -44,9 +70,14 @@ def test_leaderboard_first_sorted_with_numeric_csv(tmp_path):
     # kd - baseline: 3, 4, 2 -> +3.00, sd 1, CI +-2.48; pkt: -1, 0, -2 -> -1.00 [-3.48, +1.48]
     assert "+3.00 [+0.52, +5.48] (n=3)" in rows[0] and "-1.00 [-3.48, +1.48] (n=3)" in rows[2]
     assert "![Δ vs baseline, cifar100: resnet8_w16, quick](forest_cifar100_resnet8_w16__quick.png)" in summary
-    assert summary.index("**Exploratory** (2 comparisons with the baseline, Holm): 0 survive the correction; the best "
-                         "is kd, Δ +3.00 [+0.52, +5.48], p_Holm = 0.07. 1 raw 95% CI excludes 0 without surviving") \
-        < summary.index("Power: with n = 3") < summary.index("![Δ vs baseline")
+    assert (
+        summary.index(
+            "**Exploratory** (2 comparisons with the baseline, Holm): 0 survive the correction; the best "
+            "is kd, Δ +3.00 [+0.52, +5.48], p_Holm = 0.07. 1 raw 95% CI excludes 0 without surviving"
+        )
+        < summary.index("Power: with n = 3")
+        < summary.index("![Δ vs baseline")
+    )
     csv = pd.read_csv(out / "report.csv")
     for col in ("test_top1_mean", "test_top1_std", "test_top1_n", "delta", "delta_ci_low", "delta_ci_high", "p", "p_holm"):
         assert pd.api.types.is_numeric_dtype(csv[col]), col
@@ -78,17 +109,26 @@ def test_a_grid_study_of_any_method_gets_its_table_and_figure(tmp_path):
     assert "45.00" not in report.split("## Studies")[0]
     # the summary gives each study's verdict: the values' span (2.50) under their CIs' half-widths (6.35, 12.71)
     summary = report.split("## Summary")[1].split("## Leaderboards")[0]
-    assert ("**Study `kd-temperature`** (kd on cifar100, 2 values): best on validation temperature=4.0 (44.50); its "
-            "test result 34.50 ± 0.71 (n=2). The values' validation means span 2.50 points, less than the seeds' "
-            "spread (95% CI half-widths 6.4-12.7): this table does not show that the choice matters") in summary
+    assert (
+        "**Study `kd-temperature`** (kd on cifar100, 2 values): best on validation temperature=4.0 (44.50); its "
+        "test result 34.50 ± 0.71 (n=2). The values' validation means span 2.50 points, less than the seeds' "
+        "spread (95% CI half-widths 6.4-12.7): this table does not show that the choice matters"
+    ) in summary
 
 
 def test_a_store_of_studies_only_says_so_and_gives_their_verdicts(tmp_path):
     uri, client, exp = fake_store(tmp_path / "studies_only.db", "xkd-cifar100")
     for t, vals in ((1.0, (41.0, 43.0)), (4.0, (45.0, 44.0))):
         for seed, v in enumerate(vals):
-            log_run(client, exp, "kd", seed, {"test_top1": v - 10, "best_val_top1": v}, params={"hp.temperature": t},
-                     tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""})
+            log_run(
+                client,
+                exp,
+                "kd",
+                seed,
+                {"test_top1": v - 10, "best_val_top1": v},
+                params={"hp.temperature": t},
+                tags={"xkd.study": "kd-temperature", "xkd.paper_table": ""},
+            )
     report = build_report(uri, tmp_path / "r").read_text()
     summary = report.split("## Summary")[1].split("## Leaderboards")[0]
     assert "**Study `kd-temperature`**" in summary and "best on validation temperature=4.0" in summary
@@ -99,6 +139,7 @@ def test_fourteen_methods_are_distinguishable_and_keep_their_style():
     from benchmark.plugins import load_plugins
     from benchmark.registry import METHODS
     from reports.figures import styles
+
     load_plugins()
     names = METHODS.names()
     assert len(names) >= 14
@@ -115,18 +156,25 @@ def test_a_two_line_figure_title_sits_above_every_panel_title(tmp_path, monkeypa
     import pandas as pd
 
     from reports.figures import curves
+
     labels = ["baseline"] + [f"method_{i}" for i in range(13)]
     series = {lab: {m: [pd.Series([3.0, 2.0, 1.0], index=[1, 2, 3])] * 2 for m in ("loss", "acc")} for lab in labels}
-    heading = ("Training curves, synthetic: mlp, quick, synth_gamma=1.0, synth_beta=0.0 (one panel per method, mean "
-               "over seeds, band: min-max)")
+    heading = (
+        "Training curves, synthetic: mlp, quick, synth_gamma=1.0, synth_beta=0.0 (one panel per method, mean "
+        "over seeds, band: min-max)"
+    )
     saved = {}
     real_close = plt.close
 
     def read_then_close(fig):  # the boxes of the figure as it was saved
         r = fig.canvas.get_renderer()
-        saved.update(title=fig._suptitle.get_window_extent(r), lines=fig._suptitle.get_text().count("\n") + 1,
-                     panel_top=max(ax.title.get_window_extent(r).y1 for ax in fig.axes if ax.get_title()))
+        saved.update(
+            title=fig._suptitle.get_window_extent(r),
+            lines=fig._suptitle.get_text().count("\n") + 1,
+            panel_top=max(ax.title.get_window_extent(r).y1 for ax in fig.axes if ax.get_title()),
+        )
         real_close(fig)
+
     monkeypatch.setattr(plt, "close", read_then_close)
     curves(series, [("loss", "task CE"), ("acc", "validation top-1")], heading, tmp_path / "c.png")
     assert saved["lines"] == 2
@@ -136,11 +184,11 @@ def test_a_two_line_figure_title_sits_above_every_panel_title(tmp_path, monkeypa
 def _lab(hex_colour: str):
     """CIE L*a*b* (D65) of an sRGB colour, by the textbook formulas."""
     import matplotlib.colors as mc
+
     rgb = np.array(mc.to_rgb(hex_colour))
     lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ lin
-    f = [v ** (1 / 3) if v > (6 / 29) ** 3 else v / (3 * (6 / 29) ** 2) + 4 / 29
-         for v in xyz / np.array([0.95047, 1.0, 1.08883])]
+    f = [v ** (1 / 3) if v > (6 / 29) ** 3 else v / (3 * (6 / 29) ** 2) + 4 / 29 for v in xyz / np.array([0.95047, 1.0, 1.08883])]
     return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
 
 
@@ -152,9 +200,10 @@ def test_any_two_methods_of_a_figure_differ_in_colour_plugins_included():
 
     from benchmark.registry import METHODS
     from reports.figures import styles
+
     names = METHODS.names() + ["myplugin_a", "myplugin_b", "myplugin_c"]
     labs = {n: _lab(mc.to_hex(s["color"])) for n, s in styles(names).items()}
-    worst = min((np.linalg.norm(labs[a] - labs[b]), a, b) for i, a in enumerate(names) for b in names[i + 1:])
+    worst = min((np.linalg.norm(labs[a] - labs[b]), a, b) for i, a in enumerate(names) for b in names[i + 1 :])
     assert worst[0] >= 25, worst
     assert max(v[0] for v in labs.values()) <= 70
 
@@ -197,8 +246,9 @@ def test_compare_refuses_sides_of_different_settings_unless_allowed(tmp_path):
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "cifar100 epochs: " in res.stderr and "--allow epochs" in res.stderr and "--allow code_version" in res.stderr
     assert not (tmp_path / "reports").exists()
-    res = run_cli_inprocess(["report", "--compare", a, b, "--allow", "epochs", "--allow", "code_version",
-                             "--out", str(tmp_path / "cmp")], tmp_path)
+    res = run_cli_inprocess(
+        ["report", "--compare", a, b, "--allow", "epochs", "--allow", "code_version", "--out", str(tmp_path / "cmp")], tmp_path
+    )
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Allowed to differ (`--allow`): epochs, code_version." in text
@@ -219,11 +269,27 @@ def test_a_store_without_finished_runs_is_one_line_and_exit_2(tmp_path):
 def test_run_results_are_numbers_and_two_default_runs_keep_both(tmp_path):
     """results.csv read with pandas has numeric mean/std/n/CI/p columns; two `run`s at once with the default
     --out each keep their own tables (a folder per invocation, `latest` naming one of them)."""
-    args = [sys.executable, "-m", "benchmark", "run", "--task", "synthetic", "--methods", "baseline,kd",
-            "--profile", "smoke", "--seeds", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "run",
+        "--task",
+        "synthetic",
+        "--methods",
+        "baseline,kd",
+        "--profile",
+        "smoke",
+        "--seeds",
+        "2",
+    ]
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    procs = [subprocess.Popen([*args, "--set", f"synth_gamma={g}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for g in (0.5, 1.0)]
+    procs = [
+        subprocess.Popen(
+            [*args, "--set", f"synth_gamma={g}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for g in (0.5, 1.0)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     base = tmp_path / "runs" / "synthetic-smoke"
@@ -240,8 +306,10 @@ def test_run_results_are_numbers_and_two_default_runs_keep_both(tmp_path):
         assert js["methods"][1]["method"] == "kd" and isinstance(js["methods"][1]["test_top1_mean"], float)
         assert "± " in (f / "results.md").read_text()
     # the two invocations ran different settings: their tables differ
-    assert pd.read_csv(folders[0] / "results.csv")["test_top1_mean"].tolist() != \
-        pd.read_csv(folders[1] / "results.csv")["test_top1_mean"].tolist()
+    assert (
+        pd.read_csv(folders[0] / "results.csv")["test_top1_mean"].tolist()
+        != pd.read_csv(folders[1] / "results.csv")["test_top1_mean"].tolist()
+    )
 
 
 def test_compare_two_experiments_of_one_store(tmp_path):
@@ -251,8 +319,10 @@ def test_compare_two_experiments_of_one_store(tmp_path):
     exp = client.create_experiment("xkd-cifar100-v2", artifact_location=(tmp_path / "art-v2").as_uri())
     for seed, b in {0: 30.0, 1: 32.0, 2: 31.0}.items():
         log_run(client, exp, "baseline", seed, {"test_top1": b - 1.0})  # the new recipe: 1 point lower each seed
-    res = run_cli_inprocess(["report", "--tracking-uri", uri, "--compare", "xkd-cifar100", "xkd-cifar100-v2",
-                             "--out", str(tmp_path / "cmp")], tmp_path)
+    res = run_cli_inprocess(
+        ["report", "--tracking-uri", uri, "--compare", "xkd-cifar100", "xkd-cifar100-v2", "--out", str(tmp_path / "cmp")],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     text = (tmp_path / "cmp" / "compare.md").read_text()
     base = next(line for line in text.splitlines() if line.startswith("| baseline"))

@@ -1,4 +1,5 @@
 """EER/minDCF against an independent brute-force threshold sweep; the 10x10 crop scoring by hand."""
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +73,6 @@ def test_noise_mixing_hits_the_requested_snr():
     for delta in (15, 10, 5):
         mixed = add_noise(clean, noise, delta)
         # db() adds 1e-4 to the power (voxceleb_trainer): exact SNR up to that floor (< 0.02 dB here)
-        snr = 10 * np.log10(np.mean(clean ** 2) / np.mean((mixed - clean) ** 2))
+        snr = 10 * np.log10(np.mean(clean**2) / np.mean((mixed - clean) ** 2))
         assert snr == pytest.approx(delta, abs=0.02)
         assert len(mixed) == len(clean)

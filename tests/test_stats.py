@@ -1,5 +1,6 @@
 """benchmark/stats.py: the power of the paired t-test and its minimum detectable effect, against textbook
 values. (The coverage of every printed interval, by simulation: tests/test_coverage.py.)"""
+
 import math
 
 import pytest
@@ -9,6 +10,7 @@ def test_power_of_the_paired_t_test_matches_gpower():
     """G*Power 3.1 (t tests, means, difference from constant (one sample case), two tails): effect size
     d = 0.5, alpha 0.05, power 0.80 -> total sample size 34, actual power 0.8077775."""
     from benchmark.stats import mde, paired_power, seeds_needed
+
     assert seeds_needed(0.5, 1.0) == 34
     assert paired_power(0.5, 1.0, 34) == pytest.approx(0.8077775, abs=1e-6)
     assert paired_power(0.5, 1.0, 33) < 0.8
@@ -26,6 +28,7 @@ def test_power_at_holms_strictest_step_is_not_a_step_function():
     from scipy import stats
 
     from benchmark.stats import mde, paired_power
+
     alpha = 0.05 / 16
     crit = stats.t.ppf(1 - alpha / 2, 2)
     upper = stats.nct.sf(crit, 2, 7.0 * math.sqrt(3) / 0.58)

@@ -1,6 +1,7 @@
 """A new sqlite store is created whole or not at all (issue 29): an interrupt at any step of its first creation
 leaves no store and no temporary file, and the next command creates it; a store that an older version left
 half-made (no runs) is moved aside and created anew instead of failing every later command."""
+
 import sqlite3
 
 import pytest
@@ -12,6 +13,7 @@ def _interrupt_after(monkeypatch, k: int):
     """KeyboardInterrupt at the k-th schema operation of MLflow's migrations (k = 0: in the initial create_all)."""
     import alembic.operations.base as ops
     import mlflow.store.db.utils as dbu
+
     calls = {"n": 0}
     real_invoke = ops.Operations.invoke
 
@@ -20,10 +22,10 @@ def _interrupt_after(monkeypatch, k: int):
         if calls["n"] >= k:
             raise KeyboardInterrupt()
         return real_invoke(self, operation)
+
     monkeypatch.setattr(ops.Operations, "invoke", invoke)
     if k == 0:
-        monkeypatch.setattr(dbu.InitialBase.metadata, "create_all",
-                            lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+        monkeypatch.setattr(dbu.InitialBase.metadata, "create_all", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
 @pytest.mark.parametrize("k", [0, 1, 7, 40])
@@ -42,6 +44,7 @@ def test_an_interrupt_during_first_creation_leaves_nothing_and_the_next_command_
 
 def test_a_half_made_store_of_an_older_version_is_moved_aside_and_recreated(tmp_path, monkeypatch, capsys):
     import mlflow
+
     path = tmp_path / "mlflow.db"
     with monkeypatch.context() as m:  # what older versions did: MLflow's creation in place, interrupted
         _interrupt_after(m, 7)
@@ -70,6 +73,7 @@ def test_a_complete_store_with_runs_is_never_moved(tmp_path):
 
 def test_the_interrupt_message_says_what_was_interrupted(tmp_path):
     from benchmark.commands.run import interrupted_message
+
     msg = interrupted_message(tmp_path, "kd", 1, 0)
     assert "kd seed 1 ended KILLED before its first epoch finished (no checkpoint)" in msg and "kept" not in msg
     (tmp_path / "checkpoints").mkdir()
@@ -84,12 +88,14 @@ def test_tables_are_written_whole_or_not_at_all_under_names_of_their_own(tmp_pat
     import errno
 
     from benchmark.results import write_atomic
+
     target = tmp_path / "runs.csv"
     write_atomic(target, "old\n")
 
     def full(tmp):
         tmp.write_text("partial")
         raise OSError(errno.ENOSPC, "No space left on device")
+
     with pytest.raises(OSError, match="No space left"):
         write_atomic(target, full)
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv"]
@@ -104,10 +110,23 @@ def test_a_folder_where_the_store_file_should_be_is_one_line_and_exit_2(tmp_path
     import time
 
     from conftest import run_cli_inprocess
+
     (tmp_path / "store.db").mkdir()
     t0 = time.perf_counter()
-    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline",
-                             "--tracking-uri", f"sqlite:///{tmp_path / 'store.db'}"], tmp_path)
+    res = run_cli_inprocess(
+        [
+            "run",
+            "--task",
+            "synthetic",
+            "--profile",
+            "smoke",
+            "--methods",
+            "baseline",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'store.db'}",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "is a folder, not a store file" in res.stderr
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "runs").exists()
 
@@ -125,13 +144,14 @@ def test_a_full_disk_under_out_fails_each_run_in_one_line_and_leaves_nothing_par
 
     def full(obj, f, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(torch, "save", full)
-    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd",
-                             "--out", str(tmp_path / "out")], tmp_path)
+    res = run_cli_inprocess(
+        ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--out", str(tmp_path / "out")], tmp_path
+    )
     assert res.returncode == 3, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.startswith("error: checkpoint")]
-    assert len(lines) == 2 and all("no space left on its device" in line and str(tmp_path / "out") in line
-                                   for line in lines)
+    assert len(lines) == 2 and all("no space left on its device" in line and str(tmp_path / "out") in line for line in lines)
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
@@ -146,6 +166,7 @@ def test_a_run_being_trained_by_another_process_is_refused_before_anything_is_wr
 
     from benchmark.checkpoints import run_lock
     from benchmark.registry import UsageError
+
     ckpt = tmp_path / "checkpoints" / "kd-seed0-abc.pt"
     ready, done = mp.Event(), mp.Event()
 
@@ -153,6 +174,7 @@ def test_a_run_being_trained_by_another_process_is_refused_before_anything_is_wr
         with run_lock(ckpt, "kd", 0):
             ready.set()
             done.wait(30)
+
     p = mp.get_context("fork").Process(target=hold)
     p.start()
     try:
@@ -174,25 +196,56 @@ def test_the_same_command_twice_at_once_trains_each_run_once(tmp_path):
     import sys
 
     import mlflow
-    args = [sys.executable, "-m", "benchmark", "run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd",
-            "--set", "epochs=600", "--out", str(tmp_path / "o")]
+
+    args = [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "run",
+        "--task",
+        "synthetic",
+        "--profile",
+        "smoke",
+        "--methods",
+        "kd",
+        "--set",
+        "epochs=600",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    first = subprocess.run([*args[:-2], "--methods", "baseline", "--set", "epochs=1", "--out", str(tmp_path / "warm")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True)  # the store and teacher made once
+    first = subprocess.run(
+        [*args[:-2], "--methods", "baseline", "--set", "epochs=1", "--out", str(tmp_path / "warm")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )  # the store and teacher made once
     assert first.returncode == 0, first.stderr[-2000:]
     # two --out folders: the run lock refuses the second (one --out would be refused by the folder's lock first)
-    procs = [subprocess.Popen([*args[:-1], str(tmp_path / f"o{i}")], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*args[:-1], str(tmp_path / f"o{i}")],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 2], [o[1][-1500:] for o in outs]
     refused = next(o[1] for p, o in zip(procs, outs) if p.returncode == 2)
     # the checkpoint's lock (one --out) or the store's RUNNING run of the same key (another --out) refuses it
-    assert ("is being trained by process" in refused or "with the same settings is running in process" in refused) \
-        and refused.count("\n") == 1, refused
+    assert (
+        "is being trained by process" in refused or "with the same settings is running in process" in refused
+    ) and refused.count("\n") == 1, refused
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id],
-                              filter_string="params.method = 'kd'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("xkd-synthetic").experiment_id], filter_string="params.method = 'kd'"
+    )
     assert [r.info.status for r in runs] == ["FINISHED"]
 
 
@@ -206,9 +259,11 @@ def test_a_full_disk_under_the_store_is_one_line(tmp_path, monkeypatch):
 
     def full(self, *a, **k):
         raise sqlite3.OperationalError("database or disk is full")
+
     monkeypatch.setattr(Tracker, "log_metrics", full)
-    res = run_cli_inprocess(["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd",
-                             "--out", str(tmp_path / "out")], tmp_path)
+    res = run_cli_inprocess(
+        ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "kd", "--out", str(tmp_path / "out")], tmp_path
+    )
     assert res.returncode == 1 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith("error: no space left on the device of the MLflow store")
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
@@ -221,6 +276,7 @@ def test_a_ctrl_c_during_a_store_write_waits_for_the_write_to_end(tmp_path):
     store takes the next write at once."""
     import os
     import signal
+
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "x")
     run = tracker.start("r", {})
     inner = tracker.client._client
@@ -231,6 +287,7 @@ def test_a_ctrl_c_during_a_store_write_waits_for_the_write_to_end(tmp_path):
         for _ in range(1000):
             pass
         return real(*a, **k)
+
     inner.set_tag = set_tag_with_a_ctrl_c_inside
     with pytest.raises(KeyboardInterrupt):
         tracker.set_tag(run, "k", "v")
@@ -250,6 +307,7 @@ def test_a_deferred_sigterm_runs_its_own_handler_after_the_block(monkeypatch):
     from benchmark.cli import _on_sigterm
     from benchmark.interrupts import interrupted_by, uninterrupted
     from benchmark.trainer import Terminated
+
     before = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         done = []
@@ -284,14 +342,17 @@ def test_a_write_cut_by_kill_9_is_rolled_back_not_called_damaged(tmp_path):
     import mlflow
 
     from conftest import run_cli_inprocess
+
     assert run_cli_inprocess(RUN, tmp_path).returncode == 0
     db = tmp_path / "mlflow.db"
     client = mlflow.MlflowClient(f"sqlite:///{db}")
     (before,) = client.search_runs([client.get_experiment_by_name("xkd-synthetic").experiment_id])
-    cut = ("import os, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
-           "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN IMMEDIATE'); "
-           "[con.execute(f'UPDATE {t} SET value = value || 1') for t in ('metrics', 'params', 'tags')]; "
-           "os.kill(os.getpid(), 9)")
+    cut = (
+        "import os, sqlite3, sys; con = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "con.execute('PRAGMA cache_size=1'); con.execute('BEGIN IMMEDIATE'); "
+        "[con.execute(f'UPDATE {t} SET value = value || 1') for t in ('metrics', 'params', 'tags')]; "
+        "os.kill(os.getpid(), 9)"
+    )
     assert subprocess.run([sys.executable, "-c", cut, str(db)]).returncode == -9
     assert db.with_name("mlflow.db-journal").stat().st_size > 0
     with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what the old check met
@@ -314,6 +375,7 @@ def test_a_sigterm_while_a_run_is_being_set_up_ends_it_killed(tmp_path, monkeypa
 
     def stopped(self, *a, **k):
         raise Terminated()  # what the command's SIGTERM handler raises
+
     monkeypatch.setattr(T, "log_dataset", stopped)
     res = run_cli_inprocess(RUN, tmp_path)
     assert res.returncode == 143, res.stderr

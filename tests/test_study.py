@@ -1,4 +1,5 @@
 """Optuna studies: a grid on sqlite with nested MLflow runs; two workers sharing one PostgreSQL study."""
+
 import os
 import subprocess
 import time
@@ -19,8 +20,23 @@ def _study_runs(tmp_path):
 
 
 def test_grid_study_sqlite_nested_mlflow_runs(tmp_path, cifar_dir):
-    res = run_cli(["study", "--task", "cifar100", "--method", "ours_feature", "--grid", "alpha=0.2,0.6",
-                   "--grid", "margin=0.0,0.09", "--data-dir", str(cifar_dir), *SMOKE], tmp_path)
+    res = run_cli(
+        [
+            "study",
+            "--task",
+            "cifar100",
+            "--method",
+            "ours_feature",
+            "--grid",
+            "alpha=0.2,0.6",
+            "--grid",
+            "margin=0.0,0.09",
+            "--data-dir",
+            str(cifar_dir),
+            *SMOKE,
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ExperimentalWarning" not in res.stderr  # Optuna's notes on its heartbeat API are not the user's business
     study = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}")
@@ -45,16 +61,35 @@ def test_grid_study_sqlite_nested_mlflow_runs(tmp_path, cifar_dir):
 
 
 def test_study_rejects_unknown_grid_key(tmp_path, cifar_dir):
-    res = run_cli_inprocess(["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE],
-                            tmp_path)
+    res = run_cli_inprocess(
+        ["study", "--method", "ours_feature", "--grid", "alpah=0.1", "--data-dir", str(cifar_dir), *SMOKE], tmp_path
+    )
     assert res.returncode == 2 and "--grid key 'alpah'" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_two_workers_share_one_postgres_study(tmp_path, cifar_dir, postgres):
-    res = run_cli(["study", "--task", "cifar100", "--method", "ours_feature", "--grid", "margin=0.0,0.01,0.04,0.09",
-                   "--storage", postgres, "--study-name", "pg-grid", "--workers", "2", "--data-dir", str(cifar_dir),
-                   *SMOKE], tmp_path)
+    res = run_cli(
+        [
+            "study",
+            "--task",
+            "cifar100",
+            "--method",
+            "ours_feature",
+            "--grid",
+            "margin=0.0,0.01,0.04,0.09",
+            "--storage",
+            postgres,
+            "--study-name",
+            "pg-grid",
+            "--workers",
+            "2",
+            "--data-dir",
+            str(cifar_dir),
+            *SMOKE,
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name="pg-grid", storage=postgres).get_trials()
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -66,8 +101,9 @@ def test_two_workers_share_one_postgres_study(tmp_path, cifar_dir, postgres):
 
 
 def test_tpe_study_samples_the_declared_space(tmp_path, cifar_dir):
-    res = run_cli(["study", "--task", "cifar100", "--method", "pkt", "--n-trials", "2", "--data-dir", str(cifar_dir),
-                   *SMOKE], tmp_path)
+    res = run_cli(
+        ["study", "--task", "cifar100", "--method", "pkt", "--n-trials", "2", "--data-dir", str(cifar_dir), *SMOKE], tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     trials = optuna.load_study(study_name=_study_names(tmp_path)[0], storage=f"sqlite:///{tmp_path / 'studies.db'}").get_trials()
     assert len(trials) == 2 and all(1e3 <= t.params["pkt_weight"] <= 1e5 for t in trials)
@@ -109,21 +145,37 @@ def test_study_name_carries_its_definition_and_join_checks_it(tmp_path, cifar_di
         assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.WAITING for t in trials)
     # joining a study with a definition that differs from the stored one fails with one line
     first = next(n for n in names if n in a.stdout)
-    bad = run_cli(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--set", "epochs=2",
-                   "--study-name", first, "--join"], tmp_path)
+    bad = run_cli(
+        [
+            "study",
+            "--paper",
+            "table12",
+            "--data-dir",
+            str(cifar_dir),
+            *SMOKE,
+            "--set",
+            "epochs=2",
+            "--study-name",
+            first,
+            "--join",
+        ],
+        tmp_path,
+    )
     assert bad.returncode == 2 and "created with another definition" in bad.stderr and "epochs" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     # resuming under the same explicit name with another definition is refused too
     again = run_cli([*common, "--set", "lr=0.01", "--study-name", first], tmp_path)
     assert again.returncode == 2 and "created with another definition" in again.stderr
-    missing = run_cli(["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--study-name", "nope",
-                       "--join"], tmp_path)
+    missing = run_cli(
+        ["study", "--paper", "table12", "--data-dir", str(cifar_dir), *SMOKE, "--study-name", "nope", "--join"], tmp_path
+    )
     assert missing.returncode == 2 and "study 'nope' does not exist" in missing.stderr
 
 
 def test_paper_study_refuses_a_set_that_contradicts_a_fixed_value(tmp_path, cifar_dir):
-    res = run_cli_inprocess(["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"],
-                            tmp_path)
+    res = run_cli_inprocess(
+        ["study", "--paper", "table10", "--data-dir", str(cifar_dir), *SMOKE, "--set", "margin=0.09"], tmp_path
+    )
     assert res.returncode == 2 and "fixes margin=0.04" in res.stderr
     assert not (tmp_path / "studies.db").exists() and not (tmp_path / "mlflow.db").exists()
 
@@ -151,8 +203,20 @@ def test_a_diverging_trial_fails_alone_and_the_study_goes_on(tmp_path, search):
     assert all("not finite" in r.data.tags["xkd.failure"] for r in trial_runs if r.info.status == "FAILED")
 
 
-SLOW_GRID = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--set", "epochs=100",
-             "--seeds", "2", "--grid"]
+SLOW_GRID = [
+    "study",
+    "--task",
+    "synthetic",
+    "--method",
+    "kd",
+    "--profile",
+    "smoke",
+    "--set",
+    "epochs=100",
+    "--seeds",
+    "2",
+    "--grid",
+]
 
 
 def _popen(args, tmp_path):
@@ -160,10 +224,17 @@ def _popen(args, tmp_path):
     `&`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     import signal
     import sys
+
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmark", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _running_trial(tmp_path, proc, timeout=300):
@@ -200,6 +271,7 @@ def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
     queued again and completes, the command says so and exits 0, the study's MLflow parent ends FINISHED
     (it used to exit 0 with the point still FAIL and the parent FAILED)."""
     import signal
+
     args = [*SLOW_GRID, "temperature=1,4"]
     proc = _popen(args, tmp_path)
     study, trial = _running_trial(tmp_path, proc)
@@ -211,8 +283,11 @@ def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
     assert proc.returncode == 130, f"{out[-1500:]}\n--- stderr ---\n{err[:3000]}\n[...]\n{err[-3000:]}"
     res = run_cli(args, tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"trial {trial.number} (temperature={trial.params['temperature']}) was interrupted: its point is queued " \
-           "again" in res.stdout and "recovered: 1 interrupted or lost trial(s)" in res.stdout
+    assert (
+        f"trial {trial.number} (temperature={trial.params['temperature']}) was interrupted: its point is queued again"
+        in res.stdout
+        and "recovered: 1 interrupted or lost trial(s)" in res.stdout
+    )
     study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
     assert _every_point_complete(study, [1.0, 4.0])
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -228,6 +303,7 @@ def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_p
     command, its MLflow runs KILLED (not RUNNING forever); the command ends with the study's table, a
     one-line account of what was recovered, and exit 0."""
     import signal
+
     proc = _popen([*SLOW_GRID, "temperature=1,2,4,8", "--workers", "2"], tmp_path)
     study, trial = _running_trial(tmp_path, proc)
     pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
@@ -235,8 +311,9 @@ def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_p
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert f"worker {pid} ended (signal 9) in trial {trial.number}: its point was queued again" in out
-    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out, \
+    assert "recovered: 1 interrupted or lost trial(s)" in out and "params_temperature" in out, (
         f"{out}\n--- stderr ---\n{err[-6000:]}"
+    )
     study = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'studies.db'}")
     assert _every_point_complete(study, [1.0, 2.0, 4.0, 8.0])
     assert _no_run_left_running(tmp_path) == []
@@ -246,6 +323,7 @@ def _hold_write_lock(path, seconds):
     """Another process's write on the sqlite file at `path` (a reserved lock), held `seconds`, then committed."""
     import sqlite3
     import threading
+
     con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     con.execute("BEGIN IMMEDIATE")
     timer = threading.Timer(seconds, lambda: (con.execute("COMMIT"), con.close()))
@@ -259,6 +337,7 @@ def test_a_store_locked_longer_than_sqlites_wait_delays_a_claim_and_a_log_withou
     succeed. (CI once lost a study worker to 'database is locked' in a claim: it exited 1 outside a trial.)"""
     from benchmark.tracking import Tracker
     from studies.runner import pop_queued_trial
+
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     optuna.create_study(study_name="s", storage=url).enqueue_trial({"x": 1})
     storage = optuna.storages.get_storage(url)
@@ -280,11 +359,13 @@ def test_a_store_locked_longer_than_sqlites_wait_delays_a_claim_and_a_log_withou
 def test_a_lock_that_never_ends_fails_after_the_wait_with_sqlites_error():
     """patiently gives up after its wait, with the store's own error; any other error is not retried."""
     from benchmark.interrupts import patiently
+
     calls = []
 
     def locked_call():
         calls.append(1)
         raise RuntimeError("commit failed") from Exception("(sqlite3.OperationalError) database is locked")
+
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="commit failed"):
         patiently(locked_call, wait_s=0.5)
@@ -302,12 +383,27 @@ def test_kill_9_of_the_study_command_stops_its_workers(tmp_path):
     and its MLflow runs KILLED, none left RUNNING."""
     import signal
     import sys
-    args = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--set", "epochs=3000",
-            "--grid", "temperature=1,2", "--workers", "2"]
+
+    args = [
+        "study",
+        "--task",
+        "synthetic",
+        "--method",
+        "kd",
+        "--profile",
+        "smoke",
+        "--set",
+        "epochs=3000",
+        "--grid",
+        "temperature=1,2",
+        "--workers",
+        "2",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     with open(tmp_path / "out.log", "w") as log:  # a file, not a pipe: a worker never dies of writing to it
-        proc = subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     study, trial = _running_trial(tmp_path, proc)
     workers = child_pids(proc.pid)
     assert int(trial.user_attrs["worker"].rsplit(":", 1)[1]) in workers
@@ -324,8 +420,7 @@ def test_kill_9_of_the_study_command_stops_its_workers(tmp_path):
     # leave a run it had just opened RUNNING: the next command on the store marks such runs KILLED)
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mine = t.user_attrs["mlflow_run_id"]
-    children = client.search_runs([client.get_run(mine).info.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{mine}'")
+    children = client.search_runs([client.get_run(mine).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{mine}'")
     assert [r.info.status for r in [client.get_run(mine), *children]].count("RUNNING") == 0
 
 

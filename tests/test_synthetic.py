@@ -1,5 +1,6 @@
 """The synthetic task: the generator's shared / modality-specific structure holds (linear probes), draws are
 deterministic per seed, every method runs end to end, per-seed data, and bad settings are refused."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,6 +52,7 @@ def test_seeds_streams_are_disjoint():
 
     from tasks.synthetic import data_seed
     from tasks.synthetic_data import child
+
     values = {}
     for seed in (0, 1, 2):
         root = data_seed(SimpleNamespace(split_seed=0, seed=seed, synth_data="per_seed"))
@@ -63,7 +65,7 @@ def test_seeds_streams_are_disjoint():
             values[(seed, name)] = {tuple(r) for r in v.double().reshape(-1, 4).numpy().tolist()}
     keys = list(values)
     for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
+        for b in keys[i + 1 :]:
             assert not (values[a] & values[b]), f"{a} and {b} share drawn values"
     fixed = data_seed(SimpleNamespace(split_seed=0, seed=5, synth_data="fixed"))
     assert fixed.spawn_key != data_seed(SimpleNamespace(split_seed=0, seed=0, synth_data="per_seed")).spawn_key
@@ -77,6 +79,7 @@ def test_the_synthetic_teacher_never_sees_the_students_rows(tmp_path):
     from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
     from benchmark.teachers import vector
+
     task = TASKS.get("synthetic")()
     cfg = build_config(task, "smoke", {}, {"synth_teacher_per_class": "30"})
     data = task.load(cfg)
@@ -90,12 +93,13 @@ def test_the_synthetic_teacher_never_sees_the_students_rows(tmp_path):
     def spy(self, inputs):
         seen.append((len(self.labels), np.stack(inputs[: len(self.labels)])))
         return orig(self, inputs)
+
     vector.MLPTeacher.encode = spy
     try:
         tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path / "cache"))
     finally:
         vector.MLPTeacher.encode = orig
-    (n, trained_on), = seen
+    ((n, trained_on),) = seen
     assert n == 600 and np.array_equal(trained_on, data.pretrain_x.numpy())
     assert tables.embedding.shape[0] == data.teacher_x.shape[0]  # one row per student-side sample, keys unchanged
     for k in ("teacher_pretrain_acc", "teacher_train_acc", "teacher_test_acc"):
@@ -141,15 +145,33 @@ def test_more_shared_factors_more_label_information_in_the_student_modality():
 
 
 def test_every_method_runs_and_data_is_drawn_per_seed(tmp_path):
-    res = run_cli(["run", "--task", "synthetic", "--methods", "all", "--profile", "smoke", "--seeds", "2",
-                   "--set", "synth_gamma=0.25", "--out", "o"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "synthetic",
+            "--methods",
+            "all",
+            "--profile",
+            "smoke",
+            "--seeds",
+            "2",
+            "--set",
+            "synth_gamma=0.25",
+            "--out",
+            "o",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     from conftest import vector_teacher_methods
+
     names = vector_teacher_methods()  # `at` needs an image teacher's maps
     runs = pd.read_csv(tmp_path / "o" / "runs.csv")
     assert sorted(runs["method"].unique()) == sorted(names) and len(runs) == 2 * len(names)
     assert runs["test_top1"].notna().all() and (runs["test_top1"] > 0).all()
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("xkd-synthetic")
     params = [r.data.params for r in client.search_runs([exp.experiment_id])]
@@ -159,10 +181,15 @@ def test_every_method_runs_and_data_is_drawn_per_seed(tmp_path):
     assert all(float(p["teacher_test_acc"]) > 100 / 20 for p in params)  # the teacher beats chance
 
 
-@pytest.mark.parametrize("sets,needle", [(["synth_per_class=10,5"], "three positive integers"),
-                                         (["student=resnet8_w16"], "student=mlp"),
-                                         (["synth_gamma=1.5"], "synth_gamma=1.5 is out of range"),
-                                         (["synth_data=sometimes"], "choose one of per_seed, fixed")])
+@pytest.mark.parametrize(
+    "sets,needle",
+    [
+        (["synth_per_class=10,5"], "three positive integers"),
+        (["student=resnet8_w16"], "student=mlp"),
+        (["synth_gamma=1.5"], "synth_gamma=1.5 is out of range"),
+        (["synth_data=sometimes"], "choose one of per_seed, fixed"),
+    ],
+)
 def test_bad_synthetic_settings_are_refused(tmp_path, sets, needle):
     args = ["run", "--task", "synthetic", "--methods", "baseline", "--profile", "smoke"]
     for s in sets:

@@ -1,6 +1,7 @@
 """`run --queue URL` (benchmark/table_queue.py): a table's points in a database queue that workers on any machine
 claim. Here the "machines" are processes with folders of their own on one sqlite queue (the PostgreSQL path is
 the same Optuna storage as `study`'s, tested there)."""
+
 import os
 import signal
 import subprocess
@@ -14,8 +15,7 @@ import pytest
 
 from conftest import run_cli, run_cli_inprocess
 
-TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "2",
-         "--set", "num_threads=1"]
+TABLE = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline,kd", "--seeds", "2", "--set", "num_threads=1"]
 METRICS = ["test_top1", "match_acc", "test_top1_at_best_val", "best_val_epoch"]
 
 
@@ -27,9 +27,13 @@ def procs():
     def start(args, tmp_path, name):
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
         with open(tmp_path / f"{name}.log", "w") as log:  # a file: nobody dies of writing to a closed pipe
-            started.append(subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env,
-                                            stdout=log, stderr=subprocess.STDOUT))
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "benchmark", *args], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
         return started[-1]
+
     yield start
     for p in started:
         if p.poll() is None:
@@ -64,7 +68,11 @@ def test_workers_that_join_the_queue_run_each_point_once_with_the_sequential_num
     assert list(a.index) == list(b.index) and a[METRICS].equals(b[METRICS])
     trials = _trials(url)
     assert sorted((t.params["method"], t.params["seed"], t.state.name) for t in trials) == [
-        ("baseline", 0, "COMPLETE"), ("baseline", 1, "COMPLETE"), ("kd", 0, "COMPLETE"), ("kd", 1, "COMPLETE")]
+        ("baseline", 0, "COMPLETE"),
+        ("baseline", 1, "COMPLETE"),
+        ("kd", 0, "COMPLETE"),
+        ("kd", 1, "COMPLETE"),
+    ]
     assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in trials} <= {str(p.pid) for p in joined}
     boss_log = (tmp_path / "boss.log").read_text()
     assert "[4/4 done" in boss_log and "4 point(s)" in boss_log

@@ -1,4 +1,5 @@
 """The frozen teacher: cached once per key, never run or optimised in the training loop."""
+
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from tasks.cifar100 import Cifar100
 
 class CountingTeacher:
     """Registered as a class like every teacher; the count is kept on the class across the runs' instances."""
+
     id = "test/counting-v1"
     modality = "text"
     dim = 8
@@ -40,6 +42,7 @@ def counting_teacher():
     """The test double is registered for the tests that ask for it only: a later `list` in the same worker
     must not see it."""
     from benchmark.registry import TEACHERS
+
     TEACHERS.add("test-counting", CountingTeacher, "test double that counts encoder calls")
     yield
     TEACHERS._entries.pop("test-counting")
@@ -47,10 +50,12 @@ def counting_teacher():
 
 def _context(cifar_dir, tmp_path, method):
     from benchmark.registry import TEACHERS
+
     teacher = TEACHERS.get("test-counting")
     task = Cifar100()
-    cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir), "teacher": "test-counting"},
-                       {"data_fraction": "0.02", "val_fraction": "0.01"})
+    cfg = build_config(
+        task, "smoke", {"data_dir": str(cifar_dir), "teacher": "test-counting"}, {"data_fraction": "0.02", "val_fraction": "0.01"}
+    )
     data = task.load(cfg)
     tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path))
     return Context(cfg, task, data, tables, method, {}), teacher
@@ -73,6 +78,7 @@ def test_teacher_not_optimised_and_not_run_in_the_loop(cifar_dir, tmp_path, coun
 
 def test_minilm_teacher_is_real_and_offline():
     from benchmark.teachers import build_teacher
+
     e = torch.nn.functional.normalize(build_teacher("minilm").encode(["apple", "pear", "tiger", "lion", "truck"]), dim=1)
     sim = e @ e.t()
     assert sim[0, 1] > sim[0, 2] and sim[2, 3] > sim[2, 4]
@@ -81,6 +87,7 @@ def test_minilm_teacher_is_real_and_offline():
 
 def test_open_clip_text_tower_runs_with_random_weights():
     from benchmark.teachers import build_teacher
+
     t = build_teacher("clip-vit-b16-random")
     e1 = t.encode(["a photo of a cat."])
     assert e1.shape == (1, 512) and t.id == "open_clip/ViT-B-16/random-init-seed0"

@@ -4,6 +4,7 @@ value the peers' own modules give on the same tensors (RepDistiller b84f547c5db6
 + `models/util.py` ConvReg; ADLab-AutoDrive/ICKD 403b8d3d7c3a `Cifar100/distiller_zoo/ICKD.py`), run once
 outside this repository and transcribed below; nothing of theirs is imported. Then the contract: which
 methods read what, the refusal on a vector teacher, the live teacher skipped when nothing reads it."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -24,9 +25,16 @@ def arr(seed, *shape):
 S_MAPS = [arr(1, B, 4, 8, 8).relu(), arr(2, B, 8, 4, 4).relu(), arr(3, B, 16, 2, 2).relu()]
 T_MAPS = [arr(4, B, 6, 8, 8).relu(), arr(5, B, 12, 4, 4).relu(), arr(6, B, 24, 2, 2).relu()]
 # transcribed from the peers' modules on the tensors above (float64)
-PEER = {"at_sum": 0.09123836255330169, "at_s8_t4": 0.03655227235434308, "at_s2_t4": 0.08393657034360123,
-        "sp": 0.013258706989833054, "fitnet_s8_t4": 0.6032433646737588, "fitnet_s4_t8": 0.5994890581995537,
-        "fitnet_s5_t4": 0.5736584621309446, "ickd": 1.1330087435253926}
+PEER = {
+    "at_sum": 0.09123836255330169,
+    "at_s8_t4": 0.03655227235434308,
+    "at_s2_t4": 0.08393657034360123,
+    "sp": 0.013258706989833054,
+    "fitnet_s8_t4": 0.6032433646737588,
+    "fitnet_s4_t8": 0.5994890581995537,
+    "fitnet_s5_t4": 0.5736584621309446,
+    "ickd": 1.1330087435253926,
+}
 
 
 def shapes(maps):
@@ -35,8 +43,9 @@ def shapes(maps):
 
 def make(name, s_maps, t_maps, **hp):
     cls = METHODS.get(name)
-    dims = Dims(s_maps[-1].shape[1], 7, 5, [m.shape[1] for m in s_maps], map_shapes=shapes(s_maps),
-                teacher_map_shapes=shapes(t_maps))
+    dims = Dims(
+        s_maps[-1].shape[1], 7, 5, [m.shape[1] for m in s_maps], map_shapes=shapes(s_maps), teacher_map_shapes=shapes(t_maps)
+    )
     return cls(dims, cls.Hparams(**hp)).double()
 
 
@@ -79,6 +88,7 @@ def test_attention_transfer_matches_float64_and_repdistiller():
     assert got.value.mean().item() == pytest.approx(PEER["at_sum"], rel=1e-12)
     assert got.weight == 1000 and m.run_params() == {"at_stage_pairs": 3}
     from methods.at import at_pair
+
     for (a, b), key in (((0, 1), "at_s8_t4"), ((2, 1), "at_s2_t4")):  # spatial sizes differ: the larger is pooled
         v = at_pair(S_MAPS[a], T_MAPS[b], 2.0).mean().item()
         assert v == pytest.approx(np_at(s[a], t[b]), rel=1e-12) and v == pytest.approx(PEER[key], rel=1e-12)
@@ -89,7 +99,7 @@ def test_sp_on_maps_matches_float64_and_repdistiller():
     assert m.form == "maps" and m.teacher_reads == {"maps"}
     got = m.terms(out(S_MAPS), TeacherOut(maps=T_MAPS), None)["sp"].value.item()
     xs, xt = (x.numpy().reshape(B, -1) for x in (S_MAPS[-1], T_MAPS[-1]))
-    ref = ((np_rownorm(xt @ xt.T) - np_rownorm(xs @ xs.T)) ** 2).sum() / B ** 2
+    ref = ((np_rownorm(xt @ xt.T) - np_rownorm(xs @ xs.T)) ** 2).sum() / B**2
     assert got == pytest.approx(ref, rel=1e-12) and got == pytest.approx(PEER["sp"], rel=1e-12)
 
 
@@ -110,8 +120,10 @@ def test_ickd_on_maps_matches_float64_and_the_official_code():
     assert got == pytest.approx(ref, rel=1e-10) and got == pytest.approx(PEER["ickd"], rel=1e-10)
 
 
-@pytest.mark.parametrize("hs,ht,kind,key", [(8, 4, "Conv2d", "fitnet_s8_t4"), (4, 8, "ConvTranspose2d", "fitnet_s4_t8"),
-                                            (5, 4, "Conv2d", "fitnet_s5_t4")])
+@pytest.mark.parametrize(
+    "hs,ht,kind,key",
+    [(8, 4, "Conv2d", "fitnet_s8_t4"), (4, 8, "ConvTranspose2d", "fitnet_s4_t8"), (5, 4, "Conv2d", "fitnet_s5_t4")],
+)
 def test_fitnet_hint_with_its_regressor_matches_repdistiller(hs, ht, kind, key):
     s_map, t_map = arr(20, B, 8, hs, hs).relu(), arr(21, B, 6, ht, ht).relu()
     m = make("fitnet", [S_MAPS[0], s_map], [T_MAPS[0], t_map])  # hint stage 2 (RepDistiller's --hint_layer 2)
@@ -135,7 +147,7 @@ def test_fitnet_valid_conv_regressor_matches_float64():
     y = np.zeros((B, 6, 4, 4))
     for i in range(4):
         for j in range(4):
-            y[:, :, i, j] = np.einsum("bchw,ochw->bo", x[:, :, i:i + 2, j:j + 2], w) + bias
+            y[:, :, i, j] = np.einsum("bchw,ochw->bo", x[:, :, i : i + 2, j : j + 2], w) + bias
     y = (y - y.mean((0, 2, 3), keepdims=True)) / np.sqrt(y.var((0, 2, 3), keepdims=True) + 1e-5)
     ref = ((np.maximum(y, 0) - t_map.numpy()) ** 2).mean()
     got = m.terms(out([S_MAPS[0], s_map]), TeacherOut(maps=[T_MAPS[0], t_map]), None)["hint"].value.mean().item()
@@ -162,6 +174,7 @@ def test_what_each_method_reads_of_the_teacher_is_what_it_declares():
     """Every registered method, given only the fields it declares (the others None), computes its terms: a
     method that read an undeclared field would fail here. With a map teacher and with a vector teacher."""
     from benchmark.nets import student_builder
+
     student = student_builder("resnet8_w16")(5)
     x = torch.randn(B, 3, 32, 32)
     s = student(x)
@@ -169,9 +182,17 @@ def test_what_each_method_reads_of_the_teacher_is_what_it_declares():
     t_out = teacher_net(x)
     full = TeacherOut(torch.randn(B, 7), torch.randn(B, 5), [m.detach() for m in t_out.maps])
     for with_maps in (True, False):
-        dims = Dims(64, 7, 5, list(student.map_channels), map_shapes=shapes(s.maps) if with_maps else [],
-                    teacher_map_shapes=shapes(t_out.maps) if with_maps else [], train_size=4 * B, total_steps=10,
-                    train_labels=torch.arange(4 * B) % 5)
+        dims = Dims(
+            64,
+            7,
+            5,
+            list(student.map_channels),
+            map_shapes=shapes(s.maps) if with_maps else [],
+            teacher_map_shapes=shapes(t_out.maps) if with_maps else [],
+            train_size=4 * B,
+            total_steps=10,
+            train_labels=torch.arange(4 * B) % 5,
+        )
         for name in METHODS.names():
             cls = METHODS.get(name)
             if not with_maps and cls.needs_teacher_maps(cls.Hparams()):
@@ -190,13 +211,32 @@ def test_what_each_method_reads_of_the_teacher_is_what_it_declares():
 
 def test_a_map_method_on_a_vector_teacher_is_refused_in_one_line(tmp_path, cifar_dir):
     from conftest import run_cli
-    res = run_cli(["run", "--task", "cifar100", "--methods", "at", "--profile", "smoke", "--data-dir", str(cifar_dir),
-                   "--out", "o"], tmp_path)
+
+    res = run_cli(
+        ["run", "--task", "cifar100", "--methods", "at", "--profile", "smoke", "--data-dir", str(cifar_dir), "--out", "o"],
+        tmp_path,
+    )
     assert res.returncode == 2 and not (tmp_path / "o").exists() and not (tmp_path / "mlflow.db").exists()
     line = res.stderr.strip().splitlines()
     assert len(line) == 1 and "teacher's stage maps" in line[0] and "cifar100-kd" in line[0], res.stderr
-    res = run_cli(["run", "--task", "cifar100", "--methods", "fitnet", "--set", "fitnet_form=maps", "--profile", "smoke",
-                   "--data-dir", str(cifar_dir), "--out", "o"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "cifar100",
+            "--methods",
+            "fitnet",
+            "--set",
+            "fitnet_form=maps",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            str(cifar_dir),
+            "--out",
+            "o",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 2 and "fitnet" in res.stderr and "cifar100-kd" in res.stderr
 
 
@@ -204,6 +244,7 @@ def test_all_leaves_the_map_only_methods_out_on_a_vector_teacher_and_says_so():
     from benchmark.registry import TASKS
     from benchmark.resolve import build_config, check_teacher_maps
     from benchmark.trainer import resolve_hparams
+
     task = TASKS.get("cifar100")()
     cfg = build_config(task, "smoke", {}, {})
     names = METHODS.names()
@@ -218,9 +259,9 @@ def kd_smoke(cifar_dir, tmp_path_factory):
     from benchmark.registry import TASKS
     from benchmark.resolve import build_config
     from benchmark.teacher_cache import TeacherCache
+
     task = TASKS.get("cifar100-kd")()
-    cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"teacher_data_fraction": "0.02",
-                                                                     "num_threads": "1"})
+    cfg = build_config(task, "smoke", {"data_dir": str(cifar_dir)}, {"teacher_data_fraction": "0.02", "num_threads": "1"})
     data = task.load(cfg)
     tables = task.teacher_tables(cfg, data, TeacherCache(tmp_path_factory.mktemp("cache")))
     return task, cfg, data, tables
@@ -242,6 +283,7 @@ def test_the_baseline_never_runs_the_live_teacher_and_gives_the_same_metrics(kd_
     from benchmark.recorder import run_one
     from benchmark.tracking import NullTracker
     from methods.baseline import Baseline
+
     task, cfg, data, tables = kd_smoke
     assert tables.map_shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]  # the smoke teacher's stages (resnet8_w16)
     results = {}
@@ -262,6 +304,7 @@ def test_map_methods_train_in_the_loop_with_the_teachers_maps(kd_smoke, tmp_path
     from benchmark.recorder import run_one
     from benchmark.tracking import NullTracker
     from benchmark.trainer import Context
+
     task, cfg, data, tables = kd_smoke
     for name, form_key in (("fitnet", "fitnet_form"), ("sp", "sp_form"), ("ickd", "ickd_form"), ("at", None)):
         ctx = Context(cfg, task, data, tables, name, {})
@@ -277,14 +320,20 @@ def test_under_bf16_a_method_gets_every_input_in_fp32(kd_smoke, monkeypatch):
     and the teacher's embedding, logits and stage maps in fp32, so no method casts (the fp() calls are gone)."""
     from benchmark.trainer import Context
     from methods.at import AT
+
     task, cfg, data, tables = kd_smoke
     seen = []
     original = AT.terms
 
     def spy(self, s, t, y):
-        seen.append({"student": {s.embedding.dtype, s.logits.dtype, *(m.dtype for m in s.maps)},
-                     "teacher maps": {m.dtype for m in t.maps}})
+        seen.append(
+            {
+                "student": {s.embedding.dtype, s.logits.dtype, *(m.dtype for m in s.maps)},
+                "teacher maps": {m.dtype for m in t.maps},
+            }
+        )
         return original(self, s, t, y)
+
     monkeypatch.setattr(AT, "terms", spy)
     ctx = Context(replace(cfg, precision="bf16", epochs=1), task, data, tables, "at", {})
     assert ctx.precision_resolved == "bf16"

@@ -1,5 +1,6 @@
 """Tiny-ImageNet: the official layout read from a zip or a folder, decoded once into a cache, bad archives
 refused in one line with nothing left behind; an end-to-end run on the real 100-per-class archive."""
+
 import zipfile
 
 import numpy as np
@@ -15,10 +16,16 @@ CLASSES = ["n01644900", "n01443537", "n01698640"]
 
 
 def archive():
-    return shared_data(SUBSET, what="the Tiny-ImageNet archive (100 per class)",
-                       how="any zip of the official layout works; the full one is "
-                           "http://cs231n.stanford.edu/tiny-imagenet-200.zip (`run --task tinyimagenet --data-dir "
-                           "DATA/tiny-imagenet` downloads it)") / SUBSET
+    return (
+        shared_data(
+            SUBSET,
+            what="the Tiny-ImageNet archive (100 per class)",
+            how="any zip of the official layout works; the full one is "
+            "http://cs231n.stanford.edu/tiny-imagenet-200.zip (`run --task tinyimagenet --data-dir "
+            "DATA/tiny-imagenet` downloads it)",
+        )
+        / SUBSET
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,9 @@ def real_zip():
 
 def make_subset(real_zip, path, train_per_class=(0, 1, 75), corrupt=None):
     """A small archive in the official layout with real images: 3 classes (wnids order as listed above)."""
-    ann = [line for line in real_zip.read(f"{ROOT}/val/val_annotations.txt").decode().splitlines()
-           if line.split("\t")[1] in CLASSES][:12]
+    ann = [
+        line for line in real_zip.read(f"{ROOT}/val/val_annotations.txt").decode().splitlines() if line.split("\t")[1] in CLASSES
+    ][:12]
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{ROOT}/wnids.txt", "\n".join(CLASSES) + "\n")
         z.writestr(f"{ROOT}/words.txt", real_zip.read(f"{ROOT}/words.txt"))
@@ -46,6 +54,7 @@ def make_subset(real_zip, path, train_per_class=(0, 1, 75), corrupt=None):
 
 def test_reads_the_layout_from_a_zip_and_a_folder_and_caches_the_decoded_arrays(tmp_path, real_zip):
     from tasks.tinyimagenet import read_tinyimagenet
+
     src = tmp_path / "data"
     src.mkdir()
     ann = make_subset(real_zip, src / "subset.zip")
@@ -85,9 +94,22 @@ def test_a_damaged_archive_is_one_line_and_leaves_no_cache(tmp_path, real_zip, d
         (src / "subset.zip").write_bytes(raw[: len(raw) // 2])
     work = tmp_path / "work"
     work.mkdir()
-    res = run_cli_inprocess(["run", "--task", "tinyimagenet", "--methods", "baseline", "--profile", "smoke", "--data-dir",
-                             str(src),
-                   "--cache-dir", str(tmp_path / "cache")], work)
+    res = run_cli_inprocess(
+        [
+            "run",
+            "--task",
+            "tinyimagenet",
+            "--methods",
+            "baseline",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            str(src),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        work,
+    )
     _refused(res, "holds tiny-imagenet-200/wnids.txt" if damage == "truncated" else f"{bad.split('/', 1)[1]} in ")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.npy"))
     assert list(work.iterdir()) == []
@@ -95,17 +117,36 @@ def test_a_damaged_archive_is_one_line_and_leaves_no_cache(tmp_path, real_zip, d
 
 def test_every_method_runs_on_the_real_archive(tmp_path):
     ARCHIVE = archive()
-    res = run_cli(["run", "--task", "tinyimagenet", "--methods", "all", "--profile", "smoke",
-                   "--data-dir", str(ARCHIVE.parent), "--set", "data_fraction=0.02", "--set", "test_limit=400",
-                   "--out", "o"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "tinyimagenet",
+            "--methods",
+            "all",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            str(ARCHIVE.parent),
+            "--set",
+            "data_fraction=0.02",
+            "--set",
+            "test_limit=400",
+            "--out",
+            "o",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     runs = pd.read_csv(tmp_path / "o" / "runs.csv")
     from conftest import vector_teacher_methods
+
     assert sorted(runs["method"]) == sorted(vector_teacher_methods())  # `at` needs an image teacher's maps
     assert ((runs["test_top1"] >= 0) & (runs["test_top1"] <= 100)).all()
     ours = runs.set_index("method").loc["ours_feature"]
     assert 0 <= ours["match_acc"] <= 100  # matching against the 200 class prototypes
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.get_run(ours["run_id"])
     p = run.data.params

@@ -1,4 +1,5 @@
 """Speaker task on the small real fixture (FSDD speech, ORL faces, sonic-pi noise)."""
+
 import mlflow
 import numpy as np
 import pytest
@@ -69,6 +70,7 @@ def test_every_method_trains_on_the_speaker_task(vox_loaded):
     task, cfg, data, tables, _, _ = vox_loaded
     from benchmark.registry import UsageError
     from conftest import vector_teacher_methods
+
     for name in METHODS.names():
         if name not in vector_teacher_methods():  # a face teacher has no stage maps: refused, never approximated
             with pytest.raises(UsageError, match="stage maps"):
@@ -87,6 +89,7 @@ def test_every_method_trains_on_the_speaker_task(vox_loaded):
 def test_ir50_loads_a_checkpoint_and_rejects_a_wrong_one(tmp_path):
     from benchmark.teachers import TeacherOptions, build_teacher
     from benchmark.teachers.face import IR50, IR50Face
+
     torch.manual_seed(0)
     net = IR50().eval()
     torch.save(net.state_dict(), tmp_path / "ir50.pth")
@@ -106,11 +109,13 @@ def test_ir50_loads_a_checkpoint_and_rejects_a_wrong_one(tmp_path):
 
 def test_weak_face_teacher_is_trained_on_training_faces(tmp_path):
     from benchmark.teachers.face import WeakFace
+
     z = np.load(speaker_sources() / "faces-orl" / "orl_faces_uint8.npz")
     keep = z["labels"] < 4
     imgs, labels = list(z["images"][keep]), z["labels"][keep]
     from benchmark.teacher_cache import TeacherCache
     from benchmark.teachers import TeacherOptions
+
     t = WeakFace(TeacherOptions(train_labels=tuple(int(v) for v in labels[::2])), epochs=8)
     # trained on the even images only, then applied to all; through the cache, as a run calls it (under no_grad)
     e, _ = TeacherCache(tmp_path).embeddings(t, imgs[::2] + imgs[1::2], extra={"train_labels": labels[::2].tolist()})
@@ -121,16 +126,42 @@ def test_weak_face_teacher_is_trained_on_training_faces(tmp_path):
 
 
 def test_smoke_run_logs_speaker_metrics(tmp_path, vox_dir):
-    res = run_cli(["run", "--task", "voxceleb", "--methods", "baseline,ours_feature_quality", "--profile", "smoke",
-                   "--data-dir", str(vox_dir), "--out", "out"], tmp_path)
+    res = run_cli(
+        [
+            "run",
+            "--task",
+            "voxceleb",
+            "--methods",
+            "baseline,ours_feature_quality",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            str(vox_dir),
+            "--out",
+            "out",
+        ],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("xkd-voxceleb").experiment_id])
     assert len(runs) == 2
     for r in runs:
         m = r.data.metrics
-        for k in ("eer_o", "mindcf_o", "eer_h", "eer_noise15", "eer_noise10", "eer_noise5", "eer_cnceleb",
-                  "match_af_o", "match_fa_o", "match_af_h", "match_fa_h", "val_eer"):
+        for k in (
+            "eer_o",
+            "mindcf_o",
+            "eer_h",
+            "eer_noise15",
+            "eer_noise10",
+            "eer_noise5",
+            "eer_cnceleb",
+            "match_af_o",
+            "match_fa_o",
+            "match_af_h",
+            "match_fa_h",
+            "val_eer",
+        ):
             assert k in m, k
         assert 0 <= m["eer_o"] <= 100 and 0 <= m["mindcf_o"] <= 1.0 + 1e-9
         assert r.data.params["teacher_logits"] == "probe" and r.data.params["teacher_id"].startswith("dlib-face")
@@ -142,6 +173,7 @@ def test_smoke_run_logs_speaker_metrics(tmp_path, vox_dir):
 
 def test_h_matching_without_gender_is_not_available(tmp_path, vox_dir):
     import shutil
+
     d = tmp_path / "nogender"
     shutil.copytree(vox_dir, d)
     (d / "vox2_meta.csv").unlink()
@@ -166,7 +198,9 @@ def test_epoch_loop_runs_the_batches_the_sampler_produces(vox_loaded):
 
 
 def test_missing_speaker_data_exits_2(tmp_path):
-    res = run_cli(["run", "--task", "voxceleb", "--methods", "baseline", "--profile", "smoke", "--data-dir",
-                   str(tmp_path / "none")], tmp_path)
+    res = run_cli(
+        ["run", "--task", "voxceleb", "--methods", "baseline", "--profile", "smoke", "--data-dir", str(tmp_path / "none")],
+        tmp_path,
+    )
     assert res.returncode == 2 and "fixture voxceleb" in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []

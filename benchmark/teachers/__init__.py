@@ -5,6 +5,7 @@ options)`, so nothing a run sets (a checkpoint, the training identities) leaks i
 Every teacher has `id` (part of the embedding cache key), `modality`, `dim` and `encode(inputs)`.
 Embeddings are computed once per cache key by benchmark.teacher_cache.TeacherCache.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from benchmark.registry import TEACHERS
 @dataclass(frozen=True)
 class TeacherOptions:
     """What a run may tell a teacher: a checkpoint file, and the training identities (weak face teacher)."""
+
     checkpoint: str = ""
     train_labels: tuple[int, ...] = field(default_factory=tuple)
     untrained: bool = False  # the negative control teacher_control=random: the architecture at its seeded init

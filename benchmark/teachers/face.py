@@ -1,4 +1,5 @@
 """Frozen face teachers for the speaker task: dlib ResNet (offline, 128-d), IR-50 (checkpoint), weak ResNet34."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,7 @@ class DlibFace:
 
     Inputs are face crops; each is resized to dlib's 150x150 aligned chip (VoxCeleb frames should be
     cropped and aligned first, as the paper's 112x112 faces)."""
+
     id = "dlib-face-resnet-v1/150px-chip"
     modality = "face"
     dim = 128
@@ -59,10 +61,18 @@ class BottleneckIR(nn.Module):
 
     def __init__(self, cin: int, depth: int, stride: int):
         super().__init__()
-        self.shortcut_layer = (nn.MaxPool2d(1, stride) if cin == depth else
-                               nn.Sequential(nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)))
-        self.res_layer = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, depth, 3, 1, 1, bias=False), nn.PReLU(depth),
-                                       nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth))
+        self.shortcut_layer = (
+            nn.MaxPool2d(1, stride)
+            if cin == depth
+            else nn.Sequential(nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+        )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(cin),
+            nn.Conv2d(cin, depth, 3, 1, 1, bias=False),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+        )
 
     def forward(self, x):
         return self.res_layer(x) + self.shortcut_layer(x)
@@ -79,8 +89,9 @@ class IR50(nn.Module):
             units += [BottleneckIR(cin, depth, 2)] + [BottleneckIR(depth, depth, 1) for _ in range(n - 1)]
             cin = depth
         self.body = nn.Sequential(*units)
-        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512),
-                                          nn.BatchNorm1d(512))
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(512), nn.Dropout(), nn.Flatten(), nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512)
+        )
 
     def forward(self, x):
         return self.output_layer(self.body(self.input_layer(x)))
@@ -88,6 +99,7 @@ class IR50(nn.Module):
 
 class IR50Face:
     """IR-50 loaded from a face.evoLVe checkpoint given with --set teacher_checkpoint=PATH."""
+
     modality = "face"
     dim = 512
 
@@ -98,8 +110,10 @@ class IR50Face:
     @property
     def id(self) -> str:
         if not self.checkpoint or not Path(self.checkpoint).is_file():
-            raise UsageError("teacher 'ir50' needs --set teacher_checkpoint=PATH to a face.evoLVe IR-50 "
-                             f"backbone checkpoint (not found: {self.checkpoint!r})")
+            raise UsageError(
+                "teacher 'ir50' needs --set teacher_checkpoint=PATH to a face.evoLVe IR-50 "
+                f"backbone checkpoint (not found: {self.checkpoint!r})"
+            )
         digest = hashlib.sha256(Path(self.checkpoint).read_bytes()).hexdigest()[:16]
         return f"ir50/{digest}"
 
@@ -115,24 +129,27 @@ class IR50Face:
             self._model = model.eval()
         x = torch.stack([resize(np.asarray(i), 112) for i in images])
         with torch.no_grad():
-            return torch.cat([self._model((x[i:i + 64] - 0.5) / 0.5) for i in range(0, len(x), 64)])
+            return torch.cat([self._model((x[i : i + 64] - 0.5) / 0.5) for i in range(0, len(x), 64)])
 
 
 class WeakFace:
     """The paper's weak teacher: a ResNet34 face model the harness trains on the training faces
     (identity labels), then freezes; its 512-d penultimate feature is the embedding. encode() gets the
     training faces first (as many as labels), then any faces to embed with the trained model."""
+
     modality = "face"
     dim = 512
 
     def __init__(self, options=None, epochs: int = 15):
         self.epochs = epochs
         self.id = f"face-weak-resnet34/e{epochs}/seed0"
-        self.labels: np.ndarray | None = (np.asarray(options.train_labels)
-                                          if options is not None and len(options.train_labels) else None)
+        self.labels: np.ndarray | None = (
+            np.asarray(options.train_labels) if options is not None and len(options.train_labels) else None
+        )
 
     def encode(self, images: list) -> torch.Tensor:
         from torchvision.models import resnet34
+
         if self.labels is None:
             raise UsageError("the weak face teacher must be given the training identities first")
         torch.manual_seed(0)
@@ -153,10 +170,11 @@ class WeakFace:
         net.fc = nn.Identity()
         net.eval()
         with torch.no_grad():
-            return torch.cat([net(x[i:i + 64]) for i in range(0, len(x), 64)])
+            return torch.cat([net(x[i : i + 64]) for i in range(0, len(x), 64)])
 
 
-TEACHERS.add("dlib-face", DlibFace,
-             "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)")
+TEACHERS.add(
+    "dlib-face", DlibFace, "dlib ResNet face descriptor, 128-d, ships in PyPI face-recognition-models (offline; speaker default)"
+)
 TEACHERS.add("ir50", IR50Face, "IR-50 face model (face.evoLVe), 512-d, the paper's strong teacher: --set teacher_checkpoint=PATH")
 TEACHERS.add("face-weak", WeakFace, "the paper's weak teacher: ResNet34 face model trained by the harness on the training faces")

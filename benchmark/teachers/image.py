@@ -11,6 +11,7 @@ trains another. The key does not hash the code: a teacher cached by an older com
 code version that trained it is saved beside its weights and logged with every run (`teacher_trained_by`).
 The teacher never sees the validation or test rows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,6 +70,7 @@ class ImageTeacher(nn.Module):
 def build_arch(arch: str, num_classes: int) -> nn.Module:
     """A student architecture of the registry (timm:<name> included), or `tv:<name>` for a torchvision model."""
     from benchmark.nets import student_builder, torchvision_model
+
     if arch.startswith("tv:"):  # the plain model (its checkpoints' keys), features by the teacher's own hook
         return torchvision_model(arch[3:], num_classes, f"teacher_arch '{arch}'")
     return student_builder(arch)(num_classes)
@@ -98,11 +100,24 @@ def load_checkpoint_teacher(path: str, arch: str, num_classes: int) -> tuple[Ima
 
 
 def recipe(cfg) -> dict:
-    return {"arch": cfg.teacher_arch, "epochs": cfg.teacher_epochs, "lr": cfg.teacher_lr, "seed": cfg.teacher_seed,
-            "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "momentum": cfg.momentum,
-            "nesterov": cfg.nesterov, "weight_decay": cfg.weight_decay, "schedule": cfg.schedule,
-            "lr_step_epochs": cfg.lr_step_epochs, "lr_gamma": cfg.lr_gamma, "lr_milestones": cfg.lr_milestones,
-            "warmup_epochs": cfg.warmup_epochs, "image_size": cfg.image_size, "loop": "baseline (cross-entropy)"}
+    return {
+        "arch": cfg.teacher_arch,
+        "epochs": cfg.teacher_epochs,
+        "lr": cfg.teacher_lr,
+        "seed": cfg.teacher_seed,
+        "batch_size": cfg.batch_size,
+        "optimizer": cfg.optimizer,
+        "momentum": cfg.momentum,
+        "nesterov": cfg.nesterov,
+        "weight_decay": cfg.weight_decay,
+        "schedule": cfg.schedule,
+        "lr_step_epochs": cfg.lr_step_epochs,
+        "lr_gamma": cfg.lr_gamma,
+        "lr_milestones": cfg.lr_milestones,
+        "warmup_epochs": cfg.warmup_epochs,
+        "image_size": cfg.image_size,
+        "loop": "baseline (cross-entropy)",
+    }
 
 
 def teacher_key(cfg, data) -> str:
@@ -118,26 +133,38 @@ def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, st
     from benchmark.teacher_cache import _folder_lock
     from benchmark.teacher_tables import TeacherTables
     from benchmark.trainer import Context
+
     key = teacher_key(cfg, data)
     folder = cache.root / "image-teachers"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}.pt"
     with _folder_lock(folder):
         if not path.is_file():
-            tcfg = replace(cfg, student=cfg.teacher_arch, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
-                           seed=cfg.teacher_seed, compile=False, stop_after_epochs=0)
+            tcfg = replace(
+                cfg,
+                student=cfg.teacher_arch,
+                epochs=cfg.teacher_epochs,
+                lr=cfg.teacher_lr,
+                seed=cfg.teacher_seed,
+                compile=False,
+                stop_after_epochs=0,
+            )
             n_rows = max(int(s.key.max()) + 1 for s in (data.train, data.val, data.test))
             blank = TeacherTables("none", "", torch.zeros(n_rows, 1, 1))  # the baseline reads no teacher
-            say(f"training the image teacher {cfg.teacher_arch} once ({cfg.teacher_epochs} epochs, cache key {key})",
-                flush=True)
+            say(f"training the image teacher {cfg.teacher_arch} once ({cfg.teacher_epochs} epochs, cache key {key})", flush=True)
             ctx = Context(tcfg, task, data, blank, "baseline", {})
             ctx.label = f"teacher {cfg.teacher_arch}"
             t0, progress = time.perf_counter(), Progress(ctx.label, tcfg.epochs, "epoch")
             for epoch in range(tcfg.epochs):
                 m = ctx.train_epoch(epoch)
                 progress.update(epoch + 1, f"train loss {m['train_loss']:.3f}, train top-1 {m['train_top1']:.1f}")
-            info = {"train_time_s": round(time.perf_counter() - t0, 1), "recipe": recipe(cfg),
-                    "device": str(ctx.device), "threads": torch.get_num_threads(), "code_version": code_version()}
+            info = {
+                "train_time_s": round(time.perf_counter() - t0, 1),
+                "recipe": recipe(cfg),
+                "device": str(ctx.device),
+                "threads": torch.get_num_threads(),
+                "code_version": code_version(),
+            }
             tmp = path.with_suffix(".tmp")
             torch.save({"state_dict": ctx.student.state_dict(), "info": info}, tmp)
             tmp.replace(path)
@@ -151,6 +178,7 @@ def trained_teacher(cfg, task, data, cache, say=print) -> tuple[ImageTeacher, st
 
 class _Marker:
     """Registry entries: the cifar100-kd task builds these teachers itself (they need the task's data)."""
+
     modality = "image"
 
     def __init__(self, options=None):
@@ -165,7 +193,13 @@ class CheckpointImageTeacher(_Marker):
     pass
 
 
-TEACHERS.add("img-trained", TrainedImageTeacher,
-             "image classifier the harness trains once per recipe (teacher_arch, teacher_epochs, teacher_lr, teacher_seed)")
-TEACHERS.add("img-checkpoint", CheckpointImageTeacher,
-             "image classifier from --set teacher_checkpoint=PATH (teacher_arch: a registry student or tv:<model>)")
+TEACHERS.add(
+    "img-trained",
+    TrainedImageTeacher,
+    "image classifier the harness trains once per recipe (teacher_arch, teacher_epochs, teacher_lr, teacher_seed)",
+)
+TEACHERS.add(
+    "img-checkpoint",
+    CheckpointImageTeacher,
+    "image classifier from --set teacher_checkpoint=PATH (teacher_arch: a registry student or tv:<model>)",
+)

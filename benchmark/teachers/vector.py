@@ -1,4 +1,5 @@
 """A teacher for vector inputs that the harness trains itself (the synthetic task's teacher modality)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,13 +17,14 @@ class MLPTeacher:
     the teacher's own classifier ([N, 64 + K]), so that one cache entry holds both. A seeded 10% of the
     training inputs is held out: the weights kept are those of the epoch with the best held-out accuracy
     (early stopping; without it the MLP memorises its training rows and loses 5-7 points on new ones)."""
+
     modality = "vector"
     dim = 64
     epochs, batch_size, lr, holdout = 60, 128, 1e-3, 0.1
     id = f"mlp-teacher/128-64/adam{lr:g}/e{epochs}-bestval{holdout:g}/seed0"
 
     def __init__(self, options=None):
-        self.labels = (np.asarray(options.train_labels) if options is not None and len(options.train_labels) else None)
+        self.labels = np.asarray(options.train_labels) if options is not None and len(options.train_labels) else None
         self.untrained = bool(options is not None and options.untrained)
         if self.untrained:  # the random-teacher control: the same MLP at its seeded initialisation, never trained
             self.id = "mlp-teacher/128-64/untrained/seed0"
@@ -34,8 +36,14 @@ class MLPTeacher:
         y = torch.as_tensor(self.labels)
         k, n = int(y.max()) + 1, len(y)
         torch.manual_seed(0)
-        body = nn.Sequential(nn.Linear(x.shape[1], 128), nn.BatchNorm1d(128), nn.ReLU(),
-                             nn.Linear(128, self.dim), nn.BatchNorm1d(self.dim), nn.ReLU())
+        body = nn.Sequential(
+            nn.Linear(x.shape[1], 128),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
+            nn.Linear(128, self.dim),
+            nn.BatchNorm1d(self.dim),
+            nn.ReLU(),
+        )
         head = nn.Linear(self.dim, k)
         opt = torch.optim.Adam([*body.parameters(), *head.parameters()], lr=self.lr, weight_decay=1e-4)
         g = torch.Generator().manual_seed(0)
@@ -58,8 +66,13 @@ class MLPTeacher:
                 with torch.no_grad():
                     acc = (head(body(x[val])).argmax(1) == y[val]).float().mean().item()
                 if acc > best_acc:
-                    best_acc, best = acc, ({k: v.clone() for k, v in body.state_dict().items()},
-                                           {k: v.clone() for k, v in head.state_dict().items()})
+                    best_acc, best = (
+                        acc,
+                        (
+                            {k: v.clone() for k, v in body.state_dict().items()},
+                            {k: v.clone() for k, v in head.state_dict().items()},
+                        ),
+                    )
         if best is not None:
             body.load_state_dict(best[0]), head.load_state_dict(best[1])
         body.eval()

@@ -1,4 +1,5 @@
 """Speech I/O for the speaker task: read wav/flac at 16 kHz, and hold many utterances as one int16 tensor."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,6 +22,7 @@ def read_audio(path: Path) -> np.ndarray:
     wave = wave.mean(1)
     if sr != SR:
         import torchaudio
+
         wave = torchaudio.functional.resample(torch.from_numpy(wave), sr, SR).numpy()
     return wave
 
@@ -40,7 +42,7 @@ class AudioBank:
 
     def wave(self, i: int) -> np.ndarray:
         o, n = int(self.offsets[i]), int(self.lengths[i])
-        return self.data[o:o + n].float().numpy() / 32767
+        return self.data[o : o + n].float().numpy() / 32767
 
     def random_crops(self, idx: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
         """One random crop per utterance, wrap-around for short ones; batched gather, no per-file loop."""

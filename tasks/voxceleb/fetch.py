@@ -1,4 +1,5 @@
 """The speaker fixture's sources, fetched from their official homes into the data root (`data fetch fsdd|orl`)."""
+
 from __future__ import annotations
 
 import ast
@@ -50,16 +51,23 @@ def fetch_fsdd(root: Path) -> Path:
         wavs = list((tmp / "recordings").glob("*.wav"))
         speakers = {w.name.split("_")[1] for w in wavs}
         if len(wavs) < 3000 or not set(FSDD_SPEAKERS) <= speakers or meta is None:
-            raise UsageError(f"fsdd: {FSDD_URL} holds {len(wavs)} recordings of {sorted(speakers)}; expected 3,000 "
-                             f"of {', '.join(FSDD_SPEAKERS)} and metadata.py")
+            raise UsageError(
+                f"fsdd: {FSDD_URL} holds {len(wavs)} recordings of {sorted(speakers)}; expected 3,000 "
+                f"of {', '.join(FSDD_SPEAKERS)} and metadata.py"
+            )
         digest = recordings_digest(tmp / "recordings")
         if digest != FSDD_SHA256:
-            raise UsageError(f"fsdd: the recordings from {FSDD_URL} have sha256 {digest}, expected {FSDD_SHA256} "
-                             "(the v1.0.10 recordings)")
+            raise UsageError(
+                f"fsdd: the recordings from {FSDD_URL} have sha256 {digest}, expected {FSDD_SHA256} (the v1.0.10 recordings)"
+            )
         tree = ast.parse(meta)
-        value = next(n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                     and any(getattr(t, "id", "") == "metadata" for t in n.targets))
+        value = next(
+            n.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "metadata" for t in n.targets)
+        )
         (tmp / "speakers.json").write_text(json.dumps(ast.literal_eval(value), indent=1))
+
     return _complete(root / "fsdd", build)
 
 
@@ -68,16 +76,21 @@ def fetch_orl(root: Path) -> Path:
     def build(tmp: Path) -> None:
         try:
             from sklearn.datasets import fetch_olivetti_faces
+
             faces = fetch_olivetti_faces(data_home=str(tmp / "sklearn"), shuffle=False, download_if_missing=True)
         except Exception as e:
-            raise UsageError(f"orl: scikit-learn's fetch_olivetti_faces (https://ndownloader.figshare.com/files/"
-                             f"5976027) failed ({type(e).__name__}: {e}); without a network, put orl_faces_uint8.npz "
-                             "(images [400, 112, 92] uint8, labels [400] int64) in the folder") from None
+            raise UsageError(
+                f"orl: scikit-learn's fetch_olivetti_faces (https://ndownloader.figshare.com/files/"
+                f"5976027) failed ({type(e).__name__}: {e}); without a network, put orl_faces_uint8.npz "
+                "(images [400, 112, 92] uint8, labels [400] int64) in the folder"
+            ) from None
         import torch
         import torch.nn.functional as F
+
         x = torch.from_numpy(faces.images.astype(np.float32))[:, None]
         big = F.interpolate(x, size=(112, 92), mode="bilinear", align_corners=False)[:, 0]
         images = (big.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
         np.savez(tmp / "orl_faces_uint8.npz", images=images, labels=faces.target.astype(np.int64))
         shutil.rmtree(tmp / "sklearn")
+
     return _complete(root / "faces-orl", build)

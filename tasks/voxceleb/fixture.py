@@ -4,6 +4,7 @@ and Debian's sonic-pi-samples (CC0 noise loops).
 Faces and voices are paired arbitrarily (speaker i <-> ORL identity i): the fixture exercises every step of
 the protocol on real audio and real faces but carries no cross-modal signal.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ NOISE_DIR = Path("/usr/share/sonic-pi/samples")
 def _resample(wave: np.ndarray, sr: int) -> np.ndarray:
     import torch
     import torchaudio
+
     return torchaudio.functional.resample(torch.from_numpy(wave.astype(np.float32)), sr, 16000).numpy()
 
 
@@ -34,14 +36,22 @@ def _utterances(fsdd: Path, speaker: str, rng) -> list[np.ndarray]:
     files = [files[i] for i in rng.permutation(len(files))]
     out = []
     for i in range(0, len(files) - 4, 5):
-        parts = [sf.read(str(f), dtype="float32") for f in files[i:i + 5]]
+        parts = [sf.read(str(f), dtype="float32") for f in files[i : i + 5]]
         out.append(_resample(np.concatenate([p[0] for p in parts]), parts[0][1]))
     return out
 
 
-def _write_speaker(root: Path, speaker: str, utts: list[np.ndarray], videos: int, per_video: int,
-                   faces: np.ndarray | None, face_root: Path | None) -> list[str]:
+def _write_speaker(
+    root: Path,
+    speaker: str,
+    utts: list[np.ndarray],
+    videos: int,
+    per_video: int,
+    faces: np.ndarray | None,
+    face_root: Path | None,
+) -> list[str]:
     from PIL import Image
+
     names = []
     for v in range(videos):
         vid = f"vid{v:02d}"
@@ -105,7 +115,8 @@ def build_fixture(shared_data: Path, out: Path, noise_dir: Path = NOISE_DIR) -> 
     (tmp / "README.txt").write_text(
         "Fixture in the harness's VoxCeleb layout, built from FSDD (CC BY-SA 4.0, 6 speakers: 4 train, 2 test),\n"
         "ORL faces (speaker i paired ARBITRARILY with face identity i: no cross-modal signal) and sonic-pi-samples\n"
-        "ambient loops (CC0) as noise. vox2_test and cnceleb reuse the 2 test speakers' other utterances.\n")
+        "ambient loops (CC0) as noise. vox2_test and cnceleb reuse the 2 test speakers' other utterances.\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():
         out.rmdir()
@@ -113,5 +124,8 @@ def build_fixture(shared_data: Path, out: Path, noise_dir: Path = NOISE_DIR) -> 
     return out
 
 
-FIXTURES.add("voxceleb", lambda sources, out, noise_dir: build_fixture(sources, out, noise_dir or NOISE_DIR),
-             "small real speaker fixture: FSDD speech + ORL faces + sonic-pi noise (no cross-modal signal)")
+FIXTURES.add(
+    "voxceleb",
+    lambda sources, out, noise_dir: build_fixture(sources, out, noise_dir or NOISE_DIR),
+    "small real speaker fixture: FSDD speech + ORL faces + sonic-pi noise (no cross-modal signal)",
+)

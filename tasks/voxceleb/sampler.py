@@ -1,4 +1,5 @@
 """Training batches and loss of the speaker task: P speakers x 2 utterances, softmax CE + angular prototypical."""
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,7 @@ def pair_batches(y: torch.Tensor, batch_size: int, gen: torch.Generator) -> list
     for spk in torch.unique(y).tolist():
         idx = torch.nonzero(y == spk).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        pairs[spk] = [idx[i:i + 2] for i in range(0, len(idx) - 1, 2)]
+        pairs[spk] = [idx[i : i + 2] for i in range(0, len(idx) - 1, 2)]
     stream = []
     while any(pairs.values()):  # rounds: one pair per speaker, speakers shuffled each round
         spks = [s for s in pairs if pairs[s]]

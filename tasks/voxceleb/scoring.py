@@ -1,5 +1,6 @@
 """Speaker-verification scoring as voxceleb_trainer and the paper: trial lists, 10x4 s crops, mean distance,
 EER, minDCF, noisy test audio, and the balanced validation trials."""
+
 from __future__ import annotations
 
 import hashlib
@@ -54,14 +55,14 @@ def wrap_pad(wave: np.ndarray, length: int) -> np.ndarray:
 
 def eval_crops(wave: np.ndarray, crop: int, n_crops: int = 10) -> np.ndarray:
     wave = wrap_pad(wave, crop + 1)
-    return np.stack([wave[s:s + crop] for s in crop_starts(len(wave), crop, n_crops)])
+    return np.stack([wave[s : s + crop] for s in crop_starts(len(wave), crop, n_crops)])
 
 
 def trial_scores(emb: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """emb [n_files, n_crops, d] L2-normalised; score = -mean of the n_crops x n_crops Euclidean distances."""
     out = []
     for i in range(0, len(left), 4096):
-        a, b = emb[left[i:i + 4096]], emb[right[i:i + 4096]]
+        a, b = emb[left[i : i + 4096]], emb[right[i : i + 4096]]
         out.append(-torch.cdist(a, b).mean(dim=(1, 2)))
     return torch.cat(out)
 
@@ -106,16 +107,25 @@ def load_trials(wav_root: Path, lists: list[Path]) -> dict[str, TrialSet]:
     parsed = {p.name: read_trials(p) for p in lists if p.exists()}
     for p in lists:
         if p.name in parsed and len({lab for lab, _, _ in parsed[p.name]}) < 2:
-            raise UsageError(f"trial list {p} needs target (1) and non-target (0) trials; it has "
-                             f"{len(parsed[p.name])} trials with labels {sorted({lab for lab, _, _ in parsed[p.name]})}")
+            raise UsageError(
+                f"trial list {p} needs target (1) and non-target (0) trials; it has "
+                f"{len(parsed[p.name])} trials with labels {sorted({lab for lab, _, _ in parsed[p.name]})}"
+            )
     names = sorted({n for rows in parsed.values() for _, a, b in rows for n in (a, b)})
     missing = [n for n in names if not (wav_root / n).exists()]
     if missing:
         raise UsageError(f"{len(missing)} trial files missing under {wav_root}, e.g. {missing[0]}")
     bank = AudioBank([read_audio(wav_root / n) for n in names], names)
     pos = {n: i for i, n in enumerate(names)}
-    return {k: TrialSet(bank, torch.tensor([pos[a] for _, a, _ in rows]), torch.tensor([pos[b] for _, _, b in rows]),
-                        np.array([lab for lab, _, _ in rows])) for k, rows in parsed.items()}
+    return {
+        k: TrialSet(
+            bank,
+            torch.tensor([pos[a] for _, a, _ in rows]),
+            torch.tensor([pos[b] for _, _, b in rows]),
+            np.array([lab for lab, _, _ in rows]),
+        )
+        for k, rows in parsed.items()
+    }
 
 
 def balanced_trials(spk: np.ndarray, per_speaker: int, g: np.random.Generator):

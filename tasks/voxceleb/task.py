@@ -1,5 +1,6 @@
 """Speaker recognition (the paper's Sec. 4.1) as a task adapter: profiles and defaults, the face teacher's
 tables, and evaluation (EER/minDCF on O and H, noisy O, CN-Celeb, cross-modal matching) from EvalInputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,13 +26,30 @@ class VoxCeleb(Task):
     name = "voxceleb"
     # the paper's full method of its speaker tables (Table 1: feature-level with quality weights)
     selection_metric, selection_mode = "val_eer", "min"
-    summary_metrics = [("eer_o", "EER-O %"), ("mindcf_o", "minDCF-O"), ("eer_h", "EER-H %"), ("eer_noise5", "EER 5 dB %"),
-                       ("eer_o_at_best_val", "EER-O % (best-val epoch)"), ("match_af_o", "A-F matching %")]
-    _common = dict(optimizer="adam", lr=1e-3, weight_decay=5e-5, schedule="step", lr_step_epochs=3, lr_gamma=0.75,
-                   teacher="dlib-face", teacher_logits="probe", val_fraction=0.1)
-    profile_notes = {"smoke": "seconds: 1 epoch on the fixture, small ResNet with attentive pooling (tests, CI)",
-                     "quick": "CPU: 6 epochs on the fixture (4 training speakers)",
-                     "paper": "the paper's recipe: ResNetSE34V2, 36 epochs, batches of 100 speakers x 2, IR-50; GPU"}
+    summary_metrics = [
+        ("eer_o", "EER-O %"),
+        ("mindcf_o", "minDCF-O"),
+        ("eer_h", "EER-H %"),
+        ("eer_noise5", "EER 5 dB %"),
+        ("eer_o_at_best_val", "EER-O % (best-val epoch)"),
+        ("match_af_o", "A-F matching %"),
+    ]
+    _common = dict(
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=5e-5,
+        schedule="step",
+        lr_step_epochs=3,
+        lr_gamma=0.75,
+        teacher="dlib-face",
+        teacher_logits="probe",
+        val_fraction=0.1,
+    )
+    profile_notes = {
+        "smoke": "seconds: 1 epoch on the fixture, small ResNet with attentive pooling (tests, CI)",
+        "quick": "CPU: 6 epochs on the fixture (4 training speakers)",
+        "paper": "the paper's recipe: ResNetSE34V2, 36 epochs, batches of 100 speakers x 2, IR-50; GPU",
+    }
     profiles = {
         # the fixture trains 2 speakers (2 more are held out for validation): batches of 2 speakers x 2
         "smoke": dict(_common, student="resnet_asp_small", epochs=1, batch_size=4),
@@ -48,13 +66,17 @@ class VoxCeleb(Task):
     def steps_per_epoch(self, split, batch_size):
         w = distributed.world_size()
         if w > 1 and (batch_size % w or (batch_size // w) % 2):
-            raise UsageError(f"voxceleb batches are speaker pairs: under torchrun each of the {w} processes must get "
-                             f"whole pairs, but batch_size {batch_size} gives {batch_size / w:g} samples each; use a "
-                             f"batch_size divisible by {2 * w}")
+            raise UsageError(
+                f"voxceleb batches are speaker pairs: under torchrun each of the {w} processes must get "
+                f"whole pairs, but batch_size {batch_size} gives {batch_size / w:g} samples each; use a "
+                f"batch_size divisible by {2 * w}"
+            )
         n_spk = len(torch.unique(split.y))
         if batch_size // 2 > n_spk:
-            raise UsageError(f"voxceleb batches hold batch_size/2 distinct speakers: batch_size {batch_size} needs "
-                             f"{batch_size // 2}, the training split has {n_spk}; use --set batch_size={2 * n_spk} or less")
+            raise UsageError(
+                f"voxceleb batches hold batch_size/2 distinct speakers: batch_size {batch_size} needs "
+                f"{batch_size // 2}, the training split has {n_spk}; use --set batch_size={2 * n_spk} or less"
+            )
         return len(pair_batches(split.y, batch_size, torch.Generator().manual_seed(0)))
 
     def epoch_batches(self, split, batch_size, gen):
@@ -78,15 +100,20 @@ class VoxCeleb(Task):
             raise UsageError("voxceleb: teacher_logits must be 'probe' (a linear probe on the face embeddings)")
         labels = data.face_labels
         # a teacher object of this run: the checkpoint, and the identities the weak teacher trains on
-        teacher = build_teacher(cfg.teacher, TeacherOptions(checkpoint=cfg.teacher_checkpoint,
-                                                            train_labels=tuple(int(v) for v in labels)))
+        teacher = build_teacher(
+            cfg.teacher, TeacherOptions(checkpoint=cfg.teacher_checkpoint, train_labels=tuple(int(v) for v in labels))
+        )
         paths = list(data.faces) + (list(data.match.faces) if data.match else [])
         emb, key = cache.embeddings(teacher, read_images(paths), extra={"train_labels": labels.tolist()})
         n = len(data.faces)
         logits, acc = linear_probe_logits(emb[:n].unsqueeze(1), torch.as_tensor(labels), data.num_classes)
-        params = {"teacher_id": teacher.id, "teacher_cache_key": key, "teacher_probe_train_acc": round(acc, 4),
-                  "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4),
-                  "teacher_paper_name": {"ir50": "IR-50", "face-weak": "ResNet34-face"}.get(cfg.teacher, cfg.teacher)}
+        params = {
+            "teacher_id": teacher.id,
+            "teacher_cache_key": key,
+            "teacher_probe_train_acc": round(acc, 4),
+            "teacher_norm_mean": round(emb.norm(dim=-1).mean().item(), 4),
+            "teacher_paper_name": {"ir50": "IR-50", "face-weak": "ResNet34-face"}.get(cfg.teacher, cfg.teacher),
+        }
         if data.match is not None and len(data.match.faces) > 1:
             # the teacher's own accuracy on identities it never saw: leave-one-out 1-NN identity over the test
             # identities' faces (cosine), as face recognisers are scored
@@ -111,11 +138,11 @@ class VoxCeleb(Task):
                 files, delta = noise
                 rng = np.random.default_rng(file_seed(bank.names[i], delta))
                 nz = files[rng.integers(len(files))]
-                wave = add_noise(wave, nz[rng.integers(0, max(1, len(nz) - len(wave))):], delta).astype(np.float32)
+                wave = add_noise(wave, nz[rng.integers(0, max(1, len(nz) - len(wave))) :], delta).astype(np.float32)
             crops.append(torch.from_numpy(eval_crops(wave, crop, cfg.eval_crops)).float())
         out = []
         for i in range(0, len(crops), files_per_batch):
-            x = torch.cat(crops[i:i + files_per_batch]).to(ev.device)
+            x = torch.cat(crops[i : i + files_per_batch]).to(ev.device)
             out.append(F.normalize(ev.embed(x).embedding.float(), dim=1).cpu())
         return torch.cat(out).reshape(len(bank), cfg.eval_crops, -1)
 
@@ -156,7 +183,7 @@ class VoxCeleb(Task):
     def _matching(self, ev, match: MatchSet, face_emb: torch.Tensor):
         """A-F and F-A triplets (random / same-gender distractor); chance 50%."""
         method, cfg = ev.method, ev.cfg
-        audio = self._embed_bank(ev, match.bank).mean(1)           # mean of the 10 normalised crops
+        audio = self._embed_bank(ev, match.bank).mean(1)  # mean of the 10 normalised crops
         a_n = student_in_teacher_space(method, audio, ev.device)
         f_n = teacher_in_shared_space(method, face_emb.to(ev.device)).cpu()
         ident = np.array(match.utt_identity)
@@ -191,6 +218,11 @@ class VoxCeleb(Task):
         g = np.random.default_rng(0)
         pick = g.permutation(len(ident))[: cfg.tsne_samples]
         vid = np.array(match.utt_video)[pick]
-        arrays = feature_dump(method, face_emb[vid].to(ev.device), audio[pick], np.searchsorted(ids, ident[pick]),
-                              np.array([0 if gender.get(i, "m").lower().startswith("m") else 1 for i in ident[pick]]))
+        arrays = feature_dump(
+            method,
+            face_emb[vid].to(ev.device),
+            audio[pick],
+            np.searchsorted(ids, ident[pick]),
+            np.array([0 if gender.get(i, "m").lower().startswith("m") else 1 for i in ident[pick]]),
+        )
         return out, arrays
