@@ -101,7 +101,7 @@ def _run(ctx: Context, rec: Record) -> dict[str, Any]:
         "ce_weight_effective": ctx.method.ce_weight,
         "match_space": ctx.method.match_space,
         **ctx.method.run_params(),
-        **ctx.control_params,
+        **ctx.feed.control_params,
         "selection_rule": f"best epoch = {sel} ({task.selection_mode}); test reported at the last epoch "
         f"(primary) and at the best-validation epoch",
         "n_params_student": sum(p.numel() for p in ctx.student.parameters()),
@@ -266,8 +266,8 @@ def _run(ctx: Context, rec: Record) -> dict[str, Any]:
         "mean_train_images_per_s": sum(h["train_images_per_s"] for h in history) / len(history),
         "first_epoch_train_loss": history[0]["train_loss"],
     }  # with train_loss (the last): a flat loss shows
-    if ctx.teacher_stream is not None:  # epochs whose teacher outputs another run of this stream had computed
-        final["teacher_epochs_shared"] = ctx.teacher_stream.reads
+    if ctx.feed.stream is not None:  # epochs whose teacher outputs another run of this stream had computed
+        final["teacher_epochs_shared"] = ctx.feed.stream.reads
     tracker.log_metrics(run_id, final, step=cfg.epochs)
     tracker.log_dict(run_id, history, "history.json")
     if arrays:  # with the class names, so that a figure can name the classes it colours

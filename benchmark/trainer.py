@@ -13,14 +13,15 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.config import RunConfig
-from benchmark.devices import resolve_device, resolve_precision
+from benchmark.devices import resident, resolve_device, resolve_precision
 from benchmark.evaluation import EvalInputs
 from benchmark.method import hparam_fields, stream_seed
 from benchmark.nets import build_student
 from benchmark.optim import build_optimizer, build_scheduler
 from benchmark.progress import Progress, quiet
 from benchmark.registry import METHODS, UsageError
-from benchmark.types import Dims, StudentOut, TeacherOut, Term, chw
+from benchmark.teacher_feed import TeacherFeed
+from benchmark.types import Dims, StudentOut, Term, chw
 
 
 class Diverged(FloatingPointError):
@@ -97,66 +98,23 @@ class Context:
         self.gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "data"))  # data order, crops, variants
         # the student's forward, compiled on request (the module itself stays as is: state_dict keys unchanged)
         self.forward = torch.compile(self.student) if cfg.compile else self.student
-        self.train_split, self.data_on_device = self._resident(data.train)
-        self.train_y, self.train_key = data.train.y.to(self.device), data.train.key.to(self.device)
-        # the shuffled-teacher control: training sample i is given the teacher's outputs for sample shuffle[i]
-        # (a permutation of the training set fixed per run seed, drawn from a stream of its own; the teacher's
-        # outputs for evaluation are its own rows'); a live teacher sees sample shuffle[i]'s input, augmented
-        # with a generator of its own so that the student's data stream is the real-teacher run's
-        self.shuffle: torch.Tensor | None = None
-        self.shuffle_cpu: torch.Tensor | None = None
-        self.shuffle_gen: torch.Generator | None = None
-        if cfg.teacher_control == "shuffled":
-            g = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle"))
-            self.shuffle_cpu = torch.randperm(len(data.train.y), generator=g)  # gathers inputs, as idx does
-            self.shuffle = self.shuffle_cpu.to(self.device)  # looks up table keys on the device, once per run
-            self.shuffle_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, "teacher_shuffle_augment"))
-        # controls that give every sample of a class the same targets, per class [K, ...] (embedding, logits):
-        # class_mean, its class's mean teacher outputs over the training set's un-augmented rows (label-level
-        # knowledge only, the teacher's statistics kept); label_smoothing, no teacher at all: logits T log p_eps of
-        # a smoothed one-hot whose entropy at the method's temperature T is the teacher's mean target entropy
-        self.class_targets: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
-        self.control_params: dict[str, Any] = {}
-        if cfg.teacher_control in ("class_mean", "label_smoothing"):
-            from benchmark.teacher_tables import class_means, matched_label_smoothing
-
-            if "maps" in self.teacher_reads:
-                raise UsageError(
-                    f"teacher_control={cfg.teacher_control} gives each sample its class's targets; "
-                    f"method '{method_name}' reads the teacher's stage maps, which it has none of"
-                )
-            if cfg.teacher_control == "class_mean":
-                self.class_targets = class_means(tables, self.train_key, self.train_y, data.num_classes)
-            else:
-                if self.teacher_reads - {"logits"} or tables.logits is None:
-                    raise UsageError(
-                        f"teacher_control=label_smoothing replaces the teacher's logits only; method "
-                        f"'{method_name}' reads its {', '.join(sorted(self.teacher_reads - {'logits'}))}"
-                        if tables.logits is not None
-                        else f"teacher_control=label_smoothing needs the teacher's logits; {tables.teacher_id} gives none"
-                    )
-                temperature = float(getattr(self.hparams, "temperature", 1.0))
-                logits, self.control_params = matched_label_smoothing(
-                    tables.logits[self.train_key], temperature, data.num_classes
-                )
-                self.class_targets = (None, logits.to(self.device))
-        # a live teacher's embedding and logits on this seed's stream: computed once, read by the seed's other runs
-        self.teacher_stream = None
-        if (
-            cfg.share_teacher
-            and tables.live is not None
-            and self.teacher_reads
-            and "maps" not in self.teacher_reads
-            and self.shuffle is None
-            and self.class_targets is None
-            and distributed.world_size() == 1
-        ):
-            from benchmark.teacher_cache import default_cache_dir
-            from benchmark.teacher_stream import TeacherStream
-
-            self.teacher_stream = TeacherStream.for_run(
-                cfg, self.teacher_digest, self.precision_resolved, self.device, default_cache_dir()
-            )
+        self.train_split, self.data_on_device = resident(data.train, self.device)
+        self.train_y = data.train.y.to(self.device)
+        # what the teacher gives each batch: table rows, a live teacher's outputs, or a negative control's targets
+        self.feed = TeacherFeed(
+            cfg,
+            task,
+            tables,
+            self.train_split,
+            data.num_classes,
+            method_name,
+            self.teacher_reads,
+            float(getattr(self.hparams, "temperature", 1.0)),
+            self.device,
+            self.autocast,
+            lambda: self.teacher_digest,
+            self.precision_resolved,
+        )
 
     def _student_map_shapes(self, task, data) -> list[tuple[int, int, int]]:
         """(C, H, W) of the student's stage maps for one un-augmented training input (eval mode, no gradients:
@@ -168,16 +126,6 @@ class Context:
             maps = self.student(x).maps
         self.student.train(was)
         return [chw(m) for m in maps]
-
-    def _resident(self, split):
-        """On CUDA, a tensor training set that fits in a quarter of the free memory moves to the device once
-        (batches are then gathered there); a larger one is pinned for asynchronous copies."""
-        x = split.x
-        if self.device.type != "cuda" or not isinstance(x, torch.Tensor):
-            return split, False
-        if x.numel() * x.element_size() < 0.25 * torch.cuda.mem_get_info(self.device)[0]:
-            return replace(split, x=x.to(self.device)), True
-        return replace(split, x=x.pin_memory()), False
 
     @functools.cached_property
     def teacher_digest(self) -> str:
@@ -203,37 +151,8 @@ class Context:
             part = distributed.shard(len(idx))
             x, idx, variant = x[part], idx[part], variant[part]
         idx_d = idx.to(self.device)
-        y, key = self.train_y[idx_d], self.train_key[idx_d]
-        if self.class_targets is not None:  # a per-class control: no teacher forward, its class's targets
-            emb, logits = self.class_targets
-            teacher = TeacherOut(None if emb is None else emb[y], None if logits is None else logits[y])
-        elif tables.live is not None and not self.teacher_reads:  # nothing reads the teacher: no forward at all
-            teacher = TeacherOut()
-        elif tables.live is not None:  # an image teacher sees the student's augmented batch (no per-crop cache)
-            x_t = x
-            if self.shuffle_cpu is not None:
-                x_t = self.task.augment(
-                    self.task.train_inputs(self.train_split, self.shuffle_cpu[idx], self.shuffle_gen, cfg).to(
-                        self.device, non_blocking=True
-                    ),
-                    self.shuffle_gen,
-                    True,
-                    cfg,
-                )
-            stored = self.teacher_stream.take(len(idx)) if self.teacher_stream else None
-            if stored is not None:
-                teacher = TeacherOut(*stored)
-            else:
-                with torch.no_grad(), self.autocast():
-                    emb_t, logits_t, maps_t = tables.live(x_t)
-                emb_t, logits_t = emb_t.float(), logits_t.float()
-                teacher = TeacherOut(emb_t, logits_t, [m.float() for m in maps_t] if "maps" in self.teacher_reads else None)
-                if self.teacher_stream:
-                    self.teacher_stream.record(emb_t, logits_t)
-        else:
-            if self.shuffle is not None:
-                key = self.train_key[self.shuffle[idx_d]]
-            teacher = TeacherOut(tables.embedding[key, variant], None if tables.logits is None else tables.logits[key, variant])
+        y = self.train_y[idx_d]
+        teacher = self.feed(x, idx, idx_d, y, variant)
         with self.autocast():
             s = self.forward(x)
         # bf16 autocast covers the student's forward only: every loss (the task's and the method's, with their
@@ -295,7 +214,7 @@ class Context:
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
             "gen": self.gen.get_state(),
-            **({"shuffle_gen": self.shuffle_gen.get_state()} if self.shuffle_gen is not None else {}),
+            **self.feed.state(),
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -303,8 +222,7 @@ class Context:
         self.task_loss.load_state_dict(st["task_loss"])
         self.opt.load_state_dict(st["opt"]), self.sched.load_state_dict(st["sched"])
         self.gen.set_state(st["gen"])
-        if self.shuffle_gen is not None and "shuffle_gen" in st:  # a shuffled-teacher control's own stream
-            self.shuffle_gen.set_state(st["shuffle_gen"])
+        self.feed.load_state(st)  # a shuffled-teacher control's own stream
 
     def train_epoch(self, epoch: int, mid: dict | None = None, save_mid=None) -> dict[str, float]:
         """One epoch. save_mid(state) is called every cfg.checkpoint_every_s seconds between steps with what a
@@ -316,8 +234,8 @@ class Context:
         else:
             batches = mid["batches"]
             self.gen.set_state(mid["gen"])
-        if self.teacher_stream:
-            self.teacher_stream.begin_epoch(
+        if self.feed.stream:
+            self.feed.stream.begin_epoch(
                 epoch,
                 sum(len(b) for b in batches),
                 self.device,
@@ -381,8 +299,8 @@ class Context:
                 )
                 last_save = time.perf_counter()
         self._check_finite(epoch, i, loss_sum, term_sums, step_loss)
-        if self.teacher_stream:
-            self.teacher_stream.end_epoch(epoch)
+        if self.feed.stream:
+            self.feed.stream.end_epoch(epoch)
         if distributed.world_size() > 1:  # the epoch's figures over the global batches (loss: mean of the shards')
             w = distributed.world_size()
             loss_sum, correct = distributed.all_sum(loss_sum) / w, distributed.all_sum(correct)

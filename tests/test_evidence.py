@@ -127,17 +127,17 @@ def test_a_shuffled_table_teacher_gives_a_permutation_of_its_outputs_fixed_per_s
     seed and another for another seed; the real teacher's outputs for evaluation are untouched."""
     ctx = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c")
     n = len(ctx.data.train.y)
-    assert sorted(ctx.shuffle.tolist()) == list(range(n))
-    assert (ctx.shuffle != torch.arange(n)).float().mean() > 0.9
+    assert sorted(ctx.feed.shuffle.tolist()) == list(range(n))
+    assert (ctx.feed.shuffle != torch.arange(n)).float().mean() > 0.9
     idx, given = _teacher_logits_of_one_epoch(ctx)
     table = ctx.tables.logits[:, 0]
-    torch.testing.assert_close(given, table[ctx.data.train.key[ctx.shuffle[idx]]])
+    torch.testing.assert_close(given, table[ctx.data.train.key[ctx.feed.shuffle[idx]]])
     assert not torch.allclose(given, table[ctx.data.train.key[idx]])
     again = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c")
     other = _context("synthetic", "smoke", "shuffled", cache=tmp_path / "c", seed=1)
-    assert torch.equal(again.shuffle, ctx.shuffle) and not torch.equal(other.shuffle[:n], ctx.shuffle)
+    assert torch.equal(again.feed.shuffle, ctx.feed.shuffle) and not torch.equal(other.feed.shuffle[:n], ctx.feed.shuffle)
     real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
-    assert real.shuffle is None and torch.equal(real.tables.logits, ctx.tables.logits)
+    assert real.feed.shuffle is None and torch.equal(real.tables.logits, ctx.tables.logits)
 
 
 def test_the_class_mean_control_gives_every_sample_its_class_mean_teacher_outputs(tmp_path):
@@ -152,7 +152,7 @@ def test_the_class_mean_control_gives_every_sample_its_class_mean_teacher_output
     torch.testing.assert_close(given, want[train.y[idx]])
     real = _context("synthetic", "smoke", "none", cache=tmp_path / "c")
     assert torch.equal(torch.cat(real.task.epoch_batches(real.data.train, real.cfg.batch_size, real.gen)), idx)
-    assert real.class_targets is None and torch.equal(real.tables.logits, ctx.tables.logits)
+    assert real.feed.class_targets is None and torch.equal(real.tables.logits, ctx.tables.logits)
 
 
 def test_the_label_smoothing_control_matches_the_teachers_mean_target_entropy(tmp_path):
@@ -165,8 +165,8 @@ def test_the_label_smoothing_control_matches_the_teachers_mean_target_entropy(tm
     train, k, t = ctx.data.train, ctx.data.num_classes, 4.0
     probs = torch.softmax(ctx.tables.logits[train.key].double() / t, -1)
     want_h = float(-(probs * probs.log()).sum(-1).mean())
-    eps = ctx.control_params["smoothing_eps"]
-    assert 0 < eps < (k - 1) / k and ctx.control_params["teacher_mean_target_entropy"] == pytest.approx(want_h, rel=1e-5)
+    eps = ctx.feed.control_params["smoothing_eps"]
+    assert 0 < eps < (k - 1) / k and ctx.feed.control_params["teacher_mean_target_entropy"] == pytest.approx(want_h, rel=1e-5)
     idx, given = _teacher_logits_of_one_epoch(ctx)
     target = torch.softmax(given.double() / t, -1)
     smoothed = torch.full((len(idx), k), eps / k, dtype=torch.float64)
@@ -206,8 +206,8 @@ def test_a_shuffled_live_teacher_sees_another_samples_image_and_the_student_its_
         c.forward = lambda x, fwd=fwd, name=name: seen.setdefault(name + "_student", x) is None or fwd(x)
     idx = ctx.task.epoch_batches(ctx.data.train, ctx.cfg.batch_size, ctx.gen)[0]
     g = torch.Generator()
-    g.set_state(ctx.shuffle_gen.get_state())
-    want = ctx.task.augment(ctx.task.train_inputs(ctx.train_split, ctx.shuffle[idx], g, ctx.cfg), g, True, ctx.cfg)
+    g.set_state(ctx.feed.shuffle_gen.get_state())
+    want = ctx.task.augment(ctx.task.train_inputs(ctx.train_split, ctx.feed.shuffle[idx], g, ctx.cfg), g, True, ctx.cfg)
     assert torch.equal(real.task.epoch_batches(real.data.train, real.cfg.batch_size, real.gen)[0], idx)
     for c in (ctx, real):
         c.train_step(idx)
