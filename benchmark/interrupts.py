@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM around writes that must not be cut in half, and retries while an sqlite store is locked by
 another process: what every store write of the harness goes through (benchmark/tracking.py's client, the
-table queue, the study runner)."""
+table queue, the study runner); and who a process is (host:pid, as runs, trials and store files name their
+owner) and whether it is alive."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import threading
 import time
 
@@ -70,3 +72,21 @@ def patiently(call, *args, wait_s: float = 120.0, **kwargs):
                 raise
         time.sleep(delay * (0.5 + random.random()))  # jittered: processes that collided do not collide again
         delay = min(2 * delay, 2.0)
+
+
+def process_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def process_alive(owner: str) -> bool | None:
+    """Whether the process named host:pid is alive; None when it runs on another host (cannot tell)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

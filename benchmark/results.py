@@ -1,16 +1,18 @@
 """The results table of one `run` command: per method, mean / std / n over distinct seeds of each summary
 metric and the paired 95% CI against the baseline on the task's primary metric, as numbers
-(results.csv, results.json) and, formatted from those numbers, as Markdown (results.md)."""
+(results.csv, results.json) and, formatted from those numbers, as Markdown (results.md); and the folder it goes
+to (this invocation's own, or --out held against a second command)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.registry import BASELINE
+from benchmark.registry import BASELINE, UsageError
 from benchmark.stats import Paired, comparison_record, fmt_mean_std, holm, paired_difference, per_seed, summary
 
 NOTE = (
@@ -129,3 +131,67 @@ def claim(mine: Path) -> Path:
     tmp.symlink_to(mine.name)
     os.replace(tmp, mine.parent / "latest")
     return mine
+
+
+def write_tables(results: list[dict], tables_dir: Path | None, columns: list[tuple[str, str]], ok_before: bool) -> bool:
+    """Write the results tables; a full disk under them is said once, in one line, and the runs go on (the
+    tables are tried again after the next run). Whether they were written."""
+    assert tables_dir is not None, "a table's worker and another rank write no tables"
+    import errno
+
+    try:
+        if not tables_dir.exists():  # this command's own folder, made by its first table
+            claim(tables_dir)
+        write_table(results, tables_dir, columns)
+        return True
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        if ok_before:
+            print(
+                f"error: the results tables could not be written to {tables_dir} (no space left on its device); "
+                "the other runs go on, the tables are tried again after each run",
+                file=sys.stderr,
+                flush=True,
+            )
+        return False
+
+
+def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
+    """(checkpoint folder, tables folder). With --out both are that folder. Without it, checkpoints go to
+    runs/<task>-<profile>/checkpoints (stable, so --resume finds them) and the tables of this invocation to
+    a folder of its own, runs/<task>-<profile>/<UTC time>-<pid>, with the link `latest` beside it: two
+    processes never overwrite each other's results."""
+    if out:
+        _hold_tables_folder(Path(out))
+        return Path(out), Path(out)
+    base = Path(f"runs/{cfg.task}-{cfg.profile}")
+    return base, fresh_name(base)  # made (and linked as latest) when its first table is written
+
+
+_HELD: list[int] = []  # the --out folder's descriptor, locked while the command runs
+
+
+def release_tables_folder() -> None:
+    """Unlock the --out folder held by output_dirs (the process's end also releases it)."""
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def _hold_tables_folder(out: Path) -> None:
+    """One command writes its results tables into one --out folder at a time: a second command on the same
+    folder (other methods or seeds; the same ones are refused by the run locks) would overwrite results.csv.
+    An exclusive flock on the folder, released when the process ends (also by kill -9), refuses it in one line."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"--out {out} is in use: another command is writing its results tables there; give this "
+            "one another --out (or none: each command then gets a folder of its own)"
+        ) from None
+    _HELD.append(fd)

@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 import optuna
 
-from benchmark.interrupts import interrupted_by, patiently, uninterrupted
+from benchmark.interrupts import interrupted_by, patiently, process_id, uninterrupted
 from studies import runner
+from studies.storage import check_definition, heartbeat, make_sampler, pop_queued_trial, requeue_unfinished, storage_lock
 
 S = optuna.trial.TrialState
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-study INFO lines are not the user's business
@@ -49,19 +50,19 @@ def queue_name(cfg, spec: dict[str, Any]) -> str:
 def create(url: str, name: str, spec: dict[str, Any], points: list[tuple[str, int]]) -> list[str]:
     """The queue with every point enqueued once (an existing queue of this name is checked and reused: points
     interrupted by a Ctrl-C or SIGTERM are queued again). Returns a line per point queued again."""
-    with runner.storage_lock(url):
+    with storage_lock(url):
         exists = name in {s.study_name for s in optuna.get_all_study_summaries(url)}
         if exists:
-            runner.check_definition(name, url, spec)
+            check_definition(name, url, spec)
         study = optuna.create_study(
-            study_name=name, storage=url, direction="maximize", load_if_exists=True, sampler=runner.make_sampler({"grid": True})
+            study_name=name, storage=url, direction="maximize", load_if_exists=True, sampler=make_sampler({"grid": True})
         )
         if not exists:
             study.set_user_attr("definition", json.loads(json.dumps(spec, default=str)))
             for method, seed in points:
                 study.enqueue_trial({"method": method, "seed": seed}, skip_if_exists=True)
             return []
-        return runner.requeue_unfinished(study)
+        return requeue_unfinished(study)
 
 
 def stale_handler(tracker, name: str, max_retry: int = 3):
@@ -94,8 +95,6 @@ def work(
     study: optuna.Study, storage, name: str, run_point: Callable[..., dict], heartbeat_s: int, on_result: Callable[[dict], None]
 ) -> int:
     """Claim and run points until none is queued; on_result(record) after each. Returns the points run here."""
-    import os
-    import socket
 
     from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.trainer import Diverged
@@ -104,7 +103,7 @@ def work(
     while True:
         with uninterrupted():
             patiently(optuna.storages.fail_stale_trials, study)
-            trial = runner.pop_queued_trial(study, storage)
+            trial = pop_queued_trial(study, storage)
         if trial is None:
             return done
         try:
@@ -113,10 +112,10 @@ def work(
             with uninterrupted():  # the enqueued values (the choices only declare them)
                 method = patiently(trial.suggest_categorical, "method", spec["methods"])
                 seed = patiently(trial.suggest_int, "seed", spec["first_seed"], spec["first_seed"] + spec["seeds"] - 1)
-                patiently(trial.set_user_attr, "worker", f"{socket.gethostname()}:{os.getpid()}")
+                patiently(trial.set_user_attr, "worker", process_id())
             # a point queued again (its worker died, or was interrupted) resumes from its checkpoint where it has one
             again = "failed_trial" in frozen.system_attrs or "rerun_of" in frozen.user_attrs
-            with runner.heartbeat(storage, trial._trial_id, heartbeat_s):
+            with heartbeat(storage, trial._trial_id, heartbeat_s):
                 r = run_point(method, seed, again, {"xkd.queue_point": _point_tag(name, {"method": method, "seed": seed})})
             record = json.loads(json.dumps(r, default=float))
         except (Diverged, CheckpointNotWritten) as e:  # that point fails alone, with its reason

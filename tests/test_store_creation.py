@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from benchmark.tracking import Tracker, ensure_sqlite_store
+from benchmark.sqlite_store import ensure_sqlite_store
+from benchmark.tracking import Tracker
 
 
 def _interrupt_after(monkeypatch, k: int):

@@ -336,7 +336,7 @@ def test_a_store_locked_longer_than_sqlites_wait_delays_a_claim_and_a_log_withou
     lock for 6 s (past sqlite's own 5-s wait, what a loaded machine with several workers can do): both wait and
     succeed. (CI once lost a study worker to 'database is locked' in a claim: it exited 1 outside a trial.)"""
     from benchmark.tracking import Tracker
-    from studies.runner import pop_queued_trial
+    from studies.storage import pop_queued_trial
 
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     optuna.create_study(study_name="s", storage=url).enqueue_trial({"x": 1})

@@ -17,6 +17,7 @@ EXIT_RUNS_FAILED = 3
 def cmd_run(args) -> int:
     from benchmark import distributed
     from benchmark.registry import UsageError
+    from benchmark.results import release_tables_folder
 
     if args.workers < (0 if args.queue else 1):
         raise UsageError(f"--workers {args.workers}: must be at least 1 (0 with --queue: only wait for the table)")
@@ -40,8 +41,7 @@ def cmd_run(args) -> int:
         return _run_all(args, task, methods, hp, cfg, data)
     finally:
         distributed.shutdown()
-        while _HELD:  # the --out folder's lock (also released by the process's end)
-            os.close(_HELD.pop())
+        release_tables_folder()  # the --out folder's lock
 
 
 def _run_all(args, task, methods, hp, cfg, data) -> int:
@@ -50,6 +50,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
     from benchmark import distributed
     from benchmark.checkpoints import CheckpointNotWritten
     from benchmark.recorder import run_one
+    from benchmark.results import output_dirs, write_tables
     from benchmark.teacher_cache import TeacherCache
     from benchmark.tracking import NullTracker, Tracker, resolve_uri
     from benchmark.trainer import Diverged
@@ -112,7 +113,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             if "failure" not in rec:
                 _say_run(task, rec)
             _add_in_order(results, rec, methods)
-            tables_ok = _tables(results, tables_dir, task, tables_ok)
+            tables_ok = write_tables(results, tables_dir, task.summary_metrics, tables_ok)
 
         args.interrupted = lambda: (
             f"{len(results)} finished run(s) and their tables kept; the workers' runs ended "
@@ -150,7 +151,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
             if worker:
                 _write_result(result_file, results[-1])
             else:
-                tables_ok = _tables(results, tables_dir, task, tables_ok)
+                tables_ok = write_tables(results, tables_dir, task.summary_metrics, tables_ok)
             continue
         if not main:
             continue
@@ -161,7 +162,7 @@ def _run_all(args, task, methods, hp, cfg, data) -> int:
         if worker:  # the parent tables it
             _write_result(result_file, r)
         else:  # after every run: a later failure loses nothing
-            tables_ok = _tables(results, tables_dir, task, tables_ok)
+            tables_ok = write_tables(results, tables_dir, task.summary_metrics, tables_ok)
         _say_run(task, r, flush=True)
         if not worker and not quiet() and total > 1:
             print(table_line(ended, total, t0), flush=True)
@@ -177,12 +178,13 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
 
     from benchmark import table_queue as tq
     from benchmark.recorder import run_one
+    from benchmark.results import write_tables
     from benchmark.tracking import safe_uri
-    from studies import runner
+    from studies.storage import check_storage, load_study
 
     spec = tq.definition(cfg, methods, hp, args.seeds)
     name = args.queue_name or tq.queue_name(cfg, spec)
-    runner.check_storage(args.queue)
+    check_storage(args.queue)
     points = [(m, s) for s in range(cfg.seed, cfg.seed + args.seeds) for m in methods]
     for line in tq.create(args.queue, name, spec, points):  # whoever comes first makes it: they are identical
         print(line, flush=True)
@@ -192,7 +194,7 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
             "--join, on any machine that reaches the database",
             flush=True,
         )
-    study, storage = runner.load_study(name, args.queue, {"queue": True}, args.heartbeat, tq.stale_handler(tracker, name))
+    study, storage = load_study(name, args.queue, {"queue": True}, args.heartbeat, tq.stale_handler(tracker, name))
     results: list[dict] = []
     seen: set[tuple[str, int]] = set()
     t0, tables_ok = time.time(), True
@@ -200,7 +202,7 @@ def _run_queue(args, task, methods, hp, cfg, data, tables, cache, tracker, out, 
     def table(rec: dict) -> None:  # tabled in the sequential order (seed, then method), whoever ran it
         nonlocal tables_ok
         _add_in_order(results, rec, methods)
-        tables_ok = _tables(results, tables_dir, task, tables_ok)
+        tables_ok = write_tables(results, tables_dir, task.summary_metrics, tables_ok)
         from benchmark.progress import table_line
 
         print(table_line(len(results), len(points), t0), flush=True)
@@ -243,10 +245,10 @@ def _queued_points():
 
 
 def _finish(results: list[dict], failed: int, tables_dir: Path | None, task, t0: float, tables_ok: bool) -> int:
-    from benchmark.results import summarise, to_markdown
+    from benchmark.results import summarise, to_markdown, write_tables
 
     if results:  # another rank under torchrun has none (and no tables_dir): it only ends
-        tables_ok = _tables(results, tables_dir, task, tables_ok)
+        tables_ok = write_tables(results, tables_dir, task.summary_metrics, tables_ok)
         print(to_markdown(summarise(results, task.summary_metrics), task.summary_metrics))
         print(
             f"total wall time {time.time() - t0:.0f}s; "
@@ -280,32 +282,6 @@ def _write_result(path: Path | None, record: dict) -> None:
     write_atomic(path, json.dumps(record, default=float))
 
 
-def _tables(results: list[dict], tables_dir: Path | None, task, ok_before: bool) -> bool:
-    """Write the results tables; a full disk under them is said once, in one line, and the runs go on (the
-    tables are tried again after the next run). Whether they were written."""
-    assert tables_dir is not None, "a table's worker and another rank write no tables"
-    import errno
-
-    from benchmark.results import claim, write_table
-
-    try:
-        if not tables_dir.exists():  # this command's own folder, made by its first table
-            claim(tables_dir)
-        write_table(results, tables_dir, task.summary_metrics)
-        return True
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        if ok_before:
-            print(
-                f"error: the results tables could not be written to {tables_dir} (no space left on its device); "
-                "the other runs go on, the tables are tried again after each run",
-                file=sys.stderr,
-                flush=True,
-            )
-        return False
-
-
 def _fmt(v) -> str:
     """A metric as printed per run: two decimals, or n/a when the run has none (as the tables print it)."""
     return "n/a" if v is None or v != v else f"{v:.2f}"
@@ -323,44 +299,6 @@ def interrupted_message(ckpt_dir: Path, method: str, seed: int, finished: int) -
         f"{method} seed {seed} ended KILLED before its first epoch finished (no checkpoint); {kept}rerun the "
         "same command (with --resume to skip finished runs)"
     )
-
-
-def output_dirs(out: str | None, cfg) -> tuple[Path, Path]:
-    """(checkpoint folder, tables folder). With --out both are that folder. Without it, checkpoints go to
-    runs/<task>-<profile>/checkpoints (stable, so --resume finds them) and the tables of this invocation to
-    a folder of its own, runs/<task>-<profile>/<UTC time>-<pid>, with the link `latest` beside it: two
-    processes never overwrite each other's results."""
-    if out:
-        _hold_tables_folder(Path(out))
-        return Path(out), Path(out)
-    from benchmark.results import fresh_name
-
-    base = Path(f"runs/{cfg.task}-{cfg.profile}")
-    return base, fresh_name(base)  # made (and linked as latest) when its first table is written
-
-
-_HELD: list[int] = []  # the --out folder's descriptor, locked while the command runs
-
-
-def _hold_tables_folder(out: Path) -> None:
-    """One command writes its results tables into one --out folder at a time: a second command on the same
-    folder (other methods or seeds; the same ones are refused by the run locks) would overwrite results.csv.
-    An exclusive flock on the folder, released when the process ends (also by kill -9), refuses it in one line."""
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        from benchmark.registry import UsageError
-
-        raise UsageError(
-            f"--out {out} is in use: another command is writing its results tables there; give this "
-            "one another --out (or none: each command then gets a folder of its own)"
-        ) from None
-    _HELD.append(fd)
 
 
 def add(sub) -> None:

@@ -1,5 +1,5 @@
 """`study`: an Optuna study over one method (a --grid, the paper's --paper ablation, or TPE); the Optuna
-machinery (grid queue, heartbeats, worker processes) is studies/runner.py and studies/workers.py.
+machinery is studies/runner.py (trials), studies/storage.py (grid queue, heartbeats) and studies/workers.py.
 
 A study is defined by everything that changes what its trials compute: task, method, the resolved run
 configuration (profile values, student, teacher, data fraction, every --set), the seeds of each trial,
@@ -128,9 +128,10 @@ def cmd_study(args) -> int:
     from benchmark.method import hparam_fields
     from benchmark.resolve import resolve
     from benchmark.teacher_cache import TeacherCache
-    from benchmark.tracking import Tracker, resolve_uri
+    from benchmark.tracking import Tracker, resolve_uri, safe_uri
     from benchmark.trainer import resolve_hparams
     from studies import runner, workers
+    from studies.storage import check_definition, check_storage, create_study, load_study, requeue_unfinished
 
     if distributed.launched():
         raise UsageError(
@@ -164,12 +165,12 @@ def cmd_study(args) -> int:
     base = f"{args.paper}-{cfg.profile}" if args.paper else f"{cfg.task}-{args.method}-{cfg.profile}"
     name = args.study_name or f"{base}-{digest}"
     storage = args.storage or f"sqlite:///{Path.cwd() / 'studies.db'}"
-    runner.check_storage(storage)
+    check_storage(storage)
     warning = alpha_warning(task, cfg, grid, args.method, hp_obj, data)
     if warning and not args.join:
         print(warning, file=sys.stderr)
     if args.join:
-        runner.check_definition(name, storage, definition)
+        check_definition(name, storage, definition)
     tracker = Tracker(resolve_uri(args.tracking_uri), args.experiment or f"xkd-{cfg.task}")
     direction = "maximize" if task.selection_mode == "max" else "minimize"
     if not args.join:
@@ -183,21 +184,21 @@ def cmd_study(args) -> int:
             "definition_hash": digest,
             **({"alpha_warning": warning} if warning else {}),
         }
-        runner.create_study(name, storage, direction, grid, tracker, tags, definition, fixed)
+        create_study(name, storage, direction, grid, tracker, tags, definition, fixed)
         n = len(list(itertools.product(*grid.values()))) if grid else 0
-        print(f"study '{name}' ready in {runner.safe_uri(storage)}" + (f" ({n} grid points)" if grid else ""))
+        print(f"study '{name}' ready in {safe_uri(storage)}" + (f" ({n} grid points)" if grid else ""))
     if args.create_only:
         return 0
     recovered: list[str] = []
     if grid and not args.join:  # a rerun of the command finishes what an interrupt left: its points again
         import optuna
 
-        recovered += runner.requeue_unfinished(optuna.load_study(study_name=name, storage=storage))
+        recovered += requeue_unfinished(optuna.load_study(study_name=name, storage=storage))
         for line in recovered:
             print(line, flush=True)
     if args.workers > 1 and not args.join:
         argv = [a for a in args.argv if a != "--create-only"]
-        study, storage_obj = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
+        study, storage_obj = load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
 
         def pending() -> int:
             import optuna
@@ -215,7 +216,7 @@ def cmd_study(args) -> int:
         recovered += lost
     else:
         tables = task.teacher_tables(cfg, data, TeacherCache(args.cache_dir))
-        study, storage_obj = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
+        study, storage_obj = load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
         objective = runner.Objective(
             cfg,
             task,
@@ -234,7 +235,7 @@ def cmd_study(args) -> int:
     import optuna
 
     if grid and not args.join:  # points that live workers of another command still run: not lost, waited for
-        watched, _ = runner.load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
+        watched, _ = load_study(name, storage, grid, args.heartbeat, runner.stale_trial_handler(tracker))
         workers.wait_for_other_workers(watched, lambda: _unfinished(watched), lambda line: print(line, flush=True))
     study = optuna.load_study(study_name=name, storage=storage)
     runner.end_parent_if_done(study, tracker)  # whichever worker ends last ends the parent run
