@@ -246,66 +246,6 @@ def mlflow_service(args: list[str], cwd=None, timeout: float = 120):
     assert server.poll() is not None
 
 
-def fake_store(path: Path, experiment: str = "xkd-cifar100"):
-    """An empty sqlite MLflow store at `path` with one experiment (artifacts beside it): (uri, client,
-    experiment id), for log_run to fill. The one fixture store of the report tests."""
-    import mlflow
-
-    uri = f"sqlite:///{path}"
-    client = mlflow.MlflowClient(uri)
-    return uri, client, client.create_experiment(experiment, artifact_location=(path.parent / f"art-{path.stem}").as_uri())
-
-
-def log_run(client, exp, method, seed, metrics, params=None, tags=None, history=None, features=False, tmp=None):
-    """A finished run as the harness logs one (its params, metrics, per-epoch history and, with features, the
-    t-SNE arrays): the report tests' hand-made runs. Returns its id."""
-    run = client.create_run(exp, run_name=f"{method}/seed{seed}", tags={"xkd.kind": "train", **(tags or {})})
-    rid = run.info.run_id
-    p = {
-        "task": "cifar100",
-        "method": method,
-        "seed": seed,
-        "student": "resnet8_w16",
-        "profile": "quick",
-        "data_fraction": 1.0,
-        "teacher_id": "minilm-l6-v2/raw-meanpool",
-        "hp.feat_dist": "l2sq_norm_sum",
-        "n_train": 45000,
-        "n_val": 5000,
-        "n_test": 10000,
-        **(params or {}),
-    }
-    for k, v in p.items():
-        client.log_param(rid, k, v)
-    for k, v in metrics.items():
-        client.log_metric(rid, k, v)
-    for step, (tr, va) in enumerate(history or [], start=1):
-        client.log_metric(rid, "train_loss", tr, step=step)
-        client.log_metric(rid, "val_top1", va, step=step)
-    if features:
-        import numpy as np
-
-        g = np.random.default_rng(seed)
-        arrays = {
-            k: g.normal(size=(60, 8)) for k in ("teacher_embedding", "teacher_common", "projected_teacher", "student_embedding")
-        }
-        path = tmp / f"features-{seed}.npz"
-        np.savez(path, **arrays, label=np.arange(60) % 10, group=np.arange(60) % 4)
-        client.log_artifact(rid, str(path))
-        # the report looks for features.npz
-        client.log_artifact(rid, str(_copy_as_features(path, tmp)))
-    client.set_terminated(rid)
-    return rid
-
-
-def _copy_as_features(path, tmp):
-    d = tmp / f"art-{path.stem}"
-    d.mkdir()
-    target = d / "features.npz"
-    target.write_bytes(path.read_bytes())
-    return target
-
-
 # a seconds-long cifar100 run: 2% of the training set, 1% validation, 200 test images
 SMOKE = ["--profile", "smoke", "--set", "data_fraction=0.02", "--set", "val_fraction=0.01", "--set", "test_limit=200"]
 
@@ -349,3 +289,28 @@ def train_runs(tmp_path, experiment="xkd-cifar100"):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("xkd.kind") == "train"]
+
+
+def run_context(task_name, profile, control, data_dir=None, seed=0, cache=None, sets=None, method="kd"):
+    """A run's training Context (benchmark/trainer.py) under teacher_control=control, built as `run` builds it."""
+    from benchmark.registry import TASKS
+    from benchmark.resolve import build_config
+    from benchmark.teacher_cache import TeacherCache
+    from benchmark.trainer import Context
+
+    task = TASKS.get(task_name)()
+    cfg = build_config(
+        task, profile, {"data_dir": data_dir} if data_dir else {}, {"teacher_control": control, "seed": str(seed), **(sets or {})}
+    )
+    data = task.load(cfg)
+    tables = task.teacher_tables(cfg, data, TeacherCache(cache))
+    return Context(cfg, task, data, tables, method, {})
+
+
+@pytest.fixture
+def fixture_store(tmp_path):
+    """A store of known runs (two seeds of baseline and ours_feature, a Table 12 sweep, one failed run): the
+    report tests' (tests/test_report.py, tests/test_report_runs.py). Returns (uri, {(method, seed): run id})."""
+    from stores import known_store
+
+    return known_store(tmp_path)

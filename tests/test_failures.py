@@ -6,16 +6,15 @@ import math
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import mlflow
-import optuna
 import pandas as pd
 import pytest
 import torch
 
-from conftest import SMOKE, fake_store, free_port, log_run, run_cli, run_cli_inprocess, start_cli, train_runs, wait_for_epoch
+from conftest import SMOKE, free_port, run_cli, run_cli_inprocess, start_cli, train_runs
+from stores import fake_store, log_run
 
 
 def _refused(res, tmp_path, *needles, keep=()):
@@ -333,45 +332,6 @@ def test_three_runs_starting_together_on_a_new_sqlite_store(tmp_path, cifar_dir)
     runs = train_runs(tmp_path)
     assert sorted(r.data.params["method"] for r in runs) == ["baseline", "kd", "pkt"]
     assert {r.info.status for r in runs} == {"FINISHED"}
-
-
-def test_a_study_worker_killed_mid_trial_is_requeued_and_every_point_completes_once(tmp_path, cifar_dir):
-    base = [
-        "study",
-        "--method",
-        "ours_feature",
-        "--grid",
-        "margin=0.0,0.09",
-        "--data-dir",
-        str(cifar_dir),
-        *SMOKE,
-        "--set",
-        "epochs=2",
-        "--heartbeat",
-        "1",
-        "--study-name",
-        "s",
-    ]
-    storage = f"sqlite:///{tmp_path / 'studies.db'}"
-    proc = start_cli(base, tmp_path)
-    wait_for_epoch(tmp_path / "runs" / "study-s" / "checkpoints", 1, proc)
-    proc.kill()
-    proc.wait()
-    time.sleep(3)  # > 2 heartbeats: the trial is stale
-    join = run_cli([*base, "--join"], tmp_path)
-    assert join.returncode == 0, join.stderr[-2000:]
-    assert "lost its worker" in join.stdout
-    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
-    complete = [t.params["margin"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert sorted(complete) == [0.0, 0.09]
-    assert [t.state for t in trials].count(optuna.trial.TrialState.FAIL) == 1
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("xkd-cifar100")
-    runs = client.search_runs([exp.experiment_id])
-    assert "RUNNING" not in {r.info.status for r in runs}
-    (parent,) = [r for r in runs if r.data.tags["xkd.kind"] == "study"]
-    assert parent.info.status == "FINISHED"
-    assert sum(r.data.tags["xkd.kind"] == "train" and r.info.status == "FINISHED" for r in runs) == 2
 
 
 @pytest.mark.parametrize(

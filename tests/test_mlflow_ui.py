@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fake_store, mlflow_service
+from conftest import mlflow_service
+from stores import fake_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import fake_store, log_run, run_cli_inprocess
+from conftest import run_cli_inprocess
 from reports.generate import build_report
+from stores import fake_store, log_run
 
 
 def _store(tmp_path, name="s.db", shift=0.0):
