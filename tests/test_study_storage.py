@@ -28,24 +28,6 @@ SLOW_GRID = [
 ]
 
 
-def _popen(args, tmp_path):
-    """The command in a subprocess that takes Ctrl-C as a terminal's would: a shell's background job (nohup,
-    `&`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
-    import signal
-    import sys
-
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "benchmark", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 def _running_trial(tmp_path, proc, timeout=300):
     """(study, a RUNNING trial that has recorded its worker), polled while the command runs."""
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
@@ -82,7 +64,7 @@ def test_an_interrupted_grid_point_is_run_again_by_the_same_command(tmp_path):
     import signal
 
     args = [*SLOW_GRID, "temperature=1,4"]
-    proc = _popen(args, tmp_path)
+    proc = start_cli(args, tmp_path)
     study, trial = _running_trial(tmp_path, proc)
     t0 = time.time()  # into the trial's training: its first epoch's checkpoint is on disk (a file, not a database)
     while not list(tmp_path.glob("runs/study-*/checkpoints/*.pt")) and proc.poll() is None and time.time() - t0 < 120:
@@ -113,7 +95,7 @@ def test_a_killed_worker_is_detected_and_its_point_run_in_the_same_command(tmp_p
     one-line account of what was recovered, and exit 0."""
     import signal
 
-    proc = _popen([*SLOW_GRID, "temperature=1,2,4,8", "--workers", "2"], tmp_path)
+    proc = start_cli([*SLOW_GRID, "temperature=1,2,4,8", "--workers", "2"], tmp_path)
     study, trial = _running_trial(tmp_path, proc)
     pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(pid, signal.SIGKILL)
@@ -239,7 +221,7 @@ def test_two_identical_study_commands_at_once_on_a_new_storage_both_end_clean(tm
     alembic_version'), or exited 1 calling a point 'did not complete' that the other command's live worker was
     running. Now: both exit 0, one study, every point COMPLETE exactly once."""
     args = ["study", "--task", "synthetic", "--method", "kd", "--profile", "smoke", "--grid", "temperature=1,2,4"]
-    procs = [_popen(args, tmp_path) for _ in range(2)]
+    procs = [start_cli(args, tmp_path) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
