@@ -103,12 +103,6 @@ def plugins_named(argv: list[str]) -> list[str]:
     return out
 
 
-def _on_sigterm(signum, frame):
-    from benchmark.trainer import Terminated
-
-    raise Terminated()
-
-
 def say_store(args) -> None:
     """Every command that reads or writes an MLflow store names it on its first line (rank 0 only), so that
     runs never land in a store the user did not expect (a run from another folder makes its own mlflow.db)."""
@@ -166,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
             apply_config(args)
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _on_sigterm)
+            from benchmark.interrupts import watch_sigterm
+
+            watch_sigterm()
             # `kill -USR1 PID` prints every thread's stack to the command's stderr (a worker's: its log), for a
             # command that seems stuck; it goes on afterwards
             try:

@@ -40,6 +40,36 @@ def uninterrupted():
                 os.kill(os.getpid(), caught[0])
 
 
+_TERMINATED = threading.Event()  # a SIGTERM came: see on_sigterm
+
+
+def on_sigterm(signum, frame) -> None:
+    """The CLI's SIGTERM handler: raises Terminated (handled like Ctrl-C) and marks that it came. Python runs a
+    handler between any two bytecodes, also inside a weakref callback or a __del__, where the exception is
+    printed ('Exception ignored in ...') and dropped: the command would go on as if nothing came (a study worker
+    trained its trial to the end after its command was killed). raise_if_terminated raises it again."""
+    from benchmark.trainer import Terminated
+
+    _TERMINATED.set()
+    raise Terminated()
+
+
+def watch_sigterm() -> None:
+    """Install on_sigterm (main thread only) with no SIGTERM marked yet."""
+    _TERMINATED.clear()
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def raise_if_terminated() -> None:
+    """Raise Terminated once when a SIGTERM came, in case on_sigterm's own exception was dropped (the training
+    loop calls this every step; a Terminated that did propagate ends the command before the next step)."""
+    if _TERMINATED.is_set():
+        from benchmark.trainer import Terminated
+
+        _TERMINATED.clear()
+        raise Terminated()
+
+
 def interrupted_by(e: BaseException | None) -> bool:
     """Whether a Ctrl-C or SIGTERM is behind this exception (a library may wrap the KeyboardInterrupt it met)."""
     while e is not None and not isinstance(e, KeyboardInterrupt):

@@ -15,6 +15,7 @@ from benchmark import distributed
 from benchmark.config import RunConfig
 from benchmark.devices import resident, resolve_device, resolve_precision
 from benchmark.evaluation import EvalInputs
+from benchmark.interrupts import raise_if_terminated
 from benchmark.method import hparam_fields, stream_seed
 from benchmark.nets import build_student
 from benchmark.optim import build_optimizer, build_scheduler
@@ -270,6 +271,7 @@ class Context:
         t0 = last_save = time.perf_counter()
         i = first - 1
         for i, idx in enumerate(bar, start=first):  # the batches actually produced (a sampler may yield fewer)
+            raise_if_terminated()  # a SIGTERM whose exception Python dropped (see interrupts.on_sigterm)
             loss, terms, c = self.train_step(idx)
             step_loss[i] = loss
             loss_sum, correct, seen = loss_sum + loss, correct + c, seen + len(idx)

@@ -299,36 +299,6 @@ def test_a_ctrl_c_during_a_store_write_waits_for_the_write_to_end(tmp_path):
     assert tracker.client.get_run(run).info.status == "KILLED"
 
 
-def test_a_deferred_sigterm_runs_its_own_handler_after_the_block(monkeypatch):
-    """SIGTERM inside an uninterrupted block runs the command's SIGTERM handler (it raises Terminated) after
-    the block; nested blocks pass it outwards; nothing arrives, nothing is raised."""
-    import os
-    import signal
-
-    from benchmark.cli import _on_sigterm
-    from benchmark.interrupts import interrupted_by, uninterrupted
-    from benchmark.trainer import Terminated
-
-    before = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        done = []
-        with pytest.raises(Terminated):
-            with uninterrupted():
-                with uninterrupted():
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    done.append("inner")
-                done.append("outer")
-        assert done == ["inner", "outer"]
-        with uninterrupted():
-            pass
-        assert signal.getsignal(signal.SIGTERM) is _on_sigterm
-    finally:
-        signal.signal(signal.SIGTERM, before)
-    wrapped = RuntimeError("db")
-    wrapped.__context__ = KeyboardInterrupt()
-    assert interrupted_by(wrapped) and not interrupted_by(RuntimeError("db"))
-
-
 RUN = ["run", "--task", "synthetic", "--profile", "smoke", "--methods", "baseline", "--set", "epochs=2"]
 
 
