@@ -21,7 +21,7 @@ from benchmark import distributed
 from benchmark.config import RunConfig
 from benchmark.method import stream_seed
 from benchmark.registry import UsageError
-from benchmark.teacher_tables import TeacherTables
+from benchmark.teacher_tables import TeacherTables, class_means, matched_label_smoothing
 from benchmark.types import TeacherOut
 
 
@@ -75,8 +75,6 @@ class TeacherFeed:
             self.stream = TeacherStream.for_run(cfg, teacher_digest(), precision, device, default_cache_dir())
 
     def _class_targets(self, method_name: str, temperature: float, train_y: torch.Tensor, num_classes: int) -> None:
-        from benchmark.teacher_tables import class_means, matched_label_smoothing
-
         control, tables = self.cfg.teacher_control, self.tables
         if "maps" in self.reads:
             raise UsageError(
